@@ -1,0 +1,123 @@
+// Package store defines Aetherium's persistence seam. Two implementations (postgres, sqlite) pass one conformance
+// suite (storetest), so the embedded mode never drifts from production.
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/aetherium/aetherium/internal/model"
+)
+
+// Store gives access to every table. Implementations are safe for concurrent use.
+type Store interface {
+	VMs() VMStore
+	Tasks() TaskStore
+	Jobs() JobStore
+	Executions() ExecutionStore
+	Workers() WorkerStore
+	APIKeys() APIKeyStore
+	// Ping checks that the database answers.
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// Page bounds a list. Limit <= 0 means the implementation's default (50); it is capped at 500.
+// Results are ordered by creation time, newest first, then id; After is the id of the last item of the previous page.
+type Page struct {
+	Limit int
+	After string
+}
+
+// VMFilter selects VMs. Empty fields match everything.
+type VMFilter struct {
+	OwnerID  string
+	WorkerID string
+	Statuses []model.VMStatus
+	Page     Page
+}
+
+// VMStore persists VMs.
+type VMStore interface {
+	// Create inserts vm. Names are unique per owner among VMs that are not deleted: a duplicate returns an error
+	// wrapping model.ErrConflict. CreatedAt/UpdatedAt are set by the store when zero.
+	Create(ctx context.Context, vm *model.VM) error
+	// Get returns the VM or an error wrapping model.ErrNotFound.
+	Get(ctx context.Context, id string) (*model.VM, error)
+	// Update reads the VM, lets fn change it, and writes it back atomically (no lost updates under concurrency).
+	// If fn changes Status, the change must pass model.VMStatus.CheckTransition, else the update fails with an error
+	// wrapping model.ErrInvalidTransition and nothing is written. An error from fn aborts the update and is returned.
+	Update(ctx context.Context, id string, fn func(vm *model.VM) error) (*model.VM, error)
+	List(ctx context.Context, f VMFilter) ([]*model.VM, error)
+}
+
+// TaskFilter selects tasks. Empty fields match everything.
+type TaskFilter struct {
+	OwnerID  string
+	VMID     string
+	JobID    string
+	Statuses []model.TaskStatus
+	// TargetWorker matches tasks pinned to that worker; use AnyWorker to match tasks pinned to none.
+	TargetWorker string
+	Page         Page
+}
+
+// AnyWorker in TaskFilter.TargetWorker selects tasks not pinned to a worker.
+const AnyWorker = "-"
+
+// TaskStore persists tasks.
+type TaskStore interface {
+	Create(ctx context.Context, t *model.Task) error
+	Get(ctx context.Context, id string) (*model.Task, error)
+	// Update reads the task, lets fn change it and writes it back atomically. An error from fn aborts the update.
+	Update(ctx context.Context, id string, fn func(t *model.Task) error) (*model.Task, error)
+	List(ctx context.Context, f TaskFilter) ([]*model.Task, error)
+}
+
+// JobStore persists jobs.
+type JobStore interface {
+	Create(ctx context.Context, j *model.Job) error
+	Get(ctx context.Context, id string) (*model.Job, error)
+	Update(ctx context.Context, id string, fn func(j *model.Job) error) (*model.Job, error)
+	List(ctx context.Context, ownerID string, p Page) ([]*model.Job, error)
+}
+
+// ExecutionFilter selects executions.
+type ExecutionFilter struct {
+	OwnerID string
+	VMID    string
+	JobID   string
+	Page    Page
+}
+
+// ExecutionStore persists command runs and their output.
+type ExecutionStore interface {
+	Create(ctx context.Context, e *model.Execution) error
+	Get(ctx context.Context, id string) (*model.Execution, error)
+	Update(ctx context.Context, id string, fn func(e *model.Execution) error) (*model.Execution, error)
+	// List orders job executions by Seq ascending when JobID is set, otherwise newest first.
+	List(ctx context.Context, f ExecutionFilter) ([]*model.Execution, error)
+}
+
+// WorkerStore tracks workers and their heartbeats.
+type WorkerStore interface {
+	// Upsert registers the worker or refreshes its row (status, metadata, heartbeat).
+	Upsert(ctx context.Context, w *model.Worker) error
+	Heartbeat(ctx context.Context, id string, at time.Time) error
+	Get(ctx context.Context, id string) (*model.Worker, error)
+	List(ctx context.Context) ([]*model.Worker, error)
+	SetStatus(ctx context.Context, id, status string) error
+}
+
+// APIKeyStore persists API keys (hashes only).
+type APIKeyStore interface {
+	// Create inserts the key; a duplicate Hash or Prefix returns an error wrapping model.ErrConflict.
+	Create(ctx context.Context, k *model.APIKey) error
+	// GetByHash returns the non-revoked key with that hash, or an error wrapping model.ErrNotFound.
+	GetByHash(ctx context.Context, hash string) (*model.APIKey, error)
+	List(ctx context.Context) ([]*model.APIKey, error)
+	Revoke(ctx context.Context, id string, at time.Time) error
+	TouchLastUsed(ctx context.Context, id string, at time.Time) error
+	// Count returns how many keys exist (revoked included); serve uses it to bootstrap an admin key once.
+	Count(ctx context.Context) (int, error)
+}

@@ -1,0 +1,530 @@
+package task
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/aetherium/aetherium/internal/events"
+	"github.com/aetherium/aetherium/internal/model"
+	"github.com/aetherium/aetherium/internal/queue"
+	"github.com/aetherium/aetherium/internal/store"
+	"github.com/aetherium/aetherium/pkg/client"
+)
+
+func now() time.Time { return time.Now().UTC() }
+
+// notFound hides the existence of other owners' resources: they are reported exactly like missing ones.
+func notFound(kind, id string) error { return fmt.Errorf("%s %s: %w", kind, id, model.ErrNotFound) }
+
+func validID(id string) bool { return uuid.Validate(id) == nil }
+
+// submit stores a new task and puts it on the queue. If the queue refuses it, the task is marked failed so that
+// nothing stays pending forever, and the caller gets ErrUnavailable.
+func (s *Service) submit(ctx context.Context, t *model.Task, payload any) error {
+	raw, err := json.Marshal(payload)
+	if err != nil {
+		return fmt.Errorf("encode %s payload: %w", t.Type, err)
+	}
+	t.ID = uuid.NewString()
+	t.Payload = raw
+	t.Status = model.TaskPending
+	t.MaxRetries = s.limits.MaxRetries
+	t.CreatedAt = now()
+	t.UpdatedAt = t.CreatedAt
+	if err := s.store.Tasks().Create(ctx, t); err != nil {
+		return fmt.Errorf("store %s task: %w", t.Type, err)
+	}
+	err = s.queue.Enqueue(ctx, queue.Message{
+		TaskID: t.ID, Type: t.Type, Priority: t.Priority, TargetWorker: t.TargetWorker, MaxRetries: t.MaxRetries,
+	})
+	if err != nil {
+		msg := fmt.Sprintf("could not be queued: %v", err)
+		// Use a fresh context: the request's may be the reason the enqueue failed.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_, _ = s.store.Tasks().Update(fctx, t.ID, func(t *model.Task) error {
+			t.Status, t.Error = model.TaskFailed, msg
+			c := now()
+			t.CompletedAt = &c
+			return nil
+		})
+		return fmt.Errorf("%w: task queue: %v", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// CreateVM stores a pending VM and queues its creation on any worker.
+func (s *Service) CreateVM(ctx context.Context, ownerID string, req client.CreateVMRequest) (*model.VM, *model.Task, error) {
+	spec, err := s.normalizeVMSpec(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	prio, err := parsePriority(req.Priority, model.PriorityDefault)
+	if err != nil {
+		return nil, nil, err
+	}
+	vm, err := s.newVM(ctx, ownerID, spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	t := &model.Task{OwnerID: ownerID, Type: model.TaskVMCreate, Priority: prio, VMID: vm.ID}
+	if err := s.submit(ctx, t, VMPayload{VMID: vm.ID}); err != nil {
+		s.failVM(ctx, vm.ID, "creation could not be queued")
+		return nil, nil, err
+	}
+	return vm, t, nil
+}
+
+func (s *Service) newVM(ctx context.Context, ownerID string, spec model.VMSpec) (*model.VM, error) {
+	vm := &model.VM{
+		ID: uuid.NewString(), OwnerID: ownerID, Name: spec.Name, Status: model.VMPending,
+		VCPUCount: spec.VCPUs, MemoryMB: spec.MemoryMB, Image: spec.Image, Metadata: spec.Metadata,
+		CreatedAt: now(),
+	}
+	vm.UpdatedAt = vm.CreatedAt
+	if err := s.store.VMs().Create(ctx, vm); err != nil {
+		if errors.Is(err, model.ErrConflict) {
+			return nil, fmt.Errorf("a vm named %q already exists: %w", spec.Name, model.ErrConflict)
+		}
+		return nil, fmt.Errorf("store vm: %w", err)
+	}
+	return vm, nil
+}
+
+func (s *Service) failVM(ctx context.Context, id, reason string) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, _ = s.store.VMs().Update(fctx, id, func(vm *model.VM) error {
+		vm.Status, vm.Error = model.VMFailed, reason
+		return nil
+	})
+}
+
+// GetVM returns one of the owner's VMs.
+func (s *Service) GetVM(ctx context.Context, ownerID, id string) (*model.VM, error) {
+	if !validID(id) {
+		return nil, notFound("vm", id)
+	}
+	vm, err := s.store.VMs().Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if vm.OwnerID != ownerID {
+		return nil, notFound("vm", id)
+	}
+	return vm, nil
+}
+
+// ListVMs lists the owner's VMs, newest first.
+func (s *Service) ListVMs(ctx context.Context, ownerID string, statuses []model.VMStatus, page store.Page) ([]*model.VM, string, error) {
+	for _, st := range statuses {
+		if !st.Valid() {
+			return nil, "", invalid("status", "unknown vm status %q", st)
+		}
+	}
+	page, err := s.checkPage(page)
+	if err != nil {
+		return nil, "", err
+	}
+	vms, err := s.store.VMs().List(ctx, store.VMFilter{OwnerID: ownerID, Statuses: statuses, Page: page})
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(vms) == page.Limit {
+		next = vms[len(vms)-1].ID
+	}
+	return vms, next, nil
+}
+
+func (s *Service) checkPage(p store.Page) (store.Page, error) {
+	if p.Limit == 0 {
+		p.Limit = 50
+	}
+	if p.Limit < 1 || p.Limit > 500 {
+		return p, invalid("limit", "must be between 1 and 500")
+	}
+	if p.After != "" && !validID(p.After) {
+		return p, invalid("cursor", "is not a cursor returned by this API")
+	}
+	return p, nil
+}
+
+// DeleteVM queues the deletion of a VM on the worker that hosts it. A VM that no worker has picked up yet is
+// deleted at once (its creation task then finds it deleted and does nothing).
+func (s *Service) DeleteVM(ctx context.Context, ownerID, id string, priority string) (*model.Task, error) {
+	prio, err := parsePriority(priority, model.PriorityDefault)
+	if err != nil {
+		return nil, err
+	}
+	vm, err := s.GetVM(ctx, ownerID, id)
+	if err != nil {
+		return nil, err
+	}
+	if vm.Status == model.VMDeleted {
+		return nil, fmt.Errorf("vm %s is already deleted: %w", id, model.ErrConflict)
+	}
+	if vm.Status == model.VMPending && vm.WorkerID == "" {
+		_, err := s.store.VMs().Update(ctx, id, func(v *model.VM) error {
+			if v.Status != model.VMPending || v.WorkerID != "" {
+				return errRaced
+			}
+			v.Status = model.VMDeleted
+			t := now()
+			v.StoppedAt = &t
+			return nil
+		})
+		switch {
+		case err == nil:
+			return s.recordDone(ctx, &model.Task{OwnerID: ownerID, Type: model.TaskVMDelete, Priority: prio, VMID: id},
+				VMPayload{VMID: id}, VMResult{VMID: id, Status: model.VMDeleted})
+		case errors.Is(err, errRaced):
+			if vm, err = s.GetVM(ctx, ownerID, id); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, err
+		}
+	}
+	if err := s.checkWorker(ctx, vm.WorkerID); err != nil {
+		return nil, err
+	}
+	t := &model.Task{OwnerID: ownerID, Type: model.TaskVMDelete, Priority: prio, VMID: id, TargetWorker: vm.WorkerID}
+	if err := s.submit(ctx, t, VMPayload{VMID: id}); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+var errRaced = errors.New("state changed concurrently")
+
+// recordDone stores a task that the service finished itself, so that every mutating call still has a task to show.
+func (s *Service) recordDone(ctx context.Context, t *model.Task, payload, result any) (*model.Task, error) {
+	p, err := json.Marshal(payload)
+	if err != nil {
+		return nil, err
+	}
+	r, err := json.Marshal(result)
+	if err != nil {
+		return nil, err
+	}
+	n := now()
+	t.ID, t.Payload, t.Result, t.Status = uuid.NewString(), p, r, model.TaskCompleted
+	t.CreatedAt, t.UpdatedAt, t.StartedAt, t.CompletedAt = n, n, &n, &n
+	if err := s.store.Tasks().Create(ctx, t); err != nil {
+		return nil, fmt.Errorf("store %s task: %w", t.Type, err)
+	}
+	return t, nil
+}
+
+// checkWorker refuses to pin work to a worker that has stopped sending heartbeats: the task would wait forever.
+func (s *Service) checkWorker(ctx context.Context, workerID string) error {
+	if workerID == "" {
+		return nil
+	}
+	w, err := s.store.Workers().Get(ctx, workerID)
+	if errors.Is(err, model.ErrNotFound) {
+		return fmt.Errorf("%w: worker %s that hosts this vm is not registered", ErrUnavailable, workerID)
+	}
+	if err != nil {
+		return fmt.Errorf("look up worker %s: %w", workerID, err)
+	}
+	if w.Status != "active" || time.Since(w.LastHeartbeat) > s.limits.WorkerStaleAfter {
+		return fmt.Errorf("%w: worker %s that hosts this vm is %s (last heartbeat %s ago)", ErrUnavailable, workerID,
+			w.Status, time.Since(w.LastHeartbeat).Round(time.Second))
+	}
+	return nil
+}
+
+// Execute stores a pending execution and queues it on the worker that hosts the VM.
+func (s *Service) Execute(ctx context.Context, ownerID, vmID string, req client.ExecuteRequest) (*model.Execution, *model.Task, error) {
+	cmd := model.JobCommand{Command: req.Command, Args: req.Args, Env: req.Env, WorkingDir: req.WorkingDir, TimeoutSeconds: req.TimeoutSeconds}
+	if err := s.validateCommand("", cmd); err != nil {
+		return nil, nil, err
+	}
+	prio, err := parsePriority(req.Priority, model.PriorityHigh)
+	if err != nil {
+		return nil, nil, err
+	}
+	vm, err := s.GetVM(ctx, ownerID, vmID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if vm.Status != model.VMRunning {
+		return nil, nil, fmt.Errorf("%w: vm %s is %s", ErrVMNotRunning, vmID, vm.Status)
+	}
+	if err := s.checkWorker(ctx, vm.WorkerID); err != nil {
+		return nil, nil, err
+	}
+	e := newExecution(ownerID, vm.ID, "", 0, cmd)
+	if err := s.store.Executions().Create(ctx, e); err != nil {
+		return nil, nil, fmt.Errorf("store execution: %w", err)
+	}
+	t := &model.Task{OwnerID: ownerID, Type: model.TaskVMExecute, Priority: prio, VMID: vm.ID, TargetWorker: vm.WorkerID}
+	if err := s.submitExecution(ctx, t, e); err != nil {
+		return nil, nil, err
+	}
+	e.TaskID = t.ID
+	return e, t, nil
+}
+
+func (s *Service) submitExecution(ctx context.Context, t *model.Task, e *model.Execution) error {
+	err := s.submit(ctx, t, ExecutePayload{VMID: e.VMID, ExecutionID: e.ID})
+	if t.ID != "" {
+		_, uerr := s.store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
+			if x.TaskID == "" {
+				x.TaskID = t.ID
+			}
+			if err != nil {
+				x.Status, x.Error = model.ExecutionFailed, "could not be queued"
+			}
+			return nil
+		})
+		if err == nil && uerr != nil {
+			return fmt.Errorf("link execution to task: %w", uerr)
+		}
+	}
+	return err
+}
+
+// NewExecution builds a pending execution of cmd.
+func newExecution(ownerID, vmID, jobID string, seq int, cmd model.JobCommand) *model.Execution {
+	args := cmd.Args
+	if args == nil {
+		args = []string{}
+	}
+	return &model.Execution{
+		ID: uuid.NewString(), OwnerID: ownerID, VMID: vmID, JobID: jobID, Seq: seq, Status: model.ExecutionPending,
+		Command: cmd.Command, Args: args, Env: cmd.Env, WorkingDir: cmd.WorkingDir, TimeoutSeconds: cmd.TimeoutSeconds,
+		CreatedAt: now(),
+	}
+}
+
+// NewJobExecution builds the pending execution of command seq of a job; workers use it as they run jobs.
+func NewJobExecution(j *model.Job, vmID string, seq int) *model.Execution {
+	return newExecution(j.OwnerID, vmID, j.ID, seq, j.Commands[seq])
+}
+
+// GetExecution returns one of the owner's executions.
+func (s *Service) GetExecution(ctx context.Context, ownerID, id string) (*model.Execution, error) {
+	if !validID(id) {
+		return nil, notFound("execution", id)
+	}
+	e, err := s.store.Executions().Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if e.OwnerID != ownerID {
+		return nil, notFound("execution", id)
+	}
+	return e, nil
+}
+
+// ListExecutions lists the executions of one of the owner's VMs, newest first.
+func (s *Service) ListExecutions(ctx context.Context, ownerID, vmID string, page store.Page) ([]*model.Execution, string, error) {
+	if _, err := s.GetVM(ctx, ownerID, vmID); err != nil {
+		return nil, "", err
+	}
+	page, err := s.checkPage(page)
+	if err != nil {
+		return nil, "", err
+	}
+	es, err := s.store.Executions().List(ctx, store.ExecutionFilter{OwnerID: ownerID, VMID: vmID, Page: page})
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(es) == page.Limit {
+		next = es[len(es)-1].ID
+	}
+	return es, next, nil
+}
+
+// GetTask returns one of the owner's tasks.
+func (s *Service) GetTask(ctx context.Context, ownerID, id string) (*model.Task, error) {
+	if !validID(id) {
+		return nil, notFound("task", id)
+	}
+	t, err := s.store.Tasks().Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if t.OwnerID != ownerID {
+		return nil, notFound("task", id)
+	}
+	return t, nil
+}
+
+// CreateJob stores a job and queues it: on the worker that hosts its VM, or on any worker when the job creates its VM.
+func (s *Service) CreateJob(ctx context.Context, ownerID string, req client.CreateJobRequest) (*model.Job, *model.Task, error) {
+	if (req.VMID == "") == (req.VM == nil) {
+		return nil, nil, invalid("vm_id", "exactly one of vm_id and vm is required")
+	}
+	if len(req.Commands) == 0 {
+		return nil, nil, invalid("commands", "at least one command is required")
+	}
+	if len(req.Commands) > s.limits.MaxCommands {
+		return nil, nil, invalid("commands", "at most %d commands are allowed", s.limits.MaxCommands)
+	}
+	cmds := make([]model.JobCommand, len(req.Commands))
+	for i, c := range req.Commands {
+		cmds[i] = model.JobCommand(c)
+		if err := s.validateCommand(fmt.Sprintf("commands[%d].", i), cmds[i]); err != nil {
+			return nil, nil, err
+		}
+	}
+	prio, err := parsePriority(req.Priority, model.PriorityDefault)
+	if err != nil {
+		return nil, nil, err
+	}
+	job := &model.Job{
+		ID: uuid.NewString(), OwnerID: ownerID, Commands: cmds, StopOnError: req.StopOnError,
+		DeleteVMAfter: req.DeleteVMAfter, Status: model.JobPending, CreatedAt: now(),
+	}
+	job.UpdatedAt = job.CreatedAt
+	t := &model.Task{OwnerID: ownerID, Type: model.TaskJobRun, Priority: prio, JobID: job.ID}
+	if req.VM != nil {
+		spec, err := s.normalizeVMSpec(*req.VM)
+		if err != nil {
+			var ve *ValidationError
+			if errors.As(err, &ve) {
+				ve.Field = "vm." + ve.Field
+			}
+			return nil, nil, err
+		}
+		vm, err := s.newVM(ctx, ownerID, spec)
+		if err != nil {
+			return nil, nil, err
+		}
+		job.VMID, job.VMSpec = vm.ID, &spec
+	} else {
+		vm, err := s.GetVM(ctx, ownerID, req.VMID)
+		if err != nil {
+			return nil, nil, err
+		}
+		if vm.Status != model.VMRunning {
+			return nil, nil, fmt.Errorf("%w: vm %s is %s", ErrVMNotRunning, vm.ID, vm.Status)
+		}
+		if err := s.checkWorker(ctx, vm.WorkerID); err != nil {
+			return nil, nil, err
+		}
+		job.VMID, t.TargetWorker = vm.ID, vm.WorkerID
+	}
+	t.VMID = job.VMID
+	if err := s.store.Jobs().Create(ctx, job); err != nil {
+		return nil, nil, fmt.Errorf("store job: %w", err)
+	}
+	if err := s.submit(ctx, t, JobPayload{JobID: job.ID}); err != nil {
+		if job.VMSpec != nil {
+			s.failVM(ctx, job.VMID, "job could not be queued")
+		}
+		_, _ = s.store.Jobs().Update(context.WithoutCancel(ctx), job.ID, func(j *model.Job) error {
+			j.Status, j.Error = model.JobFailed, "could not be queued"
+			return nil
+		})
+		return nil, nil, err
+	}
+	job, err = s.store.Jobs().Update(ctx, job.ID, func(j *model.Job) error { j.TaskID = t.ID; return nil })
+	if err != nil {
+		return nil, nil, fmt.Errorf("link job to task: %w", err)
+	}
+	return job, t, nil
+}
+
+// GetJob returns one of the owner's jobs with the executions it has run so far, in order.
+func (s *Service) GetJob(ctx context.Context, ownerID, id string) (*model.Job, []*model.Execution, error) {
+	if !validID(id) {
+		return nil, nil, notFound("job", id)
+	}
+	j, err := s.store.Jobs().Get(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if j.OwnerID != ownerID {
+		return nil, nil, notFound("job", id)
+	}
+	es, err := s.store.Executions().List(ctx, store.ExecutionFilter{OwnerID: ownerID, JobID: id, Page: store.Page{Limit: 500}})
+	if err != nil {
+		return nil, nil, err
+	}
+	return j, es, nil
+}
+
+// WaitTask waits until the task is done or timeout passes, and returns the task as it then is (done or not).
+// It listens for the task's end on the event bus and re-reads the store now and then, so a lost event only costs
+// a little latency.
+func (s *Service) WaitTask(ctx context.Context, ownerID, id string, timeout time.Duration) (*model.Task, error) {
+	var sub events.Subscription
+	if s.bus != nil {
+		var err error
+		if sub, err = s.bus.Subscribe(ctx, events.TaskTopic(id)); err == nil {
+			defer sub.Close()
+		} else {
+			sub = nil
+		}
+	}
+	t, err := s.GetTask(ctx, ownerID, id)
+	if err != nil || t.Status.Done() || timeout <= 0 {
+		return t, err
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	var evC <-chan events.Event
+	if sub != nil {
+		evC = sub.C()
+	}
+	poll := 50 * time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return t, nil
+		case <-deadline.C:
+			return s.GetTask(ctx, ownerID, id)
+		case <-evC:
+		case <-time.After(poll):
+			if poll < time.Second {
+				poll *= 2
+			}
+		}
+		if t, err = s.GetTask(ctx, ownerID, id); err != nil || t.Status.Done() {
+			return t, err
+		}
+	}
+}
+
+// Ready checks the store, the queue and that some worker is alive: name -> nil or the error.
+func (s *Service) Ready(ctx context.Context) map[string]error {
+	checks := map[string]error{}
+	checks["store"] = s.store.Ping(ctx)
+	if _, err := s.queue.Stats(ctx); err != nil {
+		checks["queue"] = err
+	} else {
+		checks["queue"] = nil
+	}
+	if s.bus != nil {
+		checks["events"] = s.bus.Health(ctx)
+	}
+	checks["workers"] = s.checkAnyWorker(ctx)
+	return checks
+}
+
+func (s *Service) checkAnyWorker(ctx context.Context) error {
+	ws, err := s.store.Workers().List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, w := range ws {
+		if w.Status == "active" && time.Since(w.LastHeartbeat) <= s.limits.WorkerStaleAfter {
+			if h := w.Metadata["backend_health"]; h != "" && h != "ok" {
+				continue
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("no worker with a healthy backend has sent a heartbeat in the last %s", s.limits.WorkerStaleAfter)
+}

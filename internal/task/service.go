@@ -1,0 +1,102 @@
+// Package task is Aetherium's application layer: it validates requests, stores VMs, executions and jobs, turns every
+// mutating call into a persisted task on the queue, and lets callers wait for a task's end. The REST API is a thin
+// layer above it; workers run the tasks it creates (see internal/worker).
+package task
+
+import (
+	"errors"
+	"time"
+
+	"github.com/aetherium/aetherium/internal/events"
+	"github.com/aetherium/aetherium/internal/model"
+	"github.com/aetherium/aetherium/internal/queue"
+	"github.com/aetherium/aetherium/internal/store"
+)
+
+// ErrVMNotRunning is returned (wrapped) when a VM cannot take commands in its current state.
+var ErrVMNotRunning = errors.New("vm is not running")
+
+// ErrUnavailable is returned (wrapped) when a dependency (queue, worker) cannot take the request now.
+var ErrUnavailable = errors.New("service unavailable")
+
+// ValidationError is bad input, with the field it concerns. It wraps model.ErrInvalidInput.
+type ValidationError struct {
+	Field   string
+	Message string
+}
+
+func (e *ValidationError) Error() string { return e.Field + ": " + e.Message }
+func (e *ValidationError) Unwrap() error { return model.ErrInvalidInput }
+
+// Limits bound what a request may ask for.
+type Limits struct {
+	DefaultVCPUs     int
+	MaxVCPUs         int
+	DefaultMemoryMB  int
+	MinMemoryMB      int
+	MaxMemoryMB      int
+	MaxCommands      int           // per job
+	MaxTimeout       time.Duration // per command
+	MaxRetries       int           // infrastructure retries per task
+	MaxOutputBytes   int           // stored per stream per execution
+	WorkerStaleAfter time.Duration // a worker whose heartbeat is older cannot take pinned tasks
+}
+
+// DefaultLimits are the limits used when none are configured.
+func DefaultLimits() Limits {
+	return Limits{
+		DefaultVCPUs: 1, MaxVCPUs: 32,
+		DefaultMemoryMB: 512, MinMemoryMB: 128, MaxMemoryMB: 65536,
+		MaxCommands: 100, MaxTimeout: 24 * time.Hour, MaxRetries: 3,
+		MaxOutputBytes: 1 << 20, WorkerStaleAfter: 30 * time.Second,
+	}
+}
+
+// Service implements the API's use cases.
+type Service struct {
+	store  store.Store
+	queue  queue.Queue
+	bus    events.Bus
+	limits Limits
+}
+
+// New returns a Service over its dependencies.
+func New(st store.Store, q queue.Queue, bus events.Bus, limits Limits) *Service {
+	return &Service{store: st, queue: q, bus: bus, limits: limits}
+}
+
+// Payloads carried by tasks. They hold ids only: the rows they point to are the source of truth.
+type (
+	// VMPayload is the payload of vm:create and vm:delete.
+	VMPayload struct {
+		VMID string `json:"vm_id"`
+	}
+	// ExecutePayload is the payload of vm:execute.
+	ExecutePayload struct {
+		VMID        string `json:"vm_id"`
+		ExecutionID string `json:"execution_id"`
+	}
+	// JobPayload is the payload of job:run.
+	JobPayload struct {
+		JobID string `json:"job_id"`
+	}
+)
+
+// Results recorded by the worker when a task completes.
+type (
+	// VMResult is the result of vm:create and vm:delete.
+	VMResult struct {
+		VMID   string         `json:"vm_id"`
+		Status model.VMStatus `json:"status"`
+	}
+	// ExecuteResult is the result of vm:execute.
+	ExecuteResult struct {
+		ExecutionID string `json:"execution_id"`
+		ExitCode    int    `json:"exit_code"`
+	}
+	// JobResult is the result of job:run.
+	JobResult struct {
+		JobID  string          `json:"job_id"`
+		Status model.JobStatus `json:"status"`
+	}
+)

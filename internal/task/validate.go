@@ -1,0 +1,114 @@
+package task
+
+import (
+	"fmt"
+	"path"
+	"regexp"
+	"strings"
+
+	"github.com/aetherium/aetherium/internal/model"
+	"github.com/aetherium/aetherium/pkg/client"
+)
+
+var (
+	vmNameRE   = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
+	imageRE    = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._/:@-]{0,254}$`)
+	envKeyRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,255}$`)
+	metaKeyRE  = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$`)
+	maxArgs    = 4096
+	maxArgLen  = 128 << 10
+	maxEnv     = 256
+	maxMeta    = 32
+	maxMetaVal = 1024
+)
+
+func invalid(field, format string, a ...any) error {
+	return &ValidationError{Field: field, Message: fmt.Sprintf(format, a...)}
+}
+
+func parsePriority(p string, def model.Priority) (model.Priority, error) {
+	if p == "" {
+		return def, nil
+	}
+	pr := model.Priority(p)
+	if !pr.Valid() {
+		return "", invalid("priority", "must be one of critical, high, default, low (got %q)", p)
+	}
+	return pr, nil
+}
+
+// normalizeVMSpec applies defaults and limits to a create request and returns the spec to store.
+func (s *Service) normalizeVMSpec(req client.CreateVMRequest) (model.VMSpec, error) {
+	l := s.limits
+	spec := model.VMSpec{Name: req.Name, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, Image: req.Image, Metadata: req.Metadata}
+	if spec.Name == "" {
+		return spec, invalid("name", "is required")
+	}
+	if !vmNameRE.MatchString(spec.Name) {
+		return spec, invalid("name", "must be 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit")
+	}
+	if spec.VCPUs == 0 {
+		spec.VCPUs = l.DefaultVCPUs
+	}
+	if spec.VCPUs < 1 || spec.VCPUs > l.MaxVCPUs {
+		return spec, invalid("vcpus", "must be between 1 and %d (got %d)", l.MaxVCPUs, spec.VCPUs)
+	}
+	if spec.MemoryMB == 0 {
+		spec.MemoryMB = l.DefaultMemoryMB
+	}
+	if spec.MemoryMB < l.MinMemoryMB || spec.MemoryMB > l.MaxMemoryMB {
+		return spec, invalid("memory_mb", "must be between %d and %d (got %d)", l.MinMemoryMB, l.MaxMemoryMB, spec.MemoryMB)
+	}
+	if spec.Image != "" && !imageRE.MatchString(spec.Image) {
+		return spec, invalid("image", "is not a valid image reference")
+	}
+	if len(spec.Metadata) > maxMeta {
+		return spec, invalid("metadata", "has more than %d entries", maxMeta)
+	}
+	for k, v := range spec.Metadata {
+		if !metaKeyRE.MatchString(k) {
+			return spec, invalid("metadata", "key %q is not valid (letters, digits, '.', '_', '/', '-'; at most 63)", k)
+		}
+		if len(v) > maxMetaVal {
+			return spec, invalid("metadata", "value of %q is longer than %d bytes", k, maxMetaVal)
+		}
+	}
+	return spec, nil
+}
+
+// validateCommand checks one command of an execute request or a job.
+func (s *Service) validateCommand(field string, c model.JobCommand) error {
+	if strings.TrimSpace(c.Command) == "" {
+		return invalid(field+"command", "is required")
+	}
+	if strings.ContainsRune(c.Command, 0) {
+		return invalid(field+"command", "must not contain NUL bytes")
+	}
+	if len(c.Args) > maxArgs {
+		return invalid(field+"args", "has more than %d arguments", maxArgs)
+	}
+	for i, a := range c.Args {
+		if len(a) > maxArgLen || strings.ContainsRune(a, 0) {
+			return invalid(field+"args", "argument %d is longer than %d bytes or contains NUL", i, maxArgLen)
+		}
+	}
+	if len(c.Env) > maxEnv {
+		return invalid(field+"env", "has more than %d variables", maxEnv)
+	}
+	for k, v := range c.Env {
+		if !envKeyRE.MatchString(k) {
+			return invalid(field+"env", "name %q is not a valid environment variable name", k)
+		}
+		if strings.ContainsRune(v, 0) {
+			return invalid(field+"env", "value of %q contains NUL", k)
+		}
+	}
+	if c.WorkingDir != "" && (!path.IsAbs(c.WorkingDir) || strings.ContainsRune(c.WorkingDir, 0)) {
+		return invalid(field+"working_dir", "must be an absolute path")
+	}
+	maxSec := int(s.limits.MaxTimeout.Seconds())
+	if c.TimeoutSeconds < 0 || c.TimeoutSeconds > maxSec {
+		return invalid(field+"timeout_seconds", "must be between 0 (none) and %d", maxSec)
+	}
+	return nil
+}

@@ -1,0 +1,68 @@
+// Package vmm defines the VM orchestrator seam. Backends (docker now; firecracker and qemu later) implement
+// Orchestrator; the worker drives them and never knows which one it has.
+package vmm
+
+import (
+	"context"
+	"errors"
+
+	"github.com/aetherium/aetherium/internal/agent"
+)
+
+// ErrNotFound is returned (wrapped) when a backend has no VM with the given id.
+var ErrNotFound = errors.New("vm not found in backend")
+
+// ErrNotRunning is returned (wrapped) when an operation needs a running VM.
+var ErrNotRunning = errors.New("vm not running")
+
+// VMConfig describes a VM to create.
+type VMConfig struct {
+	ID       string // the store's VM id; the backend names its resources after it
+	Name     string
+	VCPUs    int
+	MemoryMB int
+	// Image selects the root filesystem (a Docker image for the docker backend). Empty: the backend's default.
+	Image string
+	// WorkerID is recorded on the backend's resources so that a restarted worker finds what it owns.
+	WorkerID string
+}
+
+// State is what a backend knows about a VM.
+type State string
+
+const (
+	StateCreated State = "created" // resources exist, not started
+	StateRunning State = "running"
+	StateStopped State = "stopped"
+)
+
+// Instance is a backend's view of one VM.
+type Instance struct {
+	ID         string
+	Name       string
+	State      State
+	WorkerID   string
+	Image      string
+	SocketPath string // where the host reaches the agent
+	// Detail says why a VM stopped, when the backend knows (exit code, OOM kill...).
+	Detail string
+}
+
+// Orchestrator runs VMs on this host. Every method is idempotent, so a retried task never fails because a previous
+// attempt got half way: creating an existing VM returns it, deleting a missing VM succeeds.
+type Orchestrator interface {
+	// Name is the backend's name ("docker", "qemu", "firecracker").
+	Name() string
+	CreateVM(ctx context.Context, cfg VMConfig) (*Instance, error)
+	// StartVM boots the VM and returns once its agent answers, or fails with a clear error at ctx's deadline.
+	StartVM(ctx context.Context, id string) error
+	StopVM(ctx context.Context, id string) error
+	// DeleteVM stops the VM if needed and removes everything the backend made for it.
+	DeleteVM(ctx context.Context, id string) error
+	GetVMStatus(ctx context.Context, id string) (*Instance, error)
+	ExecuteCommand(ctx context.Context, id string, req agent.ExecRequest) (*agent.ExecResult, error)
+	// ListVMs lists the VMs of this worker (as given by VMConfig.WorkerID) that the backend knows.
+	ListVMs(ctx context.Context) ([]*Instance, error)
+	Health(ctx context.Context) error
+	Close() error
+}
