@@ -47,6 +47,9 @@ func (s *Service) normalizeVMSpec(req client.CreateVMRequest) (model.VMSpec, err
 	if !vmNameRE.MatchString(spec.Name) {
 		return spec, invalid("name", "must be 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit")
 	}
+	if validID(spec.Name) {
+		return spec, invalid("name", "must not look like a VM id (a UUID): names and ids share the CLI's VM argument")
+	}
 	if spec.VCPUs == 0 {
 		spec.VCPUs = l.DefaultVCPUs
 	}

@@ -1,0 +1,222 @@
+// Command aetherium runs Aetherium's server roles (serve, gateway, worker, migrate), manages API keys, and is the
+// command-line client of the REST API (vm, task, job).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/aetherium/aetherium/internal/auth"
+	"github.com/aetherium/aetherium/internal/cli"
+	"github.com/aetherium/aetherium/internal/config"
+	"github.com/aetherium/aetherium/internal/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	root := &cobra.Command{
+		Use:           "aetherium",
+		Short:         "Run AI coding agents and commands in isolated VMs",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(
+		roleCommand("serve", "Run the API and a worker in one process on embedded defaults (SQLite, in-process queue)",
+			server.Roles{API: true, Worker: true, Bootstrap: true}),
+		roleCommand("gateway", "Run the REST API (production: PostgreSQL and Redis)", server.Roles{API: true}),
+		roleCommand("worker", "Run a worker that owns the VMs of this host (production: PostgreSQL and Redis)", server.Roles{Worker: true}),
+		migrateCommand(),
+		apikeyCommand(),
+	)
+	root.AddCommand(cli.NewClientCommands(cli.IOStreams{In: stdin, Out: stdout, ErrOut: stderr},
+		cli.WithUserAgent("aetherium-cli/"+version),
+		cli.WithAPIKeyHint("create one with `aetherium apikey create --name NAME` on the server host, or use the key "+
+			"`aetherium serve` printed (kept in ~/.aetherium/admin-api-key)"))...)
+	err := root.Execute()
+	var exit *cli.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		// The client commands print their own errors and return *cli.ExitError; the server commands do not.
+		fmt.Fprintln(stderr, "error:", err)
+	}
+	return cli.ExitCode(err)
+}
+
+func loadConfig(cmd *cobra.Command) (config.Config, *slog.Logger, error) {
+	cfg, err := config.Load(cmd.Flags(), os.Getenv)
+	if err != nil {
+		return cfg, nil, fmt.Errorf("configuration:\n%w", err)
+	}
+	return cfg, newLogger(cfg, cmd.ErrOrStderr()), nil
+}
+
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func roleCommand(name, short string, roles server.Roles) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   name,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			log.Info("starting", "role", name, "version", version, "worker_id", cfg.WorkerID, "data_dir", cfg.DataDir)
+			log.Debug("configuration", "config", cfg.Redacted())
+			return server.Run(ctx, cfg, roles, version, log, cmd.OutOrStdout())
+		},
+	}
+	config.Flags(cmd.Flags())
+	return cmd
+}
+
+func migrateCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Apply database migrations to the configured store",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Minute)
+			defer cancel()
+			st, err := server.OpenStore(ctx, cfg, true)
+			if err != nil {
+				return err
+			}
+			log.Info("database is up to date")
+			return st.Close()
+		},
+	}
+	config.Flags(cmd.Flags())
+	return cmd
+}
+
+func apikeyCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "apikey", Short: "Manage API keys directly in the configured store (works before any server runs)"}
+	var name, owner string
+	var admin bool
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create an API key and print it (it is shown only once)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if name == "" {
+				return errors.New("--name is required")
+			}
+			cfg, _, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := server.OpenStore(cmd.Context(), cfg, cfg.AutoMigrate)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			plain, key, err := auth.NewKey(owner, name, admin)
+			if err != nil {
+				return err
+			}
+			if err := st.APIKeys().Create(cmd.Context(), key); err != nil {
+				return fmt.Errorf("store api key: %w", err)
+			}
+			fmt.Fprintln(cmd.ErrOrStderr(), "created key", key.Prefix, "for owner", key.OwnerID, "(it is not shown again):")
+			fmt.Fprintln(cmd.OutOrStdout(), plain)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&name, "name", "", "a name for the key (required)")
+	create.Flags().StringVar(&owner, "owner", "", "owner id to share resources with (default: a new owner)")
+	create.Flags().BoolVar(&admin, "admin", false, "mark the key as an admin key")
+	config.Flags(create.Flags())
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List API keys (prefixes only)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, _, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := server.OpenStore(cmd.Context(), cfg, false)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			keys, err := st.APIKeys().List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tPREFIX\tNAME\tOWNER\tADMIN\tCREATED\tREVOKED")
+			for _, k := range keys {
+				revoked := "-"
+				if k.RevokedAt != nil {
+					revoked = k.RevokedAt.Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\t%s\n", k.ID, k.Prefix, k.Name, k.OwnerID, k.Admin, k.CreatedAt.Format(time.RFC3339), revoked)
+			}
+			return tw.Flush()
+		},
+	}
+	config.Flags(list.Flags())
+
+	revoke := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke an API key",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, _, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := server.OpenStore(cmd.Context(), cfg, false)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			if err := st.APIKeys().Revoke(cmd.Context(), args[0], time.Now().UTC()); err != nil {
+				return fmt.Errorf("revoke %s: %w", args[0], err)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "revoked", args[0])
+			return nil
+		},
+	}
+	config.Flags(revoke.Flags())
+	cmd.AddCommand(create, list, revoke)
+	return cmd
+}

@@ -1,0 +1,376 @@
+// Package client is the host side of the guest agent protocol (internal/agent/protocol). One Client keeps one
+// multiplexed connection to an agent, made on first use and remade after it breaks, and runs any number of
+// concurrent requests over it; a slow request never holds up another. Every VM backend uses it, whatever its
+// transport (agent.Dialer).
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/aetherium/aetherium/internal/agent"
+	"github.com/aetherium/aetherium/internal/agent/protocol"
+)
+
+// ErrUnavailable wraps every transport failure: the agent cannot be reached, the connection broke, the agent
+// broke the protocol. A command that ran and failed is a result, never this; a caller may retry on this error
+// (after checking that a retry is safe for what it asked).
+var ErrUnavailable = errors.New("agent unavailable")
+
+// ErrProtocolMismatch is returned when the agent speaks another protocol version. Retrying does not help.
+var ErrProtocolMismatch = errors.New("agent protocol version mismatch")
+
+// ErrClosed is returned by calls on a closed Client, and by calls in flight when it is closed.
+var ErrClosed = errors.New("agent client closed")
+
+// Error is an error the agent answered a request with (a bad request, an unknown method...). The connection is
+// fine; the request was not.
+type Error struct {
+	Method  string
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("agent %s: %s: %s", e.Method, e.Code, e.Message)
+}
+
+// Unwrap makes an agent that is shutting down count as unavailable: the request did not fail on its merits.
+func (e *Error) Unwrap() error {
+	if e.Code == protocol.CodeShuttingDown {
+		return ErrUnavailable
+	}
+	return nil
+}
+
+// Client talks to one agent. It is safe for concurrent use.
+type Client struct {
+	dial   agent.Dialer
+	window uint32 // per-stream receive window announced to the agent
+
+	mu      sync.Mutex
+	sess    *session
+	dialing *dialAttempt // non-nil while one caller dials for everyone
+	closed  bool
+}
+
+type dialAttempt struct {
+	done chan struct{}
+	err  error
+}
+
+// New returns a Client that reaches the agent through d. It does not connect until the first call.
+func New(d agent.Dialer) *Client {
+	return &Client{dial: d, window: protocol.DefaultWindow}
+}
+
+// Close closes the connection. Calls in flight fail with ErrClosed, and the agent kills their commands.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	s := c.sess
+	c.sess = nil
+	c.mu.Unlock()
+	if s != nil {
+		s.fail(ErrClosed)
+	}
+	return nil
+}
+
+// session returns the live connection, dialing it if needed. Concurrent callers share one dial.
+func (c *Client) session(ctx context.Context) (*session, error) {
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if s := c.sess; s != nil {
+			if s.usable() {
+				c.mu.Unlock()
+				return s, nil
+			}
+			c.sess = nil
+		}
+		if a := c.dialing; a != nil {
+			c.mu.Unlock()
+			select {
+			case <-a.done:
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w: waiting for connection: %w", ErrUnavailable, ctx.Err())
+			}
+			// The dialer's context may have ended while ours has not: then try again ourselves.
+			if a.err != nil && !(errors.Is(a.err, context.Canceled) || errors.Is(a.err, context.DeadlineExceeded)) {
+				return nil, a.err
+			}
+			continue
+		}
+		a := &dialAttempt{done: make(chan struct{})}
+		c.dialing = a
+		c.mu.Unlock()
+
+		s, err := c.connect(ctx)
+		c.mu.Lock()
+		c.dialing = nil
+		closed := c.closed
+		if err == nil && !closed {
+			c.sess = s
+		}
+		if err == nil && closed {
+			err = ErrClosed
+		}
+		a.err = err
+		close(a.done)
+		c.mu.Unlock()
+		if err != nil {
+			if s != nil {
+				s.fail(ErrClosed) // outside c.mu: fail calls back into the Client
+			}
+			return nil, err
+		}
+		return s, nil
+	}
+}
+
+// connect dials and shakes hands. The handshake is bounded by ctx: its deadline, or its cancellation, ends
+// a dial that hangs.
+func (c *Client) connect(ctx context.Context) (*session, error) {
+	nc, err := c.dial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: dial: %w", ErrUnavailable, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	peer, rd, err := handshake(nc, c.window)
+	stopped := stop()
+	if err != nil || !stopped || ctx.Err() != nil {
+		_ = nc.Close()
+		// A deadline on the socket means ctx ended (its timer may fire a moment after the socket's).
+		if cause := ctx.Err(); cause != nil || errors.Is(err, os.ErrDeadlineExceeded) || !stopped {
+			if cause == nil {
+				cause = context.DeadlineExceeded
+			}
+			return nil, fmt.Errorf("%w: handshake: %w", ErrUnavailable, cause)
+		}
+		return nil, err
+	}
+	if err := nc.SetDeadline(time.Time{}); err != nil {
+		_ = nc.Close()
+		return nil, fmt.Errorf("%w: clear deadline: %w", ErrUnavailable, err)
+	}
+	s := newSession(nc, rd, peer, c.window, c.dropSession)
+	go s.readLoop()
+	return s, nil
+}
+
+// dropSession forgets s once it is broken or drained, so that the next call dials again.
+func (c *Client) dropSession(s *session) {
+	c.mu.Lock()
+	if c.sess == s {
+		c.sess = nil
+	}
+	c.mu.Unlock()
+}
+
+// call sends one request and waits for its response, passing its DATA to sink. If the connection turns out to
+// be broken before any byte of the request left, the request is sent again on a fresh connection: the agent
+// cannot have seen it, so even an exec is safe to resend.
+func (c *Client) call(ctx context.Context, method string, params any, sink func(protocol.Channel, []byte) error) (json.RawMessage, error) {
+	req := protocol.Request{Method: method}
+	if params != nil {
+		raw, err := json.Marshal(params)
+		if err != nil {
+			return nil, fmt.Errorf("agent %s: encode params: %w", method, err)
+		}
+		req.Params = raw
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("agent %s: encode request: %w", method, err)
+	}
+	if len(body) > protocol.MaxPayloadSize {
+		return nil, fmt.Errorf("agent %s: request of %d bytes exceeds the protocol's %d", method, len(body), protocol.MaxPayloadSize)
+	}
+
+	var st *stream
+	for attempt := 0; ; attempt++ {
+		s, err := c.session(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("agent %s: %w", method, err)
+		}
+		st, err = s.open()
+		if err == nil {
+			var sent bool
+			if sent, err = s.write(ctx, protocol.FrameRequest, st.id, body); err == nil {
+				break
+			}
+			s.remove(st.id)
+			if sent {
+				return nil, fmt.Errorf("agent %s: %w", method, err)
+			}
+		}
+		// Nothing left: the session was already broken or out of stream ids. Once, try a fresh one.
+		retryable := errors.Is(err, errDraining) || errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrClosed)
+		if attempt > 0 || ctx.Err() != nil || !retryable {
+			return nil, fmt.Errorf("agent %s: %w", method, err)
+		}
+	}
+
+	resp, err := st.wait(ctx, sink)
+	if err != nil {
+		return nil, fmt.Errorf("agent %s: %w", method, err)
+	}
+	if resp.Error != nil {
+		return nil, &Error{Method: method, Code: resp.Error.Code, Message: resp.Error.Message}
+	}
+	return resp.Result, nil
+}
+
+// Health asks the agent who it is.
+func (c *Client) Health(ctx context.Context) (agent.Info, error) {
+	raw, err := c.call(ctx, protocol.MethodHealth, nil, nil)
+	if err != nil {
+		return agent.Info{}, err
+	}
+	var h protocol.HealthResult
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return agent.Info{}, fmt.Errorf("%w: agent health: decode result: %w", ErrUnavailable, err)
+	}
+	return agent.Info{Version: h.Version, ProtocolVersion: h.ProtocolVersion, Hostname: h.Hostname, PID1: h.PID1}, nil
+}
+
+// ExecStream runs a command and copies its stdout and stderr to the writers while it runs (nil discards).
+// The writers are called from this goroutine only, one at a time. The result has no output in it. If a writer
+// fails or ctx ends, the agent is told to kill the command and the error is returned.
+func (c *Client) ExecStream(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (*agent.ExecResult, error) {
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	params := protocol.ExecParams{
+		Argv:       req.Argv,
+		Env:        req.Env,
+		WorkingDir: req.WorkingDir,
+		TimeoutNS:  int64(req.Timeout),
+	}
+	sink := func(ch protocol.Channel, data []byte) error {
+		var err error
+		switch ch {
+		case protocol.ChannelStdout:
+			_, err = stdout.Write(data)
+		case protocol.ChannelStderr:
+			_, err = stderr.Write(data)
+		}
+		if err != nil {
+			return fmt.Errorf("writing %s: %w", ch, err)
+		}
+		return nil
+	}
+	raw, err := c.call(ctx, protocol.MethodExec, params, sink)
+	if err != nil {
+		return nil, err
+	}
+	var r protocol.ExecResult
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, fmt.Errorf("%w: agent exec: decode result: %w", ErrUnavailable, err)
+	}
+	return &agent.ExecResult{
+		ExitCode:  r.ExitCode,
+		Signal:    r.Signal,
+		TimedOut:  r.TimedOut,
+		Duration:  time.Duration(r.DurationNS),
+		StartedAt: r.StartedAt,
+	}, nil
+}
+
+// Exec runs a command and returns its output, each stream capped at req.MaxOutputBytes (or
+// agent.DefaultMaxOutputBytes). Output past the cap is read and dropped, so the command never blocks on it, and
+// the truncation is flagged.
+func (c *Client) Exec(ctx context.Context, req agent.ExecRequest) (*agent.ExecResult, error) {
+	limit := req.MaxOutputBytes
+	if limit <= 0 {
+		limit = agent.DefaultMaxOutputBytes
+	}
+	stdout, stderr := &capBuffer{max: limit}, &capBuffer{max: limit}
+	res, err := c.ExecStream(ctx, req, stdout, stderr)
+	if err != nil {
+		return nil, err
+	}
+	res.Stdout, res.StdoutTruncated = stdout.bytes(), stdout.truncated
+	res.Stderr, res.StderrTruncated = stderr.bytes(), stderr.truncated
+	return res, nil
+}
+
+// capBuffer keeps the first max bytes written to it and counts the rest as truncated.
+type capBuffer struct {
+	max       int
+	buf       []byte
+	truncated bool
+}
+
+func (b *capBuffer) Write(p []byte) (int, error) {
+	room := b.max - len(b.buf)
+	if len(p) > room {
+		b.buf = append(b.buf, p[:room]...)
+		b.truncated = true
+	} else {
+		b.buf = append(b.buf, p...)
+	}
+	return len(p), nil
+}
+
+func (b *capBuffer) bytes() []byte {
+	if b.buf == nil {
+		return []byte{}
+	}
+	return b.buf
+}
+
+// Backoff bounds of WaitReady, and the longest one attempt may take (a dial that hangs, a frozen agent).
+const (
+	readyBackoffMin = 5 * time.Millisecond
+	readyBackoffMax = 200 * time.Millisecond
+	readyAttemptMax = 2 * time.Second
+)
+
+// WaitReady dials and asks for health until the agent answers or ctx ends. At the deadline its error says how
+// long it waited and what the last failure was. A protocol mismatch or a closed client ends it at once.
+func (c *Client) WaitReady(ctx context.Context) (agent.Info, error) {
+	start := time.Now()
+	backoff := readyBackoffMin
+	var last error
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, readyAttemptMax)
+		info, err := c.Health(actx)
+		cancel()
+		if err == nil {
+			return info, nil
+		}
+		if errors.Is(err, ErrProtocolMismatch) || errors.Is(err, ErrClosed) {
+			return agent.Info{}, err
+		}
+		// An attempt cut short by ctx itself says less than the failure before it.
+		if last == nil || ctx.Err() == nil {
+			last = err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return agent.Info{}, fmt.Errorf("%w: agent not ready after %v (%d attempts): %w; last error: %w",
+				ErrUnavailable, time.Since(start).Round(time.Millisecond), attempt, ctx.Err(), last)
+		case <-t.C:
+		}
+		backoff = min(2*backoff, readyBackoffMax)
+	}
+}

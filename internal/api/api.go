@@ -1,0 +1,148 @@
+// Package api is Aetherium's REST API v1: a thin HTTP layer over the application layer (internal/task). It turns
+// requests into service calls for the authenticated owner and service results into the wire types of pkg/client.
+// Every mutating call answers 202 with a task; ?wait=<duration> turns it into a bounded synchronous call.
+// The contract is internal/api/openapi.yaml, served at /api/v1/openapi.yaml and checked against the router by tests.
+package api
+
+import (
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/aetherium/aetherium/internal/auth"
+	"github.com/aetherium/aetherium/internal/task"
+	"github.com/aetherium/aetherium/pkg/client"
+)
+
+// Defaults of Config.
+const (
+	DefaultMaxBodyBytes = 1 << 20
+	DefaultMaxWait      = 10 * time.Minute
+)
+
+// Config configures the API handler. Service and Auth are required.
+type Config struct {
+	Service *task.Service
+	Auth    *auth.Authenticator
+	Logger  *slog.Logger
+	// Version is reported by GET /api/v1/health.
+	Version string
+	// MaxBodyBytes bounds request bodies (default 1 MiB); larger ones get 413.
+	MaxBodyBytes int64
+	// MaxWait bounds ?wait= (default 10 minutes). The HTTP server's WriteTimeout must exceed it.
+	MaxWait time.Duration
+}
+
+// server holds the handler's dependencies; its methods are the route handlers.
+type server struct {
+	svc     *task.Service
+	auth    *auth.Authenticator
+	log     *slog.Logger
+	version string
+	maxBody int64
+	maxWait time.Duration
+	openapi openAPIDoc
+	router  *chi.Mux
+}
+
+// New returns the http.Handler of the REST API v1, rooted at /api/v1.
+func New(cfg Config) http.Handler {
+	return newServer(cfg).router
+}
+
+func newServer(cfg Config) *server {
+	s := &server{
+		svc:     cfg.Service,
+		auth:    cfg.Auth,
+		log:     cfg.Logger,
+		version: cfg.Version,
+		maxBody: cfg.MaxBodyBytes,
+		maxWait: cfg.MaxWait,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.version == "" {
+		s.version = "dev"
+	}
+	if s.maxBody <= 0 {
+		s.maxBody = DefaultMaxBodyBytes
+	}
+	if s.maxWait <= 0 {
+		s.maxWait = DefaultMaxWait
+	}
+	s.openapi = loadOpenAPI()
+	if s.openapi.err != nil {
+		// The document is embedded and checked by tests, so this only happens with a broken build; the API still
+		// serves everything else and the openapi routes answer 500.
+		s.log.Error("openapi document cannot be parsed", "err", s.openapi.err)
+	}
+	s.routes()
+	return s
+}
+
+func (s *server) routes() {
+	r := chi.NewRouter()
+	s.router = r
+	// Order matters: the request id is known to the access log, the access log sees the 500 written by the
+	// recoverer, and the body limit applies before any handler reads.
+	r.Use(s.requestID, s.accessLog, s.recoverer, s.limitBody)
+	// Set before Route so the /api/v1 sub-router inherits them.
+	r.NotFound(s.notFound)
+	r.MethodNotAllowed(s.methodNotAllowed)
+
+	r.Route("/api/v1", func(r chi.Router) {
+		// Public: probes and the contract itself.
+		r.Get("/health", s.health)
+		r.Get("/ready", s.ready)
+		r.Get("/openapi.yaml", s.openAPIYAML)
+		r.Get("/openapi.json", s.openAPIJSON)
+
+		r.Group(func(r chi.Router) {
+			r.Use(s.authenticate, s.requireJSON)
+			r.Post("/vms", s.createVM)
+			r.Get("/vms", s.listVMs)
+			r.Get("/vms/{id}", s.getVM)
+			r.Delete("/vms/{id}", s.deleteVM)
+			r.Post("/vms/{id}/execute", s.execute)
+			r.Get("/vms/{id}/executions", s.listExecutions)
+			r.Get("/executions/{id}", s.getExecution)
+			r.Get("/tasks/{id}", s.getTask)
+			r.Post("/jobs", s.createJob)
+			r.Get("/jobs/{id}", s.getJob)
+		})
+	})
+}
+
+func (s *server) notFound(w http.ResponseWriter, r *http.Request) {
+	s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, "no route for "+r.Method+" "+r.URL.Path)
+}
+
+// allMethods are the methods probed to build the Allow header of a 405.
+var allMethods = []string{
+	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete,
+	http.MethodOptions,
+}
+
+// methodNotAllowed answers 405 with an Allow header. chi only fills Allow in its own default handler, so the
+// allowed methods are found again by matching the path against the router for each method.
+func (s *server) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.RawPath
+	if path == "" {
+		path = r.URL.Path
+	}
+	var allowed []string
+	for _, m := range allMethods {
+		if s.router.Match(chi.NewRouteContext(), m, path) {
+			allowed = append(allowed, m)
+		}
+	}
+	if len(allowed) > 0 {
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+	}
+	s.writeError(w, r, http.StatusMethodNotAllowed, "method_not_allowed",
+		"method "+r.Method+" is not allowed on "+r.URL.Path)
+}

@@ -1,0 +1,355 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+
+	"github.com/aetherium/aetherium/internal/model"
+	"github.com/aetherium/aetherium/internal/store"
+	"github.com/aetherium/aetherium/pkg/client"
+)
+
+// readyTimeout bounds the readiness checks so a hung dependency makes the probe fail rather than hang.
+const readyTimeout = 5 * time.Second
+
+// pathID returns the {id} of the route when it is a canonical UUID. Anything else cannot name a resource, so it is
+// answered 404 here, without touching the store.
+func (s *server) pathID(w http.ResponseWriter, r *http.Request, kind string) (string, bool) {
+	id := chi.URLParam(r, "id")
+	if len(id) == 36 && uuid.Validate(id) == nil {
+		return strings.ToLower(id), true
+	}
+	shown := id
+	if len(shown) > 64 {
+		shown = shown[:64] + "..."
+	}
+	s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, fmt.Sprintf("%s %q: not found", kind, shown))
+	return "", false
+}
+
+// parseWait reads ?wait=<Go duration>. It returns 0 when the caller does not want to wait; a present but invalid
+// value is answered 400 before anything is changed.
+func (s *server) parseWait(w http.ResponseWriter, r *http.Request) (time.Duration, bool) {
+	q := r.URL.Query()
+	if !q.Has("wait") {
+		return 0, true
+	}
+	raw := q.Get("wait")
+	d, err := time.ParseDuration(raw)
+	switch {
+	case err != nil:
+		s.writeError(w, r, http.StatusBadRequest, client.CodeBadRequest,
+			fmt.Sprintf("wait: %q is not a duration (use a value like 30s or 2m)", raw))
+		return 0, false
+	case d <= 0:
+		s.writeError(w, r, http.StatusBadRequest, client.CodeBadRequest, "wait: must be a positive duration")
+		return 0, false
+	case d > s.maxWait:
+		s.writeError(w, r, http.StatusBadRequest, client.CodeBadRequest,
+			fmt.Sprintf("wait: must be at most %s", s.maxWait))
+		return 0, false
+	}
+	return d, true
+}
+
+// parsePage reads ?limit= and ?cursor=. Ranges are the service's to check; only a limit that is not a number is
+// refused here.
+func (s *server) parsePage(w http.ResponseWriter, r *http.Request) (store.Page, bool) {
+	q := r.URL.Query()
+	var p store.Page
+	if raw := q.Get("limit"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil {
+			s.writeError(w, r, http.StatusBadRequest, client.CodeBadRequest, fmt.Sprintf("limit: %q is not an integer", raw))
+			return p, false
+		}
+		if n == 0 {
+			n = -1 // an explicit 0 is out of range, not "the default"
+		}
+		p.Limit = n
+	}
+	p.After = q.Get("cursor")
+	return p, true
+}
+
+func (s *server) health(w http.ResponseWriter, r *http.Request) {
+	s.writeJSON(w, r, http.StatusOK, client.Health{Status: "ok", Version: s.version})
+}
+
+func (s *server) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+	defer cancel()
+	checks := s.svc.Ready(ctx)
+	out := client.Ready{Status: "ready", Checks: make(map[string]string, len(checks))}
+	status := http.StatusOK
+	for name, err := range checks {
+		if err == nil {
+			out.Checks[name] = "ok"
+			continue
+		}
+		out.Checks[name] = err.Error()
+		out.Status = "not_ready"
+		status = http.StatusServiceUnavailable
+	}
+	s.writeJSON(w, r, status, out)
+}
+
+// createVM answers 202 with the pending VM and its task. With ?wait it waits for the task: 201 when the VM was
+// created, 200 when creation failed (the request itself succeeded; task.status and vm.status say "failed"), and
+// still 202 when the wait ends first.
+func (s *server) createVM(w http.ResponseWriter, r *http.Request) {
+	wait, ok := s.parseWait(w, r)
+	if !ok {
+		return
+	}
+	var req client.CreateVMRequest
+	if !s.decodeJSON(w, r, &req) {
+		return
+	}
+	ctx, owner := r.Context(), ownerFrom(r.Context())
+	vm, t, err := s.svc.CreateVM(ctx, owner, req)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	if wait == 0 {
+		tk := ToTask(t)
+		s.writeJSON(w, r, http.StatusAccepted, client.VMAccepted{TaskID: t.ID, VM: ToVM(vm), Task: &tk})
+		return
+	}
+	if t, err = s.svc.WaitTask(ctx, owner, t.ID, wait); err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	if vm, err = s.svc.GetVM(ctx, owner, vm.ID); err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	status := http.StatusAccepted
+	switch t.Status {
+	case model.TaskCompleted:
+		status = http.StatusCreated
+	case model.TaskFailed:
+		status = http.StatusOK
+	}
+	tk := ToTask(t)
+	s.writeJSON(w, r, status, client.VMAccepted{TaskID: t.ID, VM: ToVM(vm), Task: &tk})
+}
+
+func (s *server) listVMs(w http.ResponseWriter, r *http.Request) {
+	page, ok := s.parsePage(w, r)
+	if !ok {
+		return
+	}
+	// ?status=running,stopped and ?status=running&status=stopped mean the same.
+	var statuses []model.VMStatus
+	for _, v := range r.URL.Query()["status"] {
+		for _, st := range strings.Split(v, ",") {
+			if st = strings.TrimSpace(st); st != "" {
+				statuses = append(statuses, model.VMStatus(st))
+			}
+		}
+	}
+	vms, next, err := s.svc.ListVMs(r.Context(), ownerFrom(r.Context()), statuses, page)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	out := client.VMList{VMs: make([]client.VM, 0, len(vms)), NextCursor: next}
+	for _, vm := range vms {
+		out.VMs = append(out.VMs, ToVM(vm))
+	}
+	s.writeJSON(w, r, http.StatusOK, out)
+}
+
+func (s *server) getVM(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.pathID(w, r, "vm")
+	if !ok {
+		return
+	}
+	vm, err := s.svc.GetVM(r.Context(), ownerFrom(r.Context()), id)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, ToVM(vm))
+}
+
+// deleteVM answers 202 with the deletion task, or with ?wait 200 with the task once it has finished.
+func (s *server) deleteVM(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.pathID(w, r, "vm")
+	if !ok {
+		return
+	}
+	wait, ok := s.parseWait(w, r)
+	if !ok {
+		return
+	}
+	ctx, owner := r.Context(), ownerFrom(r.Context())
+	t, err := s.svc.DeleteVM(ctx, owner, id, r.URL.Query().Get("priority"))
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	status := http.StatusAccepted
+	if wait > 0 {
+		if t, err = s.svc.WaitTask(ctx, owner, t.ID, wait); err != nil {
+			s.writeServiceError(w, r, err)
+			return
+		}
+		if t.Status.Done() {
+			status = http.StatusOK
+		}
+	}
+	tk := ToTask(t)
+	s.writeJSON(w, r, status, client.TaskAccepted{TaskID: t.ID, Task: &tk})
+}
+
+// execute answers 202 with the task and execution ids, or with ?wait 200 with the finished execution. A command
+// that exits non-zero is a completed execution with its exit code, not an error.
+func (s *server) execute(w http.ResponseWriter, r *http.Request) {
+	vmID, ok := s.pathID(w, r, "vm")
+	if !ok {
+		return
+	}
+	wait, ok := s.parseWait(w, r)
+	if !ok {
+		return
+	}
+	var req client.ExecuteRequest
+	if !s.decodeJSON(w, r, &req) {
+		return
+	}
+	ctx, owner := r.Context(), ownerFrom(r.Context())
+	e, t, err := s.svc.Execute(ctx, owner, vmID, req)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	out := client.ExecuteAccepted{TaskID: t.ID, ExecutionID: e.ID}
+	if wait == 0 {
+		s.writeJSON(w, r, http.StatusAccepted, out)
+		return
+	}
+	if t, err = s.svc.WaitTask(ctx, owner, t.ID, wait); err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	if !t.Status.Done() {
+		s.writeJSON(w, r, http.StatusAccepted, out)
+		return
+	}
+	if e, err = s.svc.GetExecution(ctx, owner, e.ID); err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	ex := ToExecution(e)
+	out.Execution = &ex
+	s.writeJSON(w, r, http.StatusOK, out)
+}
+
+func (s *server) listExecutions(w http.ResponseWriter, r *http.Request) {
+	vmID, ok := s.pathID(w, r, "vm")
+	if !ok {
+		return
+	}
+	page, ok := s.parsePage(w, r)
+	if !ok {
+		return
+	}
+	es, next, err := s.svc.ListExecutions(r.Context(), ownerFrom(r.Context()), vmID, page)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	out := client.ExecutionList{Executions: make([]client.Execution, 0, len(es)), NextCursor: next}
+	for _, e := range es {
+		out.Executions = append(out.Executions, ToExecution(e))
+	}
+	s.writeJSON(w, r, http.StatusOK, out)
+}
+
+func (s *server) getExecution(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.pathID(w, r, "execution")
+	if !ok {
+		return
+	}
+	e, err := s.svc.GetExecution(r.Context(), ownerFrom(r.Context()), id)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, ToExecution(e))
+}
+
+func (s *server) getTask(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.pathID(w, r, "task")
+	if !ok {
+		return
+	}
+	t, err := s.svc.GetTask(r.Context(), ownerFrom(r.Context()), id)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, ToTask(t))
+}
+
+// createJob answers 202 with the task and job ids, or with ?wait 200 with the finished job and its executions.
+func (s *server) createJob(w http.ResponseWriter, r *http.Request) {
+	wait, ok := s.parseWait(w, r)
+	if !ok {
+		return
+	}
+	var req client.CreateJobRequest
+	if !s.decodeJSON(w, r, &req) {
+		return
+	}
+	ctx, owner := r.Context(), ownerFrom(r.Context())
+	j, t, err := s.svc.CreateJob(ctx, owner, req)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	out := client.JobAccepted{TaskID: t.ID, JobID: j.ID}
+	if wait == 0 {
+		s.writeJSON(w, r, http.StatusAccepted, out)
+		return
+	}
+	if t, err = s.svc.WaitTask(ctx, owner, t.ID, wait); err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	if !t.Status.Done() {
+		s.writeJSON(w, r, http.StatusAccepted, out)
+		return
+	}
+	j, es, err := s.svc.GetJob(ctx, owner, j.ID)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	job := ToJob(j, es)
+	out.Job = &job
+	s.writeJSON(w, r, http.StatusOK, out)
+}
+
+func (s *server) getJob(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.pathID(w, r, "job")
+	if !ok {
+		return
+	}
+	j, es, err := s.svc.GetJob(r.Context(), ownerFrom(r.Context()), id)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, ToJob(j, es))
+}

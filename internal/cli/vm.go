@@ -1,0 +1,344 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/aetherium/aetherium/pkg/client"
+)
+
+func (a *app) vmCommand() *cobra.Command {
+	vm := a.group("vm", "Create, list, inspect, run commands in and delete VMs")
+	vm.AddCommand(a.vmCreate(), a.vmList(), a.vmGet(), a.vmDelete(), a.vmExec())
+	return vm
+}
+
+func (a *app) vmCreate() *cobra.Command {
+	var (
+		req    client.CreateVMRequest
+		meta   []string
+		noWait bool
+	)
+	cmd := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a VM and wait until it runs",
+		Long: `Create a VM and wait until it runs, then print its id. With --no-wait, print the id as soon as the
+server has accepted the request; the VM is then being created in the background.`,
+		Example: "  aetherium vm create web --vcpus 2 --memory 1024\n  id=$(aetherium vm create scratch)",
+	}
+	f := cmd.Flags()
+	f.IntVar(&req.VCPUs, "vcpus", 0, "virtual CPUs (0: the server's default)")
+	f.IntVar(&req.MemoryMB, "memory", 0, "memory in MiB (0: the server's default)")
+	f.StringVar(&req.Image, "image", "", "root image (empty: the server's default)")
+	f.StringVar(&req.Priority, "priority", "", "queue priority: critical, high, default or low")
+	f.StringArrayVar(&meta, "metadata", nil, "add metadata, as `KEY=VALUE` (repeatable)")
+	f.BoolVar(&noWait, "no-wait", false, "return once the request is accepted")
+	check := func(*cobra.Command, []string) (err error) {
+		req.Metadata, err = parseKV(meta, "--metadata")
+		return err
+	}
+	return a.leaf(cmd, checks(cobra.ExactArgs(1), check), exitFailure, func(ctx context.Context, c *client.Client, _ *cobra.Command, args []string) error {
+		req.Name = args[0]
+		if noWait {
+			acc, err := c.CreateVM(ctx, req)
+			if err != nil {
+				return err
+			}
+			if a.jsonOut {
+				return printJSON(a.streams.Out, acc)
+			}
+			fmt.Fprintln(a.streams.Out, acc.VM.ID)
+			fmt.Fprintf(a.streams.ErrOut, "creating vm %s (task %s); follow it with `%s task get %s`\n", req.Name, acc.TaskID, a.prog, acc.TaskID)
+			return nil
+		}
+
+		stop := a.startProgress("creating vm " + req.Name)
+		vm, err := c.CreateVMAndWait(ctx, req)
+		stop()
+		var (
+			te *client.TaskError
+			we *client.WaitError
+		)
+		switch {
+		case errors.As(err, &te):
+			if a.jsonOut && vm != nil {
+				_ = printJSON(a.streams.Out, vm)
+			}
+			return &userError{msg: fmt.Sprintf("creating vm %s failed: %s (task %s)", req.Name, te.Message, te.TaskID)}
+		case errors.As(err, &we) && vm != nil:
+			return &userError{msg: a.waitMessage(we, fmt.Sprintf("vm %s (%s)", req.Name, vm.ID))}
+		case err != nil:
+			return err
+		}
+		if a.jsonOut {
+			return printJSON(a.streams.Out, vm)
+		}
+		fmt.Fprintln(a.streams.Out, vm.ID)
+		return nil
+	})
+}
+
+func (a *app) vmList() *cobra.Command {
+	var (
+		status []string
+		limit  int
+	)
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List VMs",
+	}
+	f := cmd.Flags()
+	f.StringSliceVar(&status, "status", nil, "only VMs in these states, comma-separated or repeated (pending, creating, running, stopping, stopped, deleted, failed)")
+	f.IntVar(&limit, "limit", 0, "show at most this many VMs (0: all)")
+	check := func(*cobra.Command, []string) error {
+		if limit < 0 {
+			return errors.New("--limit must not be negative")
+		}
+		return nil
+	}
+	return a.leaf(cmd, checks(cobra.NoArgs, check), exitFailure, func(ctx context.Context, c *client.Client, _ *cobra.Command, _ []string) error {
+		vms, err := listAllVMs(ctx, c, status, limit)
+		if err != nil {
+			return err
+		}
+		if a.jsonOut {
+			if vms == nil {
+				vms = []client.VM{}
+			}
+			return printJSON(a.streams.Out, client.VMList{VMs: vms})
+		}
+		if len(vms) == 0 {
+			fmt.Fprintln(a.streams.ErrOut, "no VMs found")
+			return nil
+		}
+		now := time.Now()
+		rows := make([][]string, len(vms))
+		for i, vm := range vms {
+			rows[i] = []string{vm.ID, vm.Name, vm.Status, fmt.Sprint(vm.VCPUs), fmt.Sprintf("%dMiB", vm.MemoryMB), orDash(vm.Image), fmtAge(vm.CreatedAt, now)}
+		}
+		return printTable(a.streams.Out, []string{"ID", "NAME", "STATUS", "VCPUS", "MEMORY", "IMAGE", "AGE"}, rows)
+	})
+}
+
+func (a *app) vmGet() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "get VM",
+		Short: "Show a VM (by id or name)",
+	}
+	return a.leaf(cmd, cobra.ExactArgs(1), exitFailure, func(ctx context.Context, c *client.Client, _ *cobra.Command, args []string) error {
+		id, vm, err := resolveVM(ctx, c, args[0])
+		if err != nil {
+			return err
+		}
+		if vm == nil {
+			if vm, err = c.GetVM(ctx, id); err != nil {
+				return err
+			}
+		}
+		if a.jsonOut {
+			return printJSON(a.streams.Out, vm)
+		}
+		return printFields(a.streams.Out, []field{
+			{"ID", vm.ID},
+			{"Name", vm.Name},
+			{"Status", vm.Status},
+			{"Error", vm.Error},
+			{"vCPUs", fmt.Sprint(vm.VCPUs)},
+			{"Memory", fmt.Sprintf("%d MiB", vm.MemoryMB)},
+			{"Image", vm.Image},
+			{"Worker", vm.WorkerID},
+			{"Metadata", fmtMap(vm.Metadata)},
+			{"Created", fmtTime(vm.CreatedAt)},
+			{"Started", fmtTimePtr(vm.StartedAt)},
+			{"Stopped", fmtTimePtr(vm.StoppedAt)},
+			{"Updated", fmtTime(vm.UpdatedAt)},
+		})
+	})
+}
+
+func (a *app) vmDelete() *cobra.Command {
+	var noWait bool
+	cmd := &cobra.Command{
+		Use:     "delete VM",
+		Aliases: []string{"rm"},
+		Short:   "Delete a VM (by id or name) and wait until it is gone",
+	}
+	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the request is accepted")
+	return a.leaf(cmd, cobra.ExactArgs(1), exitFailure, func(ctx context.Context, c *client.Client, _ *cobra.Command, args []string) error {
+		id, _, err := resolveVM(ctx, c, args[0])
+		if err != nil {
+			return err
+		}
+		if noWait {
+			acc, err := c.DeleteVM(ctx, id)
+			if err != nil {
+				return err
+			}
+			if a.jsonOut {
+				return printJSON(a.streams.Out, acc)
+			}
+			fmt.Fprintf(a.streams.Out, "deleting vm %s (task %s)\n", id, acc.TaskID)
+			return nil
+		}
+		stop := a.startProgress("deleting vm " + args[0])
+		task, err := c.DeleteVMAndWait(ctx, id)
+		stop()
+		var (
+			te *client.TaskError
+			we *client.WaitError
+		)
+		switch {
+		case errors.As(err, &te):
+			return &userError{msg: fmt.Sprintf("deleting vm %s failed: %s (task %s)", args[0], te.Message, te.TaskID)}
+		case errors.As(err, &we):
+			return &userError{msg: a.waitMessage(we, "the deletion of vm "+id)}
+		case err != nil:
+			return err
+		}
+		if a.jsonOut {
+			return printJSON(a.streams.Out, task)
+		}
+		fmt.Fprintf(a.streams.Out, "vm %s deleted\n", id)
+		return nil
+	})
+}
+
+func (a *app) vmExec() *cobra.Command {
+	var (
+		env      []string
+		req      client.ExecuteRequest
+		priority string
+	)
+	cmd := &cobra.Command{
+		Use:   "exec VM -- COMMAND [ARGS...]",
+		Short: "Run a command in a VM and print its output",
+		Long: `Run a command in a VM (by id or name) and wait for it. Its stdout goes to stdout, its stderr to stderr, and
+the exit code is the command's own: 124 means the command was killed by its timeout, 125 that it could not be
+run at all (the error says why). Put the command after -- so its flags are not taken for ours.
+
+The command is run as is, without a shell: use sh -c '...' for pipes and variables.`,
+		Example: "  aetherium vm exec web -- uname -a\n  aetherium vm exec --env GREETING=hi web -- sh -c 'echo $GREETING'",
+	}
+	f := cmd.Flags()
+	f.StringArrayVarP(&env, "env", "e", nil, "set an environment variable, as `KEY=VALUE` (repeatable)")
+	f.StringVarP(&req.WorkingDir, "workdir", "w", "", "working directory in the VM")
+	f.IntVar(&req.TimeoutSeconds, "timeout-seconds", 0, "kill the command after this many seconds (0: the server's default)")
+	f.StringVar(&priority, "priority", "", "queue priority: critical, high, default or low")
+	execArgs := func(cmd *cobra.Command, args []string) error {
+		dash := cmd.ArgsLenAtDash()
+		switch {
+		case dash == 0:
+			return errors.New("the VM comes before --: vm exec VM -- COMMAND [ARGS...]")
+		case dash > 1:
+			return fmt.Errorf("unexpected argument %q before --", args[1])
+		case len(args) < 2:
+			return errors.New("want a VM and a command: vm exec VM -- COMMAND [ARGS...]")
+		case req.TimeoutSeconds < 0:
+			return errors.New("--timeout-seconds must not be negative")
+		}
+		var err error
+		req.Env, err = parseKV(env, "--env")
+		return err
+	}
+	return a.leaf(cmd, execArgs, exitOwnFailure, func(ctx context.Context, c *client.Client, _ *cobra.Command, args []string) error {
+		req.Command, req.Args, req.Priority = args[1], args[2:], priority
+		id, _, err := resolveVM(ctx, c, args[0])
+		if err != nil {
+			return err
+		}
+		stop := a.startProgress("running " + req.Command + " in vm " + args[0])
+		exec, err := c.ExecAndWait(ctx, id, req)
+		stop()
+		var (
+			te *client.TaskError
+			we *client.WaitError
+		)
+		switch {
+		case errors.As(err, &te):
+			if a.jsonOut && exec != nil {
+				_ = printJSON(a.streams.Out, exec)
+			}
+			return &userError{msg: fmt.Sprintf("could not run the command in vm %s: %s (task %s)", args[0], te.Message, te.TaskID)}
+		case errors.As(err, &we):
+			return &userError{msg: a.waitMessage(we, "the command")}
+		case err != nil:
+			return err
+		}
+		if a.jsonOut {
+			if err := printJSON(a.streams.Out, exec); err != nil {
+				return err
+			}
+		} else {
+			_, _ = io.WriteString(a.streams.Out, exec.Stdout)
+			_, _ = io.WriteString(a.streams.ErrOut, exec.Stderr)
+		}
+		a.warnExecution(exec, "")
+		if code := exitCodeOf(exec); code != 0 {
+			return &ExitError{Code: code}
+		}
+		return nil
+	})
+}
+
+// warnExecution points out on stderr what the output alone does not show: truncation and timeouts.
+func (a *app) warnExecution(e *client.Execution, prefix string) {
+	if e.StdoutTruncated {
+		fmt.Fprintf(a.streams.ErrOut, "warning: %sstdout was truncated by the server\n", prefix)
+	}
+	if e.StderrTruncated {
+		fmt.Fprintf(a.streams.ErrOut, "warning: %sstderr was truncated by the server\n", prefix)
+	}
+	if e.TimedOut {
+		fmt.Fprintf(a.streams.ErrOut, "warning: %sthe command was killed by its timeout\n", prefix)
+	}
+	if e.Error != "" && e.Status != "failed" {
+		fmt.Fprintf(a.streams.ErrOut, "warning: %s%s\n", prefix, e.Error)
+	}
+}
+
+// exitCodeOf maps an execution to a process exit code: its own, 124 when its timeout killed it, and 125 when it
+// has none. Codes outside 0-255 are folded like a shell would, never to 0.
+func exitCodeOf(e *client.Execution) int {
+	switch {
+	case e.TimedOut:
+		return exitTimeout
+	case e.ExitCode == nil:
+		return exitOwnFailure
+	case *e.ExitCode == 0:
+		return 0
+	}
+	if c := *e.ExitCode & 0xff; c != 0 {
+		return c
+	}
+	return exitFailure
+}
+
+// parseKV parses repeated KEY=VALUE flags.
+func parseKV(list []string, flag string) (map[string]string, error) {
+	if len(list) == 0 {
+		return nil, nil
+	}
+	m := make(map[string]string, len(list))
+	for _, kv := range list {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, usagef("%s %q: want KEY=VALUE", flag, kv)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

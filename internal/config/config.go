@@ -1,0 +1,319 @@
+// Package config loads Aetherium's server configuration from, in increasing order of precedence, built-in defaults,
+// a YAML file, environment variables (AETHERIUM_*) and command-line flags, and validates it into typed values.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the validated configuration of every server role.
+type Config struct {
+	DataDir     string        `yaml:"data_dir"`
+	Listen      string        `yaml:"listen"`
+	DatabaseURL string        `yaml:"database_url"`
+	RedisURL    string        `yaml:"redis_url"`
+	AutoMigrate bool          `yaml:"auto_migrate"`
+	LogLevel    string        `yaml:"log_level"`
+	LogFormat   string        `yaml:"log_format"`
+	WorkerID    string        `yaml:"worker_id"`
+	Concurrency int           `yaml:"concurrency"`
+	Backend     string        `yaml:"backend"`
+	AgentBinary string        `yaml:"agent_binary"`
+	Busybox     string        `yaml:"busybox"`
+	DockerImage string        `yaml:"docker_image"`
+	DockerNet   string        `yaml:"docker_network"`
+	ReadyWait   time.Duration `yaml:"ready_timeout"`
+	MaxOutput   int           `yaml:"max_output_bytes"`
+	MaxRetries  int           `yaml:"max_retries"`
+	ShutdownFor time.Duration `yaml:"shutdown_timeout"`
+}
+
+// setting is one configuration key: its YAML key, environment variable, flag and how to parse it.
+type setting struct {
+	key, usage string
+	set        func(c *Config, v string) error
+}
+
+func str(p func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error { *p(c) = v; return nil }
+}
+
+func integer(p func(*Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("not an integer: %q", v)
+		}
+		*p(c) = n
+		return nil
+	}
+}
+
+func boolean(p func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("not a boolean: %q", v)
+		}
+		*p(c) = b
+		return nil
+	}
+}
+
+func duration(p func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("not a duration (like 30s or 2m): %q", v)
+		}
+		*p(c) = d
+		return nil
+	}
+}
+
+var settings = []setting{
+	{"data_dir", "directory for the embedded database, per-VM state and the bootstrap API key", str(func(c *Config) *string { return &c.DataDir })},
+	{"listen", "address of the REST API", str(func(c *Config) *string { return &c.Listen })},
+	{"database_url", "postgres://... or sqlite://PATH (default: SQLite in the data directory)", str(func(c *Config) *string { return &c.DatabaseURL })},
+	{"redis_url", "redis://HOST:PORT/DB for the Asynq queue and event bus (empty: in-process queue)", str(func(c *Config) *string { return &c.RedisURL })},
+	{"auto_migrate", "apply database migrations at start (serve and gateway)", boolean(func(c *Config) *bool { return &c.AutoMigrate })},
+	{"log_level", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
+	{"log_format", "text or json", str(func(c *Config) *string { return &c.LogFormat })},
+	{"worker_id", "stable id of this worker (default: the host name)", str(func(c *Config) *string { return &c.WorkerID })},
+	{"concurrency", "tasks a worker runs at once", integer(func(c *Config) *int { return &c.Concurrency })},
+	{"backend", "VM backend: docker", str(func(c *Config) *string { return &c.Backend })},
+	{"agent_binary", "path of the static aetherium-agent binary (default: next to this executable)", str(func(c *Config) *string { return &c.AgentBinary })},
+	{"busybox", "static busybox used to build the Docker base image", str(func(c *Config) *string { return &c.Busybox })},
+	{"docker_image", "default image of Docker VMs (empty: the built base image)", str(func(c *Config) *string { return &c.DockerImage })},
+	{"docker_network", "network mode of Docker VMs: none or bridge", str(func(c *Config) *string { return &c.DockerNet })},
+	{"ready_timeout", "how long a VM may take to become ready", duration(func(c *Config) *time.Duration { return &c.ReadyWait })},
+	{"max_output_bytes", "output kept per stream per execution", integer(func(c *Config) *int { return &c.MaxOutput })},
+	{"max_retries", "retries of a task after an infrastructure failure", integer(func(c *Config) *int { return &c.MaxRetries })},
+	{"shutdown_timeout", "how long in-flight tasks may finish on SIGTERM", duration(func(c *Config) *time.Duration { return &c.ShutdownFor })},
+}
+
+func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
+
+// EnvName gives the environment variable of a key.
+func EnvName(key string) string { return "AETHERIUM_" + strings.ToUpper(key) }
+
+// Defaults returns the built-in configuration.
+func Defaults() Config {
+	home, err := os.UserHomeDir()
+	if err != nil || home == "" {
+		home = "."
+	}
+	return Config{
+		DataDir: filepath.Join(home, ".aetherium"), Listen: ":8080", AutoMigrate: true,
+		LogLevel: "info", LogFormat: "text", Concurrency: 10, Backend: "docker", Busybox: "/bin/busybox",
+		DockerNet: "none", ReadyWait: 30 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
+	}
+}
+
+// Flags registers one flag per setting (plus --config) on fs.
+func Flags(fs *pflag.FlagSet) {
+	fs.String("config", "", "YAML configuration file (env AETHERIUM_CONFIG)")
+	for _, s := range settings {
+		fs.String(flagName(s.key), "", s.usage+" (env "+EnvName(s.key)+")")
+	}
+}
+
+// Load builds the configuration from defaults, the YAML file (--config or AETHERIUM_CONFIG), the environment and
+// the flags that were set, in that order, and validates it.
+func Load(fs *pflag.FlagSet, getenv func(string) string) (Config, error) {
+	c := Defaults()
+	path := getenv("AETHERIUM_CONFIG")
+	if f := fs.Lookup("config"); f != nil && f.Changed {
+		path = f.Value.String()
+	}
+	if path != "" {
+		if err := c.loadFile(path); err != nil {
+			return c, err
+		}
+	}
+	for _, s := range settings {
+		if v, ok := lookupEnv(getenv, EnvName(s.key)); ok {
+			if err := s.set(&c, v); err != nil {
+				return c, fmt.Errorf("environment %s: %w", EnvName(s.key), err)
+			}
+		}
+	}
+	for _, s := range settings {
+		if f := fs.Lookup(flagName(s.key)); f != nil && f.Changed {
+			if err := s.set(&c, f.Value.String()); err != nil {
+				return c, fmt.Errorf("flag --%s: %w", flagName(s.key), err)
+			}
+		}
+	}
+	return c, c.normalize()
+}
+
+func lookupEnv(getenv func(string) string, name string) (string, bool) {
+	v := getenv(name)
+	return v, v != ""
+}
+
+func (c *Config) loadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config file: %w", err)
+	}
+	var raw map[string]yaml.Node
+	if err := yaml.Unmarshal(b, &raw); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	known := map[string]setting{}
+	for _, s := range settings {
+		known[s.key] = s
+	}
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		s, ok := known[k]
+		if !ok {
+			return fmt.Errorf("config file %s: unknown key %q", path, k)
+		}
+		n := raw[k]
+		if n.Kind != yaml.ScalarNode {
+			return fmt.Errorf("config file %s: key %q must be a single value", path, k)
+		}
+		if err := s.set(c, n.Value); err != nil {
+			return fmt.Errorf("config file %s: key %q (line %d): %w", path, k, n.Line, err)
+		}
+	}
+	return nil
+}
+
+var workerIDRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
+
+// normalize fills derived defaults and rejects invalid values with a message that names the setting.
+func (c *Config) normalize() error {
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s (%s / --%s): %s", key, EnvName(key), flagName(key), fmt.Sprintf(format, a...)))
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must not be empty")
+	} else if abs, err := filepath.Abs(c.DataDir); err == nil {
+		c.DataDir = abs
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "must be host:port or :port (got %q)", c.Listen)
+	}
+	if c.DatabaseURL == "" {
+		c.DatabaseURL = "sqlite://" + filepath.Join(c.DataDir, "aetherium.db")
+	}
+	if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql" && u.Scheme != "sqlite") {
+		bad("database_url", "must start with postgres:// or sqlite://")
+	}
+	if c.RedisURL != "" {
+		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+			bad("redis_url", "must be redis://HOST:PORT[/DB] or rediss://...")
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", "must be debug, info, warn or error (got %q)", c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("log_format", "must be text or json (got %q)", c.LogFormat)
+	}
+	if c.WorkerID == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "local"
+		}
+		c.WorkerID = host
+	}
+	if !workerIDRE.MatchString(c.WorkerID) {
+		bad("worker_id", "must be 1-63 letters, digits, '.', '_' or '-' (got %q)", c.WorkerID)
+	}
+	if c.Concurrency < 1 || c.Concurrency > 1000 {
+		bad("concurrency", "must be between 1 and 1000 (got %d)", c.Concurrency)
+	}
+	if c.Backend != "docker" {
+		bad("backend", "must be docker (firecracker and qemu are not built yet; got %q)", c.Backend)
+	}
+	if c.DockerNet != "none" && c.DockerNet != "bridge" {
+		bad("docker_network", "must be none or bridge (got %q)", c.DockerNet)
+	}
+	if c.AgentBinary == "" {
+		c.AgentBinary = defaultAgentBinary()
+	}
+	if c.ReadyWait <= 0 {
+		bad("ready_timeout", "must be positive")
+	}
+	if c.MaxOutput < 1024 || c.MaxOutput > 64<<20 {
+		bad("max_output_bytes", "must be between 1024 and 67108864 (got %d)", c.MaxOutput)
+	}
+	if c.MaxRetries < 0 || c.MaxRetries > 25 {
+		bad("max_retries", "must be between 0 and 25 (got %d)", c.MaxRetries)
+	}
+	if c.ShutdownFor <= 0 {
+		bad("shutdown_timeout", "must be positive")
+	}
+	return errors.Join(errs...)
+}
+
+// defaultAgentBinary looks for aetherium-agent next to the running executable, then in PATH.
+func defaultAgentBinary() string {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "aetherium-agent")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := lookPath("aetherium-agent"); err == nil {
+		return p
+	}
+	return "aetherium-agent"
+}
+
+func lookPath(name string) (string, error) {
+	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", os.ErrNotExist
+}
+
+// Redacted renders the configuration for logs, with passwords in URLs hidden.
+func (c Config) Redacted() string {
+	cc := c
+	cc.DatabaseURL = redactURL(c.DatabaseURL)
+	cc.RedisURL = redactURL(c.RedisURL)
+	var buf bytes.Buffer
+	_ = yaml.NewEncoder(&buf).Encode(cc)
+	return buf.String()
+}
+
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}

@@ -1,0 +1,85 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func load(t *testing.T, file string, env map[string]string, args ...string) (Config, error) {
+	t.Helper()
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	Flags(fs)
+	if file != "" {
+		p := filepath.Join(t.TempDir(), "aetherium.yaml")
+		if err := os.WriteFile(p, []byte(file), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--config", p)
+	}
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return Load(fs, func(k string) string { return env[k] })
+}
+
+func TestPrecedenceFlagsOverEnvOverFileOverDefaults(t *testing.T) {
+	file := "listen: \":7000\"\nconcurrency: 3\nworker_id: from-file\nready_timeout: 45s\ndata_dir: /tmp/x\n"
+	env := map[string]string{"AETHERIUM_LISTEN": ":7001", "AETHERIUM_WORKER_ID": "from-env"}
+	c, err := load(t, file, env, "--worker-id", "from-flag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.WorkerID != "from-flag" || c.Listen != ":7001" || c.Concurrency != 3 || c.ReadyWait != 45*time.Second {
+		t.Fatalf("got worker=%q listen=%q concurrency=%d ready=%s", c.WorkerID, c.Listen, c.Concurrency, c.ReadyWait)
+	}
+	if c.Backend != "docker" || c.MaxRetries != 3 {
+		t.Fatalf("defaults not applied: backend=%q retries=%d", c.Backend, c.MaxRetries)
+	}
+	if c.DatabaseURL != "sqlite:///tmp/x/aetherium.db" {
+		t.Fatalf("default database url = %q", c.DatabaseURL)
+	}
+}
+
+func TestInvalidValuesNameTheSetting(t *testing.T) {
+	cases := []struct {
+		name, file string
+		env        map[string]string
+		args       []string
+		want       string
+	}{
+		{"unknown file key", "lisen: x\n", nil, nil, `unknown key "lisen"`},
+		{"bad duration in file", "ready_timeout: soon\n", nil, nil, "ready_timeout"},
+		{"bad env integer", "", map[string]string{"AETHERIUM_CONCURRENCY": "many"}, nil, "AETHERIUM_CONCURRENCY"},
+		{"bad listen flag", "", nil, []string{"--listen", "nowhere"}, "listen"},
+		{"bad database url", "", nil, []string{"--database-url", "mysql://x"}, "database_url"},
+		{"bad redis url", "", nil, []string{"--redis-url", "http://x"}, "redis_url"},
+		{"bad backend", "", nil, []string{"--backend", "vmware"}, "backend"},
+		{"bad worker id", "", nil, []string{"--worker-id", "no spaces"}, "worker_id"},
+		{"concurrency out of range", "", nil, []string{"--concurrency", "0"}, "concurrency"},
+		{"nested yaml", "listen:\n  a: b\n", nil, nil, "single value"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := load(t, tc.file, tc.env, tc.args...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestRedactedHidesPasswords(t *testing.T) {
+	c, err := load(t, "", nil, "--database-url", "postgres://u:secret@db/x", "--redis-url", "redis://:hunter2@r:6379/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Redacted()
+	if strings.Contains(r, "secret") || strings.Contains(r, "hunter2") {
+		t.Fatalf("redacted config leaks a password:\n%s", r)
+	}
+}

@@ -1,0 +1,207 @@
+// Package server wires Aetherium's parts into the server roles: serve (gateway and worker in one process, embedded
+// defaults), gateway (REST API, enqueues only) and worker (runs tasks and owns VMs).
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/aetherium/aetherium/internal/api"
+	"github.com/aetherium/aetherium/internal/auth"
+	"github.com/aetherium/aetherium/internal/config"
+	"github.com/aetherium/aetherium/internal/events"
+	"github.com/aetherium/aetherium/internal/events/inproc"
+	"github.com/aetherium/aetherium/internal/events/redisbus"
+	"github.com/aetherium/aetherium/internal/queue"
+	"github.com/aetherium/aetherium/internal/queue/asynqq"
+	"github.com/aetherium/aetherium/internal/queue/embedded"
+	"github.com/aetherium/aetherium/internal/store"
+	"github.com/aetherium/aetherium/internal/store/storeopen"
+	"github.com/aetherium/aetherium/internal/task"
+	"github.com/aetherium/aetherium/internal/vmm/docker"
+	"github.com/aetherium/aetherium/internal/worker"
+)
+
+// Roles selects what a process runs.
+type Roles struct {
+	API    bool
+	Worker bool
+	// Bootstrap creates and prints an admin API key when the store has none (serve on a fresh data directory).
+	Bootstrap bool
+}
+
+// AdminKeyFile is the name, in the data directory, of the file that keeps the bootstrap admin key (mode 0600).
+const AdminKeyFile = "admin-api-key"
+
+// Run runs the roles until ctx ends, then shuts down gracefully. out receives what a person must see once (the
+// bootstrap key); logs go to log.
+func Run(ctx context.Context, cfg config.Config, roles Roles, version string, log *slog.Logger, out io.Writer) error {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	st, err := OpenStore(ctx, cfg, roles.API && cfg.AutoMigrate)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	bus, err := openBus(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer bus.Close()
+
+	q, err := openQueue(cfg, roles, st, bus, log)
+	if err != nil {
+		return err
+	}
+
+	var w *worker.Worker
+	if roles.Worker {
+		backend, err := docker.New(ctx, docker.Config{
+			DataDir: cfg.DataDir, AgentBinary: cfg.AgentBinary, BusyboxPath: cfg.Busybox, DefaultImage: cfg.DockerImage,
+			WorkerID: cfg.WorkerID, NetworkMode: cfg.DockerNet, ReadyTimeout: cfg.ReadyWait, Logger: log,
+		})
+		if err != nil {
+			return fmt.Errorf("docker backend: %w", err)
+		}
+		defer backend.Close()
+		w, err = worker.New(worker.Config{
+			ID: cfg.WorkerID, Store: st, Queue: q, Backend: backend, Logger: log,
+			MaxOutputBytes: cfg.MaxOutput, Capacity: cfg.Concurrency,
+		})
+		if err != nil {
+			return err
+		}
+		if err := w.Start(ctx); err != nil {
+			return fmt.Errorf("start worker: %w", err)
+		}
+	}
+
+	var httpSrv *http.Server
+	httpErr := make(chan error, 1)
+	if roles.API {
+		if roles.Bootstrap {
+			if err := bootstrapKey(ctx, st, cfg.DataDir, out); err != nil {
+				return err
+			}
+		}
+		limits := task.DefaultLimits()
+		limits.MaxRetries = cfg.MaxRetries
+		limits.MaxOutputBytes = cfg.MaxOutput
+		svc := task.New(st, q, bus, limits)
+		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version})
+		ln, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		}
+		httpSrv = &http.Server{
+			Handler:           handler,
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+		go func() { httpErr <- httpSrv.Serve(ln) }()
+		log.Info("api listening", "addr", ln.Addr().String())
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-httpErr:
+		if !errors.Is(err, http.ErrServerClosed) {
+			log.Error("api server stopped", "err", err)
+		}
+	}
+	log.Info("shutting down", "grace", cfg.ShutdownFor)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownFor)
+	defer cancel()
+	var errs []error
+	if httpSrv != nil {
+		if err := httpSrv.Shutdown(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("api shutdown: %w", err))
+		}
+	}
+	if w != nil {
+		if err := w.Stop(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("worker drain: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// OpenStore opens the configured store, migrating it first when asked.
+func OpenStore(ctx context.Context, cfg config.Config, migrate bool) (store.Store, error) {
+	st, err := storeopen.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if migrate {
+		if err := st.Migrate(ctx); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("migrate database: %w", err)
+		}
+	}
+	return st, nil
+}
+
+func openBus(cfg config.Config, log *slog.Logger) (events.Bus, error) {
+	if cfg.RedisURL == "" {
+		return inproc.New(), nil
+	}
+	opt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("event bus: redis_url: %w", err)
+	}
+	return redisbus.New(redis.NewClient(opt), redisbus.WithLogger(log)), nil
+}
+
+func openQueue(cfg config.Config, roles Roles, st store.Store, bus events.Bus, log *slog.Logger) (queue.Queue, error) {
+	opts := queue.Options{WorkerID: cfg.WorkerID, Concurrency: cfg.Concurrency}
+	if cfg.RedisURL == "" {
+		if !(roles.API && roles.Worker) {
+			return nil, errors.New("redis_url is required: the in-process queue only works when gateway and worker share a process (aetherium serve)")
+		}
+		return embedded.New(st.Tasks(), bus, opts, log), nil
+	}
+	q, err := asynqq.NewFromURL(cfg.RedisURL, st.Tasks(), bus, opts, log)
+	if err != nil {
+		return nil, fmt.Errorf("task queue: %w", err)
+	}
+	return q, nil
+}
+
+// bootstrapKey creates an admin key on a store that has none, prints it once and keeps it in the data directory.
+func bootstrapKey(ctx context.Context, st store.Store, dataDir string, out io.Writer) error {
+	n, err := st.APIKeys().Count(ctx)
+	if err != nil {
+		return fmt.Errorf("count api keys: %w", err)
+	}
+	if n > 0 {
+		return nil
+	}
+	plain, key, err := auth.NewKey("", "admin", true)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dataDir, AdminKeyFile)
+	if err := os.WriteFile(path, []byte(plain+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write admin key file: %w", err)
+	}
+	if err := st.APIKeys().Create(ctx, key); err != nil {
+		_ = os.Remove(path)
+		return fmt.Errorf("store admin key: %w", err)
+	}
+	fmt.Fprintf(out, "\nCreated an admin API key. It is shown once here and kept in %s (mode 0600):\n\n    %s\n\n", path, plain)
+	fmt.Fprintf(out, "Try:  export AETHERIUM_API_KEY=$(cat %s)\n      aetherium vm create demo && aetherium vm exec demo -- echo hello\n\n", path)
+	return nil
+}

@@ -1,0 +1,377 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/aetherium/aetherium/internal/agent"
+	"github.com/aetherium/aetherium/internal/model"
+	"github.com/aetherium/aetherium/internal/queue"
+	"github.com/aetherium/aetherium/internal/store"
+	"github.com/aetherium/aetherium/internal/task"
+	"github.com/aetherium/aetherium/internal/vmm"
+)
+
+func utcNow() *time.Time { t := time.Now().UTC(); return &t }
+
+func (w *Worker) handleCreate(ctx context.Context, t *model.Task) (json.RawMessage, error) {
+	var p task.VMPayload
+	if err := decode(t, &p); err != nil {
+		return nil, err
+	}
+	vm, err := w.createVM(ctx, p.VMID, lastAttempt(t))
+	if err != nil {
+		return nil, err
+	}
+	return encode(task.VMResult{VMID: vm.ID, Status: vm.Status})
+}
+
+// createVM takes a pending VM to running on this worker. On a failed attempt it removes whatever the backend made,
+// so the next attempt starts clean; on the last attempt it marks the VM failed with the reason.
+func (w *Worker) createVM(ctx context.Context, vmID string, last bool) (*model.VM, error) {
+	vm, err := w.cfg.Store.VMs().Update(ctx, vmID, func(v *model.VM) error {
+		switch {
+		case v.Status == model.VMPending:
+			v.Status, v.WorkerID = model.VMCreating, w.cfg.ID
+			return nil
+		case v.WorkerID != w.cfg.ID:
+			return queue.Permanent(fmt.Errorf("vm %s is %s on worker %q", v.ID, v.Status, v.WorkerID))
+		case v.Status == model.VMCreating, v.Status == model.VMRunning:
+			return nil // a retry, or a redelivery of a finished create
+		default:
+			return errSkip
+		}
+	})
+	if errors.Is(err, errSkip) || (err == nil && vm.Status == model.VMRunning) {
+		vm, err = w.cfg.Store.VMs().Get(ctx, vmID)
+		if err != nil {
+			return nil, err
+		}
+		if vm.Status == model.VMRunning || vm.Status == model.VMDeleted {
+			return vm, nil // nothing to do: done already, or deleted before it was created
+		}
+		return nil, queue.Permanent(fmt.Errorf("vm %s is %s and cannot be created", vm.ID, vm.Status))
+	}
+	if err != nil {
+		if errors.Is(err, model.ErrNotFound) {
+			return nil, queue.Permanent(err)
+		}
+		return nil, err
+	}
+	log := w.log.With("vm_id", vm.ID, "vm_name", vm.Name)
+	start := time.Now()
+	inst, err := w.cfg.Backend.CreateVM(ctx, vmm.VMConfig{
+		ID: vm.ID, Name: vm.Name, VCPUs: vm.VCPUCount, MemoryMB: vm.MemoryMB, Image: vm.Image, WorkerID: w.cfg.ID,
+	})
+	if err == nil {
+		err = w.cfg.Backend.StartVM(ctx, vm.ID)
+	}
+	if err != nil {
+		log.Warn("vm creation attempt failed", "err", err, "last_attempt", last)
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if derr := w.cfg.Backend.DeleteVM(cctx, vm.ID); derr != nil {
+			log.Error("cleanup after failed creation", "err", derr)
+		}
+		if last || queue.IsPermanent(err) {
+			w.setVMFailed(cctx, vm.ID, fmt.Sprintf("creation failed: %v", err))
+			return nil, queue.Permanent(fmt.Errorf("create vm %s: %w", vm.ID, err))
+		}
+		return nil, fmt.Errorf("create vm %s: %w", vm.ID, err)
+	}
+	vm, err = w.cfg.Store.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
+		v.Status, v.StartedAt, v.Error = model.VMRunning, utcNow(), ""
+		if inst != nil {
+			v.SocketPath = inst.SocketPath
+			if v.Image == "" {
+				v.Image = inst.Image
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, model.ErrInvalidTransition) {
+		// Deleted while it booted: do not leave it running.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if derr := w.cfg.Backend.DeleteVM(cctx, vmID); derr != nil {
+			return nil, fmt.Errorf("remove vm %s deleted during creation: %w", vmID, derr)
+		}
+		return w.cfg.Store.VMs().Get(ctx, vmID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	log.Info("vm running", "took_ms", time.Since(start).Milliseconds())
+	return vm, nil
+}
+
+var errSkip = errors.New("skip")
+
+func (w *Worker) setVMFailed(ctx context.Context, id, reason string) {
+	if _, err := w.cfg.Store.VMs().Update(ctx, id, func(v *model.VM) error {
+		v.Status, v.Error, v.StoppedAt = model.VMFailed, reason, utcNow()
+		return nil
+	}); err != nil {
+		w.log.Error("mark vm failed", "vm_id", id, "err", err)
+	}
+}
+
+func (w *Worker) handleDelete(ctx context.Context, t *model.Task) (json.RawMessage, error) {
+	var p task.VMPayload
+	if err := decode(t, &p); err != nil {
+		return nil, err
+	}
+	if err := w.deleteVM(ctx, p.VMID); err != nil {
+		return nil, err
+	}
+	return encode(task.VMResult{VMID: p.VMID, Status: model.VMDeleted})
+}
+
+func (w *Worker) deleteVM(ctx context.Context, vmID string) error {
+	vm, err := w.cfg.Store.VMs().Update(ctx, vmID, func(v *model.VM) error {
+		if v.Status == model.VMDeleted {
+			return errSkip
+		}
+		if v.WorkerID != "" && v.WorkerID != w.cfg.ID {
+			return queue.Permanent(fmt.Errorf("vm %s is hosted by worker %q", v.ID, v.WorkerID))
+		}
+		v.Status = model.VMStopping
+		return nil
+	})
+	if errors.Is(err, errSkip) {
+		return nil
+	}
+	if err != nil {
+		if errors.Is(err, model.ErrNotFound) || errors.Is(err, model.ErrInvalidTransition) {
+			return queue.Permanent(err)
+		}
+		return err
+	}
+	if err := w.cfg.Backend.DeleteVM(ctx, vm.ID); err != nil {
+		return fmt.Errorf("delete vm %s from %s backend: %w", vm.ID, w.cfg.Backend.Name(), err)
+	}
+	_, err = w.cfg.Store.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
+		v.Status, v.StoppedAt = model.VMDeleted, utcNow()
+		return nil
+	})
+	if err == nil {
+		w.log.Info("vm deleted", "vm_id", vm.ID)
+	}
+	return err
+}
+
+func (w *Worker) handleExecute(ctx context.Context, t *model.Task) (json.RawMessage, error) {
+	var p task.ExecutePayload
+	if err := decode(t, &p); err != nil {
+		return nil, err
+	}
+	e, err := w.cfg.Store.Executions().Get(ctx, p.ExecutionID)
+	if err != nil {
+		if errors.Is(err, model.ErrNotFound) {
+			return nil, queue.Permanent(err)
+		}
+		return nil, err
+	}
+	e, err = w.runExecution(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	return encode(task.ExecuteResult{ExecutionID: e.ID, ExitCode: derefInt(e.ExitCode)})
+}
+
+func derefInt(p *int) int {
+	if p == nil {
+		return -1
+	}
+	return *p
+}
+
+// errExecutionFailed marks an execution that could not run; the execution row says why.
+var errExecutionFailed = errors.New("execution failed")
+
+// runExecution runs a stored execution once. A finished execution is returned as it is; one that was already
+// running was interrupted (a worker died mid-command) and is failed rather than run again.
+func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.Execution, error) {
+	switch e.Status {
+	case model.ExecutionCompleted:
+		return e, nil
+	case model.ExecutionFailed:
+		return e, queue.Permanent(fmt.Errorf("%w: %s", errExecutionFailed, e.Error))
+	case model.ExecutionRunning:
+		return w.failExecution(ctx, e, "interrupted: the worker stopped while the command was running; it is not run twice")
+	}
+	vm, err := w.cfg.Store.VMs().Get(ctx, e.VMID)
+	if err != nil {
+		return nil, err
+	}
+	if vm.Status != model.VMRunning || vm.WorkerID != w.cfg.ID {
+		return w.failExecution(ctx, e, fmt.Sprintf("vm %s is %s", vm.ID, vm.Status))
+	}
+	e, err = w.cfg.Store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
+		if x.Status != model.ExecutionPending {
+			return queue.Permanent(fmt.Errorf("execution %s is already %s", x.ID, x.Status))
+		}
+		x.Status, x.StartedAt, x.WorkerID = model.ExecutionRunning, utcNow(), w.cfg.ID
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	req := agent.ExecRequest{
+		Argv: append([]string{e.Command}, e.Args...), Env: e.Env, WorkingDir: e.WorkingDir,
+		Timeout: time.Duration(e.TimeoutSeconds) * time.Second, MaxOutputBytes: w.cfg.MaxOutputBytes,
+	}
+	res, err := w.cfg.Backend.ExecuteCommand(ctx, vm.ID, req)
+	if err != nil {
+		// The command may or may not have started: never run it again. Say what happened instead.
+		if ctx.Err() != nil {
+			return w.failExecution(context.WithoutCancel(ctx), e, "interrupted: the worker stopped while the command was running; it is not run twice")
+		}
+		return w.failExecution(ctx, e, fmt.Sprintf("could not run the command: %v", err))
+	}
+	return w.cfg.Store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
+		code := res.ExitCode
+		dur := res.Duration.Milliseconds()
+		x.Status, x.ExitCode, x.DurationMS = model.ExecutionCompleted, &code, &dur
+		x.Stdout, x.StdoutTruncated = storable(res.Stdout, res.StdoutTruncated)
+		x.Stderr, x.StderrTruncated = storable(res.Stderr, res.StderrTruncated)
+		x.TimedOut = res.TimedOut
+		if !res.StartedAt.IsZero() {
+			s := res.StartedAt.UTC()
+			x.StartedAt = &s
+			c := s.Add(res.Duration)
+			x.CompletedAt = &c
+		} else {
+			x.CompletedAt = utcNow()
+		}
+		return nil
+	})
+}
+
+// storable makes command output fit a text column: PostgreSQL text holds neither NUL bytes nor invalid UTF-8.
+// Binary-exact output is the job of the streaming API; the stored copy replaces such bytes with U+FFFD.
+func storable(b []byte, truncated bool) (string, bool) {
+	s := string(b)
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		s = strings.ReplaceAll(s, "\x00", "\uFFFD")
+	}
+	return s, truncated
+}
+
+func (w *Worker) failExecution(ctx context.Context, e *model.Execution, reason string) (*model.Execution, error) {
+	e, err := w.cfg.Store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
+		x.Status, x.Error, x.CompletedAt = model.ExecutionFailed, reason, utcNow()
+		if x.StartedAt != nil {
+			d := x.CompletedAt.Sub(*x.StartedAt).Milliseconds()
+			x.DurationMS = &d
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return e, queue.Permanent(fmt.Errorf("%w: %s", errExecutionFailed, reason))
+}
+
+func (w *Worker) handleJob(ctx context.Context, t *model.Task) (json.RawMessage, error) {
+	var p task.JobPayload
+	if err := decode(t, &p); err != nil {
+		return nil, err
+	}
+	job, err := w.cfg.Store.Jobs().Update(ctx, p.JobID, func(j *model.Job) error {
+		if j.Status == model.JobCompleted || j.Status == model.JobFailed {
+			return errSkip
+		}
+		if j.Status == model.JobPending {
+			j.Status, j.StartedAt = model.JobRunning, utcNow()
+		}
+		return nil
+	})
+	if errors.Is(err, errSkip) {
+		job, err = w.cfg.Store.Jobs().Get(ctx, p.JobID)
+		if err != nil {
+			return nil, err
+		}
+		return encode(task.JobResult{JobID: job.ID, Status: job.Status})
+	}
+	if err != nil {
+		if errors.Is(err, model.ErrNotFound) {
+			return nil, queue.Permanent(err)
+		}
+		return nil, err
+	}
+	status, reason, err := w.runJob(ctx, t, job)
+	if err != nil && !queue.IsPermanent(err) && !lastAttempt(t) {
+		return nil, err // retried: the job stays running and resumes where it stopped
+	}
+	if err != nil {
+		status, reason = model.JobFailed, err.Error()
+	}
+	job, uerr := w.cfg.Store.Jobs().Update(ctx, job.ID, func(j *model.Job) error {
+		j.Status, j.Error, j.CompletedAt = status, reason, utcNow()
+		return nil
+	})
+	if uerr != nil {
+		return nil, uerr
+	}
+	return encode(task.JobResult{JobID: job.ID, Status: job.Status})
+}
+
+// runJob creates the job's VM if it has to, runs the commands that have not run yet in order, and deletes the VM
+// when asked. It returns the job's final status and, for a failed job, why.
+func (w *Worker) runJob(ctx context.Context, t *model.Task, job *model.Job) (model.JobStatus, string, error) {
+	if job.VMSpec != nil {
+		vm, err := w.createVM(ctx, job.VMID, lastAttempt(t))
+		if err != nil {
+			return "", "", err
+		}
+		if vm.Status != model.VMRunning {
+			return model.JobFailed, fmt.Sprintf("vm %s is %s", vm.ID, vm.Status), nil
+		}
+	}
+	done, err := w.cfg.Store.Executions().List(ctx, store.ExecutionFilter{JobID: job.ID, Page: store.Page{Limit: 500}})
+	if err != nil {
+		return "", "", err
+	}
+	bySeq := make(map[int]*model.Execution, len(done))
+	for _, e := range done {
+		bySeq[e.Seq] = e
+	}
+	status, reason := model.JobCompleted, ""
+	for seq := range job.Commands {
+		e := bySeq[seq]
+		if e == nil {
+			e = task.NewJobExecution(job, job.VMID, seq)
+			e.TaskID = t.ID
+			if err := w.cfg.Store.Executions().Create(ctx, e); err != nil {
+				return "", "", fmt.Errorf("store execution %d of job %s: %w", seq, job.ID, err)
+			}
+		}
+		e, err = w.runExecution(ctx, e)
+		if err != nil && !errors.Is(err, errExecutionFailed) {
+			return "", "", err
+		}
+		if e.Status == model.ExecutionFailed {
+			status, reason = model.JobFailed, fmt.Sprintf("command %d could not run: %s", seq, e.Error)
+			break
+		}
+		if job.StopOnError && derefInt(e.ExitCode) != 0 {
+			status, reason = model.JobFailed, fmt.Sprintf("command %d exited with code %d (stop_on_error)", seq, derefInt(e.ExitCode))
+			break
+		}
+	}
+	if job.DeleteVMAfter {
+		if err := w.deleteVM(ctx, job.VMID); err != nil {
+			return "", "", fmt.Errorf("delete vm after job: %w", err)
+		}
+	}
+	return status, reason, nil
+}

@@ -1,0 +1,271 @@
+// Package worker runs tasks on the host that owns the VMs: it registers itself with a heartbeat, reconciles the
+// store with what its backend really runs, and handles vm:create, vm:execute, vm:delete and job:run.
+//
+// Every handler is written to be retried: it reads the rows it works on, skips what is already done, and never runs
+// a command twice (a command is not idempotent, so an execution interrupted mid-run is failed with a reason instead).
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/aetherium/aetherium/internal/model"
+	"github.com/aetherium/aetherium/internal/queue"
+	"github.com/aetherium/aetherium/internal/store"
+	"github.com/aetherium/aetherium/internal/task"
+	"github.com/aetherium/aetherium/internal/vmm"
+)
+
+// Config configures a Worker.
+type Config struct {
+	ID                string
+	Store             store.Store
+	Queue             queue.Queue
+	Backend           vmm.Orchestrator
+	Logger            *slog.Logger
+	HeartbeatInterval time.Duration // default 5 s
+	MaxOutputBytes    int           // stored per stream per execution; default 1 MiB
+	Capacity          int           // advertised concurrent tasks
+}
+
+// Worker owns the VMs of one host.
+type Worker struct {
+	cfg  Config
+	log  *slog.Logger
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+}
+
+// New checks cfg and returns a Worker; Start makes it work.
+func New(cfg Config) (*Worker, error) {
+	if cfg.ID == "" {
+		return nil, errors.New("worker: an id is required")
+	}
+	if cfg.Store == nil || cfg.Queue == nil || cfg.Backend == nil {
+		return nil, errors.New("worker: store, queue and backend are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 5 * time.Second
+	}
+	if cfg.MaxOutputBytes <= 0 {
+		cfg.MaxOutputBytes = 1 << 20
+	}
+	return &Worker{cfg: cfg, log: cfg.Logger.With("worker_id", cfg.ID)}, nil
+}
+
+// Start registers the worker, reconciles its VMs, and starts consuming tasks and sending heartbeats.
+func (w *Worker) Start(ctx context.Context) error {
+	if err := w.register(ctx); err != nil {
+		return err
+	}
+	if err := w.Reconcile(ctx); err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	if err := w.failInterruptedExecutions(ctx); err != nil {
+		return fmt.Errorf("reconcile interrupted tasks: %w", err)
+	}
+	w.cfg.Queue.RegisterHandler(model.TaskVMCreate, w.handleCreate)
+	w.cfg.Queue.RegisterHandler(model.TaskVMExecute, w.handleExecute)
+	w.cfg.Queue.RegisterHandler(model.TaskVMDelete, w.handleDelete)
+	w.cfg.Queue.RegisterHandler(model.TaskJobRun, w.handleJob)
+	if err := w.cfg.Queue.Start(ctx); err != nil {
+		return fmt.Errorf("start queue: %w", err)
+	}
+	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w.stop = cancel
+	w.wg.Add(1)
+	go w.heartbeat(hctx)
+	w.log.Info("worker started", "backend", w.cfg.Backend.Name())
+	return nil
+}
+
+// Stop drains: in-flight tasks finish until ctx ends, then the rest are requeued; the worker is marked stopped.
+// The VMs keep running and are adopted again by the next Start.
+func (w *Worker) Stop(ctx context.Context) error {
+	err := w.cfg.Queue.Stop(ctx)
+	if w.stop != nil {
+		w.stop()
+		w.wg.Wait()
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if serr := w.cfg.Store.Workers().SetStatus(sctx, w.cfg.ID, "stopped"); serr != nil && err == nil {
+		err = fmt.Errorf("mark worker stopped: %w", serr)
+	}
+	w.log.Info("worker stopped")
+	return err
+}
+
+func (w *Worker) register(ctx context.Context) error {
+	host, _ := os.Hostname()
+	now := time.Now().UTC()
+	err := w.cfg.Store.Workers().Upsert(ctx, &model.Worker{
+		ID: w.cfg.ID, Hostname: host, Backend: w.cfg.Backend.Name(), Status: "active", Capacity: w.cfg.Capacity,
+		Metadata: map[string]string{"backend_health": w.backendHealth(ctx)}, StartedAt: now, LastHeartbeat: now,
+	})
+	if err != nil {
+		return fmt.Errorf("register worker %s: %w", w.cfg.ID, err)
+	}
+	return nil
+}
+
+func (w *Worker) backendHealth(ctx context.Context) string {
+	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := w.cfg.Backend.Health(hctx); err != nil {
+		return err.Error()
+	}
+	return "ok"
+}
+
+func (w *Worker) heartbeat(ctx context.Context) {
+	defer w.wg.Done()
+	t := time.NewTicker(w.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := w.register(ctx); err != nil && ctx.Err() == nil {
+				w.log.Warn("heartbeat failed", "err", err)
+			}
+		}
+	}
+}
+
+// Reconcile makes the store agree with the backend: VMs the store thinks run here but the backend no longer runs
+// are marked failed with the reason, and backend VMs the store does not know (or knows as deleted) are removed.
+func (w *Worker) Reconcile(ctx context.Context) error {
+	insts, err := w.cfg.Backend.ListVMs(ctx)
+	if err != nil {
+		return fmt.Errorf("list backend vms: %w", err)
+	}
+	byID := make(map[string]*vmm.Instance, len(insts))
+	for _, in := range insts {
+		byID[in.ID] = in
+	}
+	vms, err := w.listOwnVMs(ctx)
+	if err != nil {
+		return err
+	}
+	known := make(map[string]bool, len(vms))
+	for _, vm := range vms {
+		known[vm.ID] = true
+		in := byID[vm.ID]
+		if vm.Status != model.VMRunning {
+			continue // creating/stopping VMs have a task in flight that will finish the job
+		}
+		if in != nil && in.State == vmm.StateRunning {
+			continue
+		}
+		reason := "vm was not running when worker " + w.cfg.ID + " restarted"
+		if in == nil {
+			reason = "vm was missing from the " + w.cfg.Backend.Name() + " backend when worker " + w.cfg.ID + " restarted"
+		} else if in.Detail != "" {
+			reason += " (" + in.Detail + ")"
+		}
+		if _, err := w.cfg.Store.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
+			v.Status, v.Error = model.VMFailed, reason
+			t := time.Now().UTC()
+			v.StoppedAt = &t
+			return nil
+		}); err != nil {
+			return fmt.Errorf("mark vm %s failed: %w", vm.ID, err)
+		}
+		w.log.Warn("vm lost", "vm_id", vm.ID, "reason", reason)
+	}
+	for _, in := range insts {
+		if known[in.ID] {
+			continue
+		}
+		if err := w.cfg.Backend.DeleteVM(ctx, in.ID); err != nil {
+			return fmt.Errorf("remove orphaned vm %s: %w", in.ID, err)
+		}
+		w.log.Info("removed orphaned vm", "vm_id", in.ID)
+	}
+	return nil
+}
+
+// failInterruptedExecutions fails the executions this worker was running when it died. A command is not
+// idempotent, so it is never run again; the queue may still redeliver the task, which then finds it failed.
+// Other interrupted task types are idempotent and are simply redelivered by the queue.
+func (w *Worker) failInterruptedExecutions(ctx context.Context) error {
+	tasks, err := w.cfg.Store.Tasks().List(ctx, store.TaskFilter{Statuses: []model.TaskStatus{model.TaskProcessing}, Page: store.Page{Limit: 500}})
+	if err != nil {
+		return err
+	}
+	const reason = "interrupted: worker restarted while the command was running; it is not run twice"
+	for _, t := range tasks {
+		if t.WorkerID != w.cfg.ID || t.Type != model.TaskVMExecute {
+			continue
+		}
+		var p task.ExecutePayload
+		if json.Unmarshal(t.Payload, &p) == nil && p.ExecutionID != "" {
+			if _, err := w.cfg.Store.Executions().Update(ctx, p.ExecutionID, func(x *model.Execution) error {
+				if x.Status == model.ExecutionRunning || x.Status == model.ExecutionPending {
+					x.Status, x.Error, x.CompletedAt = model.ExecutionFailed, reason, utcNow()
+				}
+				return nil
+			}); err != nil && !errors.Is(err, model.ErrNotFound) {
+				return err
+			}
+		}
+		if _, err := w.cfg.Store.Tasks().Update(ctx, t.ID, func(x *model.Task) error {
+			if x.Status == model.TaskProcessing && x.WorkerID == w.cfg.ID {
+				x.Status, x.Error, x.CompletedAt = model.TaskFailed, reason, utcNow()
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		w.log.Warn("failed interrupted execution", "task_id", t.ID, "execution_id", p.ExecutionID)
+	}
+	return nil
+}
+
+func (w *Worker) listOwnVMs(ctx context.Context) ([]*model.VM, error) {
+	var all []*model.VM
+	page := store.Page{Limit: 500}
+	for {
+		vms, err := w.cfg.Store.VMs().List(ctx, store.VMFilter{
+			WorkerID: w.cfg.ID,
+			Statuses: []model.VMStatus{model.VMCreating, model.VMRunning, model.VMStopping, model.VMStopped, model.VMFailed},
+			Page:     page,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list vms of worker %s: %w", w.cfg.ID, err)
+		}
+		all = append(all, vms...)
+		if len(vms) < page.Limit {
+			return all, nil
+		}
+		page.After = vms[len(vms)-1].ID
+	}
+}
+
+func lastAttempt(t *model.Task) bool { return t.RetryCount >= t.MaxRetries }
+
+func decode(t *model.Task, v any) error {
+	if err := json.Unmarshal(t.Payload, v); err != nil {
+		return queue.Permanent(fmt.Errorf("decode %s payload: %w", t.Type, err))
+	}
+	return nil
+}
+
+func encode(v any) (json.RawMessage, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, queue.Permanent(fmt.Errorf("encode result: %w", err))
+	}
+	return b, nil
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs and starts what Aetherium needs on a Debian host: a Docker engine (the VM backend of the walking
+# skeleton), a static busybox (for the base image), and, for the test suite, PostgreSQL and Redis when they are down.
+# Idempotent: run it as often as you like. Must run as root (it installs packages and starts daemons).
+set -euo pipefail
+
+need_services=${1:-}   # "services": also make sure PostgreSQL and Redis run (the tests need them)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  log "run as root (it installs Debian packages and starts dockerd)"; exit 1
+fi
+
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || missing+=(busybox-static)
+command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || { log "Go is required (expected at /usr/local/go)"; exit 1; }
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Docker engine: start it ourselves (no systemd on these machines).
+if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+  log "starting dockerd"
+  mkdir -p /var/log
+  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  for _ in $(seq 1 100); do
+    docker version --format '{{.Server.Version}}' >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  docker version --format '{{.Server.Version}}' >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/dockerd.log"; tail -20 /var/log/dockerd.log >&2; exit 1; }
+fi
+log "docker engine $(docker version --format '{{.Server.Version}}') is up"
+
+if [ "$need_services" = "services" ]; then
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    log "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+    for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+  fi
+  pg_isready -q -h 127.0.0.1 -p 5432 || { log "PostgreSQL is not reachable on 127.0.0.1:5432"; exit 1; }
+  if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+    log "starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && break; sleep 0.2; done
+  fi
+  redis-cli -h 127.0.0.1 ping >/dev/null || { log "Redis is not reachable on 127.0.0.1:6379"; exit 1; }
+  log "PostgreSQL and Redis are up"
+fi

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The full test suite, as CI runs it: sets up the host (scripts/setup.sh), then vet, unit and conformance tests
+# against real PostgreSQL, Redis and Docker, short fuzz runs, and the end-to-end tests of the built binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$PATH:/usr/local/go/bin
+export AETHERIUM_REQUIRE_SERVICES=1   # a missing service fails the run instead of skipping tests
+
+bash scripts/setup.sh services
+
+echo "== gofmt / go vet"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then echo "not gofmt'ed:"; echo "$unformatted"; exit 1; fi
+go vet ./...
+
+echo "== build"
+make build
+
+echo "== tests"
+go test -count=1 -timeout 20m -p 2 ./...
+
+echo "== fuzz (short)"
+go test -run '^$' -fuzz '^FuzzReadFrame$' -fuzztime 20s ./internal/agent/protocol/
