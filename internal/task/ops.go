@@ -497,26 +497,32 @@ func (s *Service) WaitTask(ctx context.Context, ownerID, id string, timeout time
 	}
 }
 
-// Ready checks the store, the queue and that some worker is alive: name -> nil or the error.
+// Ready checks the store, the queue, the event bus and that some worker is alive: name -> nil or the error.
+// The endpoint that shows these is public, so dependency errors are reduced to what failed: their text can name
+// hosts and users of the deployment.
 func (s *Service) Ready(ctx context.Context) map[string]error {
 	checks := map[string]error{}
-	checks["store"] = s.store.Ping(ctx)
-	if _, err := s.queue.Stats(ctx); err != nil {
-		checks["queue"] = err
-	} else {
-		checks["queue"] = nil
-	}
+	checks["store"] = redact(s.store.Ping(ctx), "database unreachable")
+	_, err := s.queue.Stats(ctx)
+	checks["queue"] = redact(err, "task queue unreachable")
 	if s.bus != nil {
-		checks["events"] = s.bus.Health(ctx)
+		checks["events"] = redact(s.bus.Health(ctx), "event bus unreachable")
 	}
 	checks["workers"] = s.checkAnyWorker(ctx)
 	return checks
 }
 
+func redact(err error, msg string) error {
+	if err == nil {
+		return nil
+	}
+	return errors.New(msg)
+}
+
 func (s *Service) checkAnyWorker(ctx context.Context) error {
 	ws, err := s.store.Workers().List(ctx)
 	if err != nil {
-		return err
+		return errors.New("could not list workers")
 	}
 	for _, w := range ws {
 		if w.Status == "active" && time.Since(w.LastHeartbeat) <= s.limits.WorkerStaleAfter {

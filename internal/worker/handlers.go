@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/model"
@@ -238,8 +236,9 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 		code := res.ExitCode
 		dur := res.Duration.Milliseconds()
 		x.Status, x.ExitCode, x.DurationMS = model.ExecutionCompleted, &code, &dur
-		x.Stdout, x.StdoutTruncated = storable(res.Stdout, res.StdoutTruncated)
-		x.Stderr, x.StderrTruncated = storable(res.Stderr, res.StderrTruncated)
+		// Stored byte for byte (bytea in PostgreSQL, blob-safe text in SQLite); JSON output shows invalid UTF-8 as U+FFFD.
+		x.Stdout, x.StdoutTruncated = string(res.Stdout), res.StdoutTruncated
+		x.Stderr, x.StderrTruncated = string(res.Stderr), res.StderrTruncated
 		x.TimedOut = res.TimedOut
 		if !res.StartedAt.IsZero() {
 			s := res.StartedAt.UTC()
@@ -251,19 +250,6 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 		}
 		return nil
 	})
-}
-
-// storable makes command output fit a text column: PostgreSQL text holds neither NUL bytes nor invalid UTF-8.
-// Binary-exact output is the job of the streaming API; the stored copy replaces such bytes with U+FFFD.
-func storable(b []byte, truncated bool) (string, bool) {
-	s := string(b)
-	if !utf8.ValidString(s) {
-		s = strings.ToValidUTF8(s, "\uFFFD")
-	}
-	if strings.IndexByte(s, 0) >= 0 {
-		s = strings.ReplaceAll(s, "\x00", "\uFFFD")
-	}
-	return s, truncated
 }
 
 func (w *Worker) failExecution(ctx context.Context, e *model.Execution, reason string) (*model.Execution, error) {

@@ -64,7 +64,7 @@ func moduleRoot() (string, error) {
 }
 
 // requireService skips, loudly, when a service is absent, unless CI demands it.
-func requireService(t *testing.T, name string, ok bool, why string) {
+func requireService(t testing.TB, name string, ok bool, why string) {
 	t.Helper()
 	if ok {
 		return
@@ -75,12 +75,12 @@ func requireService(t *testing.T, name string, ok bool, why string) {
 	t.Skipf("SKIPPED: %s unavailable (%s); run scripts/setup.sh services", name, why)
 }
 
-func requireDocker(t *testing.T) {
+func requireDocker(t testing.TB) {
 	out, err := exec.Command("docker", "version", "--format", "{{.Server.Version}}").CombinedOutput()
 	requireService(t, "Docker engine", err == nil, strings.TrimSpace(string(out)))
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -92,7 +92,7 @@ func freePort(t *testing.T) string {
 
 // proc is one running aetherium process.
 type proc struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 	cmd  *exec.Cmd
 	out  *syncBuffer
@@ -111,7 +111,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-func start(t *testing.T, name string, env []string, args ...string) *proc {
+func start(t testing.TB, name string, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, "aetherium"), args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -151,7 +151,7 @@ func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
 func (p *proc) kill() { p.stop(syscall.SIGKILL, 10*time.Second) }
 
 // waitHTTP waits until the API answers its health check.
-func waitHTTP(t *testing.T, addr string, p *proc) {
+func waitHTTP(t testing.TB, addr string, p *proc) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
@@ -173,7 +173,7 @@ func waitHTTP(t *testing.T, addr string, p *proc) {
 }
 
 // waitReady waits until /ready says every check passes (a worker has registered).
-func waitReady(t *testing.T, c *client.Client) {
+func waitReady(t testing.TB, c *client.Client) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -189,7 +189,7 @@ func waitReady(t *testing.T, c *client.Client) {
 	t.Fatalf("server not ready within 60s: %s", last)
 }
 
-func newClient(t *testing.T, addr, key string) *client.Client {
+func newClient(t testing.TB, addr, key string) *client.Client {
 	t.Helper()
 	c, err := client.New("http://"+addr, key)
 	if err != nil {
@@ -199,7 +199,7 @@ func newClient(t *testing.T, addr, key string) *client.Client {
 }
 
 // runCLI runs the aetherium client binary and returns its stdout, stderr and exit code.
-func runCLI(t *testing.T, env []string, args ...string) (string, string, int) {
+func runCLI(t testing.TB, env []string, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, "aetherium"), args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -216,7 +216,7 @@ func runCLI(t *testing.T, env []string, args ...string) (string, string, int) {
 }
 
 // containersOf lists the containers labelled with a VM id.
-func containersOf(t *testing.T, vmID string) []string {
+func containersOf(t testing.TB, vmID string) []string {
 	t.Helper()
 	out, err := exec.Command("docker", "ps", "-aq", "--filter", "label=aetherium.vm-id="+vmID).Output()
 	if err != nil {
@@ -226,7 +226,7 @@ func containersOf(t *testing.T, vmID string) []string {
 }
 
 // removeWorkerContainers removes what a test's workers left, so a failed test does not leak containers.
-func removeWorkerContainers(t *testing.T, workerIDs ...string) {
+func removeWorkerContainers(t testing.TB, workerIDs ...string) {
 	t.Cleanup(func() {
 		for _, id := range workerIDs {
 			out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=aetherium.worker-id="+id).Output()
@@ -237,7 +237,7 @@ func removeWorkerContainers(t *testing.T, workerIDs ...string) {
 	})
 }
 
-func readLine(t *testing.T, path string) string {
+func readLine(t testing.TB, path string) string {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -250,7 +250,7 @@ func readLine(t *testing.T, path string) string {
 }
 
 // newPostgresDB creates a throwaway database and returns its URL.
-func newPostgresDB(t *testing.T) string {
+func newPostgresDB(t testing.TB) string {
 	t.Helper()
 	admin := os.Getenv("AETHERIUM_TEST_POSTGRES_URL")
 	if admin == "" {

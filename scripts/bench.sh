@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the benchmarks that the issues name targets for, COUNT times each, and prints the median of every metric
+# (these machines are noisy: compare medians, not single runs). Needs the services of scripts/setup.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$PATH:/usr/local/go/bin
+COUNT=${COUNT:-5}
+bash scripts/setup.sh services >/dev/null
+raw=$(mktemp)
+trap 'rm -f "$raw"' EXIT
+run() { go test -run '^$' -bench "$1" -benchtime "$2" -count "$COUNT" "${@:3}" 2>&1 | tee -a "$raw" | grep -E '^(Benchmark|FAIL|panic)' >&2 || true; }
+run 'Pickup' 200x ./internal/queue/...
+run 'Health$' 2000x ./internal/agent/server/
+run 'ExecTrue' 300x ./internal/agent/server/
+run 'StreamCat100MB' 2x ./internal/agent/server/
+run 'CreateToReady' 10x ./internal/vmm/docker/
+run 'ExecTrue' 300x ./internal/vmm/docker/
+run 'APIExecWait' 300x ./test/e2e/
+echo
+echo "median of $COUNT runs:"
+awk '/^Benchmark/ {
+  name=$1; sub(/-[0-9]+$/, "", name)
+  for (i = 3; i < NF; i += 2) { key = name " " $(i+1); vals[key] = vals[key] " " $i; if (!(key in seen)) { seen[key]=1; order[++n]=key } }
+}
+END {
+  for (k = 1; k <= n; k++) {
+    key = order[k]; m = split(substr(vals[key], 2), a, " ")
+    for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    med = (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+    printf "  %-70s %14s\n", key, med
+  }
+}' "$raw"
