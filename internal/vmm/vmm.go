@@ -15,6 +15,10 @@ var ErrNotFound = errors.New("vm not found in backend")
 // ErrNotRunning is returned (wrapped) when an operation needs a running VM.
 var ErrNotRunning = errors.New("vm not running")
 
+// ErrInvalidConfig is returned (wrapped) when a VM cannot be made as asked (an unknown image, an impossible size):
+// retrying cannot help, so the worker fails the VM at once with the backend's message.
+var ErrInvalidConfig = errors.New("invalid vm configuration")
+
 // VMConfig describes a VM to create.
 type VMConfig struct {
 	ID       string // the store's VM id; the backend names its resources after it

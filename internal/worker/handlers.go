@@ -37,6 +37,8 @@ func (w *Worker) createVM(ctx context.Context, vmID string, last bool) (*model.V
 		case v.Status == model.VMPending:
 			v.Status, v.WorkerID = model.VMCreating, w.cfg.ID
 			return nil
+		case v.Status == model.VMDeleted:
+			return errSkip // deleted before it was created
 		case v.WorkerID != w.cfg.ID:
 			return queue.Permanent(fmt.Errorf("vm %s is %s on worker %q", v.ID, v.Status, v.WorkerID))
 		case v.Status == model.VMCreating, v.Status == model.VMRunning:
@@ -76,7 +78,7 @@ func (w *Worker) createVM(ctx context.Context, vmID string, last bool) (*model.V
 		if derr := w.cfg.Backend.DeleteVM(cctx, vm.ID); derr != nil {
 			log.Error("cleanup after failed creation", "err", derr)
 		}
-		if last || queue.IsPermanent(err) {
+		if last || queue.IsPermanent(err) || errors.Is(err, vmm.ErrInvalidConfig) {
 			w.setVMFailed(cctx, vm.ID, fmt.Sprintf("creation failed: %v", err))
 			return nil, queue.Permanent(fmt.Errorf("create vm %s: %w", vm.ID, err))
 		}

@@ -25,7 +25,7 @@ import (
 
 // ErrImageNotFound is returned (wrapped) by CreateVM when the requested image is not in the engine. The backend
 // does not pull: no registry is assumed to be reachable.
-var ErrImageNotFound = errors.New("image not present in the docker engine")
+var ErrImageNotFound = fmt.Errorf("%w: image not present in the docker engine", vmm.ErrInvalidConfig)
 
 // minMemoryMB is the engine's lower bound for a memory limit (6 MiB).
 const minMemoryMB = 6
