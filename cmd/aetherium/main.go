@@ -92,6 +92,8 @@ func roleCommand(name, short string, roles server.Roles) *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			// After the first signal, restore the default handling: a second Ctrl-C ends a slow drain at once.
+			go func() { <-ctx.Done(); stop() }()
 			log.Info("starting", "role", name, "version", version, "worker_id", cfg.WorkerID, "data_dir", cfg.DataDir)
 			log.Debug("configuration", "config", cfg.Redacted())
 			return server.Run(ctx, cfg, roles, version, log, cmd.OutOrStdout())

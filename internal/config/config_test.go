@@ -74,12 +74,12 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 }
 
 func TestRedactedHidesPasswords(t *testing.T) {
-	c, err := load(t, "", nil, "--database-url", "postgres://u:secret@db/x", "--redis-url", "redis://:hunter2@r:6379/0")
+	c, err := load(t, "", nil, "--database-url", "postgres://u:secret@db/x?password=qsecret", "--redis-url", "redis://:hunter2@r:6379/0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := c.Redacted()
-	if strings.Contains(r, "secret") || strings.Contains(r, "hunter2") {
+	if strings.Contains(r, "secret") || strings.Contains(r, "qsecret") || strings.Contains(r, "hunter2") {
 		t.Fatalf("redacted config leaks a password:\n%s", r)
 	}
 }

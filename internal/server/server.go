@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -83,13 +84,17 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		if err != nil {
 			return err
 		}
-		if err := w.Start(ctx); err != nil {
-			return fmt.Errorf("start worker: %w", err)
-		}
 	}
 
-	var httpSrv *http.Server
-	httpErr := make(chan error, 1)
+	var (
+		httpSrv *http.Server
+		ln      net.Listener
+		svc     *task.Service
+	)
+	// Request contexts are cancelled a little after shutdown begins, so that ?wait= long-polls answer 202 at once
+	// instead of holding the shutdown for up to their 10 minutes.
+	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRequests()
 	if roles.API {
 		if roles.Bootstrap {
 			if err := bootstrapKey(ctx, st, cfg.DataDir, out); err != nil {
@@ -99,10 +104,9 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		limits := task.DefaultLimits()
 		limits.MaxRetries = cfg.MaxRetries
 		limits.MaxOutputBytes = cfg.MaxOutput
-		svc := task.New(st, q, bus, limits)
+		svc = task.New(st, q, bus, limits, task.WithLogger(log))
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version})
-		ln, err := net.Listen("tcp", cfg.Listen)
-		if err != nil {
+		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
 		httpSrv = &http.Server{
@@ -110,33 +114,82 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+			BaseContext:       func(net.Listener) context.Context { return reqCtx },
 		}
-		go func() { httpErr <- httpSrv.Serve(ln) }()
-		log.Info("api listening", "addr", ln.Addr().String())
 	}
 
+	// The worker starts last, once nothing else can fail, so an early return never leaves it running.
+	if w != nil {
+		if err := w.Start(ctx); err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			return fmt.Errorf("start worker: %w", err)
+		}
+	}
+	httpErr := make(chan error, 1)
+	if httpSrv != nil {
+		go func() { httpErr <- httpSrv.Serve(ln) }()
+		log.Info("api listening", "addr", ln.Addr().String())
+		if cfg.RedisURL != "" {
+			go requeueStale(reqCtx, svc, log)
+		}
+	}
+
+	var runErr error
 	select {
 	case <-ctx.Done():
 	case err := <-httpErr:
-		if !errors.Is(err, http.ErrServerClosed) {
-			log.Error("api server stopped", "err", err)
-		}
+		runErr = fmt.Errorf("api server: %w", err)
+		log.Error("api server stopped", "err", err)
 	}
 	log.Info("shutting down", "grace", cfg.ShutdownFor)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownFor)
 	defer cancel()
-	var errs []error
-	if httpSrv != nil {
-		if err := httpSrv.Shutdown(sctx); err != nil {
-			errs = append(errs, fmt.Errorf("api shutdown: %w", err))
-		}
-	}
+	errs := []error{runErr}
+	var wg sync.WaitGroup
 	if w != nil {
-		if err := w.Stop(sctx); err != nil {
-			errs = append(errs, fmt.Errorf("worker drain: %w", err))
+		// The worker drains in parallel with the API, with the whole grace period of its own.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := w.Stop(sctx); err != nil {
+				errs = append(errs, fmt.Errorf("worker drain: %w", err))
+			}
+		}()
+	}
+	if httpSrv != nil {
+		stopWaits := time.AfterFunc(min(2*time.Second, cfg.ShutdownFor/2), cancelRequests)
+		defer stopWaits.Stop()
+		var herr error
+		if err := httpSrv.Shutdown(sctx); err != nil {
+			herr = fmt.Errorf("api shutdown: %w", err)
 		}
+		wg.Wait()
+		errs = append(errs, herr)
+	} else {
+		wg.Wait()
 	}
 	return errors.Join(errs...)
+}
+
+// requeueStale periodically puts back on the queue tasks that stayed pending too long (see task.RequeueStale).
+func requeueStale(ctx context.Context, svc *task.Service, log *slog.Logger) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := svc.RequeueStale(ctx, time.Minute)
+			if err != nil && ctx.Err() == nil {
+				log.Warn("requeue of stale tasks failed", "err", err)
+			} else if n > 0 {
+				log.Info("requeued stale pending tasks", "count", n)
+			}
+		}
+	}
 }
 
 // OpenStore opens the configured store, migrating it first when asked.

@@ -192,7 +192,12 @@ func (s *Service) DeleteVM(ctx context.Context, ownerID, id string, priority str
 		}
 	}
 	if err := s.checkWorker(ctx, vm.WorkerID); err != nil {
-		return nil, err
+		if !errors.Is(err, ErrUnavailable) {
+			return nil, err
+		}
+		// The hosting worker is gone: deleting must still work, or the VM (and its name) would be stuck forever.
+		// The record says deleted now; if that worker comes back, its reconciliation removes the leftovers.
+		return s.forgetVM(ctx, ownerID, vm, prio, err)
 	}
 	t := &model.Task{OwnerID: ownerID, Type: model.TaskVMDelete, Priority: prio, VMID: id, TargetWorker: vm.WorkerID}
 	if err := s.submit(ctx, t, VMPayload{VMID: id}); err != nil {
@@ -202,6 +207,26 @@ func (s *Service) DeleteVM(ctx context.Context, ownerID, id string, priority str
 }
 
 var errRaced = errors.New("state changed concurrently")
+
+// forgetVM marks a VM whose worker is unavailable deleted, through stopping as the state machine requires.
+func (s *Service) forgetVM(ctx context.Context, ownerID string, vm *model.VM, prio model.Priority, why error) (*model.Task, error) {
+	for _, next := range []model.VMStatus{model.VMStopping, model.VMDeleted} {
+		if _, err := s.store.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
+			v.Status = next
+			if next == model.VMDeleted {
+				v.StoppedAt = ptr(now())
+				v.Error = fmt.Sprintf("deleted while its worker was unavailable (%v); the worker removes its leftovers when it returns", why)
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	return s.recordDone(ctx, &model.Task{OwnerID: ownerID, Type: model.TaskVMDelete, Priority: prio, VMID: vm.ID},
+		VMPayload{VMID: vm.ID}, VMResult{VMID: vm.ID, Status: model.VMDeleted})
+}
+
+func ptr[T any](v T) *T { return &v }
 
 // recordDone stores a task that the service finished itself, so that every mutating call still has a task to show.
 func (s *Service) recordDone(ctx context.Context, t *model.Task, payload, result any) (*model.Task, error) {
@@ -286,7 +311,8 @@ func (s *Service) submitExecution(ctx context.Context, t *model.Task, e *model.E
 			return nil
 		})
 		if err == nil && uerr != nil {
-			return fmt.Errorf("link execution to task: %w", uerr)
+			// Queued already: report success, or a client retry would run the command twice.
+			s.log.Warn("could not link execution to its task", "execution_id", e.ID, "task_id", t.ID, "err", uerr)
 		}
 	}
 	return err
@@ -417,6 +443,9 @@ func (s *Service) CreateJob(ctx context.Context, ownerID string, req client.Crea
 	}
 	t.VMID = job.VMID
 	if err := s.store.Jobs().Create(ctx, job); err != nil {
+		if job.VMSpec != nil {
+			s.failVM(ctx, job.VMID, "its job could not be stored")
+		}
 		return nil, nil, fmt.Errorf("store job: %w", err)
 	}
 	if err := s.submit(ctx, t, JobPayload{JobID: job.ID}); err != nil {
@@ -429,9 +458,13 @@ func (s *Service) CreateJob(ctx context.Context, ownerID string, req client.Crea
 		})
 		return nil, nil, err
 	}
-	job, err = s.store.Jobs().Update(ctx, job.ID, func(j *model.Job) error { j.TaskID = t.ID; return nil })
-	if err != nil {
-		return nil, nil, fmt.Errorf("link job to task: %w", err)
+	// The job runs now whatever happens next: a failure to link it to its task must not tell the client it failed
+	// (a retry would run the commands twice).
+	if linked, err := s.store.Jobs().Update(ctx, job.ID, func(j *model.Job) error { j.TaskID = t.ID; return nil }); err != nil {
+		s.log.Warn("could not link job to its task", "job_id", job.ID, "task_id", t.ID, "err", err)
+		job.TaskID = t.ID
+	} else {
+		job = linked
 	}
 	return job, t, nil
 }
@@ -456,16 +489,14 @@ func (s *Service) GetJob(ctx context.Context, ownerID, id string) (*model.Job, [
 }
 
 // WaitTask waits until the task is done or timeout passes, and returns the task as it then is (done or not).
-// It listens for the task's end on the event bus and re-reads the store now and then, so a lost event only costs
-// a little latency.
+// It listens for the task's end on the event bus and re-reads the store now and then, so a lost event (or a bus
+// that is down) only costs a little latency. A failed read during the wait is retried at the next poll.
 func (s *Service) WaitTask(ctx context.Context, ownerID, id string, timeout time.Duration) (*model.Task, error) {
-	var sub events.Subscription
+	var evC <-chan events.Event
 	if s.bus != nil {
-		var err error
-		if sub, err = s.bus.Subscribe(ctx, events.TaskTopic(id)); err == nil {
+		if sub, err := s.bus.Subscribe(ctx, events.TaskTopic(id)); err == nil {
 			defer sub.Close()
-		} else {
-			sub = nil
+			evC = sub.C()
 		}
 	}
 	t, err := s.GetTask(ctx, ownerID, id)
@@ -474,25 +505,34 @@ func (s *Service) WaitTask(ctx context.Context, ownerID, id string, timeout time
 	}
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	var evC <-chan events.Event
-	if sub != nil {
-		evC = sub.C()
-	}
 	poll := 50 * time.Millisecond
 	for {
 		select {
 		case <-ctx.Done():
+			// The caller stopped waiting (client gone, server shutting down): what is known so far is the answer,
+			// and the API turns a task that is not done into 202.
 			return t, nil
 		case <-deadline.C:
-			return s.GetTask(ctx, ownerID, id)
-		case <-evC:
-		case <-time.After(poll):
-			if poll < time.Second {
-				poll *= 2
+			if last, err := s.GetTask(ctx, ownerID, id); err == nil {
+				t = last
 			}
+			return t, nil
+		case _, ok := <-evC:
+			if !ok {
+				evC = nil // the bus closed the subscription: fall back to polling
+			}
+		case <-time.After(poll):
+			poll = min(2*poll, time.Second)
 		}
-		if t, err = s.GetTask(ctx, ownerID, id); err != nil || t.Status.Done() {
-			return t, err
+		last, err := s.GetTask(ctx, ownerID, id)
+		if err != nil {
+			if errors.Is(err, model.ErrNotFound) {
+				return nil, err
+			}
+			continue
+		}
+		if t = last; t.Status.Done() {
+			return t, nil
 		}
 	}
 }
@@ -533,4 +573,40 @@ func (s *Service) checkAnyWorker(ctx context.Context) error {
 		}
 	}
 	return fmt.Errorf("no worker with a healthy backend has sent a heartbeat in the last %s", s.limits.WorkerStaleAfter)
+}
+
+// RequeueStale puts pending tasks older than age back on the queue. A queue that lost its contents (a Redis
+// restarted without persistence) would otherwise leave their rows, VMs and jobs pending forever. Enqueue is
+// idempotent by task id and handlers skip finished tasks, so a task the queue still holds is not run twice.
+func (s *Service) RequeueStale(ctx context.Context, age time.Duration) (int, error) {
+	cutoff := now().Add(-age)
+	n := 0
+	page := store.Page{Limit: 500}
+	for {
+		ts, err := s.store.Tasks().List(ctx, store.TaskFilter{Statuses: []model.TaskStatus{model.TaskPending}, Page: page})
+		if err != nil {
+			return n, err
+		}
+		for _, t := range ts {
+			due := t.CreatedAt
+			if t.ScheduledAt != nil {
+				due = *t.ScheduledAt
+			}
+			if due.After(cutoff) {
+				continue
+			}
+			err := s.queue.Enqueue(ctx, queue.Message{
+				TaskID: t.ID, Type: t.Type, Priority: t.Priority, TargetWorker: t.TargetWorker,
+				MaxRetries: max(t.MaxRetries-t.RetryCount, 0),
+			})
+			if err != nil {
+				return n, fmt.Errorf("requeue task %s: %w", t.ID, err)
+			}
+			n++
+		}
+		if len(ts) < page.Limit {
+			return n, nil
+		}
+		page.After = ts[len(ts)-1].ID
+	}
 }

@@ -5,6 +5,7 @@ package task
 
 import (
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/aetherium/aetherium/internal/events"
@@ -58,11 +59,22 @@ type Service struct {
 	queue  queue.Queue
 	bus    events.Bus
 	limits Limits
+	log    *slog.Logger
 }
 
+// Option configures a Service.
+type Option func(*Service)
+
+// WithLogger sets the logger of what the service notices but does not return (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(s *Service) { s.log = l } }
+
 // New returns a Service over its dependencies.
-func New(st store.Store, q queue.Queue, bus events.Bus, limits Limits) *Service {
-	return &Service{store: st, queue: q, bus: bus, limits: limits}
+func New(st store.Store, q queue.Queue, bus events.Bus, limits Limits, opts ...Option) *Service {
+	s := &Service{store: st, queue: q, bus: bus, limits: limits, log: slog.Default()}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Payloads carried by tasks. They hold ids only: the rows they point to are the source of truth.

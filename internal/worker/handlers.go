@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/aetherium/aetherium/internal/agent"
@@ -39,10 +40,19 @@ func (w *Worker) createVM(ctx context.Context, vmID string, last bool) (*model.V
 			return nil
 		case v.Status == model.VMDeleted:
 			return errSkip // deleted before it was created
+		case v.Status == model.VMCreating:
+			// A retry, here or from another worker: the VM has one create task and this worker holds it now, and a
+			// failed attempt removes what it made, so taking the VM over is safe. (What a crashed worker left behind
+			// is removed by its own reconciliation, since the VM is no longer its.)
+			if v.WorkerID != w.cfg.ID {
+				w.log.Info("taking over vm creation", "vm_id", v.ID, "from_worker", v.WorkerID)
+				v.WorkerID = w.cfg.ID
+			}
+			return nil
 		case v.WorkerID != w.cfg.ID:
 			return queue.Permanent(fmt.Errorf("vm %s is %s on worker %q", v.ID, v.Status, v.WorkerID))
-		case v.Status == model.VMCreating, v.Status == model.VMRunning:
-			return nil // a retry, or a redelivery of a finished create
+		case v.Status == model.VMRunning:
+			return nil // a redelivery of a finished create
 		default:
 			return errSkip
 		}
@@ -191,6 +201,30 @@ func derefInt(p *int) int {
 	return *p
 }
 
+// persistFor bounds how long a worker keeps trying to record a finished command.
+const persistFor = 2 * time.Minute
+
+// persist retries fn with backoff until it succeeds, fails for a reason retrying cannot fix, or persistFor passes.
+// It runs on a context detached from ctx's cancellation, because the work it records is already done.
+func persist[T any](ctx context.Context, log *slog.Logger, fn func(context.Context) (T, error)) (T, error) {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistFor)
+	defer cancel()
+	delay := 100 * time.Millisecond
+	for {
+		v, err := fn(pctx)
+		if err == nil || errors.Is(err, model.ErrNotFound) || errors.Is(err, model.ErrInvalidInput) || queue.IsPermanent(err) {
+			return v, err
+		}
+		log.Warn("could not record a result; retrying", "err", err, "in", delay)
+		select {
+		case <-pctx.Done():
+			return v, fmt.Errorf("record result: %w", err)
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
 // errExecutionFailed marks an execution that could not run; the execution row says why.
 var errExecutionFailed = errors.New("execution failed")
 
@@ -234,7 +268,15 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 		}
 		return w.failExecution(ctx, e, fmt.Sprintf("could not run the command: %v", err))
 	}
-	return w.cfg.Store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
+	// The command ran: its result must not be lost to a database blip, or the retry would find the execution
+	// "running" and report it interrupted. Keep trying for a while, even past the task's cancellation.
+	return persist(ctx, w.log, func(ctx context.Context) (*model.Execution, error) {
+		return w.saveResult(ctx, e.ID, res)
+	})
+}
+
+func (w *Worker) saveResult(ctx context.Context, id string, res *agent.ExecResult) (*model.Execution, error) {
+	return w.cfg.Store.Executions().Update(ctx, id, func(x *model.Execution) error {
 		code := res.ExitCode
 		dur := res.Duration.Milliseconds()
 		x.Status, x.ExitCode, x.DurationMS = model.ExecutionCompleted, &code, &dur

@@ -36,10 +36,11 @@ type Config struct {
 
 // Worker owns the VMs of one host.
 type Worker struct {
-	cfg  Config
-	log  *slog.Logger
-	stop context.CancelFunc
-	wg   sync.WaitGroup
+	cfg       Config
+	log       *slog.Logger
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	startedAt time.Time
 }
 
 // New checks cfg and returns a Worker; Start makes it work.
@@ -64,6 +65,7 @@ func New(cfg Config) (*Worker, error) {
 
 // Start registers the worker, reconciles its VMs, and starts consuming tasks and sending heartbeats.
 func (w *Worker) Start(ctx context.Context) error {
+	w.startedAt = time.Now().UTC()
 	if err := w.register(ctx); err != nil {
 		return err
 	}
@@ -110,7 +112,7 @@ func (w *Worker) register(ctx context.Context) error {
 	now := time.Now().UTC()
 	err := w.cfg.Store.Workers().Upsert(ctx, &model.Worker{
 		ID: w.cfg.ID, Hostname: host, Backend: w.cfg.Backend.Name(), Status: "active", Capacity: w.cfg.Capacity,
-		Metadata: map[string]string{"backend_health": w.backendHealth(ctx)}, StartedAt: now, LastHeartbeat: now,
+		Metadata: map[string]string{"backend_health": w.backendHealth(ctx)}, StartedAt: w.startedAt, LastHeartbeat: now,
 	})
 	if err != nil {
 		return fmt.Errorf("register worker %s: %w", w.cfg.ID, err)
@@ -162,8 +164,14 @@ func (w *Worker) Reconcile(ctx context.Context) error {
 	for _, vm := range vms {
 		known[vm.ID] = true
 		in := byID[vm.ID]
+		if vm.Status == model.VMCreating || vm.Status == model.VMStopping {
+			if err := w.reconcileInFlight(ctx, vm); err != nil {
+				return err
+			}
+			continue
+		}
 		if vm.Status != model.VMRunning {
-			continue // creating/stopping VMs have a task in flight that will finish the job
+			continue
 		}
 		if in != nil && in.State == vmm.StateRunning {
 			continue
@@ -196,15 +204,62 @@ func (w *Worker) Reconcile(ctx context.Context) error {
 	return nil
 }
 
+// reconcileInFlight settles a VM this worker was creating or deleting when it stopped. If a task for the VM is
+// still pending or processing, the queue will deliver it again and the idempotent handler finishes the work. If not
+// (the queue gave up on its last attempt), nobody else will: a half-created VM is removed and marked failed, a
+// half-deleted one is deleted.
+func (w *Worker) reconcileInFlight(ctx context.Context, vm *model.VM) error {
+	active, err := w.cfg.Store.Tasks().List(ctx, store.TaskFilter{
+		VMID: vm.ID, Statuses: []model.TaskStatus{model.TaskPending, model.TaskProcessing}, Page: store.Page{Limit: 1},
+	})
+	if err != nil {
+		return fmt.Errorf("list tasks of vm %s: %w", vm.ID, err)
+	}
+	if len(active) > 0 {
+		return nil
+	}
+	if err := w.cfg.Backend.DeleteVM(ctx, vm.ID); err != nil {
+		return fmt.Errorf("remove half-%s vm %s: %w", vm.Status, vm.ID, err)
+	}
+	next, reason := model.VMDeleted, ""
+	if vm.Status == model.VMCreating {
+		next, reason = model.VMFailed, "creation was interrupted and not retried (worker "+w.cfg.ID+" restarted)"
+	}
+	_, err = w.cfg.Store.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
+		v.Status, v.StoppedAt = next, utcNow()
+		if reason != "" {
+			v.Error = reason
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("settle vm %s: %w", vm.ID, err)
+	}
+	w.log.Warn("settled interrupted vm", "vm_id", vm.ID, "was", vm.Status, "now", next)
+	return nil
+}
+
 // failInterruptedExecutions fails the executions this worker was running when it died. A command is not
 // idempotent, so it is never run again; the queue may still redeliver the task, which then finds it failed.
 // Other interrupted task types are idempotent and are simply redelivered by the queue.
 func (w *Worker) failInterruptedExecutions(ctx context.Context) error {
-	tasks, err := w.cfg.Store.Tasks().List(ctx, store.TaskFilter{Statuses: []model.TaskStatus{model.TaskProcessing}, Page: store.Page{Limit: 500}})
-	if err != nil {
-		return err
-	}
 	const reason = "interrupted: worker restarted while the command was running; it is not run twice"
+	var tasks []*model.Task
+	page := store.Page{Limit: 500}
+	for {
+		// Executions are always pinned to the worker that hosts their VM.
+		batch, err := w.cfg.Store.Tasks().List(ctx, store.TaskFilter{
+			Statuses: []model.TaskStatus{model.TaskProcessing}, TargetWorker: w.cfg.ID, Page: page,
+		})
+		if err != nil {
+			return err
+		}
+		tasks = append(tasks, batch...)
+		if len(batch) < page.Limit {
+			break
+		}
+		page.After = batch[len(batch)-1].ID
+	}
 	for _, t := range tasks {
 		if t.WorkerID != w.cfg.ID || t.Type != model.TaskVMExecute {
 			continue

@@ -335,3 +335,64 @@ func TestDeleteBeforeAnyWorkerPicksItUp(t *testing.T) {
 		t.Fatal("a deleted vm was created anyway")
 	}
 }
+
+// storeVM writes a VM row in the given state on the given worker, as a crashed or other worker would leave it.
+func (r *rig) storeVM(name string, status model.VMStatus, workerID string) *model.VM {
+	r.t.Helper()
+	ctx := context.Background()
+	vm := &model.VM{ID: uuid.NewString(), OwnerID: r.owner, Name: name, Status: model.VMPending, VCPUCount: 1, MemoryMB: 256}
+	if err := r.st.VMs().Create(ctx, vm); err != nil {
+		r.t.Fatal(err)
+	}
+	vm, err := r.st.VMs().Update(ctx, vm.ID, func(v *model.VM) error { v.Status, v.WorkerID = status, workerID; return nil })
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return vm
+}
+
+func TestRetriedCreateIsTakenOverByAnotherWorker(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	// Worker "ghost" failed an attempt (and cleaned up); the retry reaches this worker.
+	vm := r.storeVM("takeover", model.VMCreating, "ghost")
+	tk := &model.Task{ID: uuid.NewString(), OwnerID: r.owner, Type: model.TaskVMCreate, Status: model.TaskPending,
+		Priority: model.PriorityDefault, VMID: vm.ID, MaxRetries: 1, Payload: []byte(`{"vm_id":"` + vm.ID + `"}`)}
+	if err := r.st.Tasks().Create(ctx, tk); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.q.Enqueue(ctx, queue.Message{TaskID: tk.ID, Type: tk.Type, MaxRetries: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.wait(tk.ID); got.Status != model.TaskCompleted {
+		t.Fatalf("retried create: %s %s", got.Status, got.Error)
+	}
+	got, err := r.st.VMs().Get(ctx, vm.ID)
+	if err != nil || got.Status != model.VMRunning || got.WorkerID != r.id {
+		t.Fatalf("vm after takeover: %+v %v; want running on %s", got, err, r.id)
+	}
+}
+
+func TestReconcileSettlesCreationsNobodyWillFinish(t *testing.T) {
+	r := newRig(t)
+	r.stop()
+	ctx := context.Background()
+	// This worker died while creating one VM and deleting another, and the queue gave up on both tasks.
+	creating := r.storeVM("half-created", model.VMCreating, r.id)
+	if _, err := r.backend.CreateVM(ctx, vmm.VMConfig{ID: creating.ID, Name: creating.Name, VCPUs: 1, MemoryMB: 128, WorkerID: r.id}); err != nil {
+		t.Fatal(err)
+	}
+	stopping := r.storeVM("half-deleted", model.VMStopping, r.id)
+	r.start()
+	got, err := r.st.VMs().Get(ctx, creating.ID)
+	if err != nil || got.Status != model.VMFailed || !strings.Contains(got.Error, "interrupted") {
+		t.Fatalf("half-created vm: %+v %v; want failed, saying creation was interrupted", got, err)
+	}
+	if containerExists(t, creating.ID) {
+		t.Fatal("the half-created container was left behind")
+	}
+	got, err = r.st.VMs().Get(ctx, stopping.ID)
+	if err != nil || got.Status != model.VMDeleted {
+		t.Fatalf("half-deleted vm: %+v %v; want deleted", got, err)
+	}
+}
