@@ -14,7 +14,8 @@ fi
 
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
-[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || missing+=(busybox-static)
+# The base image needs a static busybox: Debian's plain busybox package is dynamically linked.
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
 command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || { log "Go is required (expected at /usr/local/go)"; exit 1; }
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
