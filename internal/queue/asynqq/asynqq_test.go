@@ -145,10 +145,11 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-// BenchmarkPickup runs with the default task check interval and with others, to show the latency/load trade.
+// BenchmarkPickup runs with the default task check interval and with others, to show the latency/load trade
+// (asynq's own default, 1 s, gives a median of ~0.95 s and is left out: it takes minutes).
 func BenchmarkPickup(b *testing.B) {
 	b.Run("check=default", func(b *testing.B) { queuetest.BenchmarkPickup(b, backend) })
-	for _, d := range []time.Duration{time.Millisecond, 5 * time.Millisecond, time.Second} {
+	for _, d := range []time.Duration{time.Millisecond, 5 * time.Millisecond} {
 		b.Run("check="+d.String(), func(b *testing.B) {
 			queuetest.BenchmarkPickup(b, func(t testing.TB) *queuetest.Backend {
 				return backendWith(t, nil, asynqq.WithTaskCheckInterval(d))

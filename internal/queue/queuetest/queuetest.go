@@ -353,9 +353,17 @@ func testRetryState(t *testing.T, b *Backend) {
 	if row.ScheduledAt == nil || row.ScheduledAt.Before(before.Add(59*time.Minute)) {
 		t.Errorf("scheduled_at %v, want about an hour from now", row.ScheduledAt)
 	}
-	st := stats(t, q)
-	if s := find(st, "high"); s.Scheduled != 1 || s.Pending != 0 {
-		t.Errorf("stats of queue high: %+v; want 1 scheduled, 0 pending", s)
+	// The row is written before the queue files the task for its retry: poll until it has.
+	deadline := time.Now().Add(waitFor)
+	for {
+		s := find(stats(t, q), "high")
+		if s.Scheduled == 1 && s.Pending == 0 && s.Active == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats of queue high: %+v; want 1 scheduled, nothing pending or active", s)
+		}
+		time.Sleep(2 * time.Millisecond)
 	}
 	if n := len(rec.of(task.ID)); n != 1 {
 		t.Errorf("handler ran %d times, want 1", n)
