@@ -18,8 +18,9 @@ run 'ExecTrue' 300x ./internal/vmm/docker/
 run 'APIExecWait' 300x ./test/e2e/
 echo
 echo "median of $COUNT runs:"
-awk '/^Benchmark/ {
-  name=$1; sub(/-[0-9]+$/, "", name)
+awk '/^pkg: / { pkg = $2; sub(/^github.com\/aetherium\/aetherium\//, "", pkg) }
+/^Benchmark/ {
+  name=$1; sub(/-[0-9]+$/, "", name); name = pkg "." name
   for (i = 3; i < NF; i += 2) { key = name " " $(i+1); vals[key] = vals[key] " " $i; if (!(key in seen)) { seen[key]=1; order[++n]=key } }
 }
 END {
@@ -27,6 +28,6 @@ END {
     key = order[k]; m = split(substr(vals[key], 2), a, " ")
     for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
     med = (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
-    printf "  %-70s %14s\n", key, med
+    printf "  %-80s %14s\n", key, med
   }
 }' "$raw"
