@@ -7,6 +7,7 @@ package api
 import (
 	"log/slog"
 	"net/http"
+	"net/http/httputil"
 	"strings"
 	"time"
 
@@ -21,6 +22,8 @@ import (
 const (
 	DefaultMaxBodyBytes = 1 << 20
 	DefaultMaxWait      = 10 * time.Minute
+	// DefaultStreamHeartbeat is the default of Config.StreamHeartbeat.
+	DefaultStreamHeartbeat = 15 * time.Second
 )
 
 // Config configures the API handler. Service and Auth are required.
@@ -34,6 +37,14 @@ type Config struct {
 	MaxBodyBytes int64
 	// MaxWait bounds ?wait= (default 10 minutes). The HTTP server's WriteTimeout must exceed it.
 	MaxWait time.Duration
+	// StreamHeartbeat is how often an execution stream sends a comment while the command is silent, so that
+	// proxies and clients do not take it for dead (default 15 s).
+	StreamHeartbeat time.Duration
+	// ClusterToken authenticates the gateway to the workers' internal API, to which the interactive routes (files,
+	// processes, shells) are proxied. Empty: those routes answer 503.
+	ClusterToken string
+	// WorkerTransport carries the proxied requests to the workers (default: a transport for cluster traffic).
+	WorkerTransport http.RoundTripper
 }
 
 // server holds the handler's dependencies; its methods are the route handlers.
@@ -44,8 +55,13 @@ type server struct {
 	version string
 	maxBody int64
 	maxWait time.Duration
-	openapi openAPIDoc
-	router  *chi.Mux
+	// heartbeat is Config.StreamHeartbeat.
+	heartbeat time.Duration
+	openapi   openAPIDoc
+	router    *chi.Mux
+	// clusterToken and proxy carry the interactive routes to the worker hosting the VM (interactive.go).
+	clusterToken string
+	proxy        *httputil.ReverseProxy
 }
 
 // New returns the http.Handler of the REST API v1, rooted at /api/v1.
@@ -61,7 +77,12 @@ func newServer(cfg Config) *server {
 		version: cfg.Version,
 		maxBody: cfg.MaxBodyBytes,
 		maxWait: cfg.MaxWait,
+
+		heartbeat: cfg.StreamHeartbeat,
+
+		clusterToken: cfg.ClusterToken,
 	}
+	s.proxy = s.newProxy(cfg.WorkerTransport)
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -73,6 +94,9 @@ func newServer(cfg Config) *server {
 	}
 	if s.maxWait <= 0 {
 		s.maxWait = DefaultMaxWait
+	}
+	if s.heartbeat <= 0 {
+		s.heartbeat = DefaultStreamHeartbeat
 	}
 	s.openapi = loadOpenAPI()
 	if s.openapi.err != nil {
@@ -87,9 +111,9 @@ func newServer(cfg Config) *server {
 func (s *server) routes() {
 	r := chi.NewRouter()
 	s.router = r
-	// Order matters: the request id is known to the access log, the access log sees the 500 written by the
-	// recoverer, and the body limit applies before any handler reads.
-	r.Use(s.requestID, s.accessLog, s.recoverer, s.limitBody)
+	// Order matters: the request id is known to the access log, and the access log sees the 500 written by the
+	// recoverer. The body limit is set per group, before any handler reads: uploads are streamed without one.
+	r.Use(s.requestID, s.accessLog, s.recoverer)
 	// Set before Route so the /api/v1 sub-router inherits them.
 	r.NotFound(s.notFound)
 	r.MethodNotAllowed(s.methodNotAllowed)
@@ -102,7 +126,7 @@ func (s *server) routes() {
 		r.Get("/openapi.json", s.openAPIJSON)
 
 		r.Group(func(r chi.Router) {
-			r.Use(s.authenticate, s.requireJSON)
+			r.Use(s.limitBody, s.authenticate, s.requireJSON)
 			r.Post("/vms", s.createVM)
 			r.Get("/vms", s.listVMs)
 			r.Get("/vms/{id}", s.getVM)
@@ -110,9 +134,29 @@ func (s *server) routes() {
 			r.Post("/vms/{id}/execute", s.execute)
 			r.Get("/vms/{id}/executions", s.listExecutions)
 			r.Get("/executions/{id}", s.getExecution)
+			r.Get("/executions/{id}/stream", s.streamExecution)
 			r.Get("/tasks/{id}", s.getTask)
 			r.Post("/jobs", s.createJob)
 			r.Get("/jobs/{id}", s.getJob)
+
+			// Interactive operations, proxied to the worker hosting the VM (interactive.go).
+			r.Get("/vms/{id}/fs/stat", s.statPath)
+			r.Get("/vms/{id}/fs/list", s.listDir)
+			r.Post("/vms/{id}/fs/mkdir", s.makeDir)
+			r.Delete("/vms/{id}/fs", s.removePath)
+			r.Post("/vms/{id}/processes", s.startProcess)
+			r.Get("/vms/{id}/processes", s.listProcesses)
+			r.Get("/vms/{id}/processes/{pid}/output", s.processOutput)
+			r.Post("/vms/{id}/processes/{pid}/wait", s.waitProcess)
+			r.Post("/vms/{id}/processes/{pid}/signal", s.signalProcess)
+			r.Delete("/vms/{id}/processes/{pid}", s.removeProcess)
+		})
+		r.Group(func(r chi.Router) {
+			// Streams: a file's bytes of any size and type, and the shell's WebSocket. No body limit, no JSON.
+			r.Use(s.authenticate)
+			r.Get("/vms/{id}/files", s.downloadFile)
+			r.Put("/vms/{id}/files", s.uploadFile)
+			r.Get("/vms/{id}/shell", s.shell)
 		})
 	})
 }

@@ -44,7 +44,10 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, status int, 
 // written by the service for users (they name the field or the resource); anything unexpected is logged in full
 // and answered with a generic 500 so internals never leak.
 func (s *server) writeServiceError(w http.ResponseWriter, r *http.Request, err error) {
-	var ve *task.ValidationError
+	var (
+		ve *task.ValidationError
+		ue *task.UnavailableError
+	)
 	switch {
 	case errors.As(err, &ve):
 		s.writeError(w, r, http.StatusUnprocessableEntity, client.CodeValidation, ve.Error())
@@ -60,6 +63,11 @@ func (s *server) writeServiceError(w http.ResponseWriter, r *http.Request, err e
 		s.writeError(w, r, http.StatusConflict, client.CodeVMNotRunning, err.Error())
 	case errors.Is(err, model.ErrConflict), errors.Is(err, model.ErrInvalidTransition):
 		s.writeError(w, r, http.StatusConflict, client.CodeConflict, err.Error())
+	case errors.As(err, &ue):
+		// The reason is written for users (it names no worker); the detail goes to the log.
+		s.log.WarnContext(r.Context(), "service unavailable", "err", err, "request_id", requestIDFrom(r.Context()))
+		w.Header().Set("Retry-After", "5")
+		s.writeError(w, r, http.StatusServiceUnavailable, client.CodeUnavailable, ue.Reason)
 	case errors.Is(err, task.ErrUnavailable):
 		// The message may name a worker or the queue; that is operational detail, so it is logged, not returned.
 		s.log.WarnContext(r.Context(), "service unavailable", "err", err, "request_id", requestIDFrom(r.Context()))

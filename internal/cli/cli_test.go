@@ -351,11 +351,22 @@ func TestVMExec(t *testing.T) {
 		t.Errorf("body %+v, want %+v", body, want)
 	}
 
+	// Streamed by default: started without a server-side wait, then followed on the stream.
+	if req.Query.Has("wait") {
+		t.Errorf("a streamed exec must not ask the server to wait: %v", req.Query)
+	}
+	if n := e.srv.Count(http.MethodGet, "/api/v1/executions/"+e.lastExecutionID(t)+"/stream"); n != 1 {
+		t.Errorf("stream requests = %d, want 1", n)
+	}
+
 	e.srv.SetSteps(2) // longer than the server-side wait: polled
-	r = e.run("vm", "exec", vm.ID, "--", "echo", "hello", "world")
+	r = e.run("vm", "exec", "--no-stream", vm.ID, "--", "echo", "hello", "world")
 	wantCode(t, r, 0)
 	if r.stdout != "hello world\n" || r.stderr != "" {
 		t.Errorf("%s", r)
+	}
+	if n := e.srv.Count(http.MethodGet, "/api/v1/executions/"+e.lastExecutionID(t)+"/stream"); n != 0 {
+		t.Errorf("--no-stream streamed")
 	}
 	e.srv.SetSteps(0)
 
@@ -387,6 +398,61 @@ func TestVMExec(t *testing.T) {
 	wantCode(t, r, 125)
 	if r.stderr != "error: vm is stopped, not running (vm_not_running)\n" {
 		t.Errorf("stopped vm: %s", r)
+	}
+}
+
+// lastExecutionID is the execution id of the last POST .../execute answer, found through the executions list.
+func (e *env) lastExecutionID(t *testing.T) string {
+	t.Helper()
+	req := e.lastRequest(http.MethodPost, "/api/v1/vms/")
+	vmID := strings.TrimSuffix(strings.TrimPrefix(req.Path, "/api/v1/vms/"), "/execute")
+	c, err := client.New(e.srv.URL, testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.ListExecutions(context.Background(), vmID, client.ListOptions{})
+	if err != nil || len(l.Executions) == 0 {
+		t.Fatalf("list executions: %v", err)
+	}
+	return l.Executions[len(l.Executions)-1].ID
+}
+
+// TestVMExecStreamFallback: when the stream breaks or the server has none, vm exec waits for the command and prints
+// the rest of its output from the stored copy, each byte once.
+func TestVMExecStreamFallback(t *testing.T) {
+	e := newEnv(t)
+	e.srv.AddVM("box", "running")
+	e.srv.SetSteps(1)
+
+	// A server without the stream route.
+	e.srv.SetBefore(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, "/stream") {
+			return false
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"error":{"code":"not_found","message":"no route for GET"}}`))
+		return true
+	})
+	r := e.run("vm", "exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+	wantCode(t, r, 3)
+	if r.stdout != "out\n" || r.stderr != "err\n" {
+		t.Errorf("no stream route: %s", r)
+	}
+
+	// A stream cut after the first chunk (a proxy timeout, a server restart).
+	e.srv.SetBefore(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, "/stream") {
+			return false
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = w.Write([]byte("event: stdout\ndata: {\"offset\":0,\"data\":\"one\\n\"}\n\n"))
+		return true
+	})
+	r = e.run("vm", "exec", "box", "--", "sh", "-c", "echo one; echo two")
+	wantCode(t, r, 0)
+	if r.stdout != "one\ntwo\n" || r.stderr != "" {
+		t.Errorf("broken stream: %s", r)
 	}
 }
 

@@ -68,7 +68,7 @@ func (a *app) usageError(cmd *cobra.Command, err error) error {
 // flagError reports a flag that does not parse. An unknown flag after the VM of `vm exec` is most likely the
 // remote command's own flag, hence the hint.
 func (a *app) flagError(cmd *cobra.Command, err error) error {
-	if cmd.Name() == "exec" || cmd.Name() == "run" {
+	if n := cmd.Name(); n == "exec" || n == "run" || n == "shell" || n == "spawn" {
 		err = fmt.Errorf("%w (put the remote command after --)", err)
 	}
 	return a.usageError(cmd, err)

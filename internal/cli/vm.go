@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"time"
 
@@ -14,8 +15,9 @@ import (
 )
 
 func (a *app) vmCommand() *cobra.Command {
-	vm := a.group("vm", "Create, list, inspect, run commands in and delete VMs")
-	vm.AddCommand(a.vmCreate(), a.vmList(), a.vmGet(), a.vmDelete(), a.vmExec())
+	vm := a.group("vm", "Create, list, inspect and delete VMs; run commands, shells and file copies in them")
+	vm.AddCommand(a.vmCreate(), a.vmList(), a.vmGet(), a.vmDelete(), a.vmExec(),
+		a.vmShell(), a.vmCp(), a.vmSpawn(), a.vmPs(), a.vmLogs(), a.vmKill())
 	return vm
 }
 
@@ -215,13 +217,17 @@ func (a *app) vmExec() *cobra.Command {
 		env      []string
 		req      client.ExecuteRequest
 		priority string
+		noStream bool
 	)
 	cmd := &cobra.Command{
 		Use:   "exec VM -- COMMAND [ARGS...]",
-		Short: "Run a command in a VM and print its output",
-		Long: `Run a command in a VM (by id or name) and wait for it. Its stdout goes to stdout, its stderr to stderr, and
-the exit code is the command's own: 124 means the command was killed by its timeout, 125 that it could not be
-run at all (the error says why). Put the command after -- so its flags are not taken for ours.
+		Short: "Run a command in a VM and print its output as it runs",
+		Long: `Run a command in a VM (by id or name) and wait for it. Its stdout goes to stdout and its stderr to stderr as the
+command writes them, and the exit code is the command's own: 124 means the command was killed by its timeout, 125
+that it could not be run at all (the error says why). Put the command after -- so its flags are not taken for ours.
+
+With --no-stream (implied by --json) the output is printed once the command has ended, from the stored copy
+(which the server cuts at its output cap).
 
 The command is run as is, without a shell: use sh -c '...' for pipes and variables.`,
 		Example: "  aetherium vm exec web -- uname -a\n  aetherium vm exec --env GREETING=hi web -- sh -c 'echo $GREETING'",
@@ -231,6 +237,7 @@ The command is run as is, without a shell: use sh -c '...' for pipes and variabl
 	f.StringVarP(&req.WorkingDir, "workdir", "w", "", "working directory in the VM")
 	f.IntVar(&req.TimeoutSeconds, "timeout-seconds", 0, "kill the command after this many seconds (0: the server's default)")
 	f.StringVar(&priority, "priority", "", "queue priority: critical, high, default or low")
+	f.BoolVar(&noStream, "no-stream", false, "print the output once the command has ended instead of as it runs")
 	execArgs := func(cmd *cobra.Command, args []string) error {
 		dash := cmd.ArgsLenAtDash()
 		switch {
@@ -253,38 +260,124 @@ The command is run as is, without a shell: use sh -c '...' for pipes and variabl
 		if err != nil {
 			return err
 		}
-		stop := a.startProgress("running " + req.Command + " in vm " + args[0])
-		exec, err := c.ExecAndWait(ctx, id, req)
-		stop()
-		var (
-			te *client.TaskError
-			we *client.WaitError
-		)
-		switch {
-		case errors.As(err, &te):
-			if a.jsonOut && exec != nil {
-				_ = printJSON(a.streams.Out, exec)
-			}
-			return &userError{msg: fmt.Sprintf("could not run the command in vm %s: %s (task %s)", args[0], te.Message, te.TaskID)}
-		case errors.As(err, &we):
-			return &userError{msg: a.waitMessage(we, "the command")}
-		case err != nil:
-			return err
+		if noStream || a.jsonOut {
+			stop := a.startProgress("running " + req.Command + " in vm " + args[0])
+			exec, err := c.ExecAndWait(ctx, id, req)
+			stop()
+			return a.execResult(exec, err, args[0], execPrinted{})
 		}
-		if a.jsonOut {
-			if err := printJSON(a.streams.Out, exec); err != nil {
-				return err
-			}
-		} else {
-			_, _ = io.WriteString(a.streams.Out, exec.Stdout)
-			_, _ = io.WriteString(a.streams.ErrOut, exec.Stderr)
+		return a.streamExec(ctx, c, id, args[0], req)
+	})
+}
+
+// execPrinted is how much of each stream a streaming vm exec has printed, and what it learnt on the way.
+type execPrinted struct {
+	next  [2]int64 // offset after the last byte printed
+	got   [2]int64 // bytes printed
+	holes [2]bool  // output was lost in transit (an offset jumped)
+}
+
+// streamExec runs a command and prints its output as it comes (GET /executions/{id}/stream). If the stream breaks
+// or the server has none, it falls back to waiting for the command and prints the rest from the stored copy.
+func (a *app) streamExec(ctx context.Context, c *client.Client, vmID, vmArg string, req client.ExecuteRequest) error {
+	acc, err := c.Execute(ctx, vmID, req)
+	if err != nil {
+		return err
+	}
+	var p execPrinted
+	outs := [2]io.Writer{a.streams.Out, a.streams.ErrOut}
+	end, err := c.StreamExecution(ctx, acc.ExecutionID, func(ch client.Chunk) error {
+		i := 0
+		if ch.Stream == "stderr" {
+			i = 1
 		}
-		a.warnExecution(exec, "")
-		if code := exitCodeOf(exec); code != 0 {
-			return &ExitError{Code: code}
+		data := ch.Data
+		if skip := p.next[i] - ch.Offset; skip > 0 { // never sent twice by the server; cheap to be sure
+			data = data[min(skip, int64(len(data))):]
+		} else if skip < 0 {
+			p.holes[i] = true
+		}
+		p.next[i] = max(p.next[i], ch.Offset+int64(len(ch.Data)))
+		p.got[i] += int64(len(data))
+		if _, err := outs[i].Write(data); err != nil {
+			return fmt.Errorf("write the command's %s: %w", ch.Stream, err)
 		}
 		return nil
 	})
+	var ae *client.APIError
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return &userError{msg: a.waitMessage(&client.WaitError{TaskID: acc.TaskID, Err: ctx.Err()}, "the command")}
+	case errors.Is(err, client.ErrStreamEnded),
+		errors.As(err, &ae) && (ae.Status == http.StatusNotFound || ae.Status == http.StatusMethodNotAllowed):
+		// A server restart, a proxy that cut the stream, or a server without streams: wait for the end instead.
+		exec, err := c.WaitExecution(ctx, acc)
+		return a.execResult(exec, err, vmArg, p)
+	default:
+		return err
+	}
+	exec := &client.Execution{
+		Status: end.Status, ExitCode: end.ExitCode, TimedOut: end.TimedOut, Error: end.Error,
+		StdoutTruncated: end.StdoutTruncated, StderrTruncated: end.StderrTruncated,
+	}
+	if end.Status == "failed" {
+		return &userError{msg: fmt.Sprintf("could not run the command in vm %s: %s (task %s)", vmArg, end.Error, acc.TaskID)}
+	}
+	// The stored copy's truncation does not matter to a client that saw the stream: what it missed does.
+	for i, total := range [2]*int64{end.StdoutBytes, end.StderrBytes} {
+		if total == nil {
+			p.holes[i] = p.holes[i] || [2]bool{end.StdoutTruncated, end.StderrTruncated}[i]
+			continue
+		}
+		p.holes[i] = p.holes[i] || p.got[i] < *total
+	}
+	exec.StdoutTruncated, exec.StderrTruncated = p.holes[0], p.holes[1]
+	a.warnExecution(exec, "")
+	if code := exitCodeOf(exec); code != 0 {
+		return &ExitError{Code: code}
+	}
+	return nil
+}
+
+// execResult prints a finished execution (the part of its output not printed yet) and turns it into the exit code.
+func (a *app) execResult(exec *client.Execution, err error, vmArg string, p execPrinted) error {
+	var (
+		te *client.TaskError
+		we *client.WaitError
+	)
+	switch {
+	case errors.As(err, &te):
+		if a.jsonOut && exec != nil {
+			_ = printJSON(a.streams.Out, exec)
+		}
+		return &userError{msg: fmt.Sprintf("could not run the command in vm %s: %s (task %s)", vmArg, te.Message, te.TaskID)}
+	case errors.As(err, &we):
+		return &userError{msg: a.waitMessage(we, "the command")}
+	case err != nil:
+		return err
+	}
+	if a.jsonOut {
+		if err := printJSON(a.streams.Out, exec); err != nil {
+			return err
+		}
+	} else {
+		_, _ = io.WriteString(a.streams.Out, rest(exec.Stdout, p.next[0]))
+		_, _ = io.WriteString(a.streams.ErrOut, rest(exec.Stderr, p.next[1]))
+	}
+	a.warnExecution(exec, "")
+	if code := exitCodeOf(exec); code != 0 {
+		return &ExitError{Code: code}
+	}
+	return nil
+}
+
+// rest is what s holds past offset.
+func rest(s string, offset int64) string {
+	if offset >= int64(len(s)) {
+		return ""
+	}
+	return s[offset:]
 }
 
 // warnExecution points out on stderr what the output alone does not show: truncation and timeouts.

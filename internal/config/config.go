@@ -40,7 +40,17 @@ type Config struct {
 	MaxOutput   int           `yaml:"max_output_bytes"`
 	MaxRetries  int           `yaml:"max_retries"`
 	ShutdownFor time.Duration `yaml:"shutdown_timeout"`
+	// WorkerAPIListen is the address of the worker's internal API (files, processes, shells of its VMs).
+	WorkerAPIListen string `yaml:"worker_api_listen"`
+	// WorkerAPIURL is the URL gateways use to reach it (default: derived from the listener).
+	WorkerAPIURL string `yaml:"worker_api_url"`
+	// ClusterToken authenticates gateways to workers; ClusterTokenFile, when set, is read into it.
+	ClusterToken     string `yaml:"cluster_token"`
+	ClusterTokenFile string `yaml:"cluster_token_file"`
 }
+
+// MinClusterTokenLen is the shortest cluster token accepted.
+const MinClusterTokenLen = 16
 
 // setting is one configuration key: its YAML key, environment variable, flag and how to parse it.
 type setting struct {
@@ -104,6 +114,10 @@ var settings = []setting{
 	{"max_output_bytes", "output kept per stream per execution", integer(func(c *Config) *int { return &c.MaxOutput })},
 	{"max_retries", "retries of a task after an infrastructure failure", integer(func(c *Config) *int { return &c.MaxRetries })},
 	{"shutdown_timeout", "how long in-flight tasks may finish on SIGTERM", duration(func(c *Config) *time.Duration { return &c.ShutdownFor })},
+	{"worker_api_listen", "address of the worker's internal API for files, processes and shells (production: :8081 on a private network)", str(func(c *Config) *string { return &c.WorkerAPIListen })},
+	{"worker_api_url", "URL gateways use to reach this worker's internal API (default: derived from worker_api_listen and the host name)", str(func(c *Config) *string { return &c.WorkerAPIURL })},
+	{"cluster_token", "shared secret of gateways and workers (required with redis_url; prefer cluster_token_file or the env: flags show in the process list)", str(func(c *Config) *string { return &c.ClusterToken })},
+	{"cluster_token_file", "file holding the cluster token", str(func(c *Config) *string { return &c.ClusterTokenFile })},
 }
 
 func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
@@ -121,6 +135,7 @@ func Defaults() Config {
 		DataDir: filepath.Join(home, ".aetherium"), Listen: ":8080", AutoMigrate: true,
 		LogLevel: "info", LogFormat: "text", Concurrency: 10, Backend: "docker", Busybox: "/bin/busybox",
 		DockerNet: "none", ReadyWait: 30 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
+		WorkerAPIListen: "127.0.0.1:0",
 	}
 }
 
@@ -270,6 +285,28 @@ func (c *Config) normalize() error {
 	if c.ShutdownFor <= 0 {
 		bad("shutdown_timeout", "must be positive")
 	}
+	if _, _, err := net.SplitHostPort(c.WorkerAPIListen); err != nil {
+		bad("worker_api_listen", "must be host:port or :port (got %q)", c.WorkerAPIListen)
+	}
+	if c.WorkerAPIURL != "" {
+		if u, err := url.Parse(c.WorkerAPIURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
+			bad("worker_api_url", "must be http://HOST:PORT or https://... (got %q)", c.WorkerAPIURL)
+		}
+	}
+	switch {
+	case c.ClusterTokenFile != "" && c.ClusterToken != "":
+		bad("cluster_token_file", "set cluster_token or cluster_token_file, not both")
+	case c.ClusterTokenFile != "":
+		b, err := os.ReadFile(c.ClusterTokenFile)
+		if err != nil {
+			bad("cluster_token_file", "%v", err)
+		} else {
+			c.ClusterToken = strings.TrimSpace(string(b))
+		}
+	}
+	if c.ClusterToken != "" && len(c.ClusterToken) < MinClusterTokenLen {
+		bad("cluster_token", "must have at least %d characters (use a random one, e.g. openssl rand -hex 32)", MinClusterTokenLen)
+	}
 	return errors.Join(errs...)
 }
 
@@ -302,6 +339,9 @@ func (c Config) Redacted() string {
 	cc := c
 	cc.DatabaseURL = redactURL(c.DatabaseURL)
 	cc.RedisURL = redactURL(c.RedisURL)
+	if cc.ClusterToken != "" {
+		cc.ClusterToken = "xxxxx"
+	}
 	var buf bytes.Buffer
 	_ = yaml.NewEncoder(&buf).Encode(cc)
 	return buf.String()

@@ -3,7 +3,6 @@
 package deps
 
 import (
-	_ "github.com/coder/websocket"
 	_ "github.com/creack/pty"
 	_ "github.com/mdlayher/vsock"
 )

@@ -4,6 +4,8 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +33,7 @@ import (
 	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/internal/vmm/docker"
 	"github.com/aetherium/aetherium/internal/worker"
+	"github.com/aetherium/aetherium/internal/workerapi"
 )
 
 // Roles selects what a process runs.
@@ -67,7 +70,21 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		return err
 	}
 
-	var w *worker.Worker
+	token, err := clusterToken(cfg)
+	if err != nil {
+		return err
+	}
+	// Request contexts are cancelled a little after shutdown begins, so that ?wait= long-polls answer 202 at once
+	// instead of holding the shutdown for up to their 10 minutes, and shell sessions end.
+	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRequests()
+
+	var (
+		w       *worker.Worker
+		wapiSrv *http.Server
+		wapiLn  net.Listener
+		apiURL  string
+	)
 	if roles.Worker {
 		backend, err := docker.New(ctx, docker.Config{
 			DataDir: cfg.DataDir, AgentBinary: cfg.AgentBinary, BusyboxPath: cfg.Busybox, DefaultImage: cfg.DockerImage,
@@ -77,9 +94,29 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			return fmt.Errorf("docker backend: %w", err)
 		}
 		defer backend.Close()
+		// The worker API serves the interactive operations on this host's VMs; gateways (this process's too, in
+		// serve) proxy to the URL the worker advertises in its heartbeat.
+		wh, err := workerapi.New(workerapi.Config{Agents: backend, Token: token, Logger: log})
+		if err != nil {
+			return err
+		}
+		if wapiLn, err = workerapi.Listen(cfg.WorkerAPIListen); err != nil {
+			return err
+		}
+		defer wapiLn.Close()
+		if apiURL, err = workerapi.AdvertisedURL(wapiLn, cfg.WorkerAPIURL); err != nil {
+			return err
+		}
+		wapiSrv = &http.Server{
+			Handler:           wh,
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+			BaseContext:       func(net.Listener) context.Context { return reqCtx },
+		}
 		w, err = worker.New(worker.Config{
 			ID: cfg.WorkerID, Store: st, Queue: q, Backend: backend, Logger: log,
-			MaxOutputBytes: cfg.MaxOutput, Capacity: cfg.Concurrency,
+			MaxOutputBytes: cfg.MaxOutput, Capacity: cfg.Concurrency, Events: bus, APIURL: apiURL,
 		})
 		if err != nil {
 			return err
@@ -91,10 +128,6 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		ln      net.Listener
 		svc     *task.Service
 	)
-	// Request contexts are cancelled a little after shutdown begins, so that ?wait= long-polls answer 202 at once
-	// instead of holding the shutdown for up to their 10 minutes.
-	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelRequests()
 	if roles.API {
 		if roles.Bootstrap {
 			if err := bootstrapKey(ctx, st, cfg.DataDir, out); err != nil {
@@ -105,7 +138,8 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		limits.MaxRetries = cfg.MaxRetries
 		limits.MaxOutputBytes = cfg.MaxOutput
 		svc = task.New(st, q, bus, limits, task.WithLogger(log))
-		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version})
+		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
+			ClusterToken: token})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
@@ -127,7 +161,11 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			return fmt.Errorf("start worker: %w", err)
 		}
 	}
-	httpErr := make(chan error, 1)
+	httpErr := make(chan error, 2)
+	if wapiSrv != nil {
+		go func() { httpErr <- fmt.Errorf("worker api: %w", wapiSrv.Serve(wapiLn)) }()
+		log.Info("worker api listening", "addr", wapiLn.Addr().String(), "url", apiURL)
+	}
 	if httpSrv != nil {
 		go func() { httpErr <- httpSrv.Serve(ln) }()
 		log.Info("api listening", "addr", ln.Addr().String())
@@ -140,8 +178,8 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 	select {
 	case <-ctx.Done():
 	case err := <-httpErr:
-		runErr = fmt.Errorf("api server: %w", err)
-		log.Error("api server stopped", "err", err)
+		runErr = fmt.Errorf("server: %w", err)
+		log.Error("server stopped", "err", err)
 	}
 	log.Info("shutting down", "grace", cfg.ShutdownFor)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownFor)
@@ -158,19 +196,41 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			}
 		}()
 	}
+	stopWaits := time.AfterFunc(min(2*time.Second, cfg.ShutdownFor/2), cancelRequests)
+	defer stopWaits.Stop()
+	var herr, werr error
 	if httpSrv != nil {
-		stopWaits := time.AfterFunc(min(2*time.Second, cfg.ShutdownFor/2), cancelRequests)
-		defer stopWaits.Stop()
-		var herr error
 		if err := httpSrv.Shutdown(sctx); err != nil {
 			herr = fmt.Errorf("api shutdown: %w", err)
 		}
-		wg.Wait()
-		errs = append(errs, herr)
-	} else {
-		wg.Wait()
 	}
+	if wapiSrv != nil {
+		// After the API: a gateway in this process may still be proxying to it.
+		if err := wapiSrv.Shutdown(sctx); err != nil {
+			werr = fmt.Errorf("worker api shutdown: %w", err)
+		}
+	}
+	wg.Wait()
+	errs = append(errs, herr, werr)
 	return errors.Join(errs...)
+}
+
+// clusterToken is the secret gateways present to workers. It is required when gateways and workers may be separate
+// processes (redis_url); serve on embedded defaults has both in one process, so a random one kept in memory does.
+func clusterToken(cfg config.Config) (string, error) {
+	if cfg.ClusterToken != "" {
+		return cfg.ClusterToken, nil
+	}
+	if cfg.RedisURL != "" {
+		return "", fmt.Errorf("cluster_token (%s / --cluster-token) or cluster_token_file is required with redis_url: "+
+			"gateways present it to workers to reach files, processes and shells of their VMs; give every gateway and "+
+			"worker the same random value (e.g. openssl rand -hex 32)", config.EnvName("cluster_token"))
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate cluster token: %w", err)
+	}
+	return hex.EncodeToString(b), nil
 }
 
 // requeueStale periodically puts back on the queue tasks that stayed pending too long (see task.RequeueStale).

@@ -5,8 +5,10 @@ package vmm
 import (
 	"context"
 	"errors"
+	"io"
 
 	"github.com/aetherium/aetherium/internal/agent"
+	agentclient "github.com/aetherium/aetherium/internal/agent/client"
 )
 
 // ErrNotFound is returned (wrapped) when a backend has no VM with the given id.
@@ -65,6 +67,13 @@ type Orchestrator interface {
 	DeleteVM(ctx context.Context, id string) error
 	GetVMStatus(ctx context.Context, id string) (*Instance, error)
 	ExecuteCommand(ctx context.Context, id string, req agent.ExecRequest) (*agent.ExecResult, error)
+	// ExecuteStream runs a command like ExecuteCommand but copies its stdout and stderr to the writers as they are
+	// produced (nil discards); the result holds no output. The writers are called from one goroutine, one at a
+	// time, and may block to slow the command down. A writer's error kills the command and is returned.
+	ExecuteStream(ctx context.Context, id string, req agent.ExecRequest, stdout, stderr io.Writer) (*agent.ExecResult, error)
+	// Agent returns the client of the VM's guest agent, for interactive work (files, PTY, background processes).
+	// The backend owns it: callers must not Close it. It fails with ErrNotFound or ErrNotRunning like ExecuteCommand.
+	Agent(ctx context.Context, id string) (*agentclient.Client, error)
 	// ListVMs lists the VMs of this worker (as given by VMConfig.WorkerID) that the backend knows.
 	ListVMs(ctx context.Context) ([]*Instance, error)
 	Health(ctx context.Context) error

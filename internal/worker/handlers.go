@@ -260,19 +260,29 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 		Argv: append([]string{e.Command}, e.Args...), Env: e.Env, WorkingDir: e.WorkingDir,
 		Timeout: time.Duration(e.TimeoutSeconds) * time.Second, MaxOutputBytes: w.cfg.MaxOutputBytes,
 	}
-	res, err := w.cfg.Backend.ExecuteCommand(ctx, vm.ID, req)
+	// The output streams to live readers as it comes (execOutput) and is kept, up to the cap, for the row.
+	out := w.newExecOutput(ctx, e)
+	res, err := w.cfg.Backend.ExecuteStream(ctx, vm.ID, req, out.writer(0), out.writer(1))
+	out.finish()
 	if err != nil {
 		// The command may or may not have started: never run it again. Say what happened instead.
 		if ctx.Err() != nil {
-			return w.failExecution(context.WithoutCancel(ctx), e, "interrupted: the worker stopped while the command was running; it is not run twice")
+			return w.failExecutionWithOutput(context.WithoutCancel(ctx), e, "interrupted: the worker stopped while the command was running; it is not run twice", out)
 		}
-		return w.failExecution(ctx, e, fmt.Sprintf("could not run the command: %v", err))
+		return w.failExecutionWithOutput(ctx, e, fmt.Sprintf("could not run the command: %v", err), out)
 	}
+	out.fillResult(res)
 	// The command ran: its result must not be lost to a database blip, or the retry would find the execution
 	// "running" and report it interrupted. Keep trying for a while, even past the task's cancellation.
-	return persist(ctx, w.log, func(ctx context.Context) (*model.Execution, error) {
+	e, err = persist(ctx, w.log, func(ctx context.Context) (*model.Execution, error) {
 		return w.saveResult(ctx, e.ID, res)
 	})
+	if err != nil {
+		return e, err
+	}
+	// Announced only now, so that a reader told of the end finds the final row.
+	w.announceEnd(ctx, e, out)
+	return e, nil
 }
 
 func (w *Worker) saveResult(ctx context.Context, id string, res *agent.ExecResult) (*model.Execution, error) {
@@ -297,17 +307,27 @@ func (w *Worker) saveResult(ctx context.Context, id string, res *agent.ExecResul
 }
 
 func (w *Worker) failExecution(ctx context.Context, e *model.Execution, reason string) (*model.Execution, error) {
+	return w.failExecutionWithOutput(ctx, e, reason, nil)
+}
+
+// failExecutionWithOutput fails e with reason, keeping the output it printed before it failed (out may be nil),
+// and announces its end to live readers.
+func (w *Worker) failExecutionWithOutput(ctx context.Context, e *model.Execution, reason string, out *execOutput) (*model.Execution, error) {
 	e, err := w.cfg.Store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
 		x.Status, x.Error, x.CompletedAt = model.ExecutionFailed, reason, utcNow()
 		if x.StartedAt != nil {
 			d := x.CompletedAt.Sub(*x.StartedAt).Milliseconds()
 			x.DurationMS = &d
 		}
+		if out != nil {
+			out.fillRow(x)
+		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	w.announceEnd(ctx, e, out)
 	return e, queue.Permanent(fmt.Errorf("%w: %s", errExecutionFailed, reason))
 }
 

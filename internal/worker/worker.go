@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/store"
@@ -32,6 +33,13 @@ type Config struct {
 	HeartbeatInterval time.Duration // default 5 s
 	MaxOutputBytes    int           // stored per stream per execution; default 1 MiB
 	Capacity          int           // advertised concurrent tasks
+	// Events carries the live output of executions (see task.ExecutionOutputTopic); nil: output is only stored.
+	Events events.Bus
+	// OutputSaveInterval is how often the output of a running execution is saved in its row (default 1 s).
+	OutputSaveInterval time.Duration
+	// APIURL is where this worker's internal API (internal/workerapi) serves files, processes and shells of its
+	// VMs; it is advertised in the heartbeat (Metadata[task.WorkerAPIURLKey]) for gateways to proxy to.
+	APIURL string
 }
 
 // Worker owns the VMs of one host.
@@ -59,6 +67,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.MaxOutputBytes <= 0 {
 		cfg.MaxOutputBytes = 1 << 20
+	}
+	if cfg.OutputSaveInterval <= 0 {
+		cfg.OutputSaveInterval = time.Second
 	}
 	return &Worker{cfg: cfg, log: cfg.Logger.With("worker_id", cfg.ID)}, nil
 }
@@ -110,9 +121,13 @@ func (w *Worker) Stop(ctx context.Context) error {
 func (w *Worker) register(ctx context.Context) error {
 	host, _ := os.Hostname()
 	now := time.Now().UTC()
+	meta := map[string]string{"backend_health": w.backendHealth(ctx)}
+	if w.cfg.APIURL != "" {
+		meta[task.WorkerAPIURLKey] = w.cfg.APIURL
+	}
 	err := w.cfg.Store.Workers().Upsert(ctx, &model.Worker{
 		ID: w.cfg.ID, Hostname: host, Backend: w.cfg.Backend.Name(), Status: "active", Capacity: w.cfg.Capacity,
-		Metadata: map[string]string{"backend_health": w.backendHealth(ctx)}, StartedAt: w.startedAt, LastHeartbeat: now,
+		Metadata: meta, StartedAt: w.startedAt, LastHeartbeat: now,
 	})
 	if err != nil {
 		return fmt.Errorf("register worker %s: %w", w.cfg.ID, err)

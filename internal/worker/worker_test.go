@@ -74,9 +74,13 @@ type rig struct {
 	w       *worker.Worker
 	svc     *task.Service
 	owner   string
+	tune    func(*worker.Config)
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T) *rig { t.Helper(); return newRigWith(t, nil) }
+
+// newRigWith is newRig with the worker's configuration adjusted by tune.
+func newRigWith(t *testing.T, tune func(*worker.Config)) *rig {
 	t.Helper()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db.sqlite"))
@@ -92,7 +96,8 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dataDir) })
-	r := &rig{t: t, id: "wt-" + uuid.NewString()[:8], dataDir: dataDir, st: st, bus: inproc.New(), owner: uuid.NewString()}
+	// A large buffer: the tests read every output event and must not lose one to a busy machine.
+	r := &rig{t: t, id: "wt-" + uuid.NewString()[:8], dataDir: dataDir, st: st, bus: inproc.New(inproc.WithBuffer(4096)), owner: uuid.NewString(), tune: tune}
 	t.Cleanup(func() {
 		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=aetherium.worker-id="+r.id).Output()
 		if ids := strings.Fields(string(out)); len(ids) > 0 {
@@ -116,7 +121,11 @@ func (r *rig) start() {
 	r.q = embedded.New(r.st.Tasks(), r.bus, queue.Options{
 		WorkerID: r.id, Concurrency: 4, RetryDelay: func(int, error) time.Duration { return 10 * time.Millisecond },
 	}, log)
-	r.w, err = worker.New(worker.Config{ID: r.id, Store: r.st, Queue: r.q, Backend: r.backend, Logger: log})
+	cfg := worker.Config{ID: r.id, Store: r.st, Queue: r.q, Backend: r.backend, Logger: log, Events: r.bus}
+	if r.tune != nil {
+		r.tune(&cfg)
+	}
+	r.w, err = worker.New(cfg)
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -471,24 +471,36 @@ func (c *Client) ExecAndWait(ctx context.Context, vmID string, req ExecuteReques
 	if err != nil {
 		return nil, err
 	}
-	exec := acc.Execution
-	var task *Task
-	if !done || exec == nil {
-		if task, err = c.WaitTask(ctx, acc.TaskID, c.maxPoll); err != nil {
-			return nil, err
-		}
-		if exec, err = c.GetExecution(ctx, acc.ExecutionID); err != nil {
-			return nil, fmt.Errorf("get execution %s: %w", acc.ExecutionID, err)
-		}
+	if !done || acc.Execution == nil {
+		return c.WaitExecution(ctx, acc)
 	}
+	return acc.Execution, executionError(acc, acc.Execution, nil)
+}
+
+// WaitExecution waits until an execution started with Execute has ended, however long it runs, and returns it
+// like ExecAndWait does: a *TaskError when it could not be run, a *WaitError when ctx ends first.
+func (c *Client) WaitExecution(ctx context.Context, acc *ExecuteAccepted) (*Execution, error) {
+	task, err := c.WaitTask(ctx, acc.TaskID, c.maxPoll)
+	if err != nil {
+		return nil, err
+	}
+	exec, err := c.GetExecution(ctx, acc.ExecutionID)
+	if err != nil {
+		return nil, fmt.Errorf("get execution %s: %w", acc.ExecutionID, err)
+	}
+	return exec, executionError(acc, exec, task)
+}
+
+// executionError is the *TaskError of an execution that could not be run (task may be nil), or nil.
+func executionError(acc *ExecuteAccepted, exec *Execution, task *Task) error {
 	if exec.Status == "failed" || (exec.ExitCode == nil && task != nil && task.Status == "failed") {
 		msg := exec.Error
 		if msg == "" && task != nil {
 			msg = task.Error
 		}
-		return exec, &TaskError{TaskID: acc.TaskID, Message: msg}
+		return &TaskError{TaskID: acc.TaskID, Message: msg}
 	}
-	return exec, nil
+	return nil
 }
 
 // RunJobAndWait starts a job and waits until it ends or ctx does, then returns it with its executions. A job that
@@ -562,38 +574,11 @@ func isTransient(err error) bool {
 
 // do sends one request and decodes a 2xx answer (or one of alsoOK) into out. Other answers become *APIError.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, body, out any, alsoOK ...int) (int, error) {
-	u := *c.base
-	// path holds PathEscape'd ids, which must reach the server as written: RawPath keeps the escaped form, Path the
-	// decoded one (url.URL wants both when they differ).
-	u.RawPath = c.base.EscapedPath() + apiPrefix + path
-	p, err := url.PathUnescape(u.RawPath)
+	req, err := c.newRequest(ctx, method, path, query, body)
 	if err != nil {
-		return 0, fmt.Errorf("build %s %s request: %w", method, path, err)
-	}
-	u.Path = p
-	if len(query) > 0 {
-		u.RawQuery = query.Encode()
-	}
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return 0, fmt.Errorf("encode %s %s request: %w", method, path, err)
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
-	if err != nil {
-		return 0, fmt.Errorf("build %s %s request: %w", method, path, err)
+		return 0, err
 	}
 	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", c.userAgent)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.apiKey != "" {
-		req.Header.Set("Authorization", "Bearer "+c.apiKey)
-	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return 0, err // a *url.Error: it names the method and URL, never the headers
@@ -664,4 +649,40 @@ func nonJSONMessage(resp *http.Response, body []byte) string {
 func isJSON(ct string) bool {
 	mt, _, err := mime.ParseMediaType(ct)
 	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+}
+
+// newRequest builds a request of the API at path (under /api/v1), with the credentials and the JSON body if any.
+func (c *Client) newRequest(ctx context.Context, method, path string, query url.Values, body any) (*http.Request, error) {
+	u := *c.base
+	// path holds PathEscape'd ids, which must reach the server as written: RawPath keeps the escaped form, Path the
+	// decoded one (url.URL wants both when they differ).
+	u.RawPath = c.base.EscapedPath() + apiPrefix + path
+	p, err := url.PathUnescape(u.RawPath)
+	if err != nil {
+		return nil, fmt.Errorf("build %s %s request: %w", method, path, err)
+	}
+	u.Path = p
+	if len(query) > 0 {
+		u.RawQuery = query.Encode()
+	}
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s %s request: %w", method, path, err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	if err != nil {
+		return nil, fmt.Errorf("build %s %s request: %w", method, path, err)
+	}
+	req.Header.Set("User-Agent", c.userAgent)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+c.apiKey)
+	}
+	return req, nil
 }

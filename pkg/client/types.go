@@ -204,3 +204,184 @@ type Ready struct {
 	Status string            `json:"status"` // "ready" or "not_ready"
 	Checks map[string]string `json:"checks"` // name -> "ok" or the error
 }
+
+// OutputChunk is the data of a `stdout` or `stderr` event of GET /api/v1/executions/{id}/stream: bytes of one
+// stream starting at Offset (bytes of that stream before them). Exactly one of Data (the bytes are valid UTF-8)
+// and DataBase64 (they are not) is set.
+type OutputChunk struct {
+	Offset     int64  `json:"offset"`
+	Data       string `json:"data,omitempty"`
+	DataBase64 string `json:"data_base64,omitempty"`
+}
+
+// ExecutionEnd is the data of the `end` event of GET /api/v1/executions/{id}/stream, the last one.
+type ExecutionEnd struct {
+	Status          string `json:"status"` // completed or failed
+	ExitCode        *int   `json:"exit_code"`
+	TimedOut        bool   `json:"timed_out"`
+	StdoutTruncated bool   `json:"stdout_truncated"` // the stored copy, not the stream
+	StderrTruncated bool   `json:"stderr_truncated"`
+	Error           string `json:"error,omitempty"`
+	// StdoutBytes and StderrBytes are how many bytes the command wrote, when the server knows (a stream that saw
+	// the execution end live); a client that received fewer lost some (see docs/api.md).
+	StdoutBytes *int64 `json:"stdout_bytes,omitempty"`
+	StderrBytes *int64 `json:"stderr_bytes,omitempty"`
+}
+
+// Error codes of the interactive routes (files, processes, shells): what the VM's guest answered, in API terms.
+const (
+	CodePathNotFound      = "path_not_found"      // 404: no such file or directory in the VM
+	CodeProcessNotFound   = "process_not_found"   // 404: no such process in the VM's agent
+	CodeAlreadyExists     = "already_exists"      // 409: the file, directory or process id exists
+	CodeNotADirectory     = "not_a_directory"     // 409: a path element (or the target) is not a directory
+	CodeIsADirectory      = "is_a_directory"      // 409: a file operation on a directory
+	CodeNotARegularFile   = "not_a_regular_file"  // 409: a download of a device, socket or fifo
+	CodeDirectoryNotEmpty = "directory_not_empty" // 409: a non-recursive remove of a directory with entries
+	CodePermissionDenied  = "permission_denied"   // 403: the guest's permissions refuse it
+	CodeUnknownUser       = "unknown_user"        // 422: a user or group the guest does not know
+	CodeProcessExited     = "process_exited"      // 409: a signal for a process that has exited
+	CodeProcessRunning    = "process_running"     // 409: removing a process that still runs
+	CodeTooManyProcesses  = "too_many_processes"  // 429: the VM's agent keeps as many processes as it may
+	CodeGuestIOError      = "guest_io_error"      // 500: the guest's filesystem failed (full disk, read error...)
+	CodeUnsupported       = "unsupported"         // 501: the VM's agent is too old for this
+)
+
+// Headers of GET /api/v1/vms/{id}/files (a download), besides Content-Length and Last-Modified.
+const (
+	// HeaderFileMode is the file's permission bits in octal, with setuid, setgid and sticky as chmod writes them
+	// ("0644", "4755").
+	HeaderFileMode = "X-Aetherium-File-Mode"
+	HeaderFileUID  = "X-Aetherium-File-Uid"
+	HeaderFileGID  = "X-Aetherium-File-Gid"
+)
+
+// File types of FileInfo.Type.
+const (
+	FileTypeFile      = "file"
+	FileTypeDirectory = "directory"
+	FileTypeSymlink   = "symlink"
+	FileTypeOther     = "other" // device, socket, fifo
+)
+
+// FileInfo describes a file in a VM: GET /api/v1/vms/{id}/fs/stat, the entries of /fs/list, and the answers of
+// an upload and of POST /fs/mkdir.
+type FileInfo struct {
+	Path string `json:"path"` // cleaned absolute path
+	Name string `json:"name"` // last element of Path
+	Type string `json:"type"` // file, directory, symlink or other
+	Size int64  `json:"size"`
+	// Mode is the permission bits in octal, with setuid, setgid and sticky as chmod writes them ("0644", "4755").
+	Mode    string    `json:"mode"`
+	ModTime time.Time `json:"mod_time"`
+	// LinkTarget is where a symbolic link points (the link itself is described, not its target).
+	LinkTarget string `json:"link_target,omitempty"`
+	UID        int    `json:"uid"`
+	GID        int    `json:"gid"`
+}
+
+// FileList answers GET /api/v1/vms/{id}/fs/list: the entries of a directory, sorted by name.
+type FileList struct {
+	Path    string     `json:"path"`
+	Entries []FileInfo `json:"entries"`
+}
+
+// MkdirRequest is the body of POST /api/v1/vms/{id}/fs/mkdir.
+type MkdirRequest struct {
+	Path string `json:"path"`
+	// Mode is the permission bits in octal ("0755", the default).
+	Mode string `json:"mode,omitempty"`
+	// Parents creates missing parents and accepts an existing directory, like mkdir -p.
+	Parents bool `json:"parents,omitempty"`
+	// Owner is "user[:group]" (names or numbers) of the directory created last; empty: the agent's user (root).
+	Owner string `json:"owner,omitempty"`
+}
+
+// StartProcessRequest is the body of POST /api/v1/vms/{id}/processes: a background process. Set Command (with
+// Args) or Shell (a command line run with /bin/sh -c), not both.
+type StartProcessRequest struct {
+	Command        string            `json:"command,omitempty"`
+	Args           []string          `json:"args,omitempty"`
+	Shell          string            `json:"shell,omitempty"`
+	Env            map[string]string `json:"env,omitempty"`
+	WorkingDir     string            `json:"working_dir,omitempty"`
+	User           string            `json:"user,omitempty"`
+	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
+	// ID names the process (letters, digits, '.', '_', '-'; at most 128); empty: the VM's agent picks one.
+	ID string `json:"id,omitempty"`
+}
+
+// Process is a process kept by a VM's agent: a background process, or a shell session in progress (Attached).
+type Process struct {
+	ID       string `json:"id"`
+	PID      int    `json:"pid"`
+	Command  string `json:"command"`
+	TTY      bool   `json:"tty"`
+	Attached bool   `json:"attached"`
+	// State is running or exited.
+	State     string    `json:"state"`
+	StartedAt time.Time `json:"started_at"`
+	// ExitCode is null while the process runs; 128+n when signal n ended it (Signal names it).
+	ExitCode    *int   `json:"exit_code"`
+	Signal      string `json:"signal,omitempty"`
+	TimedOut    bool   `json:"timed_out"`
+	DurationMS  *int64 `json:"duration_ms"`
+	StdoutBytes int64  `json:"stdout_bytes"`
+	StderrBytes int64  `json:"stderr_bytes"`
+}
+
+// ProcessList answers GET /api/v1/vms/{id}/processes, oldest first.
+type ProcessList struct {
+	Processes []Process `json:"processes"`
+}
+
+// ProcessOutput answers GET /api/v1/vms/{id}/processes/{pid}/output: a piece of one output stream. Exactly one
+// of Data (valid UTF-8) and DataBase64 is set when there are bytes.
+type ProcessOutput struct {
+	Stream string `json:"stream"`
+	// Offset is where the data starts: the offset asked for, or later when that part is no longer kept.
+	Offset int64 `json:"offset"`
+	// NextOffset is the offset to ask for next.
+	NextOffset int64 `json:"next_offset"`
+	// Dropped counts the oldest bytes of the stream that are no longer kept.
+	Dropped int64 `json:"dropped"`
+	// Total is how many bytes the stream has had so far.
+	Total int64 `json:"total"`
+	// EOF means the process has exited and NextOffset is the end of the stream.
+	EOF        bool   `json:"eof"`
+	Data       string `json:"data,omitempty"`
+	DataBase64 string `json:"data_base64,omitempty"`
+}
+
+// SignalRequest is the body of POST /api/v1/vms/{id}/processes/{pid}/signal.
+type SignalRequest struct {
+	// Signal is a name ("TERM", "SIGKILL") or a number.
+	Signal string `json:"signal"`
+}
+
+// Types of ShellMessage: control messages of the WebSocket of GET /api/v1/vms/{id}/shell. Binary messages carry
+// the bytes of stdin (client to server) and of stdout, or the terminal's output (server to client).
+const (
+	ShellMsgResize = "resize" // client: the terminal's new size (Rows, Cols)
+	ShellMsgSignal = "signal" // client: send Signal to the command's process group
+	ShellMsgEOF    = "eof"    // client: end of stdin (without a terminal; a terminal's EOF is ^D)
+
+	ShellMsgStarted = "started" // server: the command runs, as process ID
+	ShellMsgStderr  = "stderr"  // server: bytes of stderr (Data), without a terminal
+	ShellMsgExit    = "exit"    // server: the command ended (ExitCode, Signal, TimedOut); the last message
+	ShellMsgError   = "error"   // server: the command could not run or the session failed (Code, Message); the last message
+)
+
+// ShellMessage is a text (JSON) message of the shell WebSocket; Type says which fields are set.
+type ShellMessage struct {
+	Type       string `json:"type"`
+	Rows       uint16 `json:"rows,omitempty"`
+	Cols       uint16 `json:"cols,omitempty"`
+	Signal     string `json:"signal,omitempty"`
+	ID         string `json:"id,omitempty"`
+	Data       []byte `json:"data,omitempty"`
+	ExitCode   *int   `json:"exit_code,omitempty"`
+	TimedOut   bool   `json:"timed_out,omitempty"`
+	DurationMS *int64 `json:"duration_ms,omitempty"`
+	Code       string `json:"code,omitempty"`
+	Message    string `json:"message,omitempty"`
+}

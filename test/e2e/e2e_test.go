@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -193,7 +196,7 @@ func TestServeResumesAfterKill(t *testing.T) {
 	}
 }
 
-func flushRedis(t *testing.T) string {
+func flushRedis(t testing.TB) string {
 	t.Helper()
 	out, err := exec.Command("redis-cli", "-n", e2eRedisDB, "flushdb").CombinedOutput()
 	requireService(t, "Redis", err == nil, strings.TrimSpace(string(out)))
@@ -209,6 +212,7 @@ func TestProductionTopology(t *testing.T) {
 	common := []string{
 		"AETHERIUM_DATABASE_URL=" + dbURL, "AETHERIUM_REDIS_URL=" + redisURL,
 		"AETHERIUM_AGENT_BINARY=" + filepath.Join(binDir, "aetherium-agent"), "AETHERIUM_LOG_LEVEL=debug",
+		"AETHERIUM_CLUSTER_TOKEN=" + e2eClusterToken,
 	}
 	if _, errOut, code := runCLI(t, append(common, "AETHERIUM_DATA_DIR="+t.TempDir()), "migrate"); code != 0 {
 		t.Fatalf("migrate: %s", errOut)
@@ -273,6 +277,51 @@ func TestProductionTopology(t *testing.T) {
 			if e.ExitCode == nil || *e.ExitCode != want {
 				t.Fatalf("exec %v on %s: exit %v, want %d", cmd, vm.Name, e.ExitCode, want)
 			}
+		}
+	}
+
+	// Live output crosses processes on Redis pub/sub (worker -> gateway -> client); the end's byte counts show that
+	// the end came as an event, not from the store.
+	sacc, err := c.Execute(ctx, vms[1].ID, client.ExecuteRequest{Command: "sh", Args: []string{"-c", waitFor("/tmp/go") + "echo a; echo b >&2; exit 2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	open, opened := gate(ctx, c, vms[1].ID, "/tmp/go")
+	var streamed [2]strings.Builder
+	end, err := c.StreamExecutionFrom(ctx, sacc.ExecutionID, client.StreamOptions{OnOpen: open}, func(ch client.Chunk) error {
+		streamed[map[string]int{"stdout": 0, "stderr": 1}[ch.Stream]].Write(ch.Data)
+		return nil
+	})
+	if err != nil || <-opened != nil {
+		t.Fatalf("stream over the gateway: %v", err)
+	}
+	if streamed[0].String() != "a\n" || streamed[1].String() != "b\n" || end.ExitCode == nil || *end.ExitCode != 2 || end.StdoutBytes == nil {
+		t.Fatalf("stream over the gateway: %q %q %+v", streamed[0].String(), streamed[1].String(), end)
+	}
+
+	// Files and shells cross processes too: the gateway proxies them to the worker that hosts the VM.
+	for _, vm := range vms[:2] {
+		payload := bytes.Repeat([]byte(vm.ID), 50_000)
+		if _, err := c.Upload(ctx, vm.ID, "/tmp/payload", bytes.NewReader(payload), client.UploadOptions{Size: int64(len(payload))}); err != nil {
+			t.Fatalf("upload to %s over the gateway: %v", vm.Name, err)
+		}
+		d, err := c.Download(ctx, vm.ID, "/tmp/payload")
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := io.ReadAll(d)
+		d.Close()
+		if err != nil || !bytes.Equal(back, payload) {
+			t.Fatalf("download from %s over the gateway: %d bytes, %v", vm.Name, len(back), err)
+		}
+		sh, err := c.OpenShell(ctx, vm.ID, client.ShellOptions{Command: []string{"sh", "-c", "cat /tmp/payload | wc -c; exit 4"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		exit, err := sh.Wait(&out, nil)
+		if err != nil || exit.ExitCode != 4 || strings.TrimSpace(out.String()) != strconv.Itoa(len(payload)) {
+			t.Fatalf("shell on %s over the gateway: %+v %v %q", vm.Name, exit, err, out.String())
 		}
 	}
 

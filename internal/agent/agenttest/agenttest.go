@@ -4,7 +4,8 @@
 // checks the guest's state only by running commands in it, so it works wherever the agent runs.
 //
 // The guest needs /bin/sh and the usual Debian/busybox tools (echo, printf, head, cat, sleep, cut, mktemp,
-// sha256sum, pwd, rm).
+// sha256sum, pwd, rm, id, grep, stty, seq, tr, wc, ln, touch), a user "nobody", and the agent must run as root
+// (the suite runs commands and writes files as other users).
 package agenttest
 
 import (
@@ -60,6 +61,18 @@ func Run(t *testing.T, dial func(t *testing.T) agent.Dialer) {
 		{"SlowConsumerDoesNotBlockOthers", testSlowConsumer},
 		{"DisconnectKillsCommand", testDisconnectKills},
 		{"ReconnectsAfterBrokenConnection", testReconnect},
+		{"Shell", testShell},
+		{"User", testUser},
+		{"Stdin", testStdin},
+		{"PeakMemory", testPeakMemory},
+		{"SignalDelivery", testSignalDelivery},
+		{"KeepRunningOnDisconnect", testKeepRunningOnDisconnect},
+		{"BackgroundProcesses", testBackgroundProcesses},
+		{"Pty", testPty},
+		{"ThousandConcurrentExecs", testThousandConcurrentExecs},
+		{"FileTransfer", testFileTransfer},
+		{"UploadIsAtomic", testUploadIsAtomic},
+		{"FileOperations", testFileOperations},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,7 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,12 +43,31 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("agent %s: %s: %s", e.Method, e.Code, e.Message)
 }
 
-// Unwrap makes an agent that is shutting down count as unavailable: the request did not fail on its merits.
+// ErrUnsupported is returned (wrapped) when the agent does not offer what a call needs (an older agent).
+var ErrUnsupported = errors.New("not supported by this agent")
+
+// Unwrap makes an agent that is shutting down count as unavailable (the request did not fail on its merits),
+// and lets callers test file errors the usual way: errors.Is(err, fs.ErrNotExist), fs.ErrExist, fs.ErrPermission.
 func (e *Error) Unwrap() error {
-	if e.Code == protocol.CodeShuttingDown {
+	switch e.Code {
+	case protocol.CodeShuttingDown:
 		return ErrUnavailable
+	case protocol.CodeNotFound:
+		return fs.ErrNotExist
+	case protocol.CodeExists:
+		return fs.ErrExist
+	case protocol.CodePermissionDenied:
+		return fs.ErrPermission
+	case protocol.CodeUnknownMethod, protocol.CodeUnsupported:
+		return ErrUnsupported
 	}
 	return nil
+}
+
+// IsCode reports whether err is an answer of the agent with this code (one of agent.Code*).
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
 }
 
 // Client talks to one agent. It is safe for concurrent use.
@@ -180,10 +201,10 @@ func (c *Client) dropSession(s *session) {
 	c.mu.Unlock()
 }
 
-// call sends one request and waits for its response, passing its DATA to sink. If the connection turns out to
-// be broken before any byte of the request left, the request is sent again on a fresh connection: the agent
-// cannot have seen it, so even an exec is safe to resend.
-func (c *Client) call(ctx context.Context, method string, params any, sink func(protocol.Channel, []byte) error) (json.RawMessage, error) {
+// open sends one request and returns its stream. If the connection turns out to be broken before any byte of
+// the request left, the request is sent again on a fresh connection: the agent cannot have seen it, so even an
+// exec is safe to resend. A feature the agent does not list fails with ErrUnsupported before anything is sent.
+func (c *Client) open(ctx context.Context, method string, params any, features ...string) (*stream, error) {
 	req := protocol.Request{Method: method}
 	if params != nil {
 		raw, err := json.Marshal(params)
@@ -200,17 +221,21 @@ func (c *Client) call(ctx context.Context, method string, params any, sink func(
 		return nil, fmt.Errorf("agent %s: request of %d bytes exceeds the protocol's %d", method, len(body), protocol.MaxPayloadSize)
 	}
 
-	var st *stream
 	for attempt := 0; ; attempt++ {
 		s, err := c.session(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("agent %s: %w", method, err)
 		}
-		st, err = s.open()
+		for _, f := range features {
+			if !slices.Contains(s.peer.Features, f) {
+				return nil, fmt.Errorf("agent %s: %w: agent version %q lacks feature %q", method, ErrUnsupported, s.peer.AgentVersion, f)
+			}
+		}
+		st, err := s.open()
 		if err == nil {
 			var sent bool
 			if sent, err = s.write(ctx, protocol.FrameRequest, st.id, body); err == nil {
-				break
+				return st, nil
 			}
 			s.remove(st.id)
 			if sent {
@@ -223,8 +248,10 @@ func (c *Client) call(ctx context.Context, method string, params any, sink func(
 			return nil, fmt.Errorf("agent %s: %w", method, err)
 		}
 	}
+}
 
-	resp, err := st.wait(ctx, sink)
+// result turns a stream's end into the call's result or error.
+func result(method string, resp *protocol.Response, err error) (json.RawMessage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: %w", method, err)
 	}
@@ -232,6 +259,40 @@ func (c *Client) call(ctx context.Context, method string, params any, sink func(
 		return nil, &Error{Method: method, Code: resp.Error.Code, Message: resp.Error.Message}
 	}
 	return resp.Result, nil
+}
+
+// call sends one request and waits for its response, passing its DATA to sink.
+func (c *Client) call(ctx context.Context, method string, params any, sink func(protocol.Channel, []byte) error, features ...string) (json.RawMessage, error) {
+	st, err := c.open(ctx, method, params, features...)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := st.wait(ctx, sink)
+	return result(method, resp, err)
+}
+
+// callInto is call without DATA, decoding the result into out.
+func (c *Client) callInto(ctx context.Context, method string, params, out any, features ...string) error {
+	raw, err := c.call(ctx, method, params, nil, features...)
+	if err != nil {
+		return err
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("%w: agent %s: decode result: %w", ErrUnavailable, method, err)
+	}
+	return nil
+}
+
+// Features returns what the agent announced in its handshake (protocol.Feature* names).
+func (c *Client) Features(ctx context.Context) ([]string, error) {
+	s, err := c.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return slices.Clone(s.peer.Features), nil
 }
 
 // Health asks the agent who it is.
@@ -249,19 +310,31 @@ func (c *Client) Health(ctx context.Context) (agent.Info, error) {
 
 // ExecStream runs a command and copies its stdout and stderr to the writers while it runs (nil discards).
 // The writers are called from this goroutine only, one at a time. The result has no output in it. If a writer
-// fails or ctx ends, the agent is told to kill the command and the error is returned.
+// fails or ctx ends, the agent is told to kill the command (or, with KeepRunningOnDisconnect, to let it go on
+// in the background) and the error is returned.
 func (c *Client) ExecStream(ctx context.Context, req agent.ExecRequest, stdout, stderr io.Writer) (*agent.ExecResult, error) {
+	return c.ExecInteractive(ctx, req, agent.ExecIO{Stdout: stdout, Stderr: stderr})
+}
+
+// ExecInteractive is ExecStream with input: eio.Stdin is copied to the command as it reads it, and its EOF
+// closes the command's stdin (a terminal's has none: see agent.ExecIO). With req.Pty the output of the terminal
+// arrives on eio.Stdout; resize it with Resize(req.ID, ...).
+//
+// It returns as soon as the command has ended, without waiting for a Read of eio.Stdin that is still blocked
+// (a terminal, a network connection): that Read's goroutine ends when the Read returns, and its data is dropped.
+// A Stdin that fails (other than io.EOF) ends the call with its error, and the command as for a cancel.
+func (c *Client) ExecInteractive(ctx context.Context, req agent.ExecRequest, eio agent.ExecIO) (*agent.ExecResult, error) {
+	stdout, stderr := eio.Stdout, eio.Stderr
 	if stdout == nil {
 		stdout = io.Discard
 	}
 	if stderr == nil {
 		stderr = io.Discard
 	}
-	params := protocol.ExecParams{
-		Argv:       req.Argv,
-		Env:        req.Env,
-		WorkingDir: req.WorkingDir,
-		TimeoutNS:  int64(req.Timeout),
+	params, features := execParams(req)
+	if eio.Stdin != nil {
+		params.Stdin = true
+		features = append(features, protocol.FeatureStdin)
 	}
 	sink := func(ch protocol.Channel, data []byte) error {
 		var err error
@@ -276,7 +349,22 @@ func (c *Client) ExecStream(ctx context.Context, req agent.ExecRequest, stdout, 
 		}
 		return nil
 	}
-	raw, err := c.call(ctx, protocol.MethodExec, params, sink)
+	st, err := c.open(ctx, protocol.MethodExec, params, features...)
+	if err != nil {
+		return nil, err
+	}
+	wctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	if eio.Stdin != nil {
+		go pumpInput(wctx, stop, st, eio.Stdin)
+	}
+	resp, err := st.wait(wctx, sink)
+	if err != nil && ctx.Err() == nil {
+		if cause := context.Cause(wctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			err = cause // the input failed
+		}
+	}
+	raw, err := result(protocol.MethodExec, resp, err)
 	if err != nil {
 		return nil, err
 	}
@@ -284,13 +372,82 @@ func (c *Client) ExecStream(ctx context.Context, req agent.ExecRequest, stdout, 
 	if err := json.Unmarshal(raw, &r); err != nil {
 		return nil, fmt.Errorf("%w: agent exec: decode result: %w", ErrUnavailable, err)
 	}
+	return execResult(r), nil
+}
+
+// pumpInput copies r to the stream's channel 0 and ends it at EOF. It stops quietly when the stream is over
+// (ctx ends or the agent answered); a failing r ends ctx with the failure as its cause.
+func pumpInput(ctx context.Context, fail context.CancelCauseFunc, st *stream, r io.Reader) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if serr := st.send(ctx, protocol.ChannelStdin, buf[:n]); serr != nil {
+				return
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			_ = st.sendEnd(ctx, protocol.ChannelStdin)
+			return
+		}
+		if err != nil {
+			fail(fmt.Errorf("reading stdin: %w", err))
+			return
+		}
+	}
+}
+
+// execParams is the wire form of req, with the features it needs.
+func execParams(req agent.ExecRequest) (protocol.ExecParams, []string) {
+	p := protocol.ExecParams{
+		Argv:        req.Argv,
+		Env:         req.Env,
+		WorkingDir:  req.WorkingDir,
+		TimeoutNS:   int64(req.Timeout),
+		Shell:       req.Shell,
+		User:        req.User,
+		ID:          req.ID,
+		KeepRunning: req.KeepRunningOnDisconnect,
+	}
+	var features []string
+	if req.Shell != "" || req.User != "" || req.ID != "" || req.KeepRunningOnDisconnect {
+		features = append(features, protocol.FeatureExecExtras)
+	}
+	if req.Pty != nil {
+		p.Pty = &protocol.PtyParams{Rows: req.Pty.Rows, Cols: req.Pty.Cols, Term: req.Pty.Term}
+		features = append(features, protocol.FeaturePty)
+	}
+	return p, features
+}
+
+func execResult(r protocol.ExecResult) *agent.ExecResult {
 	return &agent.ExecResult{
-		ExitCode:  r.ExitCode,
-		Signal:    r.Signal,
-		TimedOut:  r.TimedOut,
-		Duration:  time.Duration(r.DurationNS),
-		StartedAt: r.StartedAt,
-	}, nil
+		ExitCode:     r.ExitCode,
+		Signal:       r.Signal,
+		TimedOut:     r.TimedOut,
+		Duration:     time.Duration(r.DurationNS),
+		StartedAt:    r.StartedAt,
+		ID:           r.ID,
+		PeakMemoryKB: r.PeakMemoryKB,
+	}
+}
+
+// Signal sends sig ("SIGTERM", "TERM" or a number) to the process group of the process with this id: a
+// streamed exec (ExecRequest.ID) or a background process.
+func (c *Client) Signal(ctx context.Context, id, sig string) error {
+	return c.callInto(ctx, protocol.MethodSignal, protocol.SignalParams{ID: id, Signal: sig}, nil, protocol.FeatureSignal)
+}
+
+// Resize changes the terminal size of a process started with a pty.
+func (c *Client) Resize(ctx context.Context, id string, rows, cols uint16) error {
+	return c.callInto(ctx, protocol.MethodResize, protocol.ResizeParams{ID: id, Rows: rows, Cols: cols}, nil, protocol.FeaturePty)
+}
+
+// PowerOff asks the agent to power the VM off. It returns once the agent has accepted; the VM then goes away,
+// so the caller waits for that on the VMM's side. Agents not running as a VM's init do not offer it
+// (ErrUnsupported).
+func (c *Client) PowerOff(ctx context.Context) error {
+	return c.callInto(ctx, protocol.MethodPowerOff, struct{}{}, nil, protocol.FeaturePowerOff)
 }
 
 // Exec runs a command and returns its output, each stream capped at req.MaxOutputBytes (or

@@ -151,9 +151,18 @@ func (s *session) dispatch(f protocol.Frame) error {
 			st.finish(&resp)
 		}
 	case protocol.FrameWindow:
-		// Credit for DATA we send; no version 1 method sends any (no stdin yet).
-		_, err := protocol.ParseWindow(f.Payload)
-		return err
+		// Credit for DATA we send (stdin, uploads).
+		n, err := protocol.ParseWindow(f.Payload)
+		if err != nil {
+			return err
+		}
+		if st := s.lookup(f.Stream); st != nil {
+			return st.addSendCredit(n)
+		}
+	case protocol.FrameHeader:
+		if st := s.lookup(f.Stream); st != nil {
+			return st.setHeader(f.Payload)
+		}
 	default:
 		return fmt.Errorf("unexpected %s frame on stream %d", f.Type, f.Stream)
 	}
@@ -175,7 +184,7 @@ func (s *session) open() (*stream, error) {
 	if s.nextID > math.MaxUint32 {
 		s.draining = true
 	}
-	st := newStream(s, id)
+	st := newStream(s, id, s.peer.EffectiveWindow())
 	s.streams[id] = st
 	return st, nil
 }
@@ -246,22 +255,37 @@ type chunk struct {
 	data []byte
 }
 
+// errStreamFinished means the agent answered while we were still sending on the stream (usually an error
+// answer, for instance an upload refused before its end): the caller stops sending and reads the answer.
+var errStreamFinished = errors.New("the agent answered before the input was complete")
+
 // stream is the client's side of one request. The reader goroutine pushes into it without blocking (the window
-// bounds what it can hold); the caller's goroutine consumes it in wait.
+// bounds what it can hold); the caller's goroutine consumes it with next or wait. Input (stdin, uploads) goes
+// the other way with send, within the credit the agent grants.
 type stream struct {
-	id     uint32
-	s      *session
-	notify chan struct{} // capacity 1: "something changed"
+	id       uint32
+	s        *session
+	notify   chan struct{} // capacity 1: "something changed"
+	finished chan struct{} // closed once the response (or a failure) is in
 
 	mu       sync.Mutex
 	queue    []chunk
 	buffered int
 	resp     *protocol.Response
 	err      error
+	closed   bool // finished is closed
+	header   json.RawMessage
+	gotData  bool
+	consumed int // bytes consumed and not yet returned to the agent as credit
+	pending  int // size of the chunk next returned last: consumed when next is called again
+
+	sendCredit int64         // DATA bytes the agent still accepts from us on this stream
+	sendWake   chan struct{} // closed (and replaced) when credit arrives
 }
 
-func newStream(s *session, id uint32) *stream {
-	return &stream{id: id, s: s, notify: make(chan struct{}, 1)}
+func newStream(s *session, id uint32, peerWindow uint32) *stream {
+	return &stream{id: id, s: s, notify: make(chan struct{}, 1), finished: make(chan struct{}),
+		sendCredit: int64(peerWindow), sendWake: make(chan struct{})}
 }
 
 func (st *stream) signal() {
@@ -279,14 +303,57 @@ func (st *stream) push(ch protocol.Channel, data []byte) error {
 	}
 	st.queue = append(st.queue, chunk{ch: ch, data: data})
 	st.buffered += len(data)
+	st.gotData = true
 	st.mu.Unlock()
 	st.signal()
 	return nil
 }
 
+// setHeader keeps the stream's HEADER: at most one, before any DATA.
+func (st *stream) setHeader(payload []byte) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.header != nil || st.gotData {
+		return fmt.Errorf("stream %d: HEADER after DATA or a second HEADER", st.id)
+	}
+	if len(payload) == 0 {
+		payload = []byte("null")
+	}
+	st.header = payload
+	st.signalLocked()
+	return nil
+}
+
+func (st *stream) signalLocked() {
+	select {
+	case st.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (st *stream) addSendCredit(n uint32) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.sendCredit += int64(n)
+	if st.sendCredit > 2*protocol.MaxWindow {
+		return fmt.Errorf("stream %d: agent granted %d bytes of credit, more than any window", st.id, st.sendCredit)
+	}
+	close(st.sendWake)
+	st.sendWake = make(chan struct{})
+	return nil
+}
+
+func (st *stream) closeFinishedLocked() {
+	if !st.closed {
+		st.closed = true
+		close(st.finished)
+	}
+}
+
 func (st *stream) finish(resp *protocol.Response) {
 	st.mu.Lock()
 	st.resp = resp
+	st.closeFinishedLocked()
 	st.mu.Unlock()
 	st.signal()
 }
@@ -296,17 +363,72 @@ func (st *stream) abort(err error) {
 	if st.resp == nil && st.err == nil {
 		st.err = err
 	}
+	st.closeFinishedLocked()
 	st.mu.Unlock()
 	st.signal()
 }
 
-// wait passes the stream's data to sink in order, returning credit to the agent as it goes, until the
-// response. Every DATA frame precedes the RESPONSE on the wire, so the queue is empty when the response is
-// returned. If ctx ends or sink fails, the agent is told to stop.
-func (st *stream) wait(ctx context.Context, sink func(protocol.Channel, []byte) error) (*protocol.Response, error) {
-	// Return credit in batches of a quarter window: fewer WINDOW frames, and the agent never starves.
+// send sends data as DATA frames on channel ch, waiting for credit as needed. It fails with errStreamFinished
+// once the agent has answered, and with ctx's error.
+func (st *stream) send(ctx context.Context, ch protocol.Channel, data []byte) error {
+	chByte := []byte{byte(ch)}
+	for len(data) > 0 {
+		st.mu.Lock()
+		for st.sendCredit <= 0 && !st.closed {
+			wake := st.sendWake
+			st.mu.Unlock()
+			select {
+			case <-wake:
+			case <-st.finished:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			st.mu.Lock()
+		}
+		if st.closed {
+			st.mu.Unlock()
+			return errStreamFinished
+		}
+		n := min(int64(len(data)), st.sendCredit, protocol.MaxDataSize)
+		st.sendCredit -= n
+		st.mu.Unlock()
+		if _, err := st.s.write(ctx, protocol.FrameData, st.id, chByte, data[:n]); err != nil {
+			return err
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
+// sendEnd ends channel ch of our input.
+func (st *stream) sendEnd(ctx context.Context, ch protocol.Channel) error {
+	select {
+	case <-st.finished:
+		return errStreamFinished
+	default:
+	}
+	_, err := st.s.write(ctx, protocol.FrameEnd, st.id, protocol.EndPayload(ch))
+	return err
+}
+
+// next returns the stream's next chunk of data, or its response once every chunk has been consumed. The chunk
+// returned by the previous call counts as consumed now, and credit for consumed data goes back to the agent in
+// batches of a quarter window: fewer WINDOW frames, and the agent never starves. If ctx ends, the agent is told
+// to stop.
+func (st *stream) next(ctx context.Context) (chunk, *protocol.Response, error) {
 	threshold := max(int(st.s.window)/4, 1)
-	consumed := 0
+	st.mu.Lock()
+	st.consumed += st.pending
+	st.pending = 0
+	grant := 0
+	if st.consumed >= threshold && st.resp == nil && st.err == nil {
+		grant, st.consumed = st.consumed, 0
+	}
+	st.mu.Unlock()
+	if grant > 0 {
+		// A failure here fails the session, which aborts this stream: the loop below sees it.
+		_, _ = st.s.write(ctx, protocol.FrameWindow, st.id, protocol.WindowPayload(uint32(grant)))
+	}
 	for {
 		st.mu.Lock()
 		if len(st.queue) > 0 {
@@ -314,35 +436,67 @@ func (st *stream) wait(ctx context.Context, sink func(protocol.Channel, []byte) 
 			st.queue[0] = chunk{}
 			st.queue = st.queue[1:]
 			st.buffered -= len(c.data)
-			done := st.resp != nil || st.err != nil
+			st.pending = len(c.data)
 			st.mu.Unlock()
-			if sink != nil {
-				if err := sink(c.ch, c.data); err != nil {
-					st.cancel()
-					return nil, err
-				}
-			}
-			consumed += len(c.data)
-			if consumed >= threshold && !done {
-				// A failure here fails the session, which aborts this stream: the loop sees it.
-				_, _ = st.s.write(ctx, protocol.FrameWindow, st.id, protocol.WindowPayload(uint32(consumed)))
-				consumed = 0
-			}
-			continue
+			return c, nil, nil
 		}
 		resp, err := st.resp, st.err
 		st.mu.Unlock()
 		if resp != nil {
-			return resp, nil
+			return chunk{}, resp, nil
 		}
 		if err != nil {
-			return nil, err
+			return chunk{}, nil, err
 		}
 		select {
 		case <-st.notify:
 		case <-ctx.Done():
 			st.cancel()
-			return nil, ctx.Err()
+			return chunk{}, nil, ctx.Err()
+		}
+	}
+}
+
+// wait passes the stream's data to sink in order until the response. Every DATA frame precedes the RESPONSE
+// on the wire, so the queue is empty when the response is returned. If ctx ends or sink fails, the agent is
+// told to stop.
+func (st *stream) wait(ctx context.Context, sink func(protocol.Channel, []byte) error) (*protocol.Response, error) {
+	for {
+		c, resp, err := st.next(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if resp != nil {
+			return resp, nil
+		}
+		if sink != nil {
+			if err := sink(c.ch, c.data); err != nil {
+				st.cancel()
+				return nil, err
+			}
+		}
+	}
+}
+
+// waitHeader waits for the stream's HEADER, or for its response if it ends without one (an error answer).
+func (st *stream) waitHeader(ctx context.Context) (json.RawMessage, *protocol.Response, error) {
+	for {
+		st.mu.Lock()
+		hdr, resp, err := st.header, st.resp, st.err
+		st.mu.Unlock()
+		switch {
+		case hdr != nil:
+			return hdr, nil, nil
+		case resp != nil:
+			return nil, resp, nil
+		case err != nil:
+			return nil, nil, err
+		}
+		select {
+		case <-st.notify:
+		case <-ctx.Done():
+			st.cancel()
+			return nil, nil, ctx.Err()
 		}
 	}
 }
@@ -352,6 +506,7 @@ func (st *stream) wait(ctx context.Context, sink func(protocol.Channel, []byte) 
 func (st *stream) cancel() {
 	st.mu.Lock()
 	finished := st.resp != nil || st.err != nil
+	st.closeFinishedLocked() // stops our own senders
 	st.mu.Unlock()
 	st.s.remove(st.id)
 	if finished {

@@ -33,9 +33,11 @@ const (
 	FrameEnd      FrameType = 5
 	FrameCancel   FrameType = 6
 	FrameWindow   FrameType = 7
+	// FrameHeader carries a stream's metadata (JSON) before its first DATA; see FeatureFiles.
+	FrameHeader FrameType = 8
 )
 
-func (t FrameType) valid() bool { return t >= FrameHello && t <= FrameWindow }
+func (t FrameType) valid() bool { return t >= FrameHello && t <= FrameHeader }
 
 func (t FrameType) String() string {
 	switch t {
@@ -53,6 +55,8 @@ func (t FrameType) String() string {
 		return "CANCEL"
 	case FrameWindow:
 		return "WINDOW"
+	case FrameHeader:
+		return "HEADER"
 	}
 	return fmt.Sprintf("FrameType(%d)", uint8(t))
 }

@@ -88,3 +88,123 @@ func FuzzReadFrame(f *testing.F) {
 		}
 	})
 }
+
+// paramsFor returns a fresh value of the params type of a method, or nil for one without params.
+func paramsFor(method string) any {
+	switch method {
+	case MethodExec, MethodProcessStart:
+		return new(ExecParams)
+	case MethodSignal:
+		return new(SignalParams)
+	case MethodResize:
+		return new(ResizeParams)
+	case MethodProcessWait:
+		return new(ProcessWaitParams)
+	case MethodProcessOutput:
+		return new(ProcessOutputParams)
+	case MethodProcessRemove:
+		return new(ProcessParams)
+	case MethodFileWrite:
+		return new(FileWriteParams)
+	case MethodFileRead, MethodFileStat, MethodFileList:
+		return new(PathParams)
+	case MethodFileMkdir:
+		return new(FileMkdirParams)
+	case MethodFileRemove:
+		return new(FileRemoveParams)
+	}
+	return nil
+}
+
+// resultTypes are every result (and HEADER) type a client decodes.
+func resultTypes() []any {
+	return []any{new(HealthResult), new(ExecResult), new(ProcessInfo), new(ProcessListResult), new(ProcessOutputResult),
+		new(FileInfo), new(FileReadResult), new(FileListResult)}
+}
+
+// FuzzPayloads runs arbitrary bytes through the frame decoder and then every payload through the JSON decoding
+// its frame type gets: a REQUEST's params through DecodeParams into its method's type, a RESPONSE's result and
+// a HEADER into every result type. Nothing may panic, and params DecodeParams accepts must survive a round trip
+// (encode, decode again) unchanged: what the agent acts on is exactly what was sent.
+func FuzzPayloads(f *testing.F) {
+	seed := func(typ FrameType, stream uint32, payload string) []byte {
+		b, err := AppendFrame(nil, typ, stream, []byte(payload))
+		if err != nil {
+			f.Fatal(err)
+		}
+		return b
+	}
+	for _, req := range []string{
+		`{"method":"exec","params":{"argv":["sh"],"shell":"","user":"app:staff","stdin":true,"pty":{"rows":24,"cols":80,"term":"xterm"},"id":"p1","keep_running":true,"timeout_ns":5}}`,
+		`{"method":"exec","params":{"shell":"echo hi","env":{"A":"b"},"working_dir":"/tmp"}}`,
+		`{"method":"signal","params":{"id":"p1","signal":"TERM"}}`,
+		`{"method":"resize","params":{"id":"p1","rows":30,"cols":100}}`,
+		`{"method":"process.start","params":{"argv":["sleep","1"],"id":"bg"}}`,
+		`{"method":"process.wait","params":{"id":"bg","timeout_ns":1000000}}`,
+		`{"method":"process.output","params":{"id":"bg","channel":"stderr","offset":10,"max_bytes":100}}`,
+		`{"method":"process.remove","params":{"id":"bg"}}`,
+		`{"method":"file.write","params":{"path":"/tmp/x","mode":420,"owner":"1000:1000","mkdir_parents":true,"no_overwrite":true}}`,
+		`{"method":"file.read","params":{"path":"/etc/hostname"}}`,
+		`{"method":"file.mkdir","params":{"path":"/a/b","mode":493,"parents":true}}`,
+		`{"method":"file.remove","params":{"path":"/a","recursive":true}}`,
+		`{"method":"exec","params":{"argv":["x"]} }`,
+		`{"method":"exec","params":{"argv":["x"],"unknown":1}}`,
+		`{"method":"exec","params":{"argv":["x"]}{}}`,
+		`{"method":"exec","params":{"argv":[],"env":{},"pty":null}}`,
+	} {
+		f.Add(seed(FrameRequest, 1, req))
+	}
+	f.Add(seed(FrameResponse, 1, `{"result":{"id":"p1","pid":7,"command":"sleep 1","state":"exited","result":{"exit_code":1,"peak_memory_kb":12}}}`))
+	f.Add(seed(FrameResponse, 1, `{"result":{"processes":[{"id":"a"},{"id":"b"}]}}`))
+	f.Add(seed(FrameResponse, 1, `{"result":{"offset":1,"next_offset":5,"dropped":1,"total":5,"eof":true}}`))
+	f.Add(seed(FrameHeader, 1, `{"path":"/x","size":5,"mode":33188,"mtime_ns":1,"uid":0,"gid":0}`))
+	f.Add(seed(FrameHeader, 1, `null`))
+
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r := NewReader(bytes.NewReader(in))
+		for {
+			fr, err := r.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch fr.Type {
+			case FrameRequest:
+				var req Request
+				if json.Unmarshal(fr.Payload, &req) != nil {
+					continue
+				}
+				p := paramsFor(req.Method)
+				if p == nil {
+					continue
+				}
+				if DecodeParams(req.Params, p) != nil {
+					continue
+				}
+				enc, err := json.Marshal(p)
+				if err != nil {
+					t.Fatalf("re-encode accepted %s params: %v", req.Method, err)
+				}
+				again := paramsFor(req.Method)
+				if err := DecodeParams(enc, again); err != nil {
+					t.Fatalf("re-encoded %s params %s rejected: %v", req.Method, enc, err)
+				}
+				// Compared as encodings: an empty list and a missing one mean the same.
+				if enc2, _ := json.Marshal(again); !bytes.Equal(enc, enc2) {
+					t.Fatalf("%s params changed in a round trip: %s vs %s", req.Method, enc, enc2)
+				}
+			case FrameResponse:
+				var resp Response
+				if json.Unmarshal(fr.Payload, &resp) != nil || resp.Result == nil {
+					continue
+				}
+				for _, v := range resultTypes() {
+					_ = json.Unmarshal(resp.Result, v)
+				}
+			case FrameHeader:
+				for _, v := range resultTypes() {
+					_ = json.Unmarshal(fr.Payload, v)
+				}
+			}
+		}
+	})
+}

@@ -4,6 +4,7 @@ package server_test
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -126,4 +127,83 @@ func BenchmarkStreamCat100MB(b *testing.B) {
 			b.Fatal(res, err, n)
 		}
 	}
+}
+
+// benchFile writes a file of size bytes (a repeating pattern) and returns its path.
+func benchFile(b *testing.B, size int) string {
+	b.Helper()
+	path := filepath.Join(b.TempDir(), "big")
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	block := make([]byte, 1<<20)
+	for i := range block {
+		block[i] = byte(i * 7)
+	}
+	for range size / len(block) {
+		if _, err := f.Write(block); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return path
+}
+
+// patternReader produces n bytes of a pattern without holding them.
+type patternReader struct{ left int }
+
+func (r *patternReader) Read(p []byte) (int, error) {
+	if r.left == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), r.left)
+	for i := range n {
+		p[i] = byte(i)
+	}
+	r.left -= n
+	return n, nil
+}
+
+// BenchmarkUpload100MB is the throughput of a streamed upload (b.SetBytes: see MB/s), fsync and rename included.
+func BenchmarkUpload100MB(b *testing.B) {
+	const size = 100 << 20
+	c := benchClient(b)
+	ctx := context.Background()
+	target := filepath.Join(b.TempDir(), "up")
+	lat := make([]time.Duration, 0, 64)
+	b.SetBytes(size)
+	b.ResetTimer()
+	for b.Loop() {
+		start := time.Now()
+		info, err := c.Upload(ctx, agent.UploadRequest{Path: target}, &patternReader{left: size})
+		if err != nil || info.Size != size {
+			b.Fatal(info, err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	reportLatency(b, lat)
+}
+
+// BenchmarkDownload100MB is the throughput of a streamed download (b.SetBytes: see MB/s).
+func BenchmarkDownload100MB(b *testing.B) {
+	const size = 100 << 20
+	path := benchFile(b, size)
+	c := benchClient(b)
+	ctx := context.Background()
+	lat := make([]time.Duration, 0, 64)
+	b.SetBytes(size)
+	b.ResetTimer()
+	for b.Loop() {
+		start := time.Now()
+		var n counter
+		info, err := c.Download(ctx, path, &n)
+		if err != nil || n != size || info.Size != size {
+			b.Fatal(info, err, n)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	reportLatency(b, lat)
 }

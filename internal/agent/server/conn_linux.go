@@ -4,7 +4,6 @@ package server
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,6 +30,8 @@ type conn struct {
 
 	// window is the client's per-stream receive window: the initial credit of every stream.
 	window uint32
+	// inWindow is our own per-stream receive window (what we announced): the most input one stream may hold.
+	inWindow uint32
 
 	mu      sync.Mutex
 	streams map[uint32]*stream
@@ -99,7 +100,7 @@ func (c *conn) handshake(rd *protocol.Reader) error {
 		AgentVersion:    c.s.cfg.Version,
 		Role:            protocol.RoleAgent,
 		Window:          c.s.cfg.Window,
-		Features:        []string{protocol.FeatureHealth, protocol.FeatureExec},
+		Features:        c.s.features(),
 	})
 	if err != nil {
 		return fmt.Errorf("encode HELLO: %w", err)
@@ -114,6 +115,7 @@ func (c *conn) handshake(rd *protocol.Reader) error {
 		return fmt.Errorf("peer says it is %q, want %q", h.Role, protocol.RoleClient)
 	}
 	c.window = h.EffectiveWindow()
+	c.inWindow = protocol.Hello{Window: c.s.cfg.Window}.EffectiveWindow()
 	return c.nc.SetReadDeadline(time.Time{})
 }
 
@@ -137,14 +139,26 @@ func (c *conn) dispatch(f protocol.Frame) error {
 			return st.addCredit(n)
 		}
 	case protocol.FrameData:
-		if _, _, err := protocol.ParseData(f.Payload); err != nil {
+		ch, data, err := protocol.ParseData(f.Payload)
+		if err != nil {
 			return err
 		}
-		// No method of version 1 reads stdin; stray input is dropped, as for an unknown stream.
-		c.log.Debug("ignoring DATA from client", "stream", f.Stream)
+		if ch != protocol.ChannelStdin {
+			c.log.Debug("ignoring DATA from client on an output channel", "stream", f.Stream, "channel", ch)
+			return nil
+		}
+		// Input is queued for whichever handler reads it (exec stdin, file.write); a stream that reads none
+		// holds at most a window of it until it ends. Input for an unknown stream (one that just ended) is dropped.
+		if st := c.lookup(f.Stream); st != nil {
+			return st.pushIn(data)
+		}
 	case protocol.FrameEnd:
-		if _, err := protocol.ParseEnd(f.Payload); err != nil {
+		ch, err := protocol.ParseEnd(f.Payload)
+		if err != nil {
 			return err
+		}
+		if st := c.lookup(f.Stream); st != nil && ch == protocol.ChannelStdin {
+			st.endIn()
 		}
 	default:
 		return fmt.Errorf("unexpected %s frame from client", f.Type)
@@ -200,37 +214,91 @@ func (c *conn) handle(st *stream, req protocol.Request) {
 		c.mu.Unlock()
 	}()
 
-	var (
-		result any
-		perr   *protocol.Error
-	)
-	switch req.Method {
-	case protocol.MethodHealth:
-		result = c.s.health()
-	case protocol.MethodExec:
-		var p protocol.ExecParams
-		if err := decodeStrict(req.Params, &p); err != nil {
-			perr = badRequest("exec params: %v", err)
-			break
+	h, ok := c.s.handlers[req.Method]
+	if !ok {
+		perr := &protocol.Error{Code: protocol.CodeUnknownMethod, Message: fmt.Sprintf("unknown method %q", req.Method)}
+		if err := c.respond(st.id, nil, perr); err != nil {
+			c.log.Debug("could not send response", "stream", st.id, "method", req.Method, "err", err)
 		}
-		result, perr = c.exec(st, p)
-	default:
-		perr = &protocol.Error{Code: protocol.CodeUnknownMethod, Message: fmt.Sprintf("unknown method %q", req.Method)}
+		return
 	}
-	if err := c.respond(st.id, result, perr); err != nil {
+	result, perr, after := h(c, st, req.Params)
+	err := c.respond(st.id, result, perr)
+	if err != nil {
 		c.log.Debug("could not send response", "stream", st.id, "method", req.Method, "err", err)
+	}
+	if after != nil {
+		after(err == nil && st.ctx.Err() == nil)
 	}
 }
 
-// decodeStrict rejects unknown fields: a client asking for something this agent does not do (a later
-// version's "stdin": true) must get an error, not a command run without it.
-func decodeStrict(raw json.RawMessage, v any) error {
-	if len(raw) == 0 {
-		return errors.New("missing")
+// handler serves one method. after, when not nil, runs once the response was written (power-off must answer
+// first), told whether it went out to a client still waiting for it.
+type handler func(c *conn, st *stream, params json.RawMessage) (result any, perr *protocol.Error, after func(delivered bool))
+
+// method adapts a typed handler: it decodes the params strictly (see protocol.DecodeParams).
+func method[P any, R any](name string, fn func(c *conn, st *stream, p P) (R, *protocol.Error)) handler {
+	return func(c *conn, st *stream, raw json.RawMessage) (any, *protocol.Error, func(bool)) {
+		var p P
+		if err := protocol.DecodeParams(raw, &p); err != nil {
+			return nil, badRequest("%s params: %v", name, err), nil
+		}
+		r, perr := fn(c, st, p)
+		if perr != nil {
+			return nil, perr, nil
+		}
+		return r, nil, nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	return dec.Decode(v)
+}
+
+// handlers maps every method to its handler.
+func (s *Server) buildHandlers() map[string]handler {
+	hs := map[string]handler{
+		protocol.MethodHealth: func(c *conn, _ *stream, _ json.RawMessage) (any, *protocol.Error, func(bool)) {
+			return c.s.health(), nil, nil
+		},
+		protocol.MethodExec:          (*conn).execMethod,
+		protocol.MethodSignal:        method(protocol.MethodSignal, (*conn).signal),
+		protocol.MethodResize:        method(protocol.MethodResize, (*conn).resize),
+		protocol.MethodProcessStart:  method(protocol.MethodProcessStart, (*conn).processStart),
+		protocol.MethodProcessList:   method(protocol.MethodProcessList, (*conn).processList),
+		protocol.MethodProcessOutput: method(protocol.MethodProcessOutput, (*conn).processOutput),
+		protocol.MethodProcessWait:   method(protocol.MethodProcessWait, (*conn).processWait),
+		protocol.MethodProcessRemove: method(protocol.MethodProcessRemove, (*conn).processRemove),
+		protocol.MethodFileWrite:     method(protocol.MethodFileWrite, (*conn).fileWrite),
+		protocol.MethodFileRead:      method(protocol.MethodFileRead, (*conn).fileRead),
+		protocol.MethodFileStat:      method(protocol.MethodFileStat, (*conn).fileStat),
+		protocol.MethodFileList:      method(protocol.MethodFileList, (*conn).fileList),
+		protocol.MethodFileMkdir:     method(protocol.MethodFileMkdir, (*conn).fileMkdir),
+		protocol.MethodFileRemove:    method(protocol.MethodFileRemove, (*conn).fileRemove),
+	}
+	if s.cfg.PowerOff != nil {
+		hs[protocol.MethodPowerOff] = (*conn).powerOff
+	}
+	return hs
+}
+
+// features lists what this agent announces in its HELLO.
+func (s *Server) features() []string {
+	f := []string{protocol.FeatureHealth, protocol.FeatureExec, protocol.FeatureExecExtras, protocol.FeatureStdin,
+		protocol.FeaturePty, protocol.FeatureSignal, protocol.FeatureProcess, protocol.FeatureFiles}
+	if s.cfg.PowerOff != nil {
+		f = append(f, protocol.FeaturePowerOff)
+	}
+	return f
+}
+
+// powerOff answers, then calls the power-off handler (which normally does not return).
+func (c *conn) powerOff(_ *stream, raw json.RawMessage) (any, *protocol.Error, func(bool)) {
+	if len(raw) > 0 && string(raw) != "null" && string(raw) != "{}" {
+		return nil, badRequest("poweroff takes no params"), nil
+	}
+	c.log.Info("power-off requested by the host")
+	return struct{}{}, nil, func(bool) {
+		if err := c.s.cfg.PowerOff(); err != nil {
+			c.log.Error("power-off failed", "err", err)
+		}
+	}
 }
 
 func (c *conn) respond(id uint32, result any, perr *protocol.Error) error {
@@ -277,11 +345,102 @@ type stream struct {
 	mu     sync.Mutex
 	credit int64         // DATA bytes the client still accepts on this stream
 	wake   chan struct{} // closed (and replaced) whenever credit arrives, to wake every waiting sender
+
+	// Input (channel 0) from the client, queued by the connection's reader and consumed by readIn.
+	inMu       sync.Mutex
+	in         [][]byte
+	inBuffered int
+	inEnded    bool
+	inNotify   chan struct{} // capacity 1: "input changed"
+	inConsumed int           // bytes consumed and not yet returned to the client as credit
+	inPending  int           // size of the chunk readIn returned last, consumed once readIn is called again
 }
 
 func newStream(c *conn, id uint32) *stream {
 	ctx, cancel := context.WithCancel(c.ctx)
-	return &stream{id: id, c: c, ctx: ctx, cancel: cancel, credit: int64(c.window), wake: make(chan struct{})}
+	return &stream{id: id, c: c, ctx: ctx, cancel: cancel, credit: int64(c.window), wake: make(chan struct{}),
+		inNotify: make(chan struct{}, 1)}
+}
+
+// pushIn queues input from the client. More than our window outstanding means the client ignores flow
+// control: a protocol error.
+func (st *stream) pushIn(data []byte) error {
+	st.inMu.Lock()
+	if st.inEnded {
+		st.inMu.Unlock()
+		return fmt.Errorf("stream %d: DATA on channel 0 after its END", st.id)
+	}
+	if st.inBuffered+len(data) > int(st.c.inWindow) {
+		st.inMu.Unlock()
+		return fmt.Errorf("stream %d: client sent more than the %d-byte window", st.id, st.c.inWindow)
+	}
+	st.in = append(st.in, data)
+	st.inBuffered += len(data)
+	st.inMu.Unlock()
+	select {
+	case st.inNotify <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (st *stream) endIn() {
+	st.inMu.Lock()
+	st.inEnded = true
+	st.inMu.Unlock()
+	select {
+	case st.inNotify <- struct{}{}:
+	default:
+	}
+}
+
+// readIn returns the next chunk of input, io.EOF after the client's END, or the stream's context error. The
+// chunk returned last counts as consumed when readIn is called again: only then is its credit returned to the
+// client (in batches of a quarter window), so that input waits in the client, not here, while the consumer
+// (a command's stdin, a file) is slow.
+func (st *stream) readIn() ([]byte, error) {
+	st.inMu.Lock()
+	st.inConsumed += st.inPending
+	st.inPending = 0
+	if grant := st.inConsumed; grant >= max(int(st.c.inWindow)/4, 1) {
+		st.inConsumed = 0
+		st.inMu.Unlock()
+		if err := st.c.w.WriteFrame(protocol.FrameWindow, st.id, protocol.WindowPayload(uint32(grant))); err != nil {
+			return nil, err
+		}
+		st.inMu.Lock()
+	}
+	for {
+		if len(st.in) > 0 {
+			data := st.in[0]
+			st.in[0] = nil
+			st.in = st.in[1:]
+			st.inBuffered -= len(data)
+			st.inPending = len(data)
+			st.inMu.Unlock()
+			return data, nil
+		}
+		if st.inEnded {
+			st.inMu.Unlock()
+			return nil, io.EOF
+		}
+		st.inMu.Unlock()
+		select {
+		case <-st.inNotify:
+		case <-st.ctx.Done():
+			return nil, st.ctx.Err()
+		}
+		st.inMu.Lock()
+	}
+}
+
+// header sends the stream's HEADER frame.
+func (st *stream) header(v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode header: %w", err)
+	}
+	return st.c.w.WriteFrame(protocol.FrameHeader, st.id, raw)
 }
 
 func (st *stream) addCredit(n uint32) error {
@@ -300,6 +459,10 @@ func (st *stream) addCredit(n uint32) error {
 // back on a command whose output is not being consumed. chByte is a one-byte slice holding the channel.
 func (st *stream) sendData(chByte, data []byte) error {
 	for len(data) > 0 {
+		// A stream given up on sends nothing more, even with credit left: its RESPONSE may be on the way.
+		if err := st.ctx.Err(); err != nil {
+			return err
+		}
 		st.mu.Lock()
 		for st.credit <= 0 {
 			wake := st.wake

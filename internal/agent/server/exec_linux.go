@@ -3,6 +3,7 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
 
 	"github.com/aetherium/aetherium/internal/agent/protocol"
@@ -49,13 +51,39 @@ type plainStarter struct{}
 func (plainStarter) start(cmd *exec.Cmd) error { return cmd.Start() }
 func (plainStarter) finished(int)              {}
 
-// exec runs one command for stream st. Failures to start the command are results (126/127), not errors; an
-// error is returned only for a bad request or a failure of the agent itself.
-func (c *conn) exec(st *stream, p protocol.ExecParams) (*protocol.ExecResult, *protocol.Error) {
-	if len(p.Argv) == 0 || p.Argv[0] == "" {
+// shellPath runs ExecParams.Shell.
+const shellPath = "/bin/sh"
+
+// command is a validated request, ready to start.
+type command struct {
+	argv    []string
+	env     []string
+	pathEnv string
+	dir     string
+	cred    *credential // nil: the agent's own user
+	pty     *protocol.PtyParams
+	stdin   bool
+	timeout time.Duration
+	id      string
+	keep    bool
+}
+
+// prepare validates p and resolves everything that does not depend on the command running: an error here is a
+// bad request, never a result.
+func (s *Server) prepare(p protocol.ExecParams) (*command, *protocol.Error) {
+	argv := p.Argv
+	switch {
+	case len(p.Argv) > 0 && p.Shell != "":
+		return nil, badRequest("argv and shell are mutually exclusive")
+	case p.Shell != "":
+		if strings.IndexByte(p.Shell, 0) >= 0 {
+			return nil, badRequest("shell contains a NUL byte")
+		}
+		argv = []string{shellPath, "-c", p.Shell}
+	case len(p.Argv) == 0 || p.Argv[0] == "":
 		return nil, badRequest("argv is empty")
 	}
-	for _, a := range p.Argv {
+	for _, a := range argv {
 		if strings.IndexByte(a, 0) >= 0 {
 			return nil, badRequest("argv contains a NUL byte")
 		}
@@ -63,90 +91,306 @@ func (c *conn) exec(st *stream, p protocol.ExecParams) (*protocol.ExecResult, *p
 	if p.TimeoutNS < 0 {
 		return nil, badRequest("timeout_ns is negative")
 	}
-	env, pathEnv, err := buildEnv(p.Env)
+	if p.ID != "" && !validProcessID(p.ID) {
+		return nil, badRequest("id %q: want 1 to 128 letters, digits, '.', '_' or '-'", p.ID)
+	}
+	cmd := &command{argv: argv, stdin: p.Stdin, timeout: time.Duration(p.TimeoutNS), id: p.ID, keep: p.KeepRunning}
+
+	overlay := map[string]string{}
+	if p.User != "" {
+		cred, err := resolveUser(p.User, s.cfg.PasswdFile, s.cfg.GroupFile)
+		if errors.Is(err, errUnknownUser) {
+			return nil, &protocol.Error{Code: protocol.CodeUnknownUser, Message: err.Error()}
+		}
+		if err != nil {
+			return nil, badRequest("%v", err)
+		}
+		cmd.cred = cred
+		overlay["HOME"] = cred.home
+		if cred.name != "" {
+			overlay["USER"] = cred.name
+			overlay["LOGNAME"] = cred.name
+		}
+	}
+	var forced map[string]string
+	if p.Pty != nil {
+		if p.Pty.Rows == 0 || p.Pty.Cols == 0 {
+			return nil, badRequest("pty size %dx%d: rows and cols must be positive", p.Pty.Rows, p.Pty.Cols)
+		}
+		if strings.ContainsAny(p.Pty.Term, "\x00=") {
+			return nil, badRequest("pty term %q is invalid", p.Pty.Term)
+		}
+		cmd.pty = p.Pty
+		overlay["TERM"] = "xterm-256color"
+		if p.Pty.Term != "" {
+			forced = map[string]string{"TERM": p.Pty.Term}
+		}
+	}
+	env, pathEnv, err := buildEnv(overlay, p.Env, forced)
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}
-	dir := p.WorkingDir
-	if dir == "" {
-		dir = "/"
+	cmd.env, cmd.pathEnv = env, pathEnv
+	cmd.dir = p.WorkingDir
+	if cmd.dir == "" {
+		cmd.dir = "/"
 	}
-	if !filepath.IsAbs(dir) || strings.IndexByte(dir, 0) >= 0 {
-		return nil, badRequest("working_dir %q is not an absolute path", dir)
+	if !filepath.IsAbs(cmd.dir) || strings.IndexByte(cmd.dir, 0) >= 0 {
+		return nil, badRequest("working_dir %q is not an absolute path", cmd.dir)
 	}
+	return cmd, nil
+}
 
-	started := time.Now()
-	notStarted := func(code int, reason string) (*protocol.ExecResult, *protocol.Error) {
-		c.log.Debug("command not started", "argv0", p.Argv[0], "exit_code", code, "reason", reason)
-		msg := []byte("aetherium-agent: " + reason + "\n")
-		// Send errors mean the client is gone; it will not read the response either.
-		_ = st.sendData([]byte{byte(protocol.ChannelStderr)}, msg)
-		_ = st.end(protocol.ChannelStdout)
-		_ = st.end(protocol.ChannelStderr)
-		return &protocol.ExecResult{ExitCode: code, StartedAt: started, DurationNS: int64(time.Since(started))}, nil
+// execMethod serves "exec". The process leaves the table once its result is delivered; a kept-running one whose
+// caller left (even just as it ended) stays, for whoever looks for it.
+func (c *conn) execMethod(st *stream, raw json.RawMessage) (any, *protocol.Error, func(bool)) {
+	var p protocol.ExecParams
+	if err := protocol.DecodeParams(raw, &p); err != nil {
+		return nil, badRequest("exec params: %v", err), nil
 	}
-	if fi, err := os.Stat(dir); err != nil {
-		return notStarted(exitNotFound, fmt.Sprintf("cannot change to working directory %s: %s", dir, errText(err)))
+	res, perr, pr := c.exec(st, p)
+	if pr == nil {
+		return res, perr, nil
+	}
+	return res, perr, func(delivered bool) {
+		if delivered || !pr.kept || c.s.ctx.Err() != nil {
+			c.s.procs.remove(pr)
+		} else {
+			pr.detach(st)
+		}
+	}
+}
+
+// exec runs one command for stream st, streaming its output while it runs. Failures to start the command are
+// results (126/127), not errors; an error is returned only for a bad request or a failure of the agent itself.
+func (c *conn) exec(st *stream, p protocol.ExecParams) (*protocol.ExecResult, *protocol.Error, *proc) {
+	cmd, perr := c.s.prepare(p)
+	if perr != nil {
+		return nil, perr, nil
+	}
+	pr, perr := c.s.launch(cmd, st)
+	if perr != nil {
+		return nil, perr, nil
+	}
+	select {
+	case <-pr.done:
+	case <-st.ctx.Done():
+		if cmd.keep && c.s.ctx.Err() == nil {
+			// The caller is gone or gave up watching; the command goes on, findable under its id.
+			pr.detach(st)
+			c.log.Debug("caller went away, process keeps running", "id", pr.id, "pid", pr.pidNow())
+			return nil, &protocol.Error{Code: protocol.CodeInternal,
+				Message: fmt.Sprintf("request cancelled; process %s keeps running", pr.id)}, pr
+		}
+		pr.kill()
+		<-pr.done
+	}
+	res, perr := pr.outcome()
+	return res, perr, pr
+}
+
+// processStart starts a background process: its output goes to rings, and the answer comes at once.
+func (c *conn) processStart(_ *stream, p protocol.ExecParams) (*protocol.ProcessInfo, *protocol.Error) {
+	if p.Stdin {
+		return nil, badRequest("a background process has no stdin")
+	}
+	cmd, perr := c.s.prepare(p)
+	if perr != nil {
+		return nil, perr
+	}
+	cmd.keep = true
+	pr, perr := c.s.launch(cmd, nil)
+	if perr != nil {
+		return nil, perr
+	}
+	info := pr.info()
+	return &info, nil
+}
+
+// launch registers and starts cmd. With st it is a streamed exec (its output goes to st, and to rings too when
+// it may outlive st); without, a background process. A command that cannot be started still makes a process,
+// one that ended at once with 126 or 127 and the reason on stderr.
+func (s *Server) launch(cmd *command, st *stream) (*proc, *protocol.Error) {
+	pr := newProc(s, cmd, st)
+	if perr := s.procs.add(pr); perr != nil {
+		return nil, perr
+	}
+	if fi, err := os.Stat(cmd.dir); err != nil {
+		pr.notStarted(exitNotFound, fmt.Sprintf("cannot change to working directory %s: %s", cmd.dir, errText(err)))
+		return pr, nil
 	} else if !fi.IsDir() {
-		return notStarted(exitNotFound, fmt.Sprintf("cannot change to working directory %s: not a directory", dir))
+		pr.notStarted(exitNotFound, fmt.Sprintf("cannot change to working directory %s: not a directory", cmd.dir))
+		return pr, nil
 	}
-	prog, code, reason := lookPath(p.Argv[0], pathEnv, dir)
+	prog, code, reason := lookPath(cmd.argv[0], cmd.pathEnv, cmd.dir)
 	if code != 0 {
-		return notStarted(code, reason)
+		pr.notStarted(code, reason)
+		return pr, nil
 	}
+	if perr := pr.start(prog); perr != nil {
+		s.procs.remove(pr)
+		return nil, perr
+	}
+	return pr, nil
+}
 
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		return nil, internalError("stdout pipe: %v", err)
+// output is one stream of a process's output: where the agent reads it, and its channel.
+type output struct {
+	f  *os.File
+	ch protocol.Channel
+}
+
+// start starts the command and its supervisor. Errors are the agent's own (no pipe, no pty); a command that
+// fails to exec ends the process with 126/127 instead.
+func (pr *proc) start(prog string) *protocol.Error {
+	cmd := pr.cmd
+	c := &exec.Cmd{Path: prog, Args: cmd.argv, Env: cmd.env, Dir: cmd.dir}
+	attr := &syscall.SysProcAttr{}
+	var (
+		outs      []output
+		childEnds []*os.File // the child's copies: ours are closed once it has started
+		stdinW    *os.File
+	)
+	closeAll := func() {
+		for _, o := range outs {
+			_ = o.f.Close()
+		}
+		for _, f := range childEnds {
+			_ = f.Close()
+		}
+		if stdinW != nil {
+			_ = stdinW.Close()
+		}
 	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		_ = outR.Close()
-		_ = outW.Close()
-		return nil, internalError("stderr pipe: %v", err)
-	}
-	defer outR.Close()
-	defer errR.Close()
-	cmd := &exec.Cmd{
-		Path:   prog,
-		Args:   p.Argv,
-		Env:    env,
-		Dir:    dir,
-		Stdout: outW,
-		Stderr: errW,
+	if cmd.pty != nil {
+		master, tty, err := pty.Open()
+		if err != nil {
+			return internalError("open pty: %v", err)
+		}
+		outs = append(outs, output{master, protocol.ChannelStdout})
+		childEnds = append(childEnds, tty)
+		if err := pty.Setsize(master, &pty.Winsize{Rows: cmd.pty.Rows, Cols: cmd.pty.Cols}); err != nil {
+			closeAll()
+			return internalError("set pty size: %v", err)
+		}
+		c.Stdin, c.Stdout, c.Stderr = tty, tty, tty
+		// A session of its own with the pty as controlling terminal (fd 0 in the child): job control, ^C and
+		// SIGHUP work as in a terminal. The session leader leads its process group too.
+		attr.Setsid, attr.Setctty, attr.Ctty = true, true, 0
+		if cmd.stdin {
+			stdinW = master // input is typed into the terminal
+		}
+	} else {
+		for _, ch := range []protocol.Channel{protocol.ChannelStdout, protocol.ChannelStderr} {
+			r, w, err := os.Pipe()
+			if err != nil {
+				closeAll()
+				return internalError("%s pipe: %v", ch, err)
+			}
+			outs = append(outs, output{r, ch})
+			childEnds = append(childEnds, w)
+		}
+		c.Stdout, c.Stderr = childEnds[0], childEnds[1]
+		if cmd.stdin {
+			r, w, err := os.Pipe()
+			if err != nil {
+				closeAll()
+				return internalError("stdin pipe: %v", err)
+			}
+			childEnds = append(childEnds, r)
+			stdinW = w
+			c.Stdin = r
+		}
 		// Its own process group, so that a timeout or a cancel kills everything it started, not just itself.
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		attr.Setpgid = true
 	}
-	err = c.s.starter.start(cmd)
+	if cmd.cred != nil {
+		attr.Credential = &syscall.Credential{Uid: cmd.cred.uid, Gid: cmd.cred.gid, Groups: cmd.cred.groups}
+	}
+	c.SysProcAttr = attr
+
+	resetPeakRSS()
+	err := pr.s.starter.start(c)
 	// The child has its copies; ours must go, or the pipes never reach EOF.
-	_ = outW.Close()
-	_ = errW.Close()
-	if err != nil {
-		return notStarted(startFailureCode(err), fmt.Sprintf("%s: %s", p.Argv[0], errText(err)))
+	for _, f := range childEnds {
+		_ = f.Close()
 	}
-	pid := cmd.Process.Pid // == its process group id (Setpgid with Pgid 0)
+	childEnds = nil
+	if err != nil {
+		closeAll()
+		pr.notStarted(startFailureCode(err), fmt.Sprintf("%s: %s", cmd.argv[0], errText(err)))
+		return nil
+	}
+	pr.mu.Lock()
+	pr.pid = c.Process.Pid // == its process group id (Setpgid, or Setsid)
+	if cmd.pty != nil {
+		pr.master = outs[0].f
+	}
+	if cmd.pty == nil {
+		pr.stdinW = stdinW // a terminal's master is not closed for EOF: it carries the output too
+	}
+	pr.mu.Unlock()
+
+	if st := pr.stream(); st != nil && cmd.stdin {
+		go pr.feed(st, stdinW, cmd.pty != nil)
+	}
+	pr.s.procs.wg.Add(1)
+	go pr.supervise(c, outs)
+	return nil
+}
+
+// resetPeakRSS lowers the agent's own peak-RSS mark to its current RSS. Go starts commands with
+// clone(CLONE_VM|CLONE_VFORK), and at execve the kernel folds the high-water mark of the memory the child shared
+// (the agent's) into the child's maxrss: without the reset, every command's PeakMemoryKB would be at least the
+// agent's highest RSS ever (after a large upload, say). With it the floor is the agent's current RSS.
+func resetPeakRSS() {
+	_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) // best effort: an old kernel keeps the higher floor
+}
+
+// feed copies the stream's input to the command's stdin (or its terminal) until the client's END, the end of
+// the stream, or the command no longer reading.
+func (pr *proc) feed(st *stream, w *os.File, isPty bool) {
+	for {
+		data, err := st.readIn()
+		if err != nil {
+			// END, or the stream is over (the caller left a kept-running command): either way no more input.
+			// A terminal has no EOF to pass on; the command sees its session end instead.
+			if !isPty {
+				pr.closeStdin()
+			}
+			return
+		}
+		if _, err := w.Write(data); err != nil {
+			return // the command closed its stdin or exited
+		}
+	}
+}
+
+// supervise waits for the command, streams its output, enforces its timeout and kills it when asked, then
+// records how it ended.
+func (pr *proc) supervise(c *exec.Cmd, outs []output) {
+	defer pr.s.procs.wg.Done()
+	s := pr.s
+	pid := c.Process.Pid
 	killGroup := func() {
 		if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-			c.log.Warn("kill process group", "pgid", pid, "err", err)
+			s.log.Warn("kill process group", "pgid", pid, "err", err)
 		}
 	}
 
 	waitDone := make(chan error, 1)
 	go func() {
-		err := cmd.Wait()
-		c.s.starter.finished(pid)
+		err := c.Wait()
+		s.starter.finished(pid)
 		waitDone <- err
 	}()
 	var pumps sync.WaitGroup
-	for _, pp := range []struct {
-		f  *os.File
-		ch protocol.Channel
-	}{{outR, protocol.ChannelStdout}, {errR, protocol.ChannelStderr}} {
+	for _, o := range outs {
 		pumps.Add(1)
 		go func() {
 			defer pumps.Done()
-			if err := st.pump(pp.f, pp.ch); err != nil && st.ctx.Err() == nil {
-				c.log.Debug("output stream ended early", "stream", st.id, "channel", pp.ch, "err", err)
+			if err := pr.pump(o.f, o.ch); err != nil && !pr.stopNow.Load() {
+				s.log.Debug("output stream ended early", "id", pr.id, "channel", o.ch, "err", err)
 			}
 		}()
 	}
@@ -157,8 +401,8 @@ func (c *conn) exec(st *stream, p protocol.ExecParams) (*protocol.ExecResult, *p
 	}()
 
 	var timeout <-chan time.Time
-	if p.TimeoutNS > 0 {
-		t := time.NewTimer(time.Duration(p.TimeoutNS))
+	if pr.cmd.timeout > 0 {
+		t := time.NewTimer(pr.cmd.timeout)
 		defer t.Stop()
 		timeout = t.C
 	}
@@ -166,26 +410,35 @@ func (c *conn) exec(st *stream, p protocol.ExecParams) (*protocol.ExecResult, *p
 		waitErr  error
 		exited   bool
 		timedOut bool
-		canceled bool // killed because the request or the connection ended
+		canceled bool // killed because the caller or the agent asked, not by the timeout
+		shutdown bool
 		duration time.Duration
-		ctxDone  = st.ctx.Done()
+		killc    = pr.killc
+		srvDone  = s.ctx.Done()
 	)
-	// Stop waiting on the pipes at d: for background processes that keep them open after the main process
+	// Stop waiting on the output at d: for background processes that keep the pipes open after the main process
 	// exits, or for output nobody will read any more. What is already in a pipe is still read (see pump).
 	stopReading := func(d time.Time) {
-		for _, f := range []*os.File{outR, errR} {
-			if err := f.SetReadDeadline(d); err != nil {
-				c.log.Warn("set pipe deadline", "err", err)
+		for _, o := range outs {
+			if err := o.f.SetReadDeadline(d); err != nil {
+				s.log.Warn("set output deadline", "err", err)
 			}
 		}
+	}
+	stopAtOnce := func() {
+		canceled = canceled || !exited
+		killGroup()
+		pr.stopNow.Store(true)
+		stopReading(time.Now())
 	}
 	for !exited || pumpsDone != nil {
 		select {
 		case waitErr = <-waitDone:
 			exited = true
-			duration = time.Since(started)
-			if ctxDone != nil { // not cancelled already (that set a shorter deadline)
-				stopReading(time.Now().Add(c.s.cfg.PipeGrace))
+			duration = time.Since(pr.startedAt)
+			pr.markExited()
+			if !pr.stopNow.Load() { // not killed already (that set a shorter deadline)
+				stopReading(time.Now().Add(s.cfg.PipeGrace))
 			}
 		case <-pumpsDone:
 			pumpsDone = nil
@@ -194,26 +447,32 @@ func (c *conn) exec(st *stream, p protocol.ExecParams) (*protocol.ExecResult, *p
 			// Only a timeout that cut the main process short is reported; after it exited, the kill merely
 			// cleans up background processes still holding the pipes.
 			timedOut = !exited
-			c.log.Debug("command timed out, killing its process group", "pgid", pid)
+			s.log.Debug("command timed out, killing its process group", "id", pr.id, "pgid", pid)
 			killGroup()
-		case <-ctxDone:
-			ctxDone = nil
-			canceled = !exited
-			c.log.Debug("request cancelled or connection lost, killing the process group", "pgid", pid)
-			killGroup()
-			stopReading(time.Now())
+		case <-killc:
+			killc = nil
+			s.log.Debug("request cancelled or connection lost, killing the process group", "id", pr.id, "pgid", pid)
+			stopAtOnce()
+		case <-srvDone:
+			srvDone = nil
+			shutdown = shutdown || !exited
+			stopAtOnce()
 		}
 	}
+	pr.closeStdin()
+	pr.mu.Lock()
+	for _, o := range outs {
+		_ = o.f.Close()
+	}
+	pr.master = nil
+	pr.mu.Unlock()
 
-	if canceled && c.s.ctx.Err() != nil {
-		// Killed because the agent is going away: an infrastructure failure, not the command's result.
-		return nil, &protocol.Error{Code: protocol.CodeShuttingDown, Message: "agent shut down; the command was killed"}
-	}
-	ps := cmd.ProcessState
+	ps := c.ProcessState
 	if ps == nil {
-		return nil, internalError("wait for pid %d: %v", pid, waitErr)
+		pr.finish(nil, internalError("wait for pid %d: %v", pid, waitErr))
+		return
 	}
-	res := &protocol.ExecResult{StartedAt: started, DurationNS: int64(duration), TimedOut: timedOut}
+	res := &protocol.ExecResult{StartedAt: pr.startedAt, DurationNS: int64(duration), TimedOut: timedOut, ID: pr.id}
 	ws, ok := ps.Sys().(syscall.WaitStatus)
 	switch {
 	case ok && ws.Signaled():
@@ -225,39 +484,47 @@ func (c *conn) exec(st *stream, p protocol.ExecParams) (*protocol.ExecResult, *p
 	default:
 		res.ExitCode = ps.ExitCode()
 	}
-	c.log.Debug("command finished", "argv0", p.Argv[0], "pid", pid, "exit_code", res.ExitCode,
-		"signal", res.Signal, "timed_out", res.TimedOut, "duration", duration)
-	return res, nil
+	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok && ru != nil {
+		res.PeakMemoryKB = ru.Maxrss // kilobytes on Linux
+	}
+	var perr *protocol.Error
+	if canceled && shutdown {
+		// Killed because the agent is going away: an infrastructure failure, not the command's result.
+		perr = &protocol.Error{Code: protocol.CodeShuttingDown, Message: "agent shut down; the command was killed"}
+	}
+	s.log.Debug("command finished", "id", pr.id, "argv0", pr.cmd.argv[0], "pid", pid, "exit_code", res.ExitCode,
+		"signal", res.Signal, "timed_out", res.TimedOut, "duration", duration, "peak_kb", res.PeakMemoryKB)
+	pr.finish(res, perr)
 }
 
-// pump copies one pipe to the stream until EOF, then sends END. At most one chunk is held here at a time and
-// sendData waits for credit, so a command whose output is not consumed blocks on its pipe instead of filling the
-// agent's memory.
+// pump copies one output to the process's sinks until EOF, then ends the channel. At most one chunk is held here
+// at a time and a streamed exec waits for credit, so a command whose output is not consumed blocks on its pipe
+// instead of filling the agent's memory.
 //
-// When the exec loop's read deadline passes (the grace after the main process exited), what is still in the pipe
-// is drained without waiting, and the channel ends even if a background process still holds the pipe open.
-func (st *stream) pump(f *os.File, ch protocol.Channel) error {
+// When the read deadline passes (the grace after the main process exited), what is still in the pipe is
+// drained without waiting, and the channel ends even if a background process still holds the pipe open.
+func (pr *proc) pump(f *os.File, ch protocol.Channel) error {
 	buf := make([]byte, 1+chunkSize)
 	buf[0] = byte(ch)
 	for {
 		n, err := f.Read(buf[1:])
 		if n > 0 {
-			if werr := st.sendData(buf[:1], buf[1:1+n]); werr != nil {
+			if werr := pr.emit(buf[:1], buf[1:1+n]); werr != nil {
 				return werr
 			}
 		}
 		if err == nil {
 			continue
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) && st.ctx.Err() == nil {
-			if derr := st.drain(f, buf); derr != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) && !pr.stopNow.Load() {
+			if derr := pr.drain(f, buf); derr != nil {
 				return derr
 			}
 		}
-		if endErr := st.end(ch); endErr != nil {
-			return endErr
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, os.ErrClosed) {
+		pr.end(ch)
+		// A pty's master reads EIO once no process holds the terminal any more: its EOF.
+		if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, os.ErrClosed) ||
+			errors.Is(err, syscall.EIO) {
 			return nil
 		}
 		return err
@@ -268,7 +535,7 @@ func (st *stream) pump(f *os.File, ch protocol.Channel) error {
 // looking at the pipe, so the deadline is cleared and the pipe (non-blocking, as the poller sets it) is read
 // directly until it is empty. It reads at most the pipe's capacity, which is all it could hold when the grace
 // ended, so a background process that keeps writing cannot keep it going forever.
-func (st *stream) drain(f *os.File, buf []byte) error {
+func (pr *proc) drain(f *os.File, buf []byte) error {
 	if err := f.SetReadDeadline(time.Time{}); err != nil {
 		return nil
 	}
@@ -295,16 +562,20 @@ func (st *stream) drain(f *os.File, buf []byte) error {
 			return nil // empty (EAGAIN), EOF, or cancelled meanwhile
 		}
 		limit -= n
-		if err := st.sendData(buf[:1], buf[1:1+n]); err != nil {
+		if err := pr.emit(buf[:1], buf[1:1+n]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// buildEnv lays the request's env over the base environment and returns it with the resulting PATH.
-func buildEnv(extra map[string]string) ([]string, string, error) {
+// buildEnv lays overlay, then the request's env, then forced over the base environment and returns it with the
+// resulting PATH.
+func buildEnv(overlay, extra, forced map[string]string) ([]string, string, error) {
 	m := map[string]string{"PATH": basePath, "HOME": baseHome}
+	for k, v := range overlay {
+		m[k] = v
+	}
 	for k, v := range extra {
 		if k == "" || strings.ContainsAny(k, "=\x00") {
 			return nil, "", fmt.Errorf("invalid environment variable name %q", k)
@@ -312,6 +583,9 @@ func buildEnv(extra map[string]string) ([]string, string, error) {
 		if strings.IndexByte(v, 0) >= 0 {
 			return nil, "", fmt.Errorf("environment variable %s contains a NUL byte", k)
 		}
+		m[k] = v
+	}
+	for k, v := range forced {
 		m[k] = v
 	}
 	env := make([]string, 0, len(m))

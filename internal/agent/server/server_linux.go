@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/aetherium/aetherium/internal/agent"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -32,16 +34,32 @@ type Config struct {
 	PipeGrace time.Duration
 	// MaxStreams bounds the concurrent requests of one connection (default 1024).
 	MaxStreams int
-	// Window is the per-stream receive window announced to clients (0: protocol.DefaultWindow). Nothing is
-	// received on streams yet (no stdin), so it only matters to later versions.
+	// Window is the per-stream receive window announced to clients (0: protocol.DefaultWindow): how much input
+	// (stdin, uploads) one stream may have in flight.
 	Window uint32
+	// PowerOff, when set, is called after the agent has answered a "poweroff" request; the agent main sets it
+	// (guestinit.PowerOff or guestinit.Reboot) when it is PID 1 of a VM. When nil the request is unknown.
+	PowerOff func() error
+	// ProcessOutputBytes is how much of each output stream is kept for a background process (0:
+	// agent.DefaultProcessOutputBytes).
+	ProcessOutputBytes int
+	// MaxProcesses bounds the processes kept in the background (running, or exited and not removed); when it is
+	// reached the oldest exited ones are forgotten, and a new one is refused if all run (default 256).
+	MaxProcesses int
+	// FinishedProcessTTL is how long an exited background process is kept for its result and output (default 1h).
+	FinishedProcessTTL time.Duration
+	// PasswdFile and GroupFile are where user and group names are resolved (default /etc/passwd, /etc/group).
+	PasswdFile string
+	GroupFile  string
 }
 
 // Server serves the agent protocol.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	starter starter
+	cfg      Config
+	log      *slog.Logger
+	starter  starter
+	handlers map[string]handler
+	procs    *procTable
 
 	// ctx is the parent of every connection; Close cancels it, which kills every running command.
 	ctx    context.Context
@@ -69,6 +87,21 @@ func New(cfg Config) *Server {
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}
+	if cfg.ProcessOutputBytes <= 0 {
+		cfg.ProcessOutputBytes = agent.DefaultProcessOutputBytes
+	}
+	if cfg.MaxProcesses <= 0 {
+		cfg.MaxProcesses = 256
+	}
+	if cfg.FinishedProcessTTL <= 0 {
+		cfg.FinishedProcessTTL = time.Hour
+	}
+	if cfg.PasswdFile == "" {
+		cfg.PasswdFile = defaultPasswdFile
+	}
+	if cfg.GroupFile == "" {
+		cfg.GroupFile = defaultGroupFile
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -86,6 +119,8 @@ func New(cfg Config) *Server {
 	if cfg.Reaper != nil {
 		s.starter = cfg.Reaper
 	}
+	s.handlers = s.buildHandlers()
+	s.procs = newProcTable(cfg.MaxProcesses, cfg.FinishedProcessTTL)
 	return s
 }
 
@@ -181,8 +216,8 @@ func (s *Server) activeRequests() int {
 	return s.active
 }
 
-// Close closes the listeners and every connection and kills every running command. It waits until the
-// connection goroutines are done.
+// Close closes the listeners and every connection and kills every running command, background processes
+// included. It waits until the connection goroutines and the processes are done.
 func (s *Server) Close() error {
 	s.stopAccepting()
 	s.cancel()
@@ -192,6 +227,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.connWG.Wait()
+	s.procs.wait()
 	return nil
 }
 

@@ -254,8 +254,8 @@ func TestRequestErrors(t *testing.T) {
 	if r := c.response(3); r.Error == nil || r.Error.Code != protocol.CodeBadRequest {
 		t.Fatalf("bad JSON: %+v", r)
 	}
-	c.send(protocol.FrameRequest, 5, protocol.Request{Method: "exec", Params: json.RawMessage(`{"argv":["true"],"stdin":true}`)})
-	if r := c.response(5); r.Error == nil || r.Error.Code != protocol.CodeBadRequest || !strings.Contains(r.Error.Message, "stdin") {
+	c.send(protocol.FrameRequest, 5, protocol.Request{Method: "exec", Params: json.RawMessage(`{"argv":["true"],"frobnicate":true}`)})
+	if r := c.response(5); r.Error == nil || r.Error.Code != protocol.CodeBadRequest || !strings.Contains(r.Error.Message, "frobnicate") {
 		t.Fatalf("unknown exec field: %+v", r)
 	}
 	// Frames for unknown streams are ignored; the connection stays usable.

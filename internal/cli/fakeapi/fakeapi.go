@@ -5,6 +5,7 @@
 // Time is replaced by steps so tests never sleep: a new task stays unfinished for Steps polls of GET /tasks/{id},
 // then finishes. With ?wait= a mutating call answers with the finished result when Steps is 0 and 202 otherwise,
 // as if the wait's deadline had passed first. Commands are not run: a tiny interpreter (see run) gives their output.
+// GET /executions/{id}/stream finishes the execution at once and sends its output and end as server-sent events.
 package fakeapi
 
 import (
@@ -227,6 +228,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		} else {
 			writeErr(w, http.StatusNotFound, client.CodeNotFound, "execution not found")
 		}
+	case len(parts) == 3 && parts[0] == "executions" && parts[2] == "stream" && r.Method == http.MethodGet:
+		s.stream(w, r, parts[1])
 	case len(parts) == 2 && parts[0] == "tasks" && r.Method == http.MethodGet:
 		ts, ok := s.tasks[parts[1]]
 		if !ok {
@@ -494,6 +497,37 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request, vmID string, wa
 		return
 	}
 	writeJSON(w, http.StatusAccepted, client.ExecuteAccepted{TaskID: ts.task.ID, ExecutionID: exec.ID})
+}
+
+// stream answers GET /executions/{id}/stream: the execution's task is finished at once (a stream waits for the
+// end whatever the steps), then its output and end are sent as server-sent events.
+func (s *Server) stream(w http.ResponseWriter, r *http.Request, id string) {
+	e, ok := s.execs[id]
+	if !ok {
+		writeErr(w, http.StatusNotFound, client.CodeNotFound, "execution not found")
+		return
+	}
+	if ts, ok := s.tasks[e.TaskID]; ok {
+		for !taskDone(ts.task.Status) {
+			ts.remaining = 0
+			s.advance(ts)
+		}
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, ": execution %s\n\n", id)
+	for _, o := range []struct{ name, data, param string }{{"stdout", e.Stdout, "stdout_offset"}, {"stderr", e.Stderr, "stderr_offset"}} {
+		from, _ := strconv.Atoi(r.URL.Query().Get(o.param))
+		if from < len(o.data) {
+			b, _ := json.Marshal(client.OutputChunk{Offset: int64(from), Data: o.data[from:]})
+			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", o.name, b)
+		}
+	}
+	b, _ := json.Marshal(client.ExecutionEnd{
+		Status: e.Status, ExitCode: e.ExitCode, TimedOut: e.TimedOut, StdoutTruncated: e.StdoutTruncated,
+		StderrTruncated: e.StderrTruncated, Error: e.Error,
+	})
+	fmt.Fprintf(w, "event: end\ndata: %s\n\n", b)
 }
 
 func (s *Server) createJob(w http.ResponseWriter, r *http.Request, wait time.Duration) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"regexp"
@@ -403,21 +404,73 @@ func (b *Backend) ExecuteCommand(ctx context.Context, id string, req agent.ExecR
 	if err == nil {
 		return res, nil
 	}
+	return nil, b.execError(ctx, id, err)
+}
+
+// ExecuteStream runs one command through the VM's agent and copies its output to the writers as it comes. Its
+// errors are those of ExecuteCommand.
+func (b *Backend) ExecuteStream(ctx context.Context, id string, req agent.ExecRequest, stdout, stderr io.Writer) (*agent.ExecResult, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	out, errOut := &countingWriter{w: stdout}, &countingWriter{w: stderr}
+	res, err := b.agentFor(id).ExecStream(ctx, req, out, errOut)
+	if errors.Is(err, agentclient.ErrClosed) && ctx.Err() == nil && out.n == 0 && errOut.n == 0 {
+		// As in ExecuteCommand; only while nothing was written, so the writers never see output twice.
+		res, err = b.agentFor(id).ExecStream(ctx, req, out, errOut)
+	}
+	if err == nil {
+		return res, nil
+	}
+	return nil, b.execError(ctx, id, err)
+}
+
+// Agent returns the VM's cached agent client once the container is known to be running.
+func (b *Backend) Agent(ctx context.Context, id string) (*agentclient.Client, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	inst, err := b.GetVMStatus(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if inst.State != vmm.StateRunning {
+		return nil, fmt.Errorf("%w: vm %s is %s", vmm.ErrNotRunning, id, inst.State)
+	}
+	return b.agentFor(id), nil
+}
+
+// countingWriter counts the bytes passed to w (nil: discarded).
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	if c.w == nil {
+		return len(p), nil
+	}
+	return c.w.Write(p)
+}
+
+// execError explains a failed exec. The fast path skips the engine; only when the agent cannot be reached does it
+// find out whether the VM is there and running at all.
+func (b *Backend) execError(ctx context.Context, id string, err error) error {
 	if (errors.Is(err, agentclient.ErrUnavailable) || errors.Is(err, agentclient.ErrClosed)) && ctx.Err() == nil {
-		// The fast path skips the engine; only now find out whether the VM is there and running at all.
 		c, ierr := b.inspect(ctx, id)
 		if ierr != nil {
 			if errors.Is(ierr, vmm.ErrNotFound) {
 				b.closeAgent(id)
 			}
-			return nil, fmt.Errorf("docker backend: exec in vm %s: %w (agent: %v)", id, ierr, err)
+			return fmt.Errorf("docker backend: exec in vm %s: %w (agent: %v)", id, ierr, err)
 		}
 		if c.State == nil || !c.State.Running {
 			b.closeAgent(id)
-			return nil, fmt.Errorf("docker backend: exec in vm %s: %w (%s)", id, vmm.ErrNotRunning, exitDetail(c.State))
+			return fmt.Errorf("docker backend: exec in vm %s: %w (%s)", id, vmm.ErrNotRunning, exitDetail(c.State))
 		}
 	}
-	return nil, fmt.Errorf("docker backend: exec in vm %s: %w", id, err)
+	return fmt.Errorf("docker backend: exec in vm %s: %w", id, err)
 }
 
 // inspect returns the container of VM id, vmm.ErrNotFound (wrapped) if there is none, and an error if the name is
