@@ -235,6 +235,7 @@ The command is run as is, without a shell: use sh -c '...' for pipes and variabl
 	f := cmd.Flags()
 	f.StringArrayVarP(&env, "env", "e", nil, "set an environment variable, as `KEY=VALUE` (repeatable)")
 	f.StringVarP(&req.WorkingDir, "workdir", "w", "", "working directory in the VM")
+	f.StringVarP(&req.User, "user", "u", "", "guest user to run as: a name or uid[:gid] (default root)")
 	f.IntVar(&req.TimeoutSeconds, "timeout-seconds", 0, "kill the command after this many seconds (0: the server's default)")
 	f.StringVar(&priority, "priority", "", "queue priority: critical, high, default or low")
 	f.BoolVar(&noStream, "no-stream", false, "print the output once the command has ended instead of as it runs")

@@ -185,8 +185,10 @@ type Execution struct {
 	Args            []string          `json:"args"`
 	Env             map[string]string `json:"env,omitempty"`
 	WorkingDir      string            `json:"working_dir,omitempty"`
+	User            string            `json:"user,omitempty"` // run as this guest user (name or uid[:gid]); empty: root
 	TimeoutSeconds  int               `json:"timeout_seconds,omitempty"`
 	ExitCode        *int              `json:"exit_code,omitempty"`
+	PeakMemoryKB    *int64            `json:"peak_memory_kb,omitempty"`
 	Stdout          string            `json:"stdout"`
 	Stderr          string            `json:"stderr"`
 	StdoutTruncated bool              `json:"stdout_truncated"`
@@ -216,6 +218,7 @@ type JobCommand struct {
 	Args           []string          `json:"args,omitempty"`
 	Env            map[string]string `json:"env,omitempty"`
 	WorkingDir     string            `json:"working_dir,omitempty"`
+	User           string            `json:"user,omitempty"`
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
 }
 

@@ -268,7 +268,7 @@ func (s *Service) checkWorker(ctx context.Context, workerID string) error {
 
 // Execute stores a pending execution and queues it on the worker that hosts the VM.
 func (s *Service) Execute(ctx context.Context, ownerID, vmID string, req client.ExecuteRequest) (*model.Execution, *model.Task, error) {
-	cmd := model.JobCommand{Command: req.Command, Args: req.Args, Env: req.Env, WorkingDir: req.WorkingDir, TimeoutSeconds: req.TimeoutSeconds}
+	cmd := model.JobCommand{Command: req.Command, Args: req.Args, Env: req.Env, WorkingDir: req.WorkingDir, User: req.User, TimeoutSeconds: req.TimeoutSeconds}
 	if err := s.validateCommand("", cmd); err != nil {
 		return nil, nil, err
 	}
@@ -326,7 +326,7 @@ func newExecution(ownerID, vmID, jobID string, seq int, cmd model.JobCommand) *m
 	}
 	return &model.Execution{
 		ID: uuid.NewString(), OwnerID: ownerID, VMID: vmID, JobID: jobID, Seq: seq, Status: model.ExecutionPending,
-		Command: cmd.Command, Args: args, Env: cmd.Env, WorkingDir: cmd.WorkingDir, TimeoutSeconds: cmd.TimeoutSeconds,
+		Command: cmd.Command, Args: args, Env: cmd.Env, WorkingDir: cmd.WorkingDir, User: cmd.User, TimeoutSeconds: cmd.TimeoutSeconds,
 		CreatedAt: now(),
 	}
 }

@@ -14,6 +14,7 @@ var (
 	vmNameRE   = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 	imageRE    = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._/:@-]{0,254}$`)
 	envKeyRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,255}$`)
+	userRE     = regexp.MustCompile(`^([a-z_][a-z0-9_.-]{0,31}\$?|[0-9]{1,10}(:[0-9]{1,10})?)$`)
 	metaKeyRE  = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$`)
 	maxArgs    = 4096
 	maxArgLen  = 128 << 10
@@ -108,6 +109,9 @@ func (s *Service) validateCommand(field string, c model.JobCommand) error {
 	}
 	if c.WorkingDir != "" && (!path.IsAbs(c.WorkingDir) || strings.ContainsRune(c.WorkingDir, 0)) {
 		return invalid(field+"working_dir", "must be an absolute path")
+	}
+	if c.User != "" && !userRE.MatchString(c.User) {
+		return invalid(field+"user", "must be a user name or uid[:gid] (got %q)", c.User)
 	}
 	maxSec := int(s.limits.MaxTimeout.Seconds())
 	if c.TimeoutSeconds < 0 || c.TimeoutSeconds > maxSec {

@@ -257,7 +257,7 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 		return nil, err
 	}
 	req := agent.ExecRequest{
-		Argv: append([]string{e.Command}, e.Args...), Env: e.Env, WorkingDir: e.WorkingDir,
+		Argv: append([]string{e.Command}, e.Args...), Env: e.Env, WorkingDir: e.WorkingDir, User: e.User,
 		Timeout: time.Duration(e.TimeoutSeconds) * time.Second, MaxOutputBytes: w.cfg.MaxOutputBytes,
 	}
 	// The output streams to live readers as it comes (execOutput) and is kept, up to the cap, for the row.
@@ -294,6 +294,10 @@ func (w *Worker) saveResult(ctx context.Context, id string, res *agent.ExecResul
 		x.Stdout, x.StdoutTruncated = string(res.Stdout), res.StdoutTruncated
 		x.Stderr, x.StderrTruncated = string(res.Stderr), res.StderrTruncated
 		x.TimedOut = res.TimedOut
+		if res.PeakMemoryKB > 0 {
+			kb := res.PeakMemoryKB
+			x.PeakMemoryKB = &kb
+		}
 		if !res.StartedAt.IsZero() {
 			s := res.StartedAt.UTC()
 			x.StartedAt = &s

@@ -405,3 +405,31 @@ func TestReconcileSettlesCreationsNobodyWillFinish(t *testing.T) {
 		t.Fatalf("half-deleted vm: %+v %v; want deleted", got, err)
 	}
 }
+
+func TestExecutionRunsAsRequestedUserAndRecordsPeakMemory(t *testing.T) {
+	r := newRig(t)
+	vm := r.createVM("asuser")
+	ctx := context.Background()
+	for _, tc := range []struct{ user, want string }{{"nobody", "65534\n"}, {"1234:1234", "1234\n"}, {"", "0\n"}} {
+		e, tk, err := r.svc.Execute(ctx, r.owner, vm.ID, client.ExecuteRequest{Command: "id", Args: []string{"-u"}, User: tc.user})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tk = r.wait(tk.ID); tk.Status != model.TaskCompleted {
+			t.Fatalf("id -u as %q: %s %s", tc.user, tk.Status, tk.Error)
+		}
+		e, err = r.st.Executions().Get(ctx, e.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Stdout != tc.want || e.User != tc.user {
+			t.Fatalf("as %q: stdout %q (want %q), stored user %q", tc.user, e.Stdout, tc.want, e.User)
+		}
+		if e.PeakMemoryKB == nil || *e.PeakMemoryKB <= 0 {
+			t.Fatalf("peak memory not recorded: %v", e.PeakMemoryKB)
+		}
+	}
+	if _, _, err := r.svc.Execute(ctx, r.owner, vm.ID, client.ExecuteRequest{Command: "id", User: "bad user!"}); !errors.Is(err, model.ErrInvalidInput) {
+		t.Fatalf("invalid user accepted: %v", err)
+	}
+}

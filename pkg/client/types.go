@@ -82,6 +82,7 @@ type ExecuteRequest struct {
 	Args           []string          `json:"args,omitempty"`
 	Env            map[string]string `json:"env,omitempty"`
 	WorkingDir     string            `json:"working_dir,omitempty"`
+	User           string            `json:"user,omitempty"`
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
 	Priority       string            `json:"priority,omitempty"`
 }
@@ -104,7 +105,9 @@ type Execution struct {
 	Args            []string          `json:"args"`
 	Env             map[string]string `json:"env,omitempty"`
 	WorkingDir      string            `json:"working_dir,omitempty"`
+	User            string            `json:"user,omitempty"`
 	ExitCode        *int              `json:"exit_code"`
+	PeakMemoryKB    *int64            `json:"peak_memory_kb,omitempty"`
 	Stdout          string            `json:"stdout"`
 	Stderr          string            `json:"stderr"`
 	StdoutTruncated bool              `json:"stdout_truncated"`
@@ -156,6 +159,7 @@ type JobCommand struct {
 	Args           []string          `json:"args,omitempty"`
 	Env            map[string]string `json:"env,omitempty"`
 	WorkingDir     string            `json:"working_dir,omitempty"`
+	User           string            `json:"user,omitempty"`
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
 }
 

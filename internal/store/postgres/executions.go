@@ -17,7 +17,8 @@ type executionStore struct{ s *Store }
 
 const executionCols = `id::text, owner_id, vm_id::text, COALESCE(job_id::text, ''), COALESCE(task_id::text, ''), seq,
 	status, command, args, env, working_dir, timeout_seconds, exit_code, stdout, stderr, stdout_truncated,
-	stderr_truncated, timed_out, error, worker_id, created_at, started_at, completed_at, duration_ms`
+	stderr_truncated, timed_out, error, worker_id, created_at, started_at, completed_at, duration_ms, run_as,
+	peak_memory_kb`
 
 func scanExecution(row pgx.Row) (*model.Execution, error) {
 	var e model.Execution
@@ -25,7 +26,7 @@ func scanExecution(row pgx.Row) (*model.Execution, error) {
 	err := row.Scan(&e.ID, &e.OwnerID, &e.VMID, &e.JobID, &e.TaskID, &e.Seq, (*string)(&e.Status), &e.Command, &args,
 		&env, &e.WorkingDir, &e.TimeoutSeconds, &e.ExitCode, &stdout, &stderr, &e.StdoutTruncated,
 		&e.StderrTruncated, &e.TimedOut, &e.Error, &e.WorkerID, &e.CreatedAt, &e.StartedAt, &e.CompletedAt,
-		&e.DurationMS)
+		&e.DurationMS, &e.User, &e.PeakMemoryKB)
 	if err != nil {
 		return nil, err
 	}
@@ -63,13 +64,13 @@ func (es executionStore) Create(ctx context.Context, e *model.Execution) error {
 	}
 	_, err = es.s.pool.Exec(ctx, `INSERT INTO executions (id, owner_id, vm_id, job_id, task_id, seq, status, command,
 		args, env, working_dir, timeout_seconds, exit_code, stdout, stderr, stdout_truncated, stderr_truncated,
-		timed_out, error, worker_id, created_at, started_at, completed_at, duration_ms)
+		timed_out, error, worker_id, created_at, started_at, completed_at, duration_ms, run_as, peak_memory_kb)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-		$23, $24)`,
+		$23, $24, $25, $26)`,
 		e.ID, e.OwnerID, e.VMID, nullUUID(e.JobID), nullUUID(e.TaskID), e.Seq, string(e.Status), e.Command,
 		nullJSON(args), nullJSON(env), e.WorkingDir, e.TimeoutSeconds, e.ExitCode, []byte(e.Stdout),
 		[]byte(e.Stderr), e.StdoutTruncated, e.StderrTruncated, e.TimedOut, e.Error, e.WorkerID, e.CreatedAt,
-		e.StartedAt, e.CompletedAt, e.DurationMS)
+		e.StartedAt, e.CompletedAt, e.DurationMS, e.User, e.PeakMemoryKB)
 	if _, ok := uniqueViolation(err); ok {
 		return fmt.Errorf("execution %s already exists: %w", e.ID, model.ErrConflict)
 	}
@@ -123,12 +124,13 @@ func (es executionStore) Update(ctx context.Context, id string, fn func(e *model
 		_, err = tx.Exec(ctx, `UPDATE executions SET owner_id = $2, vm_id = $3, job_id = $4, task_id = $5, seq = $6,
 			status = $7, command = $8, args = $9, env = $10, working_dir = $11, timeout_seconds = $12,
 			exit_code = $13, stdout = $14, stderr = $15, stdout_truncated = $16, stderr_truncated = $17,
-			timed_out = $18, error = $19, worker_id = $20, started_at = $21, completed_at = $22, duration_ms = $23
+			timed_out = $18, error = $19, worker_id = $20, started_at = $21, completed_at = $22, duration_ms = $23,
+			run_as = $24, peak_memory_kb = $25
 			WHERE id = $1`,
 			e.ID, e.OwnerID, e.VMID, nullUUID(e.JobID), nullUUID(e.TaskID), e.Seq, string(e.Status), e.Command,
 			nullJSON(args), nullJSON(env), e.WorkingDir, e.TimeoutSeconds, e.ExitCode, []byte(e.Stdout),
 			[]byte(e.Stderr), e.StdoutTruncated, e.StderrTruncated, e.TimedOut, e.Error, e.WorkerID, e.StartedAt,
-			e.CompletedAt, e.DurationMS)
+			e.CompletedAt, e.DurationMS, e.User, e.PeakMemoryKB)
 		if err != nil {
 			return dbErr("update execution", err)
 		}

@@ -15,7 +15,7 @@ type executionStore struct{ s *Store }
 
 const executionCols = `id, owner_id, vm_id, job_id, task_id, seq, status, command, args, env, working_dir,
 	timeout_seconds, exit_code, stdout, stderr, stdout_truncated, stderr_truncated, timed_out, error, worker_id,
-	created_at, started_at, completed_at, duration_ms`
+	created_at, started_at, completed_at, duration_ms, run_as, peak_memory_kb`
 
 // executionSelect and executionUpdate are the read and the write of Update.
 const (
@@ -23,7 +23,7 @@ const (
 	executionUpdate = `UPDATE executions SET owner_id = ?, vm_id = ?, job_id = ?, task_id = ?, seq = ?,
 	status = ?, command = ?, args = ?, env = ?, working_dir = ?, timeout_seconds = ?, exit_code = ?,
 	stdout = ?, stderr = ?, stdout_truncated = ?, stderr_truncated = ?, timed_out = ?, error = ?,
-	worker_id = ?, started_at = ?, completed_at = ?, duration_ms = ? WHERE id = ?`
+	worker_id = ?, started_at = ?, completed_at = ?, duration_ms = ?, run_as = ?, peak_memory_kb = ? WHERE id = ?`
 )
 
 func scanExecution(row scanner) (*model.Execution, error) {
@@ -32,10 +32,10 @@ func scanExecution(row scanner) (*model.Execution, error) {
 	var created string
 	var stdout, stderr []byte
 	var exitCode sql.NullInt64
-	var duration sql.NullInt64
+	var duration, peak sql.NullInt64
 	err := row.Scan(&e.ID, &e.OwnerID, &e.VMID, &jobID, &taskID, &e.Seq, (*string)(&e.Status), &e.Command, &args,
 		&env, &e.WorkingDir, &e.TimeoutSeconds, &exitCode, &stdout, &stderr, &e.StdoutTruncated, &e.StderrTruncated,
-		&e.TimedOut, &e.Error, &e.WorkerID, &created, &started, &completed, &duration)
+		&e.TimedOut, &e.Error, &e.WorkerID, &created, &started, &completed, &duration, &e.User, &peak)
 	if err != nil {
 		return nil, err
 	}
@@ -48,6 +48,10 @@ func scanExecution(row scanner) (*model.Execution, error) {
 	if duration.Valid {
 		d := duration.Int64
 		e.DurationMS = &d
+	}
+	if peak.Valid {
+		p := peak.Int64
+		e.PeakMemoryKB = &p
 	}
 	if e.Args, err = prep.UnmarshalStrings(docBytes(args)); err != nil {
 		return nil, fmt.Errorf("execution %s: args: %w", e.ID, err)
@@ -93,11 +97,11 @@ func (es executionStore) Create(ctx context.Context, e *model.Execution) error {
 		return err
 	}
 	_, err = es.s.exec(ctx, `INSERT INTO executions (`+executionCols+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		e.ID, e.OwnerID, e.VMID, nullText(e.JobID), nullText(e.TaskID), e.Seq, string(e.Status), e.Command,
 		nullText(args), nullText(env), e.WorkingDir, e.TimeoutSeconds, nullInt(e.ExitCode), blob(e.Stdout),
 		blob(e.Stderr), e.StdoutTruncated, e.StderrTruncated, e.TimedOut, e.Error, e.WorkerID, ts(e.CreatedAt),
-		tsPtr(e.StartedAt), tsPtr(e.CompletedAt), nullInt(e.DurationMS))
+		tsPtr(e.StartedAt), tsPtr(e.CompletedAt), nullInt(e.DurationMS), e.User, nullInt(e.PeakMemoryKB))
 	if _, _, ok := uniqueViolation(err); ok {
 		return fmt.Errorf("execution %s already exists: %w", e.ID, model.ErrConflict)
 	}
@@ -151,7 +155,7 @@ func (es executionStore) Update(ctx context.Context, id string, fn func(e *model
 			e.OwnerID, e.VMID, nullText(e.JobID), nullText(e.TaskID), e.Seq, string(e.Status), e.Command,
 			nullText(args), nullText(env), e.WorkingDir, e.TimeoutSeconds, nullInt(e.ExitCode), blob(e.Stdout),
 			blob(e.Stderr), e.StdoutTruncated, e.StderrTruncated, e.TimedOut, e.Error, e.WorkerID,
-			tsPtr(e.StartedAt), tsPtr(e.CompletedAt), nullInt(e.DurationMS), e.ID)
+			tsPtr(e.StartedAt), tsPtr(e.CompletedAt), nullInt(e.DurationMS), e.User, nullInt(e.PeakMemoryKB), e.ID)
 		if err != nil {
 			return dbErr("update execution", err)
 		}

@@ -23,6 +23,7 @@ func fullExecution(owner, vmID string) *model.Execution {
 		Args:            []string{"-c", "printf 'ok\\0'"},
 		Env:             map[string]string{"HOME": "/root", "LANG": "C.UTF-8"},
 		WorkingDir:      "/work",
+		User:            "1000:1000",
 		TimeoutSeconds:  30,
 		ExitCode:        ptr(0), // a zero exit code is a result, not an absent one
 		Stdout:          binary,
@@ -36,6 +37,7 @@ func fullExecution(owner, vmID string) *model.Execution {
 		StartedAt:       ptr(at(1)),
 		CompletedAt:     ptr(at(2)),
 		DurationMS:      ptr(int64(60_000)),
+		PeakMemoryKB:    ptr(int64(123_456)),
 	}
 }
 
