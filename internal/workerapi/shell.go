@@ -103,8 +103,10 @@ func (s *server) runShell(ctx context.Context, c *websocket.Conn, ag *agentclien
 	_ = c.Close(websocket.StatusNormalClosure, "")
 }
 
-// readShell passes the client's messages on: stdin to the command, controls to the agent. It ends the session
-// (cancel) when the client goes away.
+// readShell passes the client's messages on, in order: stdin to the command, controls to the agent. It ends the
+// session (cancel) when the client goes away. Stdin is handed over as the command reads it, which is the
+// back-pressure a client that types faster than the command reads gets; controls sent behind such input wait for
+// it (with a terminal, ^C is input anyway).
 func (s *server) readShell(ctx context.Context, cancel context.CancelFunc, c *websocket.Conn, ag *agentclient.Client,
 	id string, stdin *io.PipeWriter, execDone <-chan struct{}) {
 	defer cancel()
