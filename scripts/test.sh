@@ -19,5 +19,10 @@ make build
 echo "== tests"
 go test -count=1 -timeout 20m -p 2 ./...
 
-echo "== fuzz (short)"
-go test -run '^$' -fuzz '^FuzzReadFrame$' -fuzztime 20s ./internal/agent/protocol/
+echo "== fuzz (short runs of every decoder of untrusted input)"
+fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-10s}" "$2"; }
+fuzz FuzzReadFrame ./internal/agent/protocol/
+fuzz FuzzPayloads ./internal/agent/protocol/
+fuzz FuzzCleanPath ./internal/agent/server/
+fuzz FuzzUserDB ./internal/agent/server/
+fuzz FuzzParseMountInfo ./internal/agent/guestinit/
