@@ -1,0 +1,278 @@
+//go:build linux
+
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	agentclient "github.com/aetherium/aetherium/internal/agent/client"
+	"github.com/aetherium/aetherium/internal/vmm"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultGuestInit    = "/sbin/aetherium-agent"
+	DefaultReadyTimeout = 30 * time.Second
+	DefaultStopTimeout  = 5 * time.Second
+	DefaultAgentPort    = 9999
+	// DefaultFirstCID is the lowest guest CID handed out: 0-2 are reserved (hypervisor, local, host).
+	DefaultFirstCID = 3
+	// DefaultCgroupVersion is the jailer's cgroup version.
+	DefaultCgroupVersion = 2
+)
+
+// DefaultKernelArgs boots the agent as init, listening on vsock. reboot=k makes a guest reboot (what the agent's
+// power-off and Ctrl-Alt-Del end in) leave Firecracker, which exits; panic=1 turns a guest panic into one too.
+// The backend adds aetherium.hostname before the "--" that starts init's own arguments.
+const DefaultKernelArgs = "console=ttyS0 reboot=k panic=1 pci=off quiet init=" + DefaultGuestInit +
+	" aetherium.listen=vsock:9999 -- --init"
+
+// Files in a VM's directory (and, for the jailer, in its chroot).
+const (
+	stateFile   = "state.json"
+	consoleFile = "console.log"
+	fcLogFile   = "firecracker.log"
+	apiSockName = "api.sock"
+	vsockName   = "vsock.sock"
+	diskName    = "rootfs.ext4"
+	kernelName  = "vmlinux"
+)
+
+// maxSunPath is the longest Unix socket path Linux accepts with its terminating NUL.
+const maxSunPath = 107
+
+// typicalIDLen is the length of the store's VM ids (UUIDs), used to check DataDir's depth at start-up.
+const typicalIDLen = 36
+
+// Config configures a Backend.
+type Config struct {
+	// FirecrackerBin is the firecracker binary. Required.
+	FirecrackerBin string
+	// JailerBin, when set, starts firecracker through the jailer: chroot under JailerChrootBase, as JailerUID and
+	// JailerGID, in cgroups of JailerCgroupVersion. The kernel and the VM's disk are put inside the chroot.
+	JailerBin           string
+	JailerChrootBase    string // default DataDir/jail
+	JailerUID           int
+	JailerGID           int
+	JailerCgroupVersion int // 1 or 2, default 2
+	// KernelPath is the guest kernel (an uncompressed vmlinux). Required.
+	KernelPath string
+	// RootfsPath is the default root filesystem template (ext4). It is only read: each VM gets a copy-on-write
+	// copy. A VMConfig.Image that is an absolute path names another template.
+	RootfsPath string
+	// DataDir holds DataDir/vms/<id> for each VM. Required.
+	DataDir string
+	// WorkerID is recorded in each VM's state; ListVMs returns only this worker's VMs.
+	WorkerID string
+	// KernelArgs is the guest's command line. Default DefaultKernelArgs.
+	KernelArgs string
+	// AgentPort is the guest vsock port the agent listens on. Default 9999.
+	AgentPort uint32
+	// FirstCID is the lowest guest CID handed out (default 3).
+	FirstCID uint32
+	// ReadyTimeout bounds how long StartVM waits for the agent after InstanceStart. Default 30s.
+	ReadyTimeout time.Duration
+	// StopTimeout bounds each step of StopVM (agent power-off, Ctrl-Alt-Del). Default 5s.
+	StopTimeout time.Duration
+	// FirecrackerLogLevel, when set (Error, Warning, Info, Debug, Trace), configures Firecracker's own log
+	// (PUT /logger) into firecracker.log next to the console log.
+	FirecrackerLogLevel string
+	Logger              *slog.Logger
+}
+
+// Backend implements vmm.Orchestrator with Firecracker.
+type Backend struct {
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	agents  map[string]*agentclient.Client
+	procs   map[string]*process // firecracker processes this backend started (its children)
+	vmLocks map[string]*sync.Mutex
+	closed  bool
+}
+
+var _ vmm.Orchestrator = (*Backend)(nil)
+
+// New validates cfg and prepares DataDir. It does not need the firecracker binary to run, only to exist.
+func New(ctx context.Context, cfg Config) (*Backend, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	b := &Backend{
+		cfg:     cfg,
+		log:     cfg.Logger.With("backend", "firecracker"),
+		agents:  make(map[string]*agentclient.Client),
+		procs:   make(map[string]*process),
+		vmLocks: make(map[string]*sync.Mutex),
+	}
+	if err := os.MkdirAll(b.vmsDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("firecracker backend: create data dir: %w", err)
+	}
+	if err := b.Health(ctx); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (c *Config) setDefaults() error {
+	var err error
+	if c.DataDir == "" {
+		return errors.New("firecracker backend: DataDir is required")
+	}
+	if c.DataDir, err = filepath.Abs(c.DataDir); err != nil {
+		return fmt.Errorf("firecracker backend: DataDir: %w", err)
+	}
+	if c.FirecrackerBin == "" {
+		return errors.New("firecracker backend: FirecrackerBin is required")
+	}
+	if c.KernelPath == "" {
+		return errors.New("firecracker backend: KernelPath is required")
+	}
+	for _, p := range []*string{&c.FirecrackerBin, &c.KernelPath, &c.RootfsPath, &c.JailerBin, &c.JailerChrootBase} {
+		if *p == "" {
+			continue
+		}
+		if *p, err = filepath.Abs(*p); err != nil {
+			return fmt.Errorf("firecracker backend: %w", err)
+		}
+	}
+	if c.JailerBin == "" {
+		sock := filepath.Join(c.DataDir, "vms", strings.Repeat("x", typicalIDLen), vsockName)
+		if len(sock) > maxSunPath {
+			return fmt.Errorf("firecracker backend: DataDir %q is too deep: socket paths would be %d bytes, over the "+
+				"%d-byte Unix socket limit; choose a shorter DataDir", c.DataDir, len(sock), maxSunPath)
+		}
+	} else {
+		if c.JailerChrootBase == "" {
+			c.JailerChrootBase = filepath.Join(c.DataDir, "jail")
+		}
+		switch c.JailerCgroupVersion {
+		case 0:
+			c.JailerCgroupVersion = DefaultCgroupVersion
+		case 1, 2:
+		default:
+			return fmt.Errorf("firecracker backend: JailerCgroupVersion %d (want 1 or 2)", c.JailerCgroupVersion)
+		}
+	}
+	if c.KernelArgs == "" {
+		c.KernelArgs = DefaultKernelArgs
+	}
+	if c.AgentPort == 0 {
+		c.AgentPort = DefaultAgentPort
+	}
+	if c.FirstCID < DefaultFirstCID {
+		c.FirstCID = DefaultFirstCID
+	}
+	if c.ReadyTimeout <= 0 {
+		c.ReadyTimeout = DefaultReadyTimeout
+	}
+	if c.StopTimeout <= 0 {
+		c.StopTimeout = DefaultStopTimeout
+	}
+	switch c.FirecrackerLogLevel {
+	case "", "Error", "Warning", "Info", "Debug", "Trace", "Off":
+	default:
+		return fmt.Errorf("firecracker backend: FirecrackerLogLevel %q (want Error, Warning, Info, Debug, Trace or Off)",
+			c.FirecrackerLogLevel)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return nil
+}
+
+// Name implements vmm.Orchestrator.
+func (b *Backend) Name() string { return "firecracker" }
+
+// Health checks that the binaries and the kernel are there and that /dev/kvm can be opened. A host without KVM
+// can still create VMs, but none would boot: the worker reports it as unhealthy.
+func (b *Backend) Health(context.Context) error {
+	var errs []error
+	for _, p := range []string{b.cfg.FirecrackerBin, b.cfg.JailerBin} {
+		if p == "" {
+			continue
+		}
+		if st, err := os.Stat(p); err != nil {
+			errs = append(errs, err)
+		} else if st.Mode().Perm()&0o111 == 0 {
+			errs = append(errs, fmt.Errorf("%s is not executable", p))
+		}
+	}
+	for _, p := range []string{b.cfg.KernelPath, b.cfg.RootfsPath} {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("firecracker backend: %w", err)
+	}
+	return nil
+}
+
+// KVMAvailable reports whether /dev/kvm can be opened for reading and writing (what firecracker needs). It says
+// nothing about whether guests boot well (a nested KVM may run only special guests).
+func KVMAvailable() error {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// Close closes the agent clients. The firecracker processes keep running: they belong to the store's VMs (but
+// die with this process, through Pdeathsig, if it exits).
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	agents := b.agents
+	b.agents = make(map[string]*agentclient.Client)
+	b.closed = true
+	b.mu.Unlock()
+	var errs []error
+	for id, c := range agents {
+		if err := c.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close agent client of vm %s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (b *Backend) vmsDir() string { return filepath.Join(b.cfg.DataDir, "vms") }
+
+func (b *Backend) vmDir(id string) string { return filepath.Join(b.vmsDir(), id) }
+
+// lockVM serialises the operations on one VM (a retried task racing the first attempt, a delete during a start).
+func (b *Backend) lockVM(id string) func() {
+	b.mu.Lock()
+	l, ok := b.vmLocks[id]
+	if !ok {
+		l = new(sync.Mutex)
+		b.vmLocks[id] = l
+	}
+	b.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+// validID keeps VM ids usable as directory names and jailer ids (the jailer allows [a-zA-Z0-9-], at most 64).
+var validID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9-]{0,63}$`)
+
+func checkID(id string) error {
+	if !validID.MatchString(id) {
+		return fmt.Errorf("firecracker backend: invalid vm id %q (want [a-zA-Z0-9][a-zA-Z0-9-]*, at most 64 chars)", id)
+	}
+	return nil
+}

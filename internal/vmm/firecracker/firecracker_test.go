@@ -1,0 +1,674 @@
+//go:build linux
+
+package firecracker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aetherium/aetherium/internal/agent"
+	"github.com/aetherium/aetherium/internal/vmm"
+)
+
+type testEnv struct {
+	dataDir, logDir, kernel, rootfs, bin string
+}
+
+// newEnv makes a data directory (short, for socket paths), a fake kernel and a sparse root filesystem template,
+// and a wrapper script that runs the fake firecracker in the given modes.
+func newEnv(t *testing.T, modes string) *testEnv {
+	t.Helper()
+	requireSpec(t)
+	dir, err := os.MkdirTemp("", "fc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	e := &testEnv{
+		dataDir: filepath.Join(dir, "d"), logDir: filepath.Join(dir, "log"),
+		kernel: filepath.Join(dir, "vmlinux"), rootfs: filepath.Join(dir, "rootfs.ext4"),
+		bin: filepath.Join(dir, "firecracker"),
+	}
+	if err := os.Mkdir(e.logDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.kernel, []byte("fake kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writeSparse(t, e.rootfs, 32<<20, map[int64]string{0: "superblock", 1 << 20: "inode table", 20 << 20: "data"})
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := fmt.Sprintf("#!/bin/sh\nAE_FAKE_FC=1 AE_FAKE_SPEC=%q AE_FAKE_MODE=%q AE_FAKE_LOG=%q exec %q \"$@\"\n",
+		testSpecPath, modes, e.logDir, self)
+	if err := os.WriteFile(e.bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *testEnv) config() Config {
+	return Config{
+		FirecrackerBin: e.bin, KernelPath: e.kernel, RootfsPath: e.rootfs, DataDir: e.dataDir,
+		WorkerID: "w1", ReadyTimeout: 10 * time.Second, StopTimeout: 2 * time.Second,
+	}
+}
+
+func (e *testEnv) backend(t *testing.T, mod func(*Config)) *Backend {
+	t.Helper()
+	cfg := e.config()
+	if mod != nil {
+		mod(&cfg)
+	}
+	b, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Nothing may outlive a test: delete every VM left (kills its process).
+		vms, _ := b.ListVMs(context.Background())
+		for _, v := range vms {
+			_ = b.DeleteVM(context.Background(), v.ID)
+		}
+		_ = b.Close()
+	})
+	return b
+}
+
+// requests returns what the fake of VM id received, and fails the test on any spec violation.
+func (e *testEnv) requests(t *testing.T, id string) []fakeRecord {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.logDir, id+".jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []fakeRecord
+	for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		var r fakeRecord
+		if err := json.Unmarshal(line, &r); err != nil {
+			t.Fatalf("request log: %v", err)
+		}
+		if r.Violation != "" {
+			t.Errorf("request does not conform to the Firecracker API spec: %s", r.Violation)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func writeSparse(t *testing.T, path string, size int64, data map[int64]string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	for off, s := range data {
+		if _, err := f.WriteAt([]byte(s), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func pidGone(pid int) bool {
+	_, gone, err := procStat(pid)
+	return err != nil || gone
+}
+
+// waitGone polls (bounded) until pid has exited.
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !pidGone(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d still runs", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestLifecycle(t *testing.T) {
+	e := newEnv(t, "")
+	b := e.backend(t, nil)
+	ctx := ctxT(t, 60*time.Second)
+	const id = "vm-life"
+
+	inst, err := b.CreateVM(ctx, vmm.VMConfig{ID: id, Name: "My VM", VCPUs: 2, MemoryMB: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inst.State != vmm.StateCreated || inst.WorkerID != "w1" || inst.Image != e.rootfs {
+		t.Fatalf("created instance %+v", inst)
+	}
+	if again, err := b.CreateVM(ctx, vmm.VMConfig{ID: id, VCPUs: 2, MemoryMB: 256}); err != nil || again.ID != id {
+		t.Fatalf("second CreateVM: %v, %+v", err, again)
+	}
+	if err := b.StartVM(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.loadState(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqs := e.requests(t, id)
+	var seq []string
+	for _, r := range reqs {
+		if r.Method != "GET" {
+			seq = append(seq, r.Method+" "+r.Path)
+		}
+		if r.Status >= 300 {
+			t.Errorf("%s %s answered %d", r.Method, r.Path, r.Status)
+		}
+	}
+	want := "PUT /machine-config,PUT /boot-source,PUT /drives/rootfs,PUT /vsock,PUT /actions"
+	if got := strings.Join(seq, ","); got != want {
+		t.Fatalf("API calls %s; want %s", got, want)
+	}
+	var mc machineConfig
+	_ = json.Unmarshal(reqs[len(reqs)-5].Body, &mc)
+	if mc.VCPUCount != 2 || mc.MemSizeMib != 256 {
+		t.Errorf("machine config %+v", mc)
+	}
+	var bs bootSource
+	_ = json.Unmarshal(reqs[len(reqs)-4].Body, &bs)
+	if !strings.Contains(bs.BootArgs, "aetherium.hostname=my-vm -- --init") || !strings.Contains(bs.BootArgs, "reboot=k") {
+		t.Errorf("boot args %q", bs.BootArgs)
+	}
+	var vs vsockDevice
+	_ = json.Unmarshal(reqs[len(reqs)-2].Body, &vs)
+	if vs.GuestCID != st.CID || vs.GuestCID < 3 || vs.UDSPath != st.VsockUDS {
+		t.Errorf("vsock %+v, state cid %d", vs, st.CID)
+	}
+
+	// Starting a running VM only checks the agent.
+	if err := b.StartVM(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.requests(t, id)); n != len(reqs) {
+		t.Errorf("second StartVM sent %d more requests", n-len(reqs))
+	}
+	res, err := b.ExecuteCommand(ctx, id, agent.ExecRequest{Argv: []string{"echo", "hello"}})
+	if err != nil || res.ExitCode != 0 || string(res.Stdout) != "hello\n" {
+		t.Fatalf("exec: %v %+v", err, res)
+	}
+	res, err = b.ExecuteCommand(ctx, id, agent.ExecRequest{Shell: "exit 3"})
+	if err != nil || res.ExitCode != 3 {
+		t.Fatalf("exec exit 3: %v %+v", err, res)
+	}
+	var out bytes.Buffer
+	if res, err := b.ExecuteStream(ctx, id, agent.ExecRequest{Shell: "echo streamed"}, &out, nil); err != nil ||
+		res.ExitCode != 0 || out.String() != "streamed\n" {
+		t.Fatalf("stream: %v %+v %q", err, res, out.String())
+	}
+	if c, err := b.Agent(ctx, id); err != nil {
+		t.Fatal(err)
+	} else if _, err := c.Health(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if inst, err := b.GetVMStatus(ctx, id); err != nil || inst.State != vmm.StateRunning {
+		t.Fatalf("status %v %+v", err, inst)
+	}
+
+	// Pause, resume, snapshot.
+	if err := b.Pause(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Resume(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	snap, mem := filepath.Join(b.vmDir(id), "snap.state"), filepath.Join(b.vmDir(id), "snap.mem")
+	if err := b.CreateSnapshot(ctx, id, snap, mem, SnapshotFull); err != nil {
+		t.Fatal(err)
+	}
+
+	// Stop: the agent powers off.
+	if err := b.StopVM(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, st.PID)
+	if inst, err := b.GetVMStatus(ctx, id); err != nil || inst.State != vmm.StateStopped {
+		t.Fatalf("status after stop %v %+v", err, inst)
+	}
+	if _, err := b.ExecuteCommand(ctx, id, agent.ExecRequest{Argv: []string{"true"}}); !errors.Is(err, vmm.ErrNotRunning) {
+		t.Fatalf("exec in a stopped vm: %v; want ErrNotRunning", err)
+	}
+	if _, err := b.Agent(ctx, id); !errors.Is(err, vmm.ErrNotRunning) {
+		t.Fatalf("Agent of a stopped vm: %v", err)
+	}
+	if err := b.StopVM(ctx, id); err != nil {
+		t.Fatalf("second stop: %v", err)
+	}
+	for _, p := range []string{st.APISock, st.VsockUDS} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("socket %s left after stop: %v", p, err)
+		}
+	}
+
+	// Restore from the snapshot, then run again.
+	if err := b.LoadSnapshot(ctx, id, snap, mem); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := b.ExecuteCommand(ctx, id, agent.ExecRequest{Argv: []string{"true"}}); err != nil || res.ExitCode != 0 {
+		t.Fatalf("exec after restore: %v", err)
+	}
+	e.requests(t, id) // every request so far conforms to the spec
+	st2, _ := b.loadState(id)
+
+	if err := b.DeleteVM(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, st2.PID)
+	if _, err := os.Stat(b.vmDir(id)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("vm dir left: %v", err)
+	}
+	if err := b.DeleteVM(ctx, id); err != nil {
+		t.Fatalf("second delete: %v", err)
+	}
+	if _, err := b.GetVMStatus(ctx, id); !errors.Is(err, vmm.ErrNotFound) {
+		t.Fatalf("status of deleted vm: %v", err)
+	}
+	if _, err := b.ExecuteCommand(ctx, id, agent.ExecRequest{Argv: []string{"true"}}); !errors.Is(err, vmm.ErrNotFound) {
+		t.Fatalf("exec in deleted vm: %v", err)
+	}
+}
+
+func TestCreateInvalid(t *testing.T) {
+	e := newEnv(t, "")
+	b := e.backend(t, nil)
+	ctx := ctxT(t, 10*time.Second)
+	for _, cfg := range []vmm.VMConfig{
+		{ID: "a", VCPUs: 3}, {ID: "a", VCPUs: 34}, {ID: "a", MemoryMB: 8},
+		{ID: "a", Image: "relative.ext4"}, {ID: "a", Image: "/nonexistent.ext4"},
+	} {
+		if _, err := b.CreateVM(ctx, cfg); !errors.Is(err, vmm.ErrInvalidConfig) {
+			t.Errorf("CreateVM(%+v): %v; want ErrInvalidConfig", cfg, err)
+		}
+	}
+	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: "../x"}); err == nil {
+		t.Error("a path as id was accepted")
+	}
+	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: "b", WorkerID: "other"}); err == nil {
+		t.Error("a vm of another worker was accepted")
+	}
+	if err := b.StartVM(ctx, "nope"); !errors.Is(err, vmm.ErrNotFound) {
+		t.Errorf("start missing: %v", err)
+	}
+}
+
+func TestStartNeverReady(t *testing.T) {
+	e := newEnv(t, "noagent")
+	b := e.backend(t, func(c *Config) { c.ReadyTimeout = 1 * time.Second })
+	ctx := ctxT(t, 30*time.Second)
+	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: "vm-dead"}); err != nil {
+		t.Fatal(err)
+	}
+	err := b.StartVM(ctx, "vm-dead")
+	if err == nil || !strings.Contains(err.Error(), "Kernel panic - not syncing") ||
+		!strings.Contains(err.Error(), "not ready within 1s") {
+		t.Fatalf("StartVM of a guest that never answers: %v; want the console tail and the timeout", err)
+	}
+	st, _ := b.loadState("vm-dead")
+	if st.PID != 0 {
+		t.Fatalf("state still names pid %d", st.PID)
+	}
+	for _, p := range b.procs {
+		if !p.exited() {
+			t.Fatalf("firecracker %d still runs after the failed start", p.pid)
+		}
+	}
+	inst, _ := b.GetVMStatus(ctx, "vm-dead")
+	if inst.State != vmm.StateStopped || !strings.Contains(inst.Detail, "start failed") {
+		t.Fatalf("status %+v", inst)
+	}
+	if _, err := os.Stat(st.APISock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("API socket left: %v", err)
+	}
+	if err := b.DeleteVM(ctx, "vm-dead"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(b.vmDir("vm-dead")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("vm dir left after delete")
+	}
+}
+
+func TestAPIFault(t *testing.T) {
+	e := newEnv(t, "fault:/boot-source")
+	b := e.backend(t, nil)
+	ctx := ctxT(t, 30*time.Second)
+	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: "vm-fault"}); err != nil {
+		t.Fatal(err)
+	}
+	err := b.StartVM(ctx, "vm-fault")
+	var apiErr *APIError
+	if !errors.As(err, &apiErr) || apiErr.Status != 400 || apiErr.Fault != "fake fault on /boot-source" ||
+		!strings.Contains(err.Error(), "PUT /boot-source: 400 Bad Request: fake fault on /boot-source") {
+		t.Fatalf("StartVM: %v; want the fault message", err)
+	}
+	if len(b.procs) != 1 {
+		t.Fatalf("procs %v", b.procs)
+	}
+	for _, p := range b.procs {
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+			t.Fatal("firecracker not killed after a failed start")
+		}
+	}
+}
+
+func TestStopFallbacks(t *testing.T) {
+	for _, tc := range []struct{ modes, want string }{
+		{"nopoweroff", "ctrl-alt-del"},
+		{"nopoweroff,ignore-cad", "killed"},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			e := newEnv(t, tc.modes)
+			b := e.backend(t, func(c *Config) { c.StopTimeout = 2 * time.Second })
+			ctx := ctxT(t, 30*time.Second)
+			if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: "vm-stop"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.StartVM(ctx, "vm-stop"); err != nil {
+				t.Fatal(err)
+			}
+			st, _ := b.loadState("vm-stop")
+			if err := b.StopVM(ctx, "vm-stop"); err != nil {
+				t.Fatal(err)
+			}
+			waitGone(t, st.PID)
+			st2, _ := b.loadState("vm-stop")
+			if st2.Detail != "stopped ("+tc.want+")" {
+				t.Fatalf("detail %q; want stopped (%s)", st2.Detail, tc.want)
+			}
+			var cad bool
+			for _, r := range e.requests(t, "vm-stop") {
+				cad = cad || (r.Path == "/actions" && strings.Contains(string(r.Body), "SendCtrlAltDel"))
+			}
+			if !cad {
+				t.Error("no SendCtrlAltDel was sent")
+			}
+		})
+	}
+}
+
+// TestOrphan: a second backend on the same data dir (a restarted worker) finds the VM from its state file and
+// kills the process it did not start; a pid that was reused by another process is never taken for the VM.
+func TestOrphan(t *testing.T) {
+	e := newEnv(t, "")
+	b1 := e.backend(t, nil)
+	ctx := ctxT(t, 30*time.Second)
+	if _, err := b1.CreateVM(ctx, vmm.VMConfig{ID: "vm-orphan"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b1.StartVM(ctx, "vm-orphan"); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := b1.loadState("vm-orphan")
+
+	b2 := e.backend(t, nil)
+	vms, err := b2.ListVMs(ctx)
+	if err != nil || len(vms) != 1 || vms[0].State != vmm.StateRunning {
+		t.Fatalf("ListVMs after restart: %v %+v", err, vms)
+	}
+	if res, err := b2.ExecuteCommand(ctx, "vm-orphan", agent.ExecRequest{Argv: []string{"true"}}); err != nil || res.ExitCode != 0 {
+		t.Fatalf("exec through the adopted vm: %v", err)
+	}
+	other := e.backend(t, func(c *Config) { c.WorkerID = "w2" })
+	if vms, _ := other.ListVMs(ctx); len(vms) != 0 {
+		t.Fatalf("another worker lists %+v", vms)
+	}
+	if err := b2.DeleteVM(ctx, "vm-orphan"); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, st.PID)
+
+	// Pid reuse: a state file naming a live process that is not this VM's firecracker.
+	if _, err := b2.CreateVM(ctx, vmm.VMConfig{ID: "vm-reuse"}); err != nil {
+		t.Fatal(err)
+	}
+	st3, _ := b2.loadState("vm-reuse")
+	st3.PID, st3.Started = os.Getpid(), true
+	st3.PIDStart, _, _ = procStat(os.Getpid())
+	if err := b2.saveState(st3); err != nil {
+		t.Fatal(err)
+	}
+	if inst, _ := b2.GetVMStatus(ctx, "vm-reuse"); inst.State != vmm.StateStopped {
+		t.Fatalf("a reused pid counts as the vm: %+v", inst)
+	}
+	if err := b2.DeleteVM(ctx, "vm-reuse"); err != nil { // must not kill the test process
+		t.Fatal(err)
+	}
+}
+
+// testWorkerMain is a worker process for TestPdeathsig: it starts a VM with the fake and reports its pid.
+func testWorkerMain() int {
+	var cfg Config
+	if err := json.Unmarshal([]byte(os.Getenv("AE_FC_TEST_WORKER")), &cfg); err != nil {
+		fmt.Println("ERR", err)
+		return 1
+	}
+	ctx := context.Background()
+	b, err := New(ctx, cfg)
+	if err == nil {
+		_, err = b.CreateVM(ctx, vmm.VMConfig{ID: "vm-pdeath"})
+	}
+	if err == nil {
+		err = b.StartVM(ctx, "vm-pdeath")
+	}
+	if err != nil {
+		fmt.Println("ERR", err)
+		return 1
+	}
+	st, _ := b.loadState("vm-pdeath")
+	fmt.Println("READY", st.PID)
+	select {} // until killed
+}
+
+// TestPdeathsig: a worker killed with SIGKILL takes its firecracker processes with it, and a new worker finds
+// the VM stopped and cleans it up.
+func TestPdeathsig(t *testing.T) {
+	e := newEnv(t, "")
+	cfg := e.config()
+	cfgJSON, _ := json.Marshal(cfg)
+	self, _ := os.Executable()
+	cmd := exec.Command(self, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "AE_FC_TEST_WORKER="+string(cfgJSON))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "READY ") {
+		t.Fatalf("worker: %q %v", line, err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "READY ")))
+	if pid <= 0 || pidGone(pid) {
+		t.Fatalf("firecracker pid %d not running", pid)
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	waitGone(t, pid)
+
+	b := e.backend(t, nil)
+	ctx := ctxT(t, 10*time.Second)
+	inst, err := b.GetVMStatus(ctx, "vm-pdeath")
+	if err != nil || inst.State != vmm.StateStopped {
+		t.Fatalf("after the worker died: %v %+v", err, inst)
+	}
+	if err := b.DeleteVM(ctx, "vm-pdeath"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCloneDisk(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "tmpl"), filepath.Join(dir, "clone")
+	const size = 64 << 20
+	writeSparse(t, src, size, map[int64]string{0: "boot", 5 << 20: "middle", size - 4: "end!"})
+	method, err := cloneDisk(src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("clone method: %s", method)
+	a, _ := os.ReadFile(src)
+	b, _ := os.ReadFile(dst)
+	if !bytes.Equal(a, b) {
+		t.Fatal("clone differs from the template")
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dst, &st); err != nil {
+		t.Fatal(err)
+	}
+	if method == CloneSparse && st.Blocks*512 > 1<<20 {
+		t.Errorf("sparse clone allocates %d bytes for 12 bytes of data", st.Blocks*512)
+	}
+	// Writing to the clone leaves the template alone.
+	f, err := os.OpenFile(dst, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("CHANGED"), 5<<20); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+	if a2, _ := os.ReadFile(src); !bytes.Equal(a, a2) {
+		t.Fatal("writing to the clone changed the template")
+	}
+	if _, err := cloneDisk(src, dst); err == nil {
+		t.Fatal("clone over an existing disk succeeded")
+	}
+	if _, err := cloneDisk(filepath.Join(dir, "missing"), filepath.Join(dir, "x")); err == nil {
+		t.Fatal("clone of a missing template succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "x")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("failed clone left a file")
+	}
+}
+
+// TestCIDs: concurrent creates (two backends on one data dir, as two workers of one host) never share a CID,
+// and a CID is free again only once its VM is deleted.
+func TestCIDs(t *testing.T) {
+	e := newEnv(t, "")
+	b1, b2 := e.backend(t, nil), e.backend(t, nil)
+	ctx := ctxT(t, 30*time.Second)
+	const n = 12
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b := b1
+			if i%2 == 1 {
+				b = b2
+			}
+			_, err := b.CreateVM(ctx, vmm.VMConfig{ID: fmt.Sprintf("vm-%d", i)})
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[uint32]string{}
+	for i := range n {
+		st, err := b1.loadState(fmt.Sprintf("vm-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.CID < DefaultFirstCID {
+			t.Errorf("%s has reserved CID %d", st.ID, st.CID)
+		}
+		if other, dup := seen[st.CID]; dup {
+			t.Errorf("%s and %s share CID %d", st.ID, other, st.CID)
+		}
+		seen[st.CID] = st.ID
+	}
+	freed, _ := b1.loadState("vm-4")
+	if err := b1.DeleteVM(ctx, "vm-4"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b1.CreateVM(ctx, vmm.VMConfig{ID: "vm-new"}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := b1.loadState("vm-new")
+	if st.CID != freed.CID {
+		t.Errorf("new vm got CID %d; want the freed %d", st.CID, freed.CID)
+	}
+}
+
+// TestIntegrationFirecracker boots a real guest. It needs AETHERIUM_FIRECRACKER_BIN, a working /dev/kvm, and
+// AETHERIUM_FIRECRACKER_KERNEL and AETHERIUM_FIRECRACKER_ROOTFS (a rootfs with the agent at /sbin/aetherium-agent).
+func TestIntegrationFirecracker(t *testing.T) {
+	bin := os.Getenv("AETHERIUM_FIRECRACKER_BIN")
+	if bin == "" {
+		t.Skip("SKIPPING real Firecracker test: AETHERIUM_FIRECRACKER_BIN is not set (Firecracker cannot be obtained on this machine)")
+	}
+	if err := KVMAvailable(); err != nil {
+		t.Skipf("SKIPPING real Firecracker test: /dev/kvm does not work: %v", err)
+	}
+	kernel, rootfs := os.Getenv("AETHERIUM_FIRECRACKER_KERNEL"), os.Getenv("AETHERIUM_FIRECRACKER_ROOTFS")
+	if kernel == "" || rootfs == "" {
+		t.Fatal("AETHERIUM_FIRECRACKER_KERNEL and AETHERIUM_FIRECRACKER_ROOTFS must be set with AETHERIUM_FIRECRACKER_BIN")
+	}
+	dir, err := os.MkdirTemp("", "fcreal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	b, err := New(context.Background(), Config{FirecrackerBin: bin, KernelPath: kernel, RootfsPath: rootfs,
+		DataDir: dir, WorkerID: "w1", ReadyTimeout: 60 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := ctxT(t, 120*time.Second)
+	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: "real", VCPUs: 1, MemoryMB: 256}); err != nil {
+		t.Fatal(err)
+	}
+	defer b.DeleteVM(context.Background(), "real") //nolint:errcheck
+	if err := b.StartVM(ctx, "real"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.ExecuteCommand(ctx, "real", agent.ExecRequest{Argv: []string{"uname", "-a"}})
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("uname: %v %+v", err, res)
+	}
+	t.Logf("guest: %s", res.Stdout)
+	if err := b.StopVM(ctx, "real"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,723 @@
+//go:build linux
+
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/aetherium/aetherium/internal/agent"
+	agentclient "github.com/aetherium/aetherium/internal/agent/client"
+	"github.com/aetherium/aetherium/internal/agent/transport"
+	"github.com/aetherium/aetherium/internal/vmm"
+)
+
+// Limits of Firecracker's machine configuration (vcpu_count 1..32, 1 or even) and the defaults used for zero.
+const (
+	maxVCPUs        = 32
+	defaultVCPUs    = 1
+	defaultMemoryMB = 512
+	minMemoryMB     = 32
+)
+
+// consoleTailBytes is how much of the console log goes into StartVM's error.
+const consoleTailBytes = 4 << 10
+
+// apiReadyTimeout bounds how long a new firecracker process may take to answer on its API socket.
+const apiReadyTimeout = 5 * time.Second
+
+// CreateVM clones the root filesystem template into the VM's disk and records the VM with a fresh guest CID,
+// without starting anything. Creating a VM that exists returns it.
+func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance, error) {
+	if err := checkID(cfg.ID); err != nil {
+		return nil, err
+	}
+	workerID := b.cfg.WorkerID
+	if cfg.WorkerID != "" {
+		if workerID != "" && cfg.WorkerID != workerID {
+			return nil, fmt.Errorf("firecracker backend: vm %s belongs to worker %q, this backend is worker %q",
+				cfg.ID, cfg.WorkerID, workerID)
+		}
+		workerID = cfg.WorkerID
+	}
+	vcpus, mem := cfg.VCPUs, cfg.MemoryMB
+	if vcpus == 0 {
+		vcpus = defaultVCPUs
+	}
+	if mem == 0 {
+		mem = defaultMemoryMB
+	}
+	if vcpus < 1 || vcpus > maxVCPUs || (vcpus > 1 && vcpus%2 != 0) {
+		return nil, fmt.Errorf("%w: firecracker vm %s: vcpus must be 1 or an even number up to %d (got %d)",
+			vmm.ErrInvalidConfig, cfg.ID, maxVCPUs, cfg.VCPUs)
+	}
+	if mem < minMemoryMB {
+		return nil, fmt.Errorf("%w: firecracker vm %s: memory_mb must be at least %d (got %d)",
+			vmm.ErrInvalidConfig, cfg.ID, minMemoryMB, cfg.MemoryMB)
+	}
+	unlock := b.lockVM(cfg.ID)
+	defer unlock()
+
+	if st, err := b.loadState(cfg.ID); err == nil {
+		if st.WorkerID != workerID {
+			return nil, fmt.Errorf("firecracker backend: vm %s already exists for worker %q", cfg.ID, st.WorkerID)
+		}
+		return b.instance(st), nil
+	} else if !errors.Is(err, vmm.ErrNotFound) {
+		return nil, err
+	}
+
+	template, err := b.resolveImage(cfg.Image)
+	if err != nil {
+		return nil, fmt.Errorf("firecracker backend: create vm %s: %w", cfg.ID, err)
+	}
+	st := &vmState{
+		ID: cfg.ID, Name: cfg.Name, WorkerID: workerID, Image: template,
+		VCPUs: vcpus, MemoryMB: mem, CreatedAt: time.Now().UTC(),
+	}
+	dir := b.vmDir(cfg.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("firecracker backend: create directory of vm %s: %w", cfg.ID, err)
+	}
+	fail := func(err error) (*vmm.Instance, error) {
+		_ = os.RemoveAll(dir)
+		if st.ChrootDir != "" {
+			_ = os.RemoveAll(st.ChrootDir)
+		}
+		return nil, fmt.Errorf("firecracker backend: create vm %s: %w", cfg.ID, err)
+	}
+	root := dir
+	if b.cfg.JailerBin != "" {
+		st.ChrootDir = filepath.Join(b.cfg.JailerChrootBase, filepath.Base(b.cfg.FirecrackerBin), cfg.ID)
+		root = filepath.Join(st.ChrootDir, "root")
+		if err := b.prepareChroot(root); err != nil {
+			return fail(err)
+		}
+	}
+	st.APISock = filepath.Join(root, apiSockName)
+	st.VsockUDS = filepath.Join(root, vsockName)
+	st.Disk = filepath.Join(root, diskName)
+	if len(st.VsockUDS) > maxSunPath || len(st.APISock) > maxSunPath {
+		return fail(fmt.Errorf("socket path %q is over the %d-byte Unix socket limit: use a shorter DataDir or "+
+			"chroot base", st.VsockUDS, maxSunPath))
+	}
+	// A disk left by an attempt that died before writing the state file is not trusted: clone again.
+	if err := os.Remove(st.Disk); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fail(err)
+	}
+	method, err := cloneDisk(template, st.Disk)
+	if err != nil {
+		return fail(err)
+	}
+	if b.cfg.JailerBin != "" {
+		if err := os.Chown(st.Disk, b.cfg.JailerUID, b.cfg.JailerGID); err != nil {
+			return fail(fmt.Errorf("chown disk for the jailer: %w", err))
+		}
+	}
+	// The state file is written last (with the CID): it is what makes the VM exist.
+	if err := b.allocateCID(st); err != nil {
+		return fail(err)
+	}
+	b.log.Info("vm created", "vm_id", cfg.ID, "template", template, "clone", method, "cid", st.CID,
+		"vcpus", vcpus, "memory_mb", mem)
+	return b.instance(st), nil
+}
+
+// prepareChroot makes the jail's root directory and puts the kernel in it (a hard link when on the same
+// filesystem, else a copy): the jailed firecracker sees nothing outside.
+func (b *Backend) prepareChroot(root string) error {
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return fmt.Errorf("create chroot: %w", err)
+	}
+	kernel := filepath.Join(root, kernelName)
+	_ = os.Remove(kernel)
+	if err := os.Link(b.cfg.KernelPath, kernel); err != nil {
+		if _, err := cloneDisk(b.cfg.KernelPath, kernel); err != nil {
+			return fmt.Errorf("put kernel in chroot: %w", err)
+		}
+		if err := os.Chmod(kernel, 0o444); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// resolveImage returns the template for a VMConfig.Image: empty means RootfsPath; an absolute path names a file.
+func (b *Backend) resolveImage(img string) (string, error) {
+	if img == "" {
+		img = b.cfg.RootfsPath
+	}
+	if img == "" {
+		return "", fmt.Errorf("%w: no image given and no default RootfsPath configured", vmm.ErrInvalidConfig)
+	}
+	if !filepath.IsAbs(img) {
+		return "", fmt.Errorf("%w: image %q: want the absolute path of a root filesystem template", vmm.ErrInvalidConfig, img)
+	}
+	st, err := os.Stat(img)
+	if err != nil {
+		return "", fmt.Errorf("%w: image %q: %w", vmm.ErrInvalidConfig, img, err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%w: image %q is not a regular file", vmm.ErrInvalidConfig, img)
+	}
+	return img, nil
+}
+
+// fcPath is how firecracker names a host path: inside the jail, relative to its root.
+func (b *Backend) fcPath(st *vmState, host string) (string, error) {
+	if st.ChrootDir == "" {
+		return host, nil
+	}
+	root := filepath.Join(st.ChrootDir, "root")
+	rel, err := filepath.Rel(root, host)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", fmt.Errorf("%s is outside the jail %s: firecracker cannot reach it", host, root)
+	}
+	return "/" + rel, nil
+}
+
+// kernelArgs returns the guest's command line, with its hostname option before init's arguments.
+func (b *Backend) kernelArgs(st *vmState) string {
+	opt := "aetherium.hostname=" + hostname(st.Name, st.ID)
+	args := b.cfg.KernelArgs
+	if i := strings.Index(args, " -- "); i >= 0 {
+		return args[:i] + " " + opt + args[i:]
+	}
+	if strings.HasSuffix(args, " --") {
+		return strings.TrimSuffix(args, " --") + " " + opt + " --"
+	}
+	return args + " " + opt
+}
+
+// StartVM boots the VM and returns once its agent answers. A guest that does not become ready within
+// ReadyTimeout (or whose firecracker exits) fails with the tail of its console log, and its process is killed.
+func (b *Backend) StartVM(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	return b.boot(ctx, id, "start", b.configure)
+}
+
+// configure sends the pre-boot configuration and InstanceStart.
+func (b *Backend) configure(ctx context.Context, st *vmState, api *apiClient) error {
+	kernel := b.cfg.KernelPath
+	if st.ChrootDir != "" {
+		kernel = filepath.Join(st.ChrootDir, "root", kernelName)
+	}
+	paths := map[string]*string{"kernel": &kernel, "disk": new(string), "vsock": new(string)}
+	*paths["disk"], *paths["vsock"] = st.Disk, st.VsockUDS
+	for what, p := range paths {
+		fp, err := b.fcPath(st, *p)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		*p = fp
+	}
+	if b.cfg.FirecrackerLogLevel != "" {
+		logPath := filepath.Join(filepath.Dir(st.APISock), fcLogFile)
+		// Firecracker opens the log for appending; it must exist.
+		f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("create firecracker log: %w", err)
+		}
+		_ = f.Close()
+		if st.ChrootDir != "" {
+			_ = os.Chown(logPath, b.cfg.JailerUID, b.cfg.JailerGID)
+		}
+		fp, err := b.fcPath(st, logPath)
+		if err != nil {
+			return err
+		}
+		if err := api.call(ctx, http.MethodPut, "/logger", logger{LogPath: fp, Level: b.cfg.FirecrackerLogLevel,
+			ShowLevel: true}); err != nil {
+			return err
+		}
+	}
+	steps := []struct {
+		path string
+		body any
+	}{
+		{"/machine-config", machineConfig{VCPUCount: st.VCPUs, MemSizeMib: st.MemoryMB}},
+		{"/boot-source", bootSource{KernelImagePath: kernel, BootArgs: b.kernelArgs(st)}},
+		{"/drives/rootfs", drive{DriveID: "rootfs", PathOnHost: *paths["disk"], IsRootDevice: true}},
+		{"/vsock", vsockDevice{GuestCID: st.CID, UDSPath: *paths["vsock"]}},
+		{"/actions", instanceAction{ActionType: "InstanceStart"}},
+	}
+	for _, s := range steps {
+		if err := api.call(ctx, http.MethodPut, s.path, s.body); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// boot launches firecracker for VM id, runs setup over its API (a fresh boot, or a snapshot load) and waits
+// for the agent. On any failure the process is killed and its sockets removed.
+func (b *Backend) boot(ctx context.Context, id, what string, setup func(context.Context, *vmState, *apiClient) error) error {
+	unlock := b.lockVM(id)
+	defer unlock()
+	st, err := b.loadState(id)
+	if err != nil {
+		return err
+	}
+	if b.alive(st) {
+		// Already started (a retried task): make sure the agent answers.
+		readyCtx, cancel := context.WithTimeout(ctx, b.cfg.ReadyTimeout)
+		defer cancel()
+		if _, err := b.agentFor(st).WaitReady(readyCtx); err != nil {
+			return fmt.Errorf("firecracker backend: %s vm %s: running, but its agent does not answer: %w", what, id, err)
+		}
+		return nil
+	}
+	b.closeAgent(id)
+	if err := removeSockets(st); err != nil {
+		return fmt.Errorf("firecracker backend: %s vm %s: %w", what, id, err)
+	}
+	consolePath := filepath.Join(b.vmDir(id), consoleFile)
+	console, err := os.OpenFile(consolePath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("firecracker backend: %s vm %s: open console log: %w", what, id, err)
+	}
+	fmt.Fprintf(console, "\n--- aetherium: %s at %s ---\n", what, time.Now().UTC().Format(time.RFC3339Nano))
+	start := time.Now()
+	p, err := b.launch(st, console)
+	_ = console.Close() // the child has its own descriptor
+	if err != nil {
+		return fmt.Errorf("firecracker backend: %s vm %s: %w", what, id, err)
+	}
+	b.mu.Lock()
+	b.procs[id] = p
+	b.mu.Unlock()
+	st.PID, st.Started, st.Detail = p.pid, true, ""
+	if st.PIDStart, _, err = procStat(p.pid); err != nil && !p.exited() {
+		b.log.Warn("read start time of firecracker", "vm_id", id, "pid", p.pid, "err", err)
+	}
+	if err := b.saveState(st); err != nil {
+		return b.bootFailure(ctx, st, what, err)
+	}
+
+	// Everything below stops early if firecracker exits.
+	bootCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-p.done:
+			cancel(errors.New(p.exitDetail()))
+		case <-bootCtx.Done():
+		}
+	}()
+	api := newAPIClient(st.APISock)
+	defer api.http.CloseIdleConnections()
+	if err := waitAPI(bootCtx, api); err != nil {
+		return b.bootFailure(ctx, st, what, fmt.Errorf("API socket: %w", causeOr(bootCtx, err)))
+	}
+	if err := setup(bootCtx, st, api); err != nil {
+		return b.bootFailure(ctx, st, what, causeOr(bootCtx, err))
+	}
+	readyCtx, cancelReady := context.WithTimeout(bootCtx, b.cfg.ReadyTimeout)
+	defer cancelReady()
+	info, err := b.agentFor(st).WaitReady(readyCtx)
+	if err != nil {
+		if c := context.Cause(bootCtx); c != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w (agent: %w)", c, err)
+		} else if ctx.Err() == nil {
+			err = fmt.Errorf("agent not ready within %s: %w", b.cfg.ReadyTimeout, err)
+		} else {
+			err = fmt.Errorf("agent not ready before the caller's deadline: %w", err)
+		}
+		return b.bootFailure(ctx, st, what, err)
+	}
+	b.log.Info("vm started", "vm_id", id, "how", what, "agent_version", info.Version,
+		"ready_in", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// causeOr prefers the reason bootCtx was cancelled (firecracker exited) over the error it caused.
+func causeOr(ctx context.Context, err error) error {
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) && !errors.Is(c, context.DeadlineExceeded) {
+		return fmt.Errorf("%w (%w)", c, err)
+	}
+	return err
+}
+
+// bootFailure kills what boot started and explains, with the console's last output.
+func (b *Backend) bootFailure(ctx context.Context, st *vmState, what string, cause error) error {
+	b.closeAgent(st.ID)
+	if err := b.kill(ctx, st); err != nil {
+		b.log.Warn("kill firecracker after failed start", "vm_id", st.ID, "err", err)
+	}
+	if err := removeSockets(st); err != nil {
+		b.log.Warn("remove sockets after failed start", "vm_id", st.ID, "err", err)
+	}
+	st.PID, st.PIDStart, st.Detail = 0, 0, what+" failed: "+cause.Error()
+	if err := b.saveState(st); err != nil {
+		b.log.Warn("save state after failed start", "vm_id", st.ID, "err", err)
+	}
+	return fmt.Errorf("firecracker backend: %s vm %s: %w; console:\n%s", what, st.ID, cause,
+		consoleTail(filepath.Join(b.vmDir(st.ID), consoleFile)))
+}
+
+// waitAPI polls the API socket until firecracker answers.
+func waitAPI(ctx context.Context, api *apiClient) error {
+	ctx, cancel := context.WithTimeout(ctx, apiReadyTimeout)
+	defer cancel()
+	var last error
+	for delay := 2 * time.Millisecond; ; delay = min(delay*2, 100*time.Millisecond) {
+		if last = api.ready(ctx); last == nil {
+			return nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("no answer on %s: %w (last: %w)", api.sock, ctx.Err(), last)
+		case <-t.C:
+		}
+	}
+}
+
+func removeSockets(st *vmState) error {
+	for _, p := range []string{st.APISock, st.VsockUDS} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	return nil
+}
+
+// consoleTail returns the end of the console log (whole lines), or a note saying why not.
+func consoleTail(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(console log unavailable: %v)", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Sprintf("(console log unavailable: %v)", err)
+	}
+	off := max(0, st.Size()-consoleTailBytes)
+	data, err := io.ReadAll(io.NewSectionReader(f, off, st.Size()-off))
+	if err != nil {
+		return fmt.Sprintf("(reading console log: %v)", err)
+	}
+	s := string(data)
+	if off > 0 {
+		if i := strings.IndexByte(s, '\n'); i >= 0 {
+			s = s[i+1:]
+		}
+	}
+	s = strings.TrimRight(s, "\n")
+	if strings.TrimSpace(s) == "" {
+		return "(no output)"
+	}
+	return s
+}
+
+// StopVM stops the guest: the agent powers it off; if firecracker is still there after StopTimeout, Ctrl-Alt-Del
+// (the guest reboots, and with reboot=k firecracker exits); then SIGKILL. Stopping a stopped VM succeeds.
+func (b *Backend) StopVM(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	unlock := b.lockVM(id)
+	defer unlock()
+	st, err := b.loadState(id)
+	if err != nil {
+		return err
+	}
+	how, err := b.stop(ctx, st)
+	if err != nil {
+		return fmt.Errorf("firecracker backend: stop vm %s: %w", id, err)
+	}
+	b.log.Info("vm stopped", "vm_id", id, "how", how)
+	return nil
+}
+
+func (b *Backend) stop(ctx context.Context, st *vmState) (string, error) {
+	defer b.closeAgent(st.ID)
+	how := "already stopped"
+	if b.alive(st) {
+		how = b.shutdown(ctx, st)
+	}
+	if err := removeSockets(st); err != nil {
+		return how, err
+	}
+	if st.PID != 0 {
+		st.PID, st.PIDStart, st.Detail = 0, 0, "stopped ("+how+")"
+		if err := b.saveState(st); err != nil {
+			return how, err
+		}
+	}
+	return how, nil
+}
+
+// shutdown tries each way of stopping the guest in turn, and says which one worked.
+func (b *Backend) shutdown(ctx context.Context, st *vmState) string {
+	step := func(name string, fn func(context.Context) error) bool {
+		sctx, cancel := context.WithTimeout(ctx, b.cfg.StopTimeout)
+		defer cancel()
+		if err := fn(sctx); err != nil {
+			b.log.Debug("stop step failed", "vm_id", st.ID, "step", name, "err", err)
+			return false
+		}
+		return b.waitExit(sctx, st) == nil
+	}
+	if step("agent power-off", func(ctx context.Context) error { return b.agentFor(st).PowerOff(ctx) }) {
+		return "agent power-off"
+	}
+	api := newAPIClient(st.APISock)
+	defer api.http.CloseIdleConnections()
+	if step("ctrl-alt-del", func(ctx context.Context) error {
+		return api.call(ctx, http.MethodPut, "/actions", instanceAction{ActionType: "SendCtrlAltDel"})
+	}) {
+		return "ctrl-alt-del"
+	}
+	if err := b.kill(ctx, st); err != nil {
+		b.log.Warn("kill firecracker", "vm_id", st.ID, "err", err)
+	}
+	return "killed"
+}
+
+// DeleteVM kills the VM's firecracker (a worker's orphan too, found by the pid in the state file) and removes
+// its directory, disk, sockets and jail. Deleting a missing VM succeeds.
+func (b *Backend) DeleteVM(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	unlock := b.lockVM(id)
+	defer unlock()
+	b.closeAgent(id)
+	st, err := b.loadState(id)
+	switch {
+	case errors.Is(err, vmm.ErrNotFound):
+	case err != nil:
+		return err
+	default:
+		if err := b.kill(ctx, st); err != nil {
+			return fmt.Errorf("firecracker backend: delete vm %s: %w", id, err)
+		}
+		if st.ChrootDir != "" {
+			if err := os.RemoveAll(st.ChrootDir); err != nil {
+				return fmt.Errorf("firecracker backend: remove jail of vm %s: %w", id, err)
+			}
+		}
+	}
+	if err := os.RemoveAll(b.vmDir(id)); err != nil {
+		return fmt.Errorf("firecracker backend: remove directory of vm %s: %w", id, err)
+	}
+	b.mu.Lock()
+	delete(b.procs, id)
+	b.mu.Unlock()
+	b.log.Info("vm deleted", "vm_id", id)
+	return nil
+}
+
+// GetVMStatus reports the VM's state from its state file and its process.
+func (b *Backend) GetVMStatus(_ context.Context, id string) (*vmm.Instance, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	st, err := b.loadState(id)
+	if err != nil {
+		return nil, err
+	}
+	return b.instance(st), nil
+}
+
+// ListVMs lists this worker's VMs, from their state files.
+func (b *Backend) ListVMs(context.Context) ([]*vmm.Instance, error) {
+	states, err := b.allStates()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*vmm.Instance, 0, len(states))
+	for _, st := range states {
+		if st.WorkerID == b.cfg.WorkerID {
+			out = append(out, b.instance(st))
+		}
+	}
+	return out, nil
+}
+
+func (b *Backend) instance(st *vmState) *vmm.Instance {
+	inst := &vmm.Instance{
+		ID: st.ID, Name: st.Name, WorkerID: st.WorkerID, Image: st.Image, SocketPath: st.VsockUDS,
+	}
+	switch {
+	case b.alive(st):
+		inst.State = vmm.StateRunning
+	case !st.Started:
+		inst.State = vmm.StateCreated
+	default:
+		inst.State = vmm.StateStopped
+		inst.Detail = st.Detail
+		b.mu.Lock()
+		p := b.procs[st.ID]
+		b.mu.Unlock()
+		switch {
+		case p != nil && p.pid == st.PID && p.exited():
+			inst.Detail = p.exitDetail()
+		case st.PID != 0:
+			inst.Detail = "firecracker process is gone"
+		}
+	}
+	return inst
+}
+
+// ExecuteCommand runs one command through the VM's agent. Errors are as for the docker backend: vmm.ErrNotFound
+// or vmm.ErrNotRunning when the VM is missing or stopped, otherwise a wrapped agent client error.
+func (b *Backend) ExecuteCommand(ctx context.Context, id string, req agent.ExecRequest) (*agent.ExecResult, error) {
+	c, err := b.cachedAgent(id)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.Exec(ctx, req)
+	if errors.Is(err, agentclient.ErrClosed) && ctx.Err() == nil {
+		if c, err = b.cachedAgent(id); err != nil {
+			return nil, err
+		}
+		res, err = c.Exec(ctx, req)
+	}
+	if err == nil {
+		return res, nil
+	}
+	return nil, b.execError(ctx, id, err)
+}
+
+// ExecuteStream is ExecuteCommand with output copied to the writers as it comes.
+func (b *Backend) ExecuteStream(ctx context.Context, id string, req agent.ExecRequest, stdout, stderr io.Writer) (*agent.ExecResult, error) {
+	c, err := b.cachedAgent(id)
+	if err != nil {
+		return nil, err
+	}
+	out, errOut := &countingWriter{w: stdout}, &countingWriter{w: stderr}
+	res, err := c.ExecStream(ctx, req, out, errOut)
+	if errors.Is(err, agentclient.ErrClosed) && ctx.Err() == nil && out.n == 0 && errOut.n == 0 {
+		if c, err = b.cachedAgent(id); err != nil {
+			return nil, err
+		}
+		res, err = c.ExecStream(ctx, req, out, errOut)
+	}
+	if err == nil {
+		return res, nil
+	}
+	return nil, b.execError(ctx, id, err)
+}
+
+// Agent returns the VM's cached agent client once its firecracker is known to run.
+func (b *Backend) Agent(_ context.Context, id string) (*agentclient.Client, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	st, err := b.loadState(id)
+	if err != nil {
+		return nil, err
+	}
+	if !b.alive(st) {
+		return nil, fmt.Errorf("%w: vm %s is %s", vmm.ErrNotRunning, id, b.instance(st).State)
+	}
+	return b.agentFor(st), nil
+}
+
+// cachedAgent returns the cached client, reading the state file only when there is none yet.
+func (b *Backend) cachedAgent(id string) (*agentclient.Client, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	c, ok := b.agents[id]
+	b.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	st, err := b.loadState(id)
+	if err != nil {
+		return nil, err
+	}
+	return b.agentFor(st), nil
+}
+
+func (b *Backend) execError(ctx context.Context, id string, err error) error {
+	if (errors.Is(err, agentclient.ErrUnavailable) || errors.Is(err, agentclient.ErrClosed)) && ctx.Err() == nil {
+		st, serr := b.loadState(id)
+		if serr != nil {
+			b.closeAgent(id)
+			return fmt.Errorf("firecracker backend: exec in vm %s: %w (agent: %v)", id, serr, err)
+		}
+		if !b.alive(st) {
+			b.closeAgent(id)
+			return fmt.Errorf("firecracker backend: exec in vm %s: %w (%s)", id, vmm.ErrNotRunning,
+				b.instance(st).State)
+		}
+	}
+	return fmt.Errorf("firecracker backend: exec in vm %s: %w", id, err)
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	if c.w == nil {
+		return len(p), nil
+	}
+	return c.w.Write(p)
+}
+
+// agentFor returns the cached agent client of VM st, making one if needed.
+func (b *Backend) agentFor(st *vmState) *agentclient.Client {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if c, ok := b.agents[st.ID]; ok {
+		return c
+	}
+	c := agentclient.New(transport.FirecrackerVsock(st.VsockUDS, b.cfg.AgentPort))
+	if b.closed {
+		_ = c.Close()
+		return c
+	}
+	b.agents[st.ID] = c
+	return c
+}
+
+func (b *Backend) closeAgent(id string) {
+	b.mu.Lock()
+	c := b.agents[id]
+	delete(b.agents, id)
+	b.mu.Unlock()
+	if c != nil {
+		_ = c.Close()
+	}
+}
+
+// hostname turns a VM name into a valid host name (RFC 1123 label), falling back to one made from the id.
+func hostname(name, id string) string {
+	var sb strings.Builder
+	for _, r := range strings.ToLower(name) {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+			sb.WriteRune(r)
+		case sb.Len() > 0 && !strings.HasSuffix(sb.String(), "-"):
+			sb.WriteByte('-')
+		}
+	}
+	h := strings.Trim(sb.String(), "-")
+	if len(h) > 63 {
+		h = strings.TrimRight(h[:63], "-")
+	}
+	if h == "" {
+		h = strings.TrimRight("vm-"+strings.ToLower(id[:min(8, len(id))]), "-")
+	}
+	return h
+}
