@@ -22,24 +22,29 @@ import (
 
 // Config is the validated configuration of every server role.
 type Config struct {
-	DataDir     string        `yaml:"data_dir"`
-	Listen      string        `yaml:"listen"`
-	DatabaseURL string        `yaml:"database_url"`
-	RedisURL    string        `yaml:"redis_url"`
-	AutoMigrate bool          `yaml:"auto_migrate"`
-	LogLevel    string        `yaml:"log_level"`
-	LogFormat   string        `yaml:"log_format"`
-	WorkerID    string        `yaml:"worker_id"`
-	Concurrency int           `yaml:"concurrency"`
-	Backend     string        `yaml:"backend"`
-	AgentBinary string        `yaml:"agent_binary"`
-	Busybox     string        `yaml:"busybox"`
-	DockerImage string        `yaml:"docker_image"`
-	DockerNet   string        `yaml:"docker_network"`
-	ReadyWait   time.Duration `yaml:"ready_timeout"`
-	MaxOutput   int           `yaml:"max_output_bytes"`
-	MaxRetries  int           `yaml:"max_retries"`
-	ShutdownFor time.Duration `yaml:"shutdown_timeout"`
+	DataDir     string `yaml:"data_dir"`
+	Listen      string `yaml:"listen"`
+	DatabaseURL string `yaml:"database_url"`
+	RedisURL    string `yaml:"redis_url"`
+	AutoMigrate bool   `yaml:"auto_migrate"`
+	LogLevel    string `yaml:"log_level"`
+	LogFormat   string `yaml:"log_format"`
+	WorkerID    string `yaml:"worker_id"`
+	Concurrency int    `yaml:"concurrency"`
+	Backend     string `yaml:"backend"`
+	// Firecracker backend.
+	FirecrackerBin string        `yaml:"firecracker_bin"`
+	JailerBin      string        `yaml:"jailer_bin"`
+	KernelPath     string        `yaml:"kernel_path"`
+	RootfsPath     string        `yaml:"rootfs_path"`
+	AgentBinary    string        `yaml:"agent_binary"`
+	Busybox        string        `yaml:"busybox"`
+	DockerImage    string        `yaml:"docker_image"`
+	DockerNet      string        `yaml:"docker_network"`
+	ReadyWait      time.Duration `yaml:"ready_timeout"`
+	MaxOutput      int           `yaml:"max_output_bytes"`
+	MaxRetries     int           `yaml:"max_retries"`
+	ShutdownFor    time.Duration `yaml:"shutdown_timeout"`
 	// WorkerAPIListen is the address of the worker's internal API (files, processes, shells of its VMs).
 	WorkerAPIListen string `yaml:"worker_api_listen"`
 	// WorkerAPIURL is the URL gateways use to reach it (default: derived from the listener).
@@ -105,7 +110,11 @@ var settings = []setting{
 	{"log_format", "text or json", str(func(c *Config) *string { return &c.LogFormat })},
 	{"worker_id", "stable id of this worker (default: the host name)", str(func(c *Config) *string { return &c.WorkerID })},
 	{"concurrency", "tasks a worker runs at once", integer(func(c *Config) *int { return &c.Concurrency })},
-	{"backend", "VM backend: docker", str(func(c *Config) *string { return &c.Backend })},
+	{"backend", "VM backend: docker or firecracker", str(func(c *Config) *string { return &c.Backend })},
+	{"firecracker_bin", "firecracker binary (backend firecracker; default: firecracker in PATH)", str(func(c *Config) *string { return &c.FirecrackerBin })},
+	{"jailer_bin", "jailer binary; when set, Firecracker VMs run jailed (backend firecracker)", str(func(c *Config) *string { return &c.JailerBin })},
+	{"kernel_path", "guest kernel, an uncompressed vmlinux (backend firecracker)", str(func(c *Config) *string { return &c.KernelPath })},
+	{"rootfs_path", "default root filesystem template, ext4 with the agent (backend firecracker)", str(func(c *Config) *string { return &c.RootfsPath })},
 	{"agent_binary", "path of the static aetherium-agent binary (default: next to this executable)", str(func(c *Config) *string { return &c.AgentBinary })},
 	{"busybox", "static busybox used to build the Docker base image", str(func(c *Config) *string { return &c.Busybox })},
 	{"docker_image", "default image of Docker VMs (empty: the built base image)", str(func(c *Config) *string { return &c.DockerImage })},
@@ -264,8 +273,25 @@ func (c *Config) normalize() error {
 	if c.Concurrency < 1 || c.Concurrency > 1000 {
 		bad("concurrency", "must be between 1 and 1000 (got %d)", c.Concurrency)
 	}
-	if c.Backend != "docker" {
-		bad("backend", "must be docker (firecracker and qemu are not built yet; got %q)", c.Backend)
+	switch c.Backend {
+	case "docker":
+	case "firecracker":
+		if c.FirecrackerBin == "" {
+			if p, err := lookPath("firecracker"); err == nil {
+				c.FirecrackerBin = p
+			}
+		}
+		if c.FirecrackerBin == "" {
+			bad("firecracker_bin", "is required with backend firecracker (firecracker is not in PATH)")
+		}
+		if c.KernelPath == "" {
+			bad("kernel_path", "is required with backend firecracker")
+		}
+		if c.RootfsPath == "" {
+			bad("rootfs_path", "is required with backend firecracker")
+		}
+	default:
+		bad("backend", "must be docker or firecracker (qemu is not built yet; got %q)", c.Backend)
 	}
 	if c.DockerNet != "none" && c.DockerNet != "bridge" {
 		bad("docker_network", "must be none or bridge (got %q)", c.DockerNet)

@@ -59,6 +59,8 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 		{"bad database url", "", nil, []string{"--database-url", "mysql://x"}, "database_url"},
 		{"bad redis url", "", nil, []string{"--redis-url", "http://x"}, "redis_url"},
 		{"bad backend", "", nil, []string{"--backend", "vmware"}, "backend"},
+		{"firecracker without kernel", "", nil, []string{"--backend", "firecracker", "--firecracker-bin", "/x/firecracker", "--rootfs-path", "/x/rootfs.ext4"}, "kernel_path"},
+		{"firecracker without rootfs", "", nil, []string{"--backend", "firecracker", "--firecracker-bin", "/x/firecracker", "--kernel-path", "/x/vmlinux"}, "rootfs_path"},
 		{"bad worker id", "", nil, []string{"--worker-id", "no spaces"}, "worker_id"},
 		{"concurrency out of range", "", nil, []string{"--concurrency", "0"}, "concurrency"},
 		{"nested yaml", "listen:\n  a: b\n", nil, nil, "single value"},

@@ -31,7 +31,9 @@ import (
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/store/storeopen"
 	"github.com/aetherium/aetherium/internal/task"
+	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/vmm/docker"
+	"github.com/aetherium/aetherium/internal/vmm/firecracker"
 	"github.com/aetherium/aetherium/internal/worker"
 	"github.com/aetherium/aetherium/internal/workerapi"
 )
@@ -86,12 +88,9 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		apiURL  string
 	)
 	if roles.Worker {
-		backend, err := docker.New(ctx, docker.Config{
-			DataDir: cfg.DataDir, AgentBinary: cfg.AgentBinary, BusyboxPath: cfg.Busybox, DefaultImage: cfg.DockerImage,
-			WorkerID: cfg.WorkerID, NetworkMode: cfg.DockerNet, ReadyTimeout: cfg.ReadyWait, Logger: log,
-		})
+		backend, err := openBackend(ctx, cfg, log)
 		if err != nil {
-			return fmt.Errorf("docker backend: %w", err)
+			return err
 		}
 		defer backend.Close()
 		// The worker API serves the interactive operations on this host's VMs; gateways (this process's too, in
@@ -249,6 +248,37 @@ func requeueStale(ctx context.Context, svc *task.Service, log *slog.Logger) {
 				log.Info("requeued stale pending tasks", "count", n)
 			}
 		}
+	}
+}
+
+// vmBackend is what the worker and its internal API need of a VM backend.
+type vmBackend interface {
+	vmm.Orchestrator
+	workerapi.AgentSource
+}
+
+// openBackend builds the configured VM backend.
+func openBackend(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
+	switch cfg.Backend {
+	case "firecracker":
+		b, err := firecracker.New(ctx, firecracker.Config{
+			FirecrackerBin: cfg.FirecrackerBin, JailerBin: cfg.JailerBin, KernelPath: cfg.KernelPath,
+			RootfsPath: cfg.RootfsPath, DataDir: cfg.DataDir, WorkerID: cfg.WorkerID, ReadyTimeout: cfg.ReadyWait,
+			Logger: log,
+		})
+		if err != nil {
+			return nil, err // already says "firecracker backend: ..."
+		}
+		return b, nil
+	default:
+		b, err := docker.New(ctx, docker.Config{
+			DataDir: cfg.DataDir, AgentBinary: cfg.AgentBinary, BusyboxPath: cfg.Busybox, DefaultImage: cfg.DockerImage,
+			WorkerID: cfg.WorkerID, NetworkMode: cfg.DockerNet, ReadyTimeout: cfg.ReadyWait, Logger: log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("docker backend: %w", err)
+		}
+		return b, nil
 	}
 }
 
