@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/aetherium/aetherium/internal/agent"
@@ -180,6 +181,16 @@ func testUploadIsAtomic(t *testing.T, dial func(t *testing.T) agent.Dialer) {
 	buf.Reset()
 	if _, err := c.Download(ctx, path, &buf); err != nil || buf.String() != "old" {
 		t.Fatalf("after a failed upload: %q %v", buf.String(), err)
+	}
+	// A source cut short (an HTTP body shorter than its Content-Length reads as io.ErrUnexpectedEOF) is a failure,
+	// not the end of the file.
+	cut := io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(io.ErrUnexpectedEOF))
+	if _, err := c.Upload(ctx, agent.UploadRequest{Path: path}, cut); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("upload from a cut source returned %v, want io.ErrUnexpectedEOF", err)
+	}
+	buf.Reset()
+	if _, err := c.Download(ctx, path, &buf); err != nil || buf.String() != "old" {
+		t.Fatalf("after a cut upload: %q %v", buf.String(), err)
 	}
 	// The temporary file goes away (the agent notices the cancel a moment later).
 	deadline := time.Now().Add(10 * time.Second)

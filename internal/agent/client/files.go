@@ -34,7 +34,7 @@ func (c *Client) Upload(ctx context.Context, req agent.UploadRequest, r io.Reade
 	}
 	buf := make([]byte, uploadChunk)
 	for {
-		n, rerr := io.ReadFull(r, buf)
+		n, rerr := fill(r, buf)
 		if n > 0 {
 			if err := st.send(ctx, protocol.ChannelStdin, buf[:n]); err != nil {
 				if errors.Is(err, errStreamFinished) {
@@ -44,7 +44,7 @@ func (c *Client) Upload(ctx context.Context, req agent.UploadRequest, r io.Reade
 				return nil, fmt.Errorf("agent %s: %w", protocol.MethodFileWrite, err)
 			}
 		}
-		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+		if rerr == io.EOF {
 			if err := st.sendEnd(ctx, protocol.ChannelStdin); err != nil && !errors.Is(err, errStreamFinished) {
 				st.cancel()
 				return nil, fmt.Errorf("agent %s: %w", protocol.MethodFileWrite, err)
@@ -66,6 +66,21 @@ func (c *Client) Upload(ctx context.Context, req agent.UploadRequest, r io.Reade
 		return nil, err
 	}
 	return fileInfo(info), nil
+}
+
+// fill reads from r until buf is full or r fails, and returns r's own error: unlike io.ReadFull it does not turn
+// an end of input into io.ErrUnexpectedEOF, so a clean end (io.EOF) stays distinguishable from a cut one (an HTTP
+// body shorter than its Content-Length reads as io.ErrUnexpectedEOF), which must not commit the file.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // FileReader streams a file from the guest (see OpenFile). Read it to EOF, then Close it; closing it early
