@@ -15,10 +15,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/aetherium/aetherium/internal/auth"
 	"github.com/aetherium/aetherium/internal/cli"
 	"github.com/aetherium/aetherium/internal/config"
+	"github.com/aetherium/aetherium/internal/image/imagecmd"
 	"github.com/aetherium/aetherium/internal/server"
 )
 
@@ -48,6 +50,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		roleCommand("worker", "Run a worker that owns the VMs of this host (production: PostgreSQL and Redis)", server.Roles{Worker: true}),
 		migrateCommand(),
 		apikeyCommand(),
+		imagecmd.NewCommand(imageResolver),
 	)
 	root.AddCommand(cli.NewClientCommands(cli.IOStreams{In: stdin, Out: stdout, ErrOut: stderr},
 		cli.WithUserAgent("aetherium-cli/"+version),
@@ -78,6 +81,16 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// imageResolver gives `aetherium image` the data directory and agent binary of the server configuration (defaults,
+// YAML file from AETHERIUM_CONFIG, and environment).
+func imageResolver() (string, string, error) {
+	cfg, err := config.Load(pflag.NewFlagSet("image", pflag.ContinueOnError), os.Getenv)
+	if err != nil {
+		return "", "", fmt.Errorf("configuration:\n%w", err)
+	}
+	return cfg.DataDir, cfg.AgentBinary, nil
 }
 
 func roleCommand(name, short string, roles server.Roles) *cobra.Command {

@@ -1,0 +1,165 @@
+//go:build linux
+
+// Package imagecmd is the `aetherium image` command: build, list and remove root filesystem templates.
+package imagecmd
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/aetherium/aetherium/internal/image"
+)
+
+// Resolver returns the data directory (templates live in <dataDir>/images) and the default agent binary ("" if
+// none is configured; build then needs --agent).
+type Resolver func() (dataDir, agentBinary string, err error)
+
+// DefaultResolver reads AETHERIUM_DATA_DIR (default ~/.aetherium) and AETHERIUM_AGENT_BINARY (default an
+// aetherium-agent next to the running executable, when there is one). The server binary plugs its real
+// configuration in instead.
+func DefaultResolver() (string, string, error) {
+	dataDir := os.Getenv("AETHERIUM_DATA_DIR")
+	if dataDir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", "", fmt.Errorf("no AETHERIUM_DATA_DIR and no home directory: %w", err)
+		}
+		dataDir = filepath.Join(home, ".aetherium")
+	}
+	agent := os.Getenv("AETHERIUM_AGENT_BINARY")
+	if agent == "" {
+		if exe, err := os.Executable(); err == nil {
+			if p := filepath.Join(filepath.Dir(exe), "aetherium-agent"); fileExists(p) {
+				agent = p
+			}
+		}
+	}
+	return dataDir, agent, nil
+}
+
+func fileExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// NewCommand returns `image` with its subcommands. A nil resolve means DefaultResolver.
+func NewCommand(resolve Resolver) *cobra.Command {
+	if resolve == nil {
+		resolve = DefaultResolver
+	}
+	openStore := func() (*image.Store, string, error) {
+		dataDir, agent, err := resolve()
+		if err != nil {
+			return nil, "", err
+		}
+		s, err := image.NewStore(filepath.Join(dataDir, "images"))
+		return s, agent, err
+	}
+
+	cmd := &cobra.Command{
+		Use:   "image",
+		Short: "Manage guest root filesystem templates",
+		Long: "Templates are read-only ext4 images with the agent at " + image.GuestInit + ". Boot them with\n" +
+			"init=" + image.GuestInit + " and, before \"-- --init\", " + image.DefaultBoot.FirecrackerListenArg +
+			" (Firecracker)\nor " + image.DefaultBoot.QEMUListenArg + " (QEMU) on the kernel command line.",
+	}
+
+	var opts image.BuildOptions
+	build := &cobra.Command{
+		Use:   "build --from-docker IMAGE --name NAME",
+		Short: "Build a template from a local Docker image",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			store, agent, err := openStore()
+			if err != nil {
+				return err
+			}
+			if opts.AgentBinary == "" {
+				opts.AgentBinary = agent
+			}
+			if opts.AgentBinary == "" {
+				return errors.New("no agent binary: pass --agent PATH or set AETHERIUM_AGENT_BINARY")
+			}
+			cli, err := image.NewDockerClient()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			opts.Progress = c.ErrOrStderr()
+			start := time.Now()
+			m, reused, err := image.NewBuilder(store, cli, slog.New(slog.DiscardHandler)).Build(c.Context(), opts)
+			if err != nil {
+				return err
+			}
+			if reused {
+				fmt.Fprintf(c.ErrOrStderr(), "%s is up to date\n", m.Ref())
+			} else {
+				fmt.Fprintf(c.ErrOrStderr(), "built %s in %s\n", m.Ref(), time.Since(start).Round(time.Millisecond))
+			}
+			fmt.Fprintln(c.OutOrStdout(), m.Path)
+			return nil
+		},
+	}
+	build.Flags().StringVar(&opts.FromDocker, "from-docker", "", "local Docker image to build from (not pulled)")
+	build.Flags().StringVar(&opts.Name, "name", "", "template name")
+	build.Flags().StringVar(&opts.Version, "version", "", "template version (default derived from the inputs' hash)")
+	build.Flags().Int64Var(&opts.SizeMB, "size", 0, "image size in MiB (default content * 1.3 + 64 MiB)")
+	build.Flags().StringVar(&opts.AgentBinary, "agent", "", "static aetherium-agent binary to install")
+	_ = build.MarkFlagRequired("from-docker")
+	_ = build.MarkFlagRequired("name")
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List templates",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			store, _, err := openStore()
+			if err != nil {
+				return err
+			}
+			ms, err := store.List()
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tVERSION\tSIZE\tCREATED\tSOURCE\tAGENT")
+			for _, m := range ms {
+				fmt.Fprintf(tw, "%s\t%s\t%d MiB\t%s\t%s\t%s\n", m.Name, m.Version, m.Size>>20,
+					m.CreatedAt.Local().Format(time.DateTime), m.Source, m.AgentVersion)
+			}
+			return tw.Flush()
+		},
+	}
+
+	rm := &cobra.Command{
+		Use:     "rm NAME@VERSION...",
+		Aliases: []string{"remove"},
+		Short:   "Remove template versions",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			store, _, err := openStore()
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, ref := range args {
+				if err := store.Remove(ref); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintln(c.OutOrStdout(), "removed", ref)
+			}
+			return errors.Join(errs...)
+		},
+	}
+
+	cmd.AddCommand(build, list, rm)
+	return cmd
+}
