@@ -16,6 +16,7 @@ missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 # The base image needs a static busybox: Debian's plain busybox package is dynamically linked.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
+command -v mkfs.ext4 >/dev/null 2>&1 && command -v debugfs >/dev/null 2>&1 || missing+=(e2fsprogs)  # aetherium image
 command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || { log "Go is required (expected at /usr/local/go)"; exit 1; }
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
