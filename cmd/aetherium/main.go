@@ -4,12 +4,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -50,6 +52,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		roleCommand("worker", "Run a worker that owns the VMs of this host (production: PostgreSQL and Redis)", server.Roles{Worker: true}),
 		migrateCommand(),
 		apikeyCommand(),
+		doctorCommand(),
 		imagecmd.NewCommand(imageResolver),
 	)
 	root.AddCommand(cli.NewClientCommands(cli.IOStreams{In: stdin, Out: stdout, ErrOut: stderr},
@@ -112,6 +115,62 @@ func roleCommand(name, short string, roles server.Roles) *cobra.Command {
 			return server.Run(ctx, cfg, roles, version, log, cmd.OutOrStdout())
 		},
 	}
+	config.Flags(cmd.Flags())
+	return cmd
+}
+
+func doctorCommand() *cobra.Command {
+	var role string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check that this host can run a role (serve, gateway or worker) and say how to fix what is missing",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			roles, ok := map[string]server.Roles{
+				"serve": {API: true, Worker: true}, "gateway": {API: true}, "worker": {Worker: true},
+			}[role]
+			if !ok {
+				return fmt.Errorf("--role must be serve, gateway or worker (got %q)", role)
+			}
+			cfg, log, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			checks := server.Doctor(cmd.Context(), cfg, roles, log.With("component", "doctor"))
+			failed := 0
+			for _, c := range checks {
+				if c.Status == server.CheckFail {
+					failed++
+				}
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(checks); err != nil {
+					return err
+				}
+			} else {
+				tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+				for _, c := range checks {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", strings.ToUpper(string(c.Status)), c.Name, c.Detail)
+					if c.Fix != "" {
+						fmt.Fprintf(tw, "\t\tfix: %s\n", c.Fix)
+					}
+				}
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d checks failed", failed, len(checks))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&role, "role", "serve", "role to check for: serve, gateway or worker")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the checks as JSON")
 	config.Flags(cmd.Flags())
 	return cmd
 }

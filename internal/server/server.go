@@ -276,7 +276,7 @@ func openBackend(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBa
 			WorkerID: cfg.WorkerID, NetworkMode: cfg.DockerNet, ReadyTimeout: cfg.ReadyWait, Logger: log,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("docker backend: %w", err)
+			return nil, err // already says "docker backend: ..."
 		}
 		return b, nil
 	}
