@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -103,14 +104,37 @@ func (s *server) runShell(ctx context.Context, c *websocket.Conn, ag *agentclien
 	_ = c.Close(websocket.StatusNormalClosure, "")
 }
 
-// readShell passes the client's messages on, in order: stdin to the command, controls to the agent. It ends the
-// session (cancel) when the client goes away. Stdin is handed over as the command reads it, which is the
-// back-pressure a client that types faster than the command reads gets; controls sent behind such input wait for
-// it (with a terminal, ^C is input anyway).
+// maxStdinBacklog bounds the input a client may send ahead of what the command reads. Handing stdin over
+// synchronously would stop the reading of the WebSocket while the command does not read (sleep, a busy program),
+// and then a client that goes away would never be noticed: the session and its command would live forever.
+// So frames are always read, input waits in a bounded queue, and a client that overruns it is cut off.
+const maxStdinBacklog = 8 << 20
+
+// readShell passes the client's messages on, in order: stdin to the command (through a writer goroutine), controls
+// to the agent. It ends the session (cancel) when the client goes away or overruns the stdin backlog.
 func (s *server) readShell(ctx context.Context, cancel context.CancelFunc, c *websocket.Conn, ag *agentclient.Client,
 	id string, stdin *io.PipeWriter, execDone <-chan struct{}) {
 	defer cancel()
-	defer stdin.Close()
+	queue := make(chan []byte, 1024) // a nil entry means end of input
+	var backlog atomic.Int64
+	go func() {
+		defer stdin.Close()
+		open := true
+		for data := range queue {
+			if data == nil {
+				open = false
+				_ = stdin.Close()
+				continue
+			}
+			if open {
+				if _, err := stdin.Write(data); err != nil {
+					open = false // the command has ended; what is typed now goes nowhere
+				}
+			}
+			backlog.Add(-int64(len(data)))
+		}
+	}()
+	defer close(queue)
 	stdinOpen := true
 	for {
 		typ, data, err := c.Read(ctx)
@@ -118,11 +142,16 @@ func (s *server) readShell(ctx context.Context, cancel context.CancelFunc, c *we
 			return
 		}
 		if typ == websocket.MessageBinary {
-			if stdinOpen {
-				if _, err := stdin.Write(data); err != nil {
-					stdinOpen = false // the command has ended; what is typed now goes nowhere
-				}
+			if !stdinOpen || len(data) == 0 {
+				continue
 			}
+			if backlog.Add(int64(len(data))) > maxStdinBacklog || len(queue) == cap(queue) {
+				msg := fmt.Sprintf("more than %d MiB of input is waiting for the command to read it", maxStdinBacklog>>20)
+				_ = sendJSON(ctx, c, client.ShellMessage{Type: client.ShellMsgError, Code: client.CodeTooLarge, Message: msg})
+				_ = c.Close(websocket.StatusPolicyViolation, closeReason(msg))
+				return
+			}
+			queue <- data
 			continue
 		}
 		var m client.ShellMessage
@@ -134,7 +163,7 @@ func (s *server) readShell(ctx context.Context, cancel context.CancelFunc, c *we
 		case client.ShellMsgEOF:
 			if stdinOpen {
 				stdinOpen = false
-				_ = stdin.Close()
+				queue <- nil // after the input already queued
 			}
 		case client.ShellMsgResize:
 			if m.Rows == 0 || m.Cols == 0 {

@@ -512,11 +512,19 @@ func TestShellWithoutTTYOnRealVM(t *testing.T) {
 // TestShellClientGoneKillsCommand: closing the WebSocket kills the command in the VM.
 func TestShellClientGoneKillsCommand(t *testing.T) {
 	requireVM(t)
+	// With unread input pending, the worker must still notice the client leaving: the command never reads stdin.
+	for _, unread := range []int{0, 4 << 20} {
+		t.Run(fmt.Sprintf("unread=%d", unread), func(t *testing.T) { testShellClientGone(t, unread) })
+	}
+}
+
+func testShellClientGone(t *testing.T, unread int) {
 	a := newAPI(t, vmRig.backend)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	marker := "gone-" + uuid.NewString()[:8]
-	c := a.dialShell(ctx, "tty=false&command=sh&command=-c&command="+url.QueryEscape("echo ready; exec sleep 600 "+marker))
+	// A unique duration marks the sleep in ps (busybox sleep takes no extra arguments).
+	marker := fmt.Sprintf("%d", 6_000_000+time.Now().UnixNano()%1_000_000)
+	c := a.dialShell(ctx, "tty=false&command=sh&command=-c&command="+url.QueryEscape("echo ready; exec sleep "+marker))
 	_, data, err := c.Read(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -530,6 +538,12 @@ func TestShellClientGoneKillsCommand(t *testing.T) {
 		}
 		if typ == websocket.MessageBinary && strings.Contains(string(data), "ready") {
 			break
+		}
+	}
+	chunk := bytes.Repeat([]byte("x"), 32<<10)
+	for sent := 0; sent < unread; sent += len(chunk) {
+		if err := c.Write(ctx, websocket.MessageBinary, chunk); err != nil {
+			t.Fatal(err)
 		}
 	}
 	c.CloseNow()
