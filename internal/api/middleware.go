@@ -79,30 +79,40 @@ func (s *server) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		aborted := true
+		// Deferred, so a transfer cut short (http.ErrAbortHandler re-panicked past this point) is logged too.
+		defer func() { s.logRequest(r, ww, start, aborted) }()
 		next.ServeHTTP(ww, r)
-		status := ww.Status()
-		if status == 0 {
-			status = http.StatusOK // nothing written: net/http sends 200
-		}
-		level := slog.LevelInfo
-		if status >= 500 {
-			level = slog.LevelWarn
-		}
-		attrs := []slog.Attr{
-			slog.String("method", r.Method),
-			slog.String("path", r.URL.Path),
-			slog.Int("status", status),
-			slog.Duration("duration", time.Since(start)),
-			slog.Int("bytes", ww.BytesWritten()),
-		}
-		if ri, ok := r.Context().Value(infoKey).(*reqInfo); ok {
-			attrs = append(attrs, slog.String("request_id", ri.id))
-			if ri.ownerID != "" {
-				attrs = append(attrs, slog.String("owner_id", ri.ownerID), slog.String("key_id", ri.keyID))
-			}
-		}
-		s.log.LogAttrs(r.Context(), level, "http request", attrs...)
+		aborted = false
 	})
+}
+
+func (s *server) logRequest(r *http.Request, ww middleware.WrapResponseWriter, start time.Time, aborted bool) {
+	status := ww.Status()
+	if status == 0 {
+		status = http.StatusOK // nothing written: net/http sends 200
+	}
+	level := slog.LevelInfo
+	if status >= 500 || aborted {
+		level = slog.LevelWarn
+	}
+	attrs := []slog.Attr{
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", status),
+		slog.Duration("duration", time.Since(start)),
+		slog.Int("bytes", ww.BytesWritten()),
+	}
+	if aborted {
+		attrs = append(attrs, slog.Bool("aborted", true))
+	}
+	if ri, ok := r.Context().Value(infoKey).(*reqInfo); ok {
+		attrs = append(attrs, slog.String("request_id", ri.id))
+		if ri.ownerID != "" {
+			attrs = append(attrs, slog.String("owner_id", ri.ownerID), slog.String("key_id", ri.keyID))
+		}
+	}
+	s.log.LogAttrs(r.Context(), level, "http request", attrs...)
 }
 
 // recoverer turns a panic in a handler into a logged 500 so one bad request cannot take the server down.
