@@ -208,6 +208,7 @@ func (s *server) uploadFile(w http.ResponseWriter, r *http.Request) {
 		s.writeRequestError(w, r, err)
 		return
 	}
+	r.Body = wire.IdleBody(w, r.Body, wire.UploadIdleTimeout)
 	s.forward(w, r, "/files", u.Query(), nil, true)
 }
 

@@ -69,7 +69,7 @@ func (s *server) upload(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	body := &bodyReader{r: r.Body}
+	body := &bodyReader{r: wire.IdleBody(w, r.Body, wire.UploadIdleTimeout)}
 	info, err := ag.Upload(r.Context(), agent.UploadRequest{
 		Path: u.Path, Mode: fs.FileMode(u.Mode), Owner: u.Owner, MkdirParents: u.MkdirParents, NoOverwrite: !u.Overwrite,
 	}, body)
