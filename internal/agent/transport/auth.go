@@ -232,11 +232,15 @@ func TCPDialer(addr, token string) agent.Dialer {
 
 // AuthConfig configures an AuthListener. The zero value works.
 type AuthConfig struct {
-	// HandshakeTimeout bounds each connection's preamble (default 10s).
+	// HandshakeTimeout bounds each connection's preamble (default 3s: it takes milliseconds between a host and
+	// its guests, and a short bound limits how long a silent connection holds a slot).
 	HandshakeTimeout time.Duration
 	// MaxPending bounds the connections in the preamble at once (default 64); more are closed at once, so
 	// that a flood of idle connections costs a bounded amount.
 	MaxPending int
+	// MaxPendingPerSource bounds the preambles in progress from one IP address (default 8), so that one peer
+	// (another VM on the bridge, say) cannot take every slot and lock the host out.
+	MaxPendingPerSource int
 	// Logger receives failed attempts; nil discards them.
 	Logger *slog.Logger
 }
@@ -256,10 +260,11 @@ type AuthListener struct {
 	err     error
 	pending chan struct{} // a slot per preamble in progress
 
-	mu    sync.Mutex
-	conns map[net.Conn]struct{} // in the preamble, closed by Close
-	wg    sync.WaitGroup
-	once  sync.Once
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{} // in the preamble, closed by Close
+	bySource map[string]int        // preambles in progress per remote IP
+	wg       sync.WaitGroup
+	once     sync.Once
 }
 
 // ListenTCPAuth listens on the TCP address addr and authenticates every connection with token.
@@ -281,7 +286,10 @@ func NewAuthListener(inner net.Listener, token string, cfg AuthConfig) (*AuthLis
 		return nil, err
 	}
 	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = 10 * time.Second
+		cfg.HandshakeTimeout = 3 * time.Second
+	}
+	if cfg.MaxPendingPerSource <= 0 {
+		cfg.MaxPendingPerSource = 8
 	}
 	if cfg.MaxPending <= 0 {
 		cfg.MaxPending = 64
@@ -300,6 +308,8 @@ func NewAuthListener(inner net.Listener, token string, cfg AuthConfig) (*AuthLis
 		failed:  make(chan struct{}),
 		pending: make(chan struct{}, cfg.MaxPending),
 		conns:   make(map[net.Conn]struct{}),
+
+		bySource: make(map[string]int),
 	}
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -340,9 +350,15 @@ func (l *AuthListener) acceptLoop() {
 			_ = nc.Close()
 			continue
 		}
-		if !l.track(nc) {
+		tracked, overSource := l.track(nc)
+		if !tracked {
 			<-l.pending
 			_ = nc.Close()
+			if overSource {
+				l.log.Warn("too many connections in the auth preamble from one source; dropping one",
+					"remote", nc.RemoteAddr(), "max", l.cfg.MaxPendingPerSource)
+				continue
+			}
 			return
 		}
 		l.wg.Add(1)
@@ -350,21 +366,43 @@ func (l *AuthListener) acceptLoop() {
 	}
 }
 
-// track registers nc as in the preamble; false once the listener is closed.
-func (l *AuthListener) track(nc net.Conn) bool {
+// track registers nc as in the preamble. It refuses it once the listener is closed (tracked and overSource
+// false) or when its source already has MaxPendingPerSource preambles in progress (overSource true).
+func (l *AuthListener) track(nc net.Conn) (tracked, overSource bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.conns == nil {
-		return false
+		return false, false
 	}
+	src := sourceOf(nc)
+	if l.bySource[src] >= l.cfg.MaxPendingPerSource {
+		return false, true
+	}
+	l.bySource[src]++
 	l.conns[nc] = struct{}{}
-	return true
+	return true, false
 }
 
 func (l *AuthListener) untrack(nc net.Conn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.conns, nc)
+	src := sourceOf(nc)
+	if l.bySource[src]--; l.bySource[src] <= 0 {
+		delete(l.bySource, src)
+	}
+}
+
+// sourceOf is the IP address a connection comes from (the whole address for other kinds of sockets).
+func sourceOf(nc net.Conn) string {
+	addr := nc.RemoteAddr()
+	if addr == nil {
+		return ""
+	}
+	if host, _, err := net.SplitHostPort(addr.String()); err == nil {
+		return host
+	}
+	return addr.String()
 }
 
 func (l *AuthListener) authenticate(nc net.Conn) {

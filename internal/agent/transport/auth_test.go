@@ -157,6 +157,38 @@ func TestAuthMaxPending(t *testing.T) {
 	}
 }
 
+// TestAuthMaxPendingPerSource: one peer holding its share of silent connections cannot lock out another (the
+// host), because the limit counts per source address.
+func TestAuthMaxPendingPerSource(t *testing.T) {
+	token := newToken(t)
+	addr := authAgent(t, token, AuthConfig{MaxPending: 16, MaxPendingPerSource: 2, HandshakeTimeout: 30 * time.Second})
+	dialFrom := func(src string) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		nc, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		return nc
+	}
+	for range 2 {
+		nc := dialFrom("127.0.0.2")
+		if line, err := readLine(nc, authMaxLine); err != nil || !strings.HasPrefix(line, authGreeting) {
+			t.Fatalf("greeting %q, %v", line, err)
+		}
+	}
+	if got, err := readAll(t, dialFrom("127.0.0.2")); err != nil || got != "" {
+		t.Fatalf("a third silent connection from one source read %q, %v; want to be closed at once", got, err)
+	}
+	// The host, from another address, still gets in.
+	nc := dialFrom("127.0.0.1")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := AuthenticateHost(ctx, nc, token); err != nil {
+		t.Fatalf("the host was locked out by another source's silent connections: %v", err)
+	}
+}
+
 // recordConn keeps what is written to it.
 type recordConn struct {
 	net.Conn
