@@ -30,6 +30,7 @@ import (
 const layoutVersion = 1
 
 // LabelBuild marks the short-lived containers Build creates, so that leftovers of a killed build can be found.
+// Its value is the template store's directory, which tells whose build left one behind.
 const LabelBuild = "aetherium.image-build"
 
 // guestHostname is written to /etc/hostname; the agent sets the real one from the kernel command line.
@@ -234,7 +235,7 @@ func (b *Builder) export(ctx context.Context, imageID, staging string, progress 
 		Image: imageID,
 		// Never run; the engine still wants a command when the image has none.
 		Cmd:    []string{"/aetherium-export-only"},
-		Labels: map[string]string{LabelBuild: "1"},
+		Labels: map[string]string{LabelBuild: b.store.Dir()},
 	}, nil, nil, nil, "aetherium-imgbuild-"+hex.EncodeToString(suffix[:]))
 	if err != nil {
 		return UnpackStats{}, fmt.Errorf("image build: create export container: %w", err)

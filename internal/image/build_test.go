@@ -31,12 +31,13 @@ func newBuilder(t *testing.T) (*Builder, *Store) {
 	return NewBuilder(s, engine, nil), s
 }
 
-// assertNoLeftovers checks that no export container and no staging directory outlived a build.
+// assertNoLeftovers checks that no export container and no staging directory of this store outlived a build.
+// Only this store's: other packages' tests (imagecmd) build at the same time.
 func assertNoLeftovers(t *testing.T, s *Store) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cs, err := engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", LabelBuild))})
+	cs, err := engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", LabelBuild+"="+s.Dir()))})
 	if err != nil {
 		t.Errorf("list containers: %v", err)
 	}
