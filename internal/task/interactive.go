@@ -2,7 +2,6 @@ package task
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -46,20 +45,9 @@ func (s *Service) VMEndpoint(ctx context.Context, ownerID, vmID string) (*Worker
 		return nil, &UnavailableError{Reason: "the vm has no worker yet; retry later",
 			Detail: fmt.Sprintf("vm %s is running but has no worker", vmID)}
 	}
-	w, err := s.store.Workers().Get(ctx, vm.WorkerID)
-	if errors.Is(err, model.ErrNotFound) {
-		return nil, &UnavailableError{Reason: "the worker hosting this vm is not registered; retry later",
-			Detail: fmt.Sprintf("worker %s of vm %s is not registered", vm.WorkerID, vmID)}
-	}
+	w, err := s.liveWorker(ctx, vm.ID, vm.WorkerID)
 	if err != nil {
-		return nil, fmt.Errorf("look up worker %s: %w", vm.WorkerID, err)
-	}
-	if age := time.Since(w.LastHeartbeat); w.Status != "active" || age > s.limits.WorkerStaleAfter {
-		return nil, &UnavailableError{
-			Reason: fmt.Sprintf("the worker hosting this vm is %s (last heartbeat %s ago); retry later",
-				staleWord(w.Status), age.Round(time.Second)),
-			Detail: fmt.Sprintf("worker %s of vm %s is %s, last heartbeat %s ago", w.ID, vmID, w.Status, age.Round(time.Second)),
-		}
+		return nil, err
 	}
 	url := w.Metadata[WorkerAPIURLKey]
 	if url == "" {

@@ -191,7 +191,7 @@ func (s *Service) DeleteVM(ctx context.Context, ownerID, id string, priority str
 			return nil, err
 		}
 	}
-	if err := s.checkWorker(ctx, vm.WorkerID); err != nil {
+	if err := s.checkWorker(ctx, vm.ID, vm.WorkerID); err != nil {
 		if !errors.Is(err, ErrUnavailable) {
 			return nil, err
 		}
@@ -248,22 +248,33 @@ func (s *Service) recordDone(ctx context.Context, t *model.Task, payload, result
 }
 
 // checkWorker refuses to pin work to a worker that has stopped sending heartbeats: the task would wait forever.
-func (s *Service) checkWorker(ctx context.Context, workerID string) error {
+func (s *Service) checkWorker(ctx context.Context, vmID, workerID string) error {
 	if workerID == "" {
 		return nil
 	}
+	_, err := s.liveWorker(ctx, vmID, workerID)
+	return err
+}
+
+// liveWorker returns the worker that hosts a VM if it is registered, active and sending heartbeats, and otherwise
+// an *UnavailableError whose Reason is for users and whose Detail (with the worker's id) is for the log.
+func (s *Service) liveWorker(ctx context.Context, vmID, workerID string) (*model.Worker, error) {
 	w, err := s.store.Workers().Get(ctx, workerID)
 	if errors.Is(err, model.ErrNotFound) {
-		return fmt.Errorf("%w: worker %s that hosts this vm is not registered", ErrUnavailable, workerID)
+		return nil, &UnavailableError{Reason: "the worker hosting this vm is not registered; retry later",
+			Detail: fmt.Sprintf("worker %s of vm %s is not registered", workerID, vmID)}
 	}
 	if err != nil {
-		return fmt.Errorf("look up worker %s: %w", workerID, err)
+		return nil, fmt.Errorf("look up worker %s: %w", workerID, err)
 	}
-	if w.Status != "active" || time.Since(w.LastHeartbeat) > s.limits.WorkerStaleAfter {
-		return fmt.Errorf("%w: worker %s that hosts this vm is %s (last heartbeat %s ago)", ErrUnavailable, workerID,
-			w.Status, time.Since(w.LastHeartbeat).Round(time.Second))
+	if age := time.Since(w.LastHeartbeat); w.Status != "active" || age > s.limits.WorkerStaleAfter {
+		return nil, &UnavailableError{
+			Reason: fmt.Sprintf("the worker hosting this vm is %s (last heartbeat %s ago); retry later",
+				staleWord(w.Status), age.Round(time.Second)),
+			Detail: fmt.Sprintf("worker %s of vm %s is %s, last heartbeat %s ago", w.ID, vmID, w.Status, age.Round(time.Second)),
+		}
 	}
-	return nil
+	return w, nil
 }
 
 // Execute stores a pending execution and queues it on the worker that hosts the VM.
@@ -283,7 +294,7 @@ func (s *Service) Execute(ctx context.Context, ownerID, vmID string, req client.
 	if vm.Status != model.VMRunning {
 		return nil, nil, fmt.Errorf("%w: vm %s is %s", ErrVMNotRunning, vmID, vm.Status)
 	}
-	if err := s.checkWorker(ctx, vm.WorkerID); err != nil {
+	if err := s.checkWorker(ctx, vm.ID, vm.WorkerID); err != nil {
 		return nil, nil, err
 	}
 	e := newExecution(ownerID, vm.ID, "", 0, cmd)
@@ -436,7 +447,7 @@ func (s *Service) CreateJob(ctx context.Context, ownerID string, req client.Crea
 		if vm.Status != model.VMRunning {
 			return nil, nil, fmt.Errorf("%w: vm %s is %s", ErrVMNotRunning, vm.ID, vm.Status)
 		}
-		if err := s.checkWorker(ctx, vm.WorkerID); err != nil {
+		if err := s.checkWorker(ctx, vm.ID, vm.WorkerID); err != nil {
 			return nil, nil, err
 		}
 		job.VMID, t.TargetWorker = vm.ID, vm.WorkerID
