@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs and starts what Aetherium needs on a Debian host: a Docker engine (the VM backend of the walking
-# skeleton), a static busybox (for the base image), and, for the test suite, PostgreSQL and Redis when they are down.
+# Installs and starts what Aetherium needs on a Debian host: QEMU (the microVM backend that runs without KVM), what
+# building the guest kernel and Debian templates needs, a Docker engine (a VM backend too, and the source of image
+# builds), a static busybox, and, for the test suite, PostgreSQL and Redis when they are down.
 # Idempotent: run it as often as you like. Must run as root (it installs packages and starts daemons).
 set -euo pipefail
 
@@ -17,6 +18,16 @@ command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 # The base image needs a static busybox: Debian's plain busybox package is dynamically linked.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
 command -v mkfs.ext4 >/dev/null 2>&1 && command -v debugfs >/dev/null 2>&1 || missing+=(e2fsprogs)  # aetherium image
+# QEMU microVMs (the backend that runs here: these hosts have no Firecracker and no KVM for ordinary guests).
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+# `aetherium image kernel build`: Debian's kernel source and what compiling it needs.
+[ -f /usr/src/linux-source-6.1.tar.xz ] || missing+=(linux-source-6.1)
+for pkg in bc bison flex libelf-dev libssl-dev make gcc libc6-dev xz-utils; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+done
+# `aetherium image build --from-debian`.
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || { log "Go is required (expected at /usr/local/go)"; exit 1; }
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"

@@ -32,8 +32,10 @@ type Config struct {
 	WorkerID    string `yaml:"worker_id"`
 	Concurrency int    `yaml:"concurrency"`
 	Backend     string `yaml:"backend"`
-	// Firecracker backend.
+	// Firecracker and QEMU backends.
 	FirecrackerBin string        `yaml:"firecracker_bin"`
+	QEMUBin        string        `yaml:"qemu_bin"`
+	QEMUAccel      string        `yaml:"qemu_accel"`
 	JailerBin      string        `yaml:"jailer_bin"`
 	KernelPath     string        `yaml:"kernel_path"`
 	RootfsPath     string        `yaml:"rootfs_path"`
@@ -110,11 +112,13 @@ var settings = []setting{
 	{"log_format", "text or json", str(func(c *Config) *string { return &c.LogFormat })},
 	{"worker_id", "stable id of this worker (default: the host name)", str(func(c *Config) *string { return &c.WorkerID })},
 	{"concurrency", "tasks a worker runs at once", integer(func(c *Config) *int { return &c.Concurrency })},
-	{"backend", "VM backend: docker or firecracker", str(func(c *Config) *string { return &c.Backend })},
+	{"backend", "VM backend: auto, firecracker, qemu or docker (auto: the best one this host can run, and the log says why)", str(func(c *Config) *string { return &c.Backend })},
 	{"firecracker_bin", "firecracker binary (backend firecracker; default: firecracker in PATH)", str(func(c *Config) *string { return &c.FirecrackerBin })},
 	{"jailer_bin", "jailer binary; when set, Firecracker VMs run jailed (backend firecracker)", str(func(c *Config) *string { return &c.JailerBin })},
-	{"kernel_path", "guest kernel, an uncompressed vmlinux (backend firecracker)", str(func(c *Config) *string { return &c.KernelPath })},
-	{"rootfs_path", "default root filesystem template, ext4 with the agent (backend firecracker)", str(func(c *Config) *string { return &c.RootfsPath })},
+	{"qemu_bin", "qemu-system-x86_64 binary (backend qemu; default: in PATH)", str(func(c *Config) *string { return &c.QEMUBin })},
+	{"qemu_accel", "QEMU accelerator: auto (KVM when a probe guest boots under it, else TCG), kvm or tcg", str(func(c *Config) *string { return &c.QEMUAccel })},
+	{"kernel_path", "guest kernel, an uncompressed vmlinux (backends firecracker and qemu; default: the kernel named default in the data directory, see `aetherium image kernel`)", str(func(c *Config) *string { return &c.KernelPath })},
+	{"rootfs_path", "default root filesystem template, ext4 with the agent (backends firecracker and qemu; default: the template named default, see `aetherium image build`)", str(func(c *Config) *string { return &c.RootfsPath })},
 	{"agent_binary", "path of the static aetherium-agent binary (default: next to this executable)", str(func(c *Config) *string { return &c.AgentBinary })},
 	{"busybox", "static busybox used to build the Docker base image", str(func(c *Config) *string { return &c.Busybox })},
 	{"docker_image", "default image of Docker VMs (empty: the built base image)", str(func(c *Config) *string { return &c.DockerImage })},
@@ -142,8 +146,8 @@ func Defaults() Config {
 	}
 	return Config{
 		DataDir: filepath.Join(home, ".aetherium"), Listen: ":8080", AutoMigrate: true,
-		LogLevel: "info", LogFormat: "text", Concurrency: 10, Backend: "docker", Busybox: "/bin/busybox",
-		DockerNet: "none", ReadyWait: 30 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
+		LogLevel: "info", LogFormat: "text", Concurrency: 10, Backend: "auto", Busybox: "/bin/busybox",
+		QEMUAccel: "auto", DockerNet: "none", ReadyWait: 60 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
 		WorkerAPIListen: "127.0.0.1:0",
 	}
 }
@@ -274,7 +278,7 @@ func (c *Config) normalize() error {
 		bad("concurrency", "must be between 1 and 1000 (got %d)", c.Concurrency)
 	}
 	switch c.Backend {
-	case "docker":
+	case "auto", "docker", "qemu":
 	case "firecracker":
 		if c.FirecrackerBin == "" {
 			if p, err := lookPath("firecracker"); err == nil {
@@ -284,14 +288,13 @@ func (c *Config) normalize() error {
 		if c.FirecrackerBin == "" {
 			bad("firecracker_bin", "is required with backend firecracker (firecracker is not in PATH)")
 		}
-		if c.KernelPath == "" {
-			bad("kernel_path", "is required with backend firecracker")
-		}
-		if c.RootfsPath == "" {
-			bad("rootfs_path", "is required with backend firecracker")
-		}
 	default:
-		bad("backend", "must be docker or firecracker (qemu is not built yet; got %q)", c.Backend)
+		bad("backend", "must be auto, firecracker, qemu or docker (got %q)", c.Backend)
+	}
+	switch c.QEMUAccel {
+	case "auto", "kvm", "tcg":
+	default:
+		bad("qemu_accel", "must be auto, kvm or tcg (got %q)", c.QEMUAccel)
 	}
 	if c.DockerNet != "none" && c.DockerNet != "bridge" {
 		bad("docker_network", "must be none or bridge (got %q)", c.DockerNet)

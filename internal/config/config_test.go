@@ -37,7 +37,7 @@ func TestPrecedenceFlagsOverEnvOverFileOverDefaults(t *testing.T) {
 	if c.WorkerID != "from-flag" || c.Listen != ":7001" || c.Concurrency != 3 || c.ReadyWait != 45*time.Second {
 		t.Fatalf("got worker=%q listen=%q concurrency=%d ready=%s", c.WorkerID, c.Listen, c.Concurrency, c.ReadyWait)
 	}
-	if c.Backend != "docker" || c.MaxRetries != 3 {
+	if c.Backend != "auto" || c.QEMUAccel != "auto" || c.MaxRetries != 3 {
 		t.Fatalf("defaults not applied: backend=%q retries=%d", c.Backend, c.MaxRetries)
 	}
 	if c.DatabaseURL != "sqlite:///tmp/x/aetherium.db" {
@@ -59,8 +59,7 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 		{"bad database url", "", nil, []string{"--database-url", "mysql://x"}, "database_url"},
 		{"bad redis url", "", nil, []string{"--redis-url", "http://x"}, "redis_url"},
 		{"bad backend", "", nil, []string{"--backend", "vmware"}, "backend"},
-		{"firecracker without kernel", "", nil, []string{"--backend", "firecracker", "--firecracker-bin", "/x/firecracker", "--rootfs-path", "/x/rootfs.ext4"}, "kernel_path"},
-		{"firecracker without rootfs", "", nil, []string{"--backend", "firecracker", "--firecracker-bin", "/x/firecracker", "--kernel-path", "/x/vmlinux"}, "rootfs_path"},
+		{"bad qemu accel", "", nil, []string{"--qemu-accel", "hvf"}, "qemu_accel"},
 		{"bad worker id", "", nil, []string{"--worker-id", "no spaces"}, "worker_id"},
 		{"concurrency out of range", "", nil, []string{"--concurrency", "0"}, "concurrency"},
 		{"nested yaml", "listen:\n  a: b\n", nil, nil, "single value"},

@@ -50,8 +50,8 @@ type Manifest struct {
 	Name         string    `json:"name"`
 	Version      string    `json:"version"`
 	CreatedAt    time.Time `json:"created_at"`
-	Source       string    `json:"source"`    // e.g. "docker:alpine:3.20"
-	SourceID     string    `json:"source_id"` // the Docker image ID the template was built from
+	Source       string    `json:"source"`    // e.g. "docker:alpine:3.20", "debian:bookworm"
+	SourceID     string    `json:"source_id"` // the Docker image ID, or the Debian mirror, suite and Release date
 	Size         int64     `json:"size"`      // bytes of rootfs.ext4
 	SHA256       string    `json:"sha256"`    // of rootfs.ext4
 	Files        int       `json:"files"`     // entries unpacked from the source
@@ -59,6 +59,7 @@ type Manifest struct {
 	AgentSHA256  string    `json:"agent_sha256"`
 	InputsHash   string    `json:"inputs_hash"` // hash of everything the image was built from; equal hashes are reused
 	Boot         Boot      `json:"boot"`
+	Packages     []Package `json:"packages,omitempty"` // Debian templates: every installed package and its version
 
 	// Path is the absolute path of rootfs.ext4; filled in when read, not stored.
 	Path string `json:"-"`

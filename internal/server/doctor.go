@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/aetherium/aetherium/internal/config"
+	"github.com/aetherium/aetherium/internal/vmm/qemu"
 )
 
 // CheckStatus is the outcome of one host check.
@@ -81,22 +83,57 @@ func Doctor(ctx context.Context, cfg config.Config, roles Roles, log *slog.Logge
 	}
 
 	if roles.Worker {
-		bctx, cancel := step()
-		backend, err := openBackend(bctx, cfg, log)
-		if err == nil {
-			err = backend.Health(bctx)
-			backend.Close()
-		}
-		cancel()
-		fix := "run scripts/setup.sh (installs docker.io and busybox-static, starts dockerd); build the agent with make build"
-		if cfg.Backend == "firecracker" {
-			fix = "install firecracker, and give --kernel-path and --rootfs-path (aetherium image build makes a root filesystem)"
-		}
-		add(cfg.Backend+" backend", err, "ready", fix)
-		if cfg.Backend == "firecracker" {
-			checks = append(checks, kvmCheck())
-		}
+		checks = append(checks, backendChecks(ctx, cfg, log)...)
 	}
+	return checks
+}
+
+// backendChecks opens the VM backend as the worker would and checks what microVMs need: the kernel and default
+// template, and whether KVM really runs guests here (a probe boot, not only the device node).
+func backendChecks(ctx context.Context, cfg config.Config, log *slog.Logger) []Check {
+	var checks []Check
+	bctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	backend, err := openBackend(bctx, cfg, log)
+	name := cfg.Backend
+	if err == nil {
+		name = backend.Name()
+		err = backend.Health(bctx)
+		backend.Close()
+	}
+	fixes := map[string]string{
+		"docker": "run scripts/setup.sh (installs docker.io and busybox-static, starts dockerd); build the agent with make build",
+		"qemu": "run scripts/setup.sh (installs qemu-system-x86 and qemu-utils), then `aetherium image kernel build` and " +
+			"`aetherium image build --name default ...`",
+		"firecracker": "install firecracker, build the kernel and a default template (`aetherium image kernel build`, " +
+			"`aetherium image build --name default`), and check /dev/kvm",
+		"auto": "make one backend work: see the reasons above; scripts/setup.sh and `make images` set up qemu and docker",
+	}
+	detail := "ready"
+	if cfg.Backend == "auto" && err == nil {
+		detail = "auto chose " + name
+	}
+	c := Check{Name: "vm backend (" + name + ")", Status: CheckOK, Detail: detail}
+	if err != nil {
+		c.Status, c.Detail, c.Fix = CheckFail, err.Error(), fixes[name]
+	}
+	checks = append(checks, c)
+	if cfg.Backend == "docker" {
+		return checks
+	}
+	kernel, rootfs, ierr := guestImages(cfg)
+	switch {
+	case ierr != nil:
+		st := CheckFail
+		if cfg.Backend == "auto" {
+			st = CheckWarn // another backend may do
+		}
+		checks = append(checks, Check{Name: "guest images", Status: st, Detail: ierr.Error(),
+			Fix: "`aetherium image kernel build` (about 20 min on 2 cores, cached) and `aetherium image build --name default --from-debian bookworm`"})
+	default:
+		checks = append(checks, Check{Name: "guest images", Status: CheckOK, Detail: "kernel " + kernel + ", template " + rootfs})
+	}
+	checks = append(checks, kvmCheck(bctx, cfg, kernel))
 	return checks
 }
 
@@ -136,19 +173,30 @@ func redactedScheme(url string) string {
 // errNoKVM is the detail of a host without a usable /dev/kvm.
 var errNoKVM = errors.New("/dev/kvm is missing or not accessible")
 
-func kvmCheck() Check {
+func kvmCheck(ctx context.Context, cfg config.Config, kernel string) Check {
 	err := probeKVM()
 	switch {
-	case err == nil:
-		return Check{Name: "kvm", Status: CheckWarn,
-			Detail: "/dev/kvm opens and creates a VM; only booting a guest proves guests really run (nested or " +
-				"paravirtual KVM can accept KVM_CREATE_VM and still fail to run ordinary guests)"}
 	case errors.Is(err, errNoKVM):
-		return Check{Name: "kvm", Status: CheckFail, Detail: err.Error(),
+		return Check{Name: "kvm", Status: CheckWarn, Detail: err.Error() + "; QEMU guests run under TCG emulation (slower), Firecracker cannot run",
 			Fix: "load kvm_intel or kvm_amd, and give the worker's user read/write access to /dev/kvm (group kvm)"}
-	default:
-		return Check{Name: "kvm", Status: CheckFail, Detail: err.Error(), Fix: "check that the host supports hardware virtualization"}
+	case err != nil:
+		return Check{Name: "kvm", Status: CheckWarn, Detail: err.Error(), Fix: "check that the host supports hardware virtualization"}
 	}
+	bin := cfg.QEMUBin
+	if bin == "" {
+		bin = qemu.DefaultBinary
+	}
+	path, lerr := exec.LookPath(bin)
+	if lerr != nil || kernel == "" {
+		return Check{Name: "kvm", Status: CheckWarn,
+			Detail: "/dev/kvm opens and creates a VM, but without QEMU and a guest kernel no probe guest can prove that guests really run"}
+	}
+	if err := qemu.ProbeKVM(ctx, path, kernel); err != nil {
+		return Check{Name: "kvm", Status: CheckWarn,
+			Detail: "/dev/kvm creates VMs but cannot run this guest kernel (" + err.Error() + "): QEMU uses TCG emulation, Firecracker cannot run",
+			Fix:    "on a nested or paravirtual host, enable nested virtualization for ordinary guests"}
+	}
+	return Check{Name: "kvm", Status: CheckOK, Detail: "a probe guest booted under KVM"}
 }
 
 // kvmDevice is where the kernel exposes KVM.

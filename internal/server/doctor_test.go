@@ -53,11 +53,12 @@ func TestDoctorReportsWhatFailsAndHowToFixIt(t *testing.T) {
 		"--cluster-token", strings.Repeat("k", 32),
 		"--agent-binary", filepath.Join(dir, "no-such-agent"),
 		"--listen", "127.0.0.1:0",
+		"--backend", "docker",
 	)
 	checks := byName(Doctor(context.Background(), cfg, Roles{API: true, Worker: true}, slog.Default()))
 	for name, want := range map[string]CheckStatus{
 		"data directory": CheckFail, "database": CheckOK, "redis": CheckFail, "api listen address": CheckOK,
-		"docker backend": CheckFail,
+		"vm backend (docker)": CheckFail,
 	} {
 		c, ok := checks[name]
 		if !ok {
@@ -70,7 +71,32 @@ func TestDoctorReportsWhatFailsAndHowToFixIt(t *testing.T) {
 			t.Errorf("%s failed without a detail and a fix: %+v", name, c)
 		}
 	}
-	if d := checks["docker backend"].Detail; !strings.Contains(d, "no-such-agent") {
+	if d := checks["vm backend (docker)"].Detail; !strings.Contains(d, "no-such-agent") {
 		t.Errorf("docker backend detail does not name the missing agent: %q", d)
+	}
+}
+
+// TestDoctorAutoSaysWhyEachBackendWasPassedOver: with backend auto and nothing usable, the check names every
+// backend and the reason it cannot run.
+func TestDoctorAutoSaysWhyEachBackendWasPassedOver(t *testing.T) {
+	dir, err := os.MkdirTemp("", "dr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := doctorConfig(t, "--data-dir", dir, "--agent-binary", filepath.Join(dir, "no-such-agent"),
+		"--listen", "127.0.0.1:0", "--firecracker-bin", "", "--qemu-bin", filepath.Join(dir, "no-qemu"))
+	checks := byName(Doctor(context.Background(), cfg, Roles{Worker: true}, slog.Default()))
+	c, ok := checks["vm backend (auto)"]
+	if !ok || c.Status != CheckFail {
+		t.Fatalf("auto backend check: %+v", checks)
+	}
+	for _, want := range []string{"firecracker: ", "qemu: ", "no-qemu", "docker: ", "no-such-agent"} {
+		if !strings.Contains(c.Detail, want) {
+			t.Errorf("auto detail does not mention %q: %s", want, c.Detail)
+		}
+	}
+	if g := checks["guest images"]; g.Status != CheckWarn || !strings.Contains(g.Fix, "image kernel build") {
+		t.Errorf("guest images check: %+v", g)
 	}
 }

@@ -32,8 +32,6 @@ import (
 	"github.com/aetherium/aetherium/internal/store/storeopen"
 	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/internal/vmm"
-	"github.com/aetherium/aetherium/internal/vmm/docker"
-	"github.com/aetherium/aetherium/internal/vmm/firecracker"
 	"github.com/aetherium/aetherium/internal/worker"
 	"github.com/aetherium/aetherium/internal/workerapi"
 )
@@ -255,31 +253,6 @@ func requeueStale(ctx context.Context, svc *task.Service, log *slog.Logger) {
 type vmBackend interface {
 	vmm.Orchestrator
 	workerapi.AgentSource
-}
-
-// openBackend builds the configured VM backend.
-func openBackend(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
-	switch cfg.Backend {
-	case "firecracker":
-		b, err := firecracker.New(ctx, firecracker.Config{
-			FirecrackerBin: cfg.FirecrackerBin, JailerBin: cfg.JailerBin, KernelPath: cfg.KernelPath,
-			RootfsPath: cfg.RootfsPath, DataDir: cfg.DataDir, WorkerID: cfg.WorkerID, ReadyTimeout: cfg.ReadyWait,
-			Logger: log,
-		})
-		if err != nil {
-			return nil, err // already says "firecracker backend: ..."
-		}
-		return b, nil
-	default:
-		b, err := docker.New(ctx, docker.Config{
-			DataDir: cfg.DataDir, AgentBinary: cfg.AgentBinary, BusyboxPath: cfg.Busybox, DefaultImage: cfg.DockerImage,
-			WorkerID: cfg.WorkerID, NetworkMode: cfg.DockerNet, ReadyTimeout: cfg.ReadyWait, Logger: log,
-		})
-		if err != nil {
-			return nil, err // already says "docker backend: ..."
-		}
-		return b, nil
-	}
 }
 
 // OpenStore opens the configured store, migrating it first when asked.

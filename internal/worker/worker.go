@@ -161,7 +161,8 @@ func (w *Worker) heartbeat(ctx context.Context) {
 }
 
 // Reconcile makes the store agree with the backend: VMs the store thinks run here but the backend no longer runs
-// are marked failed with the reason, and backend VMs the store does not know (or knows as deleted) are removed.
+// are marked failed with the reason and their backend resources (disk, sockets) released, and backend VMs the
+// store does not know (or knows as deleted) are removed.
 func (w *Worker) Reconcile(ctx context.Context) error {
 	insts, err := w.cfg.Backend.ListVMs(ctx)
 	if err != nil {
@@ -206,6 +207,13 @@ func (w *Worker) Reconcile(ctx context.Context) error {
 			return fmt.Errorf("mark vm %s failed: %w", vm.ID, err)
 		}
 		w.log.Warn("vm lost", "vm_id", vm.ID, "reason", reason)
+		if in != nil {
+			// Nothing can bring the guest's memory back, and no API restarts a failed VM: free its disk and the
+			// rest of what the backend holds for it now, rather than when the user gets round to deleting it.
+			if err := w.cfg.Backend.DeleteVM(ctx, vm.ID); err != nil {
+				return fmt.Errorf("release resources of lost vm %s: %w", vm.ID, err)
+			}
+		}
 	}
 	for _, in := range insts {
 		if known[in.ID] {

@@ -25,6 +25,7 @@ func serveEnv(dataDir, addr string, extra ...string) []string {
 		"AETHERIUM_LISTEN=" + addr,
 		"AETHERIUM_AGENT_BINARY=" + filepath.Join(binDir, "aetherium-agent"),
 		"AETHERIUM_LOG_LEVEL=debug",
+		"AETHERIUM_BACKEND=docker", // the microVM tests override it
 	}, extra...)
 }
 
@@ -212,7 +213,7 @@ func TestProductionTopology(t *testing.T) {
 	common := []string{
 		"AETHERIUM_DATABASE_URL=" + dbURL, "AETHERIUM_REDIS_URL=" + redisURL,
 		"AETHERIUM_AGENT_BINARY=" + filepath.Join(binDir, "aetherium-agent"), "AETHERIUM_LOG_LEVEL=debug",
-		"AETHERIUM_CLUSTER_TOKEN=" + e2eClusterToken,
+		"AETHERIUM_CLUSTER_TOKEN=" + e2eClusterToken, "AETHERIUM_BACKEND=docker",
 	}
 	if _, errOut, code := runCLI(t, append(common, "AETHERIUM_DATA_DIR="+t.TempDir()), "migrate"); code != 0 {
 		t.Fatalf("migrate: %s", errOut)

@@ -8,10 +8,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
+	dockerclient "github.com/docker/docker/client"
 	"github.com/spf13/cobra"
 
 	"github.com/aetherium/aetherium/internal/image"
@@ -73,10 +77,31 @@ func NewCommand(resolve Resolver) *cobra.Command {
 
 	var opts image.BuildOptions
 	build := &cobra.Command{
-		Use:   "build --from-docker IMAGE --name NAME",
-		Short: "Build a template from a local Docker image",
-		Args:  cobra.NoArgs,
+		Use:   "build (--from-docker IMAGE | --from-debian[=SUITE]) --name NAME",
+		Short: "Build a template from a local Docker image or a Debian base (debootstrap)",
+		Long: "Build a template from a local Docker image (--from-docker, not pulled) or from a Debian suite bootstrapped\n" +
+			"with debootstrap (--from-debian, needs root; variant minbase plus " + strings.Join(image.DefaultDebianPackages(), ", ") + " and --packages).\n" +
+			"A build whose inputs match an existing version reuses it; --rebuild makes a new version regardless\n" +
+			"(Debian updates its suites under the same name).",
+		Example: "  aetherium image build --from-docker alpine:3.20 --name alpine\n" +
+			"  aetherium image build --from-debian --packages git,curl --name debian\n" +
+			"  aetherium image build --from-debian=trixie --mirror http://deb.debian.org/debian --name trixie",
+		Args: func(c *cobra.Command, args []string) error {
+			// --from-debian takes an optional value, so "--from-debian trixie" leaves trixie as an argument.
+			if len(args) > 0 && c.Flags().Changed("from-debian") {
+				return fmt.Errorf("unexpected argument %q: give the suite as --from-debian=%s (alone, --from-debian means %s)", args[0], args[0], image.DefaultDebianSuite)
+			}
+			return cobra.NoArgs(c, args)
+		},
 		RunE: func(c *cobra.Command, _ []string) error {
+			switch {
+			case opts.FromDocker != "" && opts.FromDebian != "":
+				return errors.New("give exactly one source: --from-docker IMAGE or --from-debian[=SUITE], not both")
+			case opts.FromDocker == "" && opts.FromDebian == "":
+				return errors.New("give a source: --from-docker IMAGE or --from-debian[=SUITE]")
+			case opts.FromDocker != "" && (c.Flags().Changed("mirror") || c.Flags().Changed("packages")):
+				return errors.New("--mirror and --packages apply to --from-debian only")
+			}
 			store, agent, err := openStore()
 			if err != nil {
 				return err
@@ -87,19 +112,28 @@ func NewCommand(resolve Resolver) *cobra.Command {
 			if opts.AgentBinary == "" {
 				return errors.New("no agent binary: pass --agent PATH or set AETHERIUM_AGENT_BINARY")
 			}
-			cli, err := image.NewDockerClient()
-			if err != nil {
-				return err
+			var engine dockerclient.APIClient // a nil interface for Debian builds, which need no engine
+			if opts.FromDocker != "" {
+				cli, err := image.NewDockerClient()
+				if err != nil {
+					return err
+				}
+				defer cli.Close()
+				engine = cli
 			}
-			defer cli.Close()
+			// Ctrl-C or a TERM ends the build through its context, so that it removes its staging directory and
+			// anything debootstrap mounted there; a second signal kills at once.
+			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			go func() { <-ctx.Done(); stop() }()
 			opts.Progress = c.ErrOrStderr()
 			start := time.Now()
-			m, reused, err := image.NewBuilder(store, cli, slog.New(slog.DiscardHandler)).Build(c.Context(), opts)
+			m, reused, err := image.NewBuilder(store, engine, slog.New(slog.DiscardHandler)).Build(ctx, opts)
 			if err != nil {
 				return err
 			}
 			if reused {
-				fmt.Fprintf(c.ErrOrStderr(), "%s is up to date\n", m.Ref())
+				fmt.Fprintf(c.ErrOrStderr(), "%s is up to date (--rebuild makes a new version)\n", m.Ref())
 			} else {
 				fmt.Fprintf(c.ErrOrStderr(), "built %s in %s\n", m.Ref(), time.Since(start).Round(time.Millisecond))
 			}
@@ -108,11 +142,15 @@ func NewCommand(resolve Resolver) *cobra.Command {
 		},
 	}
 	build.Flags().StringVar(&opts.FromDocker, "from-docker", "", "local Docker image to build from (not pulled)")
+	build.Flags().StringVar(&opts.FromDebian, "from-debian", "", "Debian suite to bootstrap with debootstrap (as root); alone it means "+image.DefaultDebianSuite)
+	build.Flags().Lookup("from-debian").NoOptDefVal = image.DefaultDebianSuite
+	build.Flags().StringVar(&opts.Mirror, "mirror", "", "Debian mirror for --from-debian (default "+image.DefaultDebianMirror+")")
+	build.Flags().StringSliceVar(&opts.Packages, "packages", nil, "more Debian packages to install, comma-separated or repeated (--from-debian)")
 	build.Flags().StringVar(&opts.Name, "name", "", "template name")
 	build.Flags().StringVar(&opts.Version, "version", "", "template version (default derived from the inputs' hash)")
 	build.Flags().Int64Var(&opts.SizeMB, "size", 0, "image size in MiB (default content * 1.3 + 64 MiB)")
 	build.Flags().StringVar(&opts.AgentBinary, "agent", "", "static aetherium-agent binary to install")
-	_ = build.MarkFlagRequired("from-docker")
+	build.Flags().BoolVar(&opts.Rebuild, "rebuild", false, "build a new version even if one from identical inputs exists")
 	_ = build.MarkFlagRequired("name")
 
 	list := &cobra.Command{
@@ -161,5 +199,6 @@ func NewCommand(resolve Resolver) *cobra.Command {
 	}
 
 	cmd.AddCommand(build, list, rm)
+	cmd.AddCommand(newKernelCommand(resolve))
 	return cmd
 }

@@ -4,8 +4,12 @@ package imagecmd
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/aetherium/aetherium/internal/image"
 )
 
 func run(t *testing.T, dataDir, agent string, args ...string) (string, string, error) {
@@ -32,7 +36,50 @@ func TestCommandsWithoutEngine(t *testing.T) {
 	if _, _, err := run(t, dir, "", "build", "--from-docker", "x", "--name", "y"); err == nil || !strings.Contains(err.Error(), "agent") {
 		t.Fatalf("build without an agent: %v", err)
 	}
-	if _, _, err := run(t, dir, "", "build", "--name", "y"); err == nil {
-		t.Fatal("build without --from-docker succeeded")
+	if _, _, err := run(t, dir, "", "build", "--name", "y"); err == nil || !strings.Contains(err.Error(), "give a source") {
+		t.Fatalf("build without a source: %v", err)
+	}
+}
+
+// TestBuildSourceFlags covers the refusals of the source flags, which come before any build starts.
+func TestBuildSourceFlags(t *testing.T) {
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "agent") // never run: every case fails before
+	if err := os.WriteFile(agent, []byte("x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--from-docker", "x", "--from-debian", "--name", "y"}, "exactly one source"},
+		{[]string{"--from-debian=bookworm", "--from-docker", "x", "--name", "y"}, "exactly one source"},
+		{[]string{"--from-debian", "trixie", "--name", "y"}, "give the suite as --from-debian=trixie"},
+		{[]string{"--from-docker", "x", "--mirror", "http://deb.debian.org/debian", "--name", "y"}, "--from-debian only"},
+		{[]string{"--from-docker", "x", "--packages", "git", "--name", "y"}, "--from-debian only"},
+		{[]string{"--from-debian", "--packages", "git,Curl", "--name", "y"}, `invalid Debian package name "Curl"`},
+		{[]string{"--from-debian", "--packages", "git", "--packages", "vim=2", "--name", "y"}, `invalid Debian package name "vim=2"`},
+		{[]string{"--from-debian=../etc", "--name", "y"}, "invalid Debian suite"},
+		{[]string{"--from-debian", "--mirror", "ftp://example/debian", "--name", "y"}, "scheme must be http, https or file"},
+		{[]string{"--from-debian"}, `"name" not set`},
+	} {
+		args := append([]string{"build", "--agent", agent}, c.args...)
+		_, _, err := run(t, dir, "", args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: got %v, want an error with %q", c.args, err, c.want)
+		}
+	}
+	out, _, err := run(t, dir, "", "list")
+	if err != nil || strings.Count(out, "\n") != 1 {
+		t.Fatalf("refused builds left templates: %q, %v", out, err)
+	}
+	if left, _ := os.ReadDir(filepath.Join(dir, "images", ".tmp")); len(left) != 0 {
+		t.Fatalf("refused builds left staging: %v", left)
+	}
+	help, _, err := run(t, dir, "", "build", "--help")
+	for _, flag := range []string{"--from-debian", "--mirror", "--packages", "--rebuild", image.DefaultDebianSuite} {
+		if err != nil || !strings.Contains(help, flag) {
+			t.Errorf("help lacks %s: %v\n%s", flag, err, help)
+		}
 	}
 }

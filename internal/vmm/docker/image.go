@@ -37,6 +37,10 @@ const basePath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 // its inputs only.
 var baseModTime = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 
+// BaseImage returns the reference of the locally built base image (static busybox with every applet linked),
+// building it on first use: a small root filesystem that templates for microVMs can be made from too.
+func (b *Backend) BaseImage(ctx context.Context) (string, error) { return b.baseImage(ctx) }
+
 // baseImage returns the reference of the base image, importing it into the engine first if no image with that
 // content hash exists yet. Concurrent callers wait for one build instead of racing their own.
 func (b *Backend) baseImage(ctx context.Context) (string, error) {

@@ -17,6 +17,7 @@ import (
 
 	agentclient "github.com/aetherium/aetherium/internal/agent/client"
 	"github.com/aetherium/aetherium/internal/vmm"
+	"github.com/aetherium/aetherium/internal/vmm/vmproc"
 )
 
 // Defaults for Config fields left zero.
@@ -70,6 +71,9 @@ type Config struct {
 	// RootfsPath is the default root filesystem template (ext4). It is only read: each VM gets a copy-on-write
 	// copy. A VMConfig.Image that is an absolute path names another template.
 	RootfsPath string
+	// Images resolves a VMConfig.Image that is a template name ("name" or "name@version") to its file; nil accepts
+	// only absolute paths.
+	Images func(ref string) (string, error) `json:"-"`
 	// DataDir holds DataDir/vms/<id> for each VM. Required.
 	DataDir string
 	// WorkerID is recorded in each VM's state; ListVMs returns only this worker's VMs.
@@ -97,7 +101,7 @@ type Backend struct {
 
 	mu      sync.Mutex
 	agents  map[string]*agentclient.Client
-	procs   map[string]*process // firecracker processes this backend started (its children)
+	procs   map[string]*vmproc.Process // firecracker processes this backend started (its children)
 	vmLocks map[string]*sync.Mutex
 	closed  bool
 }
@@ -113,7 +117,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("backend", "firecracker"),
 		agents:  make(map[string]*agentclient.Client),
-		procs:   make(map[string]*process),
+		procs:   make(map[string]*vmproc.Process),
 		vmLocks: make(map[string]*sync.Mutex),
 	}
 	if err := os.MkdirAll(b.vmsDir(), 0o700); err != nil {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/vmm"
+	"github.com/aetherium/aetherium/internal/vmm/vmproc"
 )
 
 type testEnv struct {
@@ -134,7 +135,7 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 }
 
 func pidGone(pid int) bool {
-	_, gone, err := procStat(pid)
+	_, gone, err := vmproc.StartTime(pid)
 	return err != nil || gone
 }
 
@@ -335,8 +336,8 @@ func TestStartNeverReady(t *testing.T) {
 		t.Fatalf("state still names pid %d", st.PID)
 	}
 	for _, p := range b.procs {
-		if !p.exited() {
-			t.Fatalf("firecracker %d still runs after the failed start", p.pid)
+		if !p.Exited() {
+			t.Fatalf("firecracker %d still runs after the failed start", p.PID)
 		}
 	}
 	inst, _ := b.GetVMStatus(ctx, "vm-dead")
@@ -372,7 +373,7 @@ func TestAPIFault(t *testing.T) {
 	}
 	for _, p := range b.procs {
 		select {
-		case <-p.done:
+		case <-p.Done():
 		case <-ctx.Done():
 			t.Fatal("firecracker not killed after a failed start")
 		}
@@ -451,7 +452,7 @@ func TestOrphan(t *testing.T) {
 	}
 	st3, _ := b2.loadState("vm-reuse")
 	st3.PID, st3.Started = os.Getpid(), true
-	st3.PIDStart, _, _ = procStat(os.Getpid())
+	st3.PIDStart, _, _ = vmproc.StartTime(os.Getpid())
 	if err := b2.saveState(st3); err != nil {
 		t.Fatal(err)
 	}
@@ -492,7 +493,10 @@ func testWorkerMain() int {
 func TestPdeathsig(t *testing.T) {
 	e := newEnv(t, "")
 	cfg := e.config()
-	cfgJSON, _ := json.Marshal(cfg)
+	cfgJSON, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	self, _ := os.Executable()
 	cmd := exec.Command(self, "-test.run=^$")
 	cmd.Env = append(os.Environ(), "AE_FC_TEST_WORKER="+string(cfgJSON))
@@ -527,51 +531,6 @@ func TestPdeathsig(t *testing.T) {
 	}
 	if err := b.DeleteVM(ctx, "vm-pdeath"); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestCloneDisk(t *testing.T) {
-	dir := t.TempDir()
-	src, dst := filepath.Join(dir, "tmpl"), filepath.Join(dir, "clone")
-	const size = 64 << 20
-	writeSparse(t, src, size, map[int64]string{0: "boot", 5 << 20: "middle", size - 4: "end!"})
-	method, err := cloneDisk(src, dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("clone method: %s", method)
-	a, _ := os.ReadFile(src)
-	b, _ := os.ReadFile(dst)
-	if !bytes.Equal(a, b) {
-		t.Fatal("clone differs from the template")
-	}
-	var st syscall.Stat_t
-	if err := syscall.Stat(dst, &st); err != nil {
-		t.Fatal(err)
-	}
-	if method == CloneSparse && st.Blocks*512 > 1<<20 {
-		t.Errorf("sparse clone allocates %d bytes for 12 bytes of data", st.Blocks*512)
-	}
-	// Writing to the clone leaves the template alone.
-	f, err := os.OpenFile(dst, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte("CHANGED"), 5<<20); err != nil {
-		t.Fatal(err)
-	}
-	_ = f.Close()
-	if a2, _ := os.ReadFile(src); !bytes.Equal(a, a2) {
-		t.Fatal("writing to the clone changed the template")
-	}
-	if _, err := cloneDisk(src, dst); err == nil {
-		t.Fatal("clone over an existing disk succeeded")
-	}
-	if _, err := cloneDisk(filepath.Join(dir, "missing"), filepath.Join(dir, "x")); err == nil {
-		t.Fatal("clone of a missing template succeeded")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "x")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatal("failed clone left a file")
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	agentclient "github.com/aetherium/aetherium/internal/agent/client"
 	"github.com/aetherium/aetherium/internal/agent/transport"
 	"github.com/aetherium/aetherium/internal/vmm"
+	"github.com/aetherium/aetherium/internal/vmm/vmproc"
 )
 
 // Limits of Firecracker's machine configuration (vcpu_count 1..32, 1 or even) and the defaults used for zero.
@@ -113,7 +114,7 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 	if err := os.Remove(st.Disk); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fail(err)
 	}
-	method, err := cloneDisk(template, st.Disk)
+	method, err := vmproc.CloneDisk(template, st.Disk)
 	if err != nil {
 		return fail(err)
 	}
@@ -140,7 +141,7 @@ func (b *Backend) prepareChroot(root string) error {
 	kernel := filepath.Join(root, kernelName)
 	_ = os.Remove(kernel)
 	if err := os.Link(b.cfg.KernelPath, kernel); err != nil {
-		if _, err := cloneDisk(b.cfg.KernelPath, kernel); err != nil {
+		if _, err := vmproc.CloneDisk(b.cfg.KernelPath, kernel); err != nil {
 			return fmt.Errorf("put kernel in chroot: %w", err)
 		}
 		if err := os.Chmod(kernel, 0o444); err != nil {
@@ -150,7 +151,8 @@ func (b *Backend) prepareChroot(root string) error {
 	return nil
 }
 
-// resolveImage returns the template for a VMConfig.Image: empty means RootfsPath; an absolute path names a file.
+// resolveImage returns the template for a VMConfig.Image: empty means RootfsPath; an absolute path names a file;
+// anything else is a template name for the Images resolver.
 func (b *Backend) resolveImage(img string) (string, error) {
 	if img == "" {
 		img = b.cfg.RootfsPath
@@ -159,7 +161,14 @@ func (b *Backend) resolveImage(img string) (string, error) {
 		return "", fmt.Errorf("%w: no image given and no default RootfsPath configured", vmm.ErrInvalidConfig)
 	}
 	if !filepath.IsAbs(img) {
-		return "", fmt.Errorf("%w: image %q: want the absolute path of a root filesystem template", vmm.ErrInvalidConfig, img)
+		if b.cfg.Images == nil {
+			return "", fmt.Errorf("%w: image %q: want the absolute path of a root filesystem template", vmm.ErrInvalidConfig, img)
+		}
+		p, err := b.cfg.Images(img)
+		if err != nil {
+			return "", fmt.Errorf("%w: image %q: %w", vmm.ErrInvalidConfig, img, err)
+		}
+		img = p
 	}
 	st, err := os.Stat(img)
 	if err != nil {
@@ -186,7 +195,7 @@ func (b *Backend) fcPath(st *vmState, host string) (string, error) {
 
 // kernelArgs returns the guest's command line, with its hostname option before init's arguments.
 func (b *Backend) kernelArgs(st *vmState) string {
-	opt := "aetherium.hostname=" + hostname(st.Name, st.ID)
+	opt := "aetherium.hostname=" + vmproc.Hostname(st.Name, st.ID)
 	args := b.cfg.KernelArgs
 	if i := strings.Index(args, " -- "); i >= 0 {
 		return args[:i] + " " + opt + args[i:]
@@ -296,9 +305,9 @@ func (b *Backend) boot(ctx context.Context, id, what string, setup func(context.
 	b.mu.Lock()
 	b.procs[id] = p
 	b.mu.Unlock()
-	st.PID, st.Started, st.Detail = p.pid, true, ""
-	if st.PIDStart, _, err = procStat(p.pid); err != nil && !p.exited() {
-		b.log.Warn("read start time of firecracker", "vm_id", id, "pid", p.pid, "err", err)
+	st.PID, st.Started, st.Detail = p.PID, true, ""
+	if st.PIDStart, _, err = vmproc.StartTime(p.PID); err != nil && !p.Exited() {
+		b.log.Warn("read start time of firecracker", "vm_id", id, "pid", p.PID, "err", err)
 	}
 	if err := b.saveState(st); err != nil {
 		return b.bootFailure(ctx, st, what, err)
@@ -309,8 +318,8 @@ func (b *Backend) boot(ctx context.Context, id, what string, setup func(context.
 	defer cancel(nil)
 	go func() {
 		select {
-		case <-p.done:
-			cancel(errors.New(p.exitDetail()))
+		case <-p.Done():
+			cancel(errors.New(p.ExitDetail("firecracker")))
 		case <-bootCtx.Done():
 		}
 	}()
@@ -362,7 +371,7 @@ func (b *Backend) bootFailure(ctx context.Context, st *vmState, what string, cau
 		b.log.Warn("save state after failed start", "vm_id", st.ID, "err", err)
 	}
 	return fmt.Errorf("firecracker backend: %s vm %s: %w; console:\n%s", what, st.ID, cause,
-		consoleTail(filepath.Join(b.vmDir(st.ID), consoleFile)))
+		vmproc.ConsoleTail(filepath.Join(b.vmDir(st.ID), consoleFile), consoleTailBytes))
 }
 
 // waitAPI polls the API socket until firecracker answers.
@@ -391,35 +400,6 @@ func removeSockets(st *vmState) error {
 		}
 	}
 	return nil
-}
-
-// consoleTail returns the end of the console log (whole lines), or a note saying why not.
-func consoleTail(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Sprintf("(console log unavailable: %v)", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return fmt.Sprintf("(console log unavailable: %v)", err)
-	}
-	off := max(0, st.Size()-consoleTailBytes)
-	data, err := io.ReadAll(io.NewSectionReader(f, off, st.Size()-off))
-	if err != nil {
-		return fmt.Sprintf("(reading console log: %v)", err)
-	}
-	s := string(data)
-	if off > 0 {
-		if i := strings.IndexByte(s, '\n'); i >= 0 {
-			s = s[i+1:]
-		}
-	}
-	s = strings.TrimRight(s, "\n")
-	if strings.TrimSpace(s) == "" {
-		return "(no output)"
-	}
-	return s
 }
 
 // StopVM stops the guest: the agent powers it off; if firecracker is still there after StopTimeout, Ctrl-Alt-Del
@@ -564,8 +544,8 @@ func (b *Backend) instance(st *vmState) *vmm.Instance {
 		p := b.procs[st.ID]
 		b.mu.Unlock()
 		switch {
-		case p != nil && p.pid == st.PID && p.exited():
-			inst.Detail = p.exitDetail()
+		case p != nil && p.PID == st.PID && p.Exited():
+			inst.Detail = p.ExitDetail("firecracker")
 		case st.PID != 0:
 			inst.Detail = "firecracker process is gone"
 		}
@@ -599,9 +579,9 @@ func (b *Backend) ExecuteStream(ctx context.Context, id string, req agent.ExecRe
 	if err != nil {
 		return nil, err
 	}
-	out, errOut := &countingWriter{w: stdout}, &countingWriter{w: stderr}
+	out, errOut := &vmproc.CountingWriter{W: stdout}, &vmproc.CountingWriter{W: stderr}
 	res, err := c.ExecStream(ctx, req, out, errOut)
-	if errors.Is(err, agentclient.ErrClosed) && ctx.Err() == nil && out.n == 0 && errOut.n == 0 {
+	if errors.Is(err, agentclient.ErrClosed) && ctx.Err() == nil && out.N == 0 && errOut.N == 0 {
 		if c, err = b.cachedAgent(id); err != nil {
 			return nil, err
 		}
@@ -662,19 +642,6 @@ func (b *Backend) execError(ctx context.Context, id string, err error) error {
 	return fmt.Errorf("firecracker backend: exec in vm %s: %w", id, err)
 }
 
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	c.n += int64(len(p))
-	if c.w == nil {
-		return len(p), nil
-	}
-	return c.w.Write(p)
-}
-
 // agentFor returns the cached agent client of VM st, making one if needed.
 func (b *Backend) agentFor(st *vmState) *agentclient.Client {
 	b.mu.Lock()
@@ -699,25 +666,4 @@ func (b *Backend) closeAgent(id string) {
 	if c != nil {
 		_ = c.Close()
 	}
-}
-
-// hostname turns a VM name into a valid host name (RFC 1123 label), falling back to one made from the id.
-func hostname(name, id string) string {
-	var sb strings.Builder
-	for _, r := range strings.ToLower(name) {
-		switch {
-		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
-			sb.WriteRune(r)
-		case sb.Len() > 0 && !strings.HasSuffix(sb.String(), "-"):
-			sb.WriteByte('-')
-		}
-	}
-	h := strings.Trim(sb.String(), "-")
-	if len(h) > 63 {
-		h = strings.TrimRight(h[:63], "-")
-	}
-	if h == "" {
-		h = strings.TrimRight("vm-"+strings.ToLower(id[:min(8, len(id))]), "-")
-	}
-	return h
 }

@@ -1,6 +1,6 @@
 //go:build linux
 
-package firecracker
+package vmproc
 
 import (
 	"bytes"
@@ -24,9 +24,9 @@ const (
 // cloneBlock is the granularity at which zero blocks are skipped in a sparse copy (ext4's block size).
 const cloneBlock = 64 << 10
 
-// cloneDisk makes dst a private copy of the template src: a reflink where the filesystem can (instant, no space
+// CloneDisk makes dst a private copy of the template src: a reflink where the filesystem can (instant, no space
 // used until the guest writes), otherwise a sparse copy. dst must not exist; on failure nothing is left.
-func cloneDisk(src, dst string) (CloneMethod, error) {
+func CloneDisk(src, dst string) (CloneMethod, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return "", fmt.Errorf("open template: %w", err)
@@ -100,6 +100,29 @@ func sparseCopy(in, out *os.File, size int64) error {
 			pos += n
 		}
 		off = hole
+	}
+	return nil
+}
+
+// Reflink makes dst a copy-on-write clone of src (FICLONE), or fails where the filesystem cannot share blocks
+// (ext4, tmpfs, across filesystems); dst is then removed. Callers fall back to another copy-on-write scheme.
+func Reflink(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("open template: %w", err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create disk: %w", err)
+	}
+	err = unix.IoctlFileClone(int(out.Fd()), int(in.Fd()))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(dst)
+		return fmt.Errorf("reflink %s: %w", src, err)
 	}
 	return nil
 }

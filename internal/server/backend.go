@@ -1,0 +1,199 @@
+//go:build linux
+
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/aetherium/aetherium/internal/config"
+	"github.com/aetherium/aetherium/internal/image"
+	"github.com/aetherium/aetherium/internal/vmm/docker"
+	"github.com/aetherium/aetherium/internal/vmm/firecracker"
+	"github.com/aetherium/aetherium/internal/vmm/qemu"
+)
+
+// DefaultImageName is the template and kernel name used when none is configured.
+const DefaultImageName = "default"
+
+// openBackend builds the configured VM backend; "auto" tries firecracker, then qemu, then docker, and logs which
+// one it took and why it passed over the others.
+func openBackend(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
+	switch cfg.Backend {
+	case "firecracker":
+		return openFirecracker(ctx, cfg, log)
+	case "qemu":
+		return openQEMU(ctx, cfg, log)
+	case "docker":
+		return openDocker(ctx, cfg, log)
+	case "auto":
+		return openAuto(ctx, cfg, log)
+	default:
+		return nil, fmt.Errorf("unknown backend %q", cfg.Backend)
+	}
+}
+
+func openAuto(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
+	var skipped []string
+	try := func(name string, open func() (vmBackend, error)) vmBackend {
+		b, err := open()
+		if err != nil {
+			skipped = append(skipped, name+": "+err.Error())
+			return nil
+		}
+		return b
+	}
+	for _, c := range []struct {
+		name string
+		open func() (vmBackend, error)
+	}{
+		{"firecracker", func() (vmBackend, error) { return autoFirecracker(ctx, cfg, log) }},
+		{"qemu", func() (vmBackend, error) { return openQEMU(ctx, cfg, log) }},
+		{"docker", func() (vmBackend, error) { return openDocker(ctx, cfg, log) }},
+	} {
+		if b := try(c.name, c.open); b != nil {
+			log.Info("vm backend chosen", "backend", c.name, "passed_over", strings.Join(skipped, "; "))
+			return b, nil
+		}
+	}
+	return nil, fmt.Errorf("no vm backend can run on this host: %s", strings.Join(skipped, "; "))
+}
+
+// autoFirecracker opens firecracker only where it would really run guests: its binary is installed and a probe
+// guest boots under KVM (with QEMU, which is how the host can be tested without a Firecracker-specific probe).
+func autoFirecracker(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
+	bin := cfg.FirecrackerBin
+	if bin == "" {
+		p, err := exec.LookPath("firecracker")
+		if err != nil {
+			return nil, errors.New("firecracker is not installed")
+		}
+		bin = p
+	}
+	kernel, _, err := guestImages(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := probeKVM(); err != nil {
+		return nil, err
+	}
+	qemuBin := cfg.QEMUBin
+	if qemuBin == "" {
+		qemuBin = qemu.DefaultBinary
+	}
+	if p, err := exec.LookPath(qemuBin); err == nil {
+		if err := qemu.ProbeKVM(ctx, p, kernel); err != nil {
+			return nil, err
+		}
+	}
+	cfg.FirecrackerBin = bin
+	return openFirecracker(ctx, cfg, log)
+}
+
+func openFirecracker(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
+	kernel, rootfs, err := guestImages(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("firecracker backend: %w", err)
+	}
+	b, err := firecracker.New(ctx, firecracker.Config{
+		FirecrackerBin: cfg.FirecrackerBin, JailerBin: cfg.JailerBin, KernelPath: kernel,
+		RootfsPath: rootfs, Images: templateResolver(cfg), DataDir: cfg.DataDir, WorkerID: cfg.WorkerID,
+		ReadyTimeout: cfg.ReadyWait, Logger: log,
+	})
+	if err != nil {
+		return nil, err // already says "firecracker backend: ..."
+	}
+	return b, nil
+}
+
+func openQEMU(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
+	bin := cfg.QEMUBin
+	if bin == "" {
+		bin = qemu.DefaultBinary
+	}
+	if _, err := exec.LookPath(bin); err != nil {
+		return nil, fmt.Errorf("qemu backend: %s is not installed (apt-get install qemu-system-x86 qemu-utils)", bin)
+	}
+	kernel, rootfs, err := guestImages(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("qemu backend: %w", err)
+	}
+	b, err := qemu.New(ctx, qemu.Config{
+		Binary: bin, KernelPath: kernel, RootfsPath: rootfs, Images: templateResolver(cfg),
+		DataDir: cfg.DataDir, WorkerID: cfg.WorkerID, Accel: cfg.QEMUAccel, ReadyTimeout: cfg.ReadyWait, Logger: log,
+	})
+	if err != nil {
+		return nil, err // already says "qemu backend: ..."
+	}
+	return b, nil
+}
+
+func openDocker(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
+	b, err := docker.New(ctx, docker.Config{
+		DataDir: cfg.DataDir, AgentBinary: cfg.AgentBinary, BusyboxPath: cfg.Busybox, DefaultImage: cfg.DockerImage,
+		WorkerID: cfg.WorkerID, NetworkMode: cfg.DockerNet, ReadyTimeout: cfg.ReadyWait, Logger: log,
+	})
+	if err != nil {
+		return nil, err // already says "docker backend: ..."
+	}
+	return b, nil
+}
+
+// guestImages returns the kernel and default template of a microVM backend: the configured paths, or the kernel
+// and the template named "default" in the data directory.
+func guestImages(cfg config.Config) (kernel, rootfs string, err error) {
+	kernel, rootfs = cfg.KernelPath, cfg.RootfsPath
+	if kernel == "" {
+		ks, err := image.NewKernelStore(filepath.Join(cfg.DataDir, "kernels"))
+		if err != nil {
+			return "", "", err
+		}
+		m, err := ks.Get(DefaultImageName)
+		if err != nil {
+			return "", "", fmt.Errorf("no guest kernel: %w (build one with `aetherium image kernel build`, or set kernel_path)", err)
+		}
+		kernel = m.Path
+	}
+	if rootfs == "" {
+		m, err := openTemplates(cfg).Get(DefaultImageName)
+		if err != nil {
+			return "", "", fmt.Errorf("no default root filesystem template: %w (build one with `aetherium image build "+
+				"--name default ...`, or set rootfs_path)", err)
+		}
+		rootfs = m.Path
+	}
+	return kernel, rootfs, nil
+}
+
+// templateStore is the data directory's template store; a store that cannot be opened resolves nothing.
+type templateStore interface {
+	Get(ref string) (image.Manifest, error)
+}
+
+type brokenStore struct{ err error }
+
+func (b brokenStore) Get(string) (image.Manifest, error) { return image.Manifest{}, b.err }
+
+func openTemplates(cfg config.Config) templateStore {
+	s, err := image.NewStore(filepath.Join(cfg.DataDir, "images"))
+	if err != nil {
+		return brokenStore{err}
+	}
+	return s
+}
+
+// templateResolver maps a VM's image ("name" or "name@version") to its template file.
+func templateResolver(cfg config.Config) func(string) (string, error) {
+	return func(ref string) (string, error) {
+		m, err := openTemplates(cfg).Get(ref)
+		if err != nil {
+			return "", err
+		}
+		return m.Path, nil
+	}
+}

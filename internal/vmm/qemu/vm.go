@@ -1,0 +1,706 @@
+//go:build linux
+
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aetherium/aetherium/internal/agent"
+	agentclient "github.com/aetherium/aetherium/internal/agent/client"
+	"github.com/aetherium/aetherium/internal/agent/transport"
+	"github.com/aetherium/aetherium/internal/vmm"
+	"github.com/aetherium/aetherium/internal/vmm/vmproc"
+)
+
+// vmState is a VM's state file: what a restarted worker needs to find the VM and its process again.
+type vmState struct {
+	ID       string `json:"id"`
+	Name     string `json:"name,omitempty"`
+	WorkerID string `json:"worker_id"`
+	Image    string `json:"image"` // the template the disk was made from
+	VCPUs    int    `json:"vcpus"`
+	MemoryMB int    `json:"memory_mb"`
+
+	Disk       string `json:"disk"`
+	DiskFormat string `json:"disk_format"` // raw (a reflink clone) or qcow2 (an overlay on the template)
+	AgentSock  string `json:"agent_sock"`
+	QMPSock    string `json:"qmp_sock"`
+
+	// PID and PIDStart identify the QEMU process (start time in clock ticks since boot), so that a reused pid is
+	// never taken for it.
+	PID      int    `json:"pid,omitempty"`
+	PIDStart uint64 `json:"pid_start,omitempty"`
+	Accel    string `json:"accel,omitempty"`
+	Started  bool   `json:"started"`
+
+	CreatedAt time.Time `json:"created_at"`
+	Detail    string    `json:"detail,omitempty"` // why the VM last stopped, when known
+}
+
+func (b *Backend) statePath(id string) string { return filepath.Join(b.vmDir(id), stateFile) }
+
+// loadState reads VM id's state file; vmm.ErrNotFound (wrapped) when there is none.
+func (b *Backend) loadState(id string) (*vmState, error) {
+	var st vmState
+	err := vmproc.ReadJSON(b.statePath(id), &st)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("qemu backend: vm %s: %w", id, vmm.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("qemu backend: state of vm %s: %w", id, err)
+	}
+	if st.ID != id {
+		return nil, fmt.Errorf("qemu backend: state file of vm %s names vm %q", id, st.ID)
+	}
+	return &st, nil
+}
+
+func (b *Backend) saveState(st *vmState) error {
+	if err := vmproc.WriteJSON(b.statePath(st.ID), st); err != nil {
+		return fmt.Errorf("qemu backend: save state of vm %s: %w", st.ID, err)
+	}
+	return nil
+}
+
+// allStates reads every state file under DataDir/qemu; unreadable ones are skipped with a warning.
+func (b *Backend) allStates() ([]*vmState, error) {
+	entries, err := os.ReadDir(b.vmsDir())
+	if err != nil {
+		return nil, fmt.Errorf("qemu backend: list vms: %w", err)
+	}
+	var out []*vmState
+	for _, e := range entries {
+		if !e.IsDir() || checkID(e.Name()) != nil {
+			continue
+		}
+		st, err := b.loadState(e.Name())
+		if errors.Is(err, vmm.ErrNotFound) {
+			continue // a directory being created or deleted
+		}
+		if err != nil {
+			b.log.Warn("skipping vm with unreadable state", "vm_id", e.Name(), "err", err)
+			continue
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// CreateVM makes the VM's copy-on-write disk from its template and records the VM, without starting anything.
+// Creating a VM that exists returns it.
+func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance, error) {
+	if err := checkID(cfg.ID); err != nil {
+		return nil, err
+	}
+	workerID := b.cfg.WorkerID
+	if cfg.WorkerID != "" {
+		if workerID != "" && cfg.WorkerID != workerID {
+			return nil, fmt.Errorf("qemu backend: vm %s belongs to worker %q, this backend is worker %q",
+				cfg.ID, cfg.WorkerID, workerID)
+		}
+		workerID = cfg.WorkerID
+	}
+	vcpus, mem := cfg.VCPUs, cfg.MemoryMB
+	if vcpus == 0 {
+		vcpus = defaultVCPUs
+	}
+	if mem == 0 {
+		mem = defaultMemoryMB
+	}
+	if vcpus < 1 || vcpus > maxVCPUs {
+		return nil, fmt.Errorf("%w: qemu vm %s: vcpus must be between 1 and %d (got %d)",
+			vmm.ErrInvalidConfig, cfg.ID, maxVCPUs, cfg.VCPUs)
+	}
+	if mem < minMemoryMB {
+		return nil, fmt.Errorf("%w: qemu vm %s: memory_mb must be at least %d (got %d)",
+			vmm.ErrInvalidConfig, cfg.ID, minMemoryMB, cfg.MemoryMB)
+	}
+	unlock := b.lockVM(cfg.ID)
+	defer unlock()
+
+	if st, err := b.loadState(cfg.ID); err == nil {
+		if st.WorkerID != workerID {
+			return nil, fmt.Errorf("qemu backend: vm %s already exists for worker %q", cfg.ID, st.WorkerID)
+		}
+		return b.instance(st), nil
+	} else if !errors.Is(err, vmm.ErrNotFound) {
+		return nil, err
+	}
+
+	template, err := b.resolveImage(cfg.Image)
+	if err != nil {
+		return nil, fmt.Errorf("qemu backend: create vm %s: %w", cfg.ID, err)
+	}
+	dir := b.vmDir(cfg.ID)
+	// A directory without a state file is what an attempt that died half way left: start over.
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("qemu backend: create vm %s: clear leftovers: %w", cfg.ID, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("qemu backend: create directory of vm %s: %w", cfg.ID, err)
+	}
+	st := &vmState{
+		ID: cfg.ID, Name: cfg.Name, WorkerID: workerID, Image: template, VCPUs: vcpus, MemoryMB: mem,
+		AgentSock: filepath.Join(dir, agentSock), QMPSock: filepath.Join(dir, qmpSock),
+		CreatedAt: time.Now().UTC(),
+	}
+	if err := b.makeDisk(ctx, st, template); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("qemu backend: create vm %s: %w", cfg.ID, err)
+	}
+	// The state file is written last: it is what makes the VM exist.
+	if err := b.saveState(st); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	b.log.Info("vm created", "vm_id", cfg.ID, "template", template, "disk", st.DiskFormat,
+		"vcpus", vcpus, "memory_mb", mem)
+	return b.instance(st), nil
+}
+
+// makeDisk gives the VM a private copy-on-write disk: a reflink clone of the template where the filesystem shares
+// blocks, otherwise a qcow2 overlay whose backing file is the (read-only, never modified) template. Either way
+// creation is instant and takes no space until the guest writes.
+func (b *Backend) makeDisk(ctx context.Context, st *vmState, template string) error {
+	raw := filepath.Join(b.vmDir(st.ID), rawDiskName)
+	if err := vmproc.Reflink(template, raw); err == nil {
+		st.Disk, st.DiskFormat = raw, "raw"
+		return nil
+	}
+	qcow := filepath.Join(b.vmDir(st.ID), qcowDiskName)
+	out, err := exec.CommandContext(ctx, b.cfg.ImgBinary, "create", "-q", "-f", "qcow2", "-F", "raw",
+		"-b", template, qcow).CombinedOutput()
+	if err != nil {
+		_ = os.Remove(qcow)
+		return fmt.Errorf("make qcow2 overlay of %s: %w: %s", template, err, strings.TrimSpace(string(out)))
+	}
+	st.Disk, st.DiskFormat = qcow, "qcow2"
+	return nil
+}
+
+// resolveImage returns the template file for a VMConfig.Image: empty means RootfsPath, an absolute path names a
+// file, anything else is a template name for the resolver.
+func (b *Backend) resolveImage(img string) (string, error) {
+	if img == "" {
+		img = b.cfg.RootfsPath
+		if img == "" {
+			return "", fmt.Errorf("%w: no image given and no default template configured (build one with "+
+				"`aetherium image build`)", vmm.ErrInvalidConfig)
+		}
+	}
+	if !filepath.IsAbs(img) {
+		if b.cfg.Images == nil {
+			return "", fmt.Errorf("%w: image %q: want the absolute path of a root filesystem template", vmm.ErrInvalidConfig, img)
+		}
+		p, err := b.cfg.Images(img)
+		if err != nil {
+			return "", fmt.Errorf("%w: image %q: %w", vmm.ErrInvalidConfig, img, err)
+		}
+		img = p
+	}
+	st, err := os.Stat(img)
+	if err != nil {
+		return "", fmt.Errorf("%w: image %q: %w", vmm.ErrInvalidConfig, img, err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%w: image %q is not a regular file", vmm.ErrInvalidConfig, img)
+	}
+	if strings.ContainsRune(img, ',') {
+		return "", fmt.Errorf("%w: image path %q holds a comma, which QEMU's option syntax cannot take", vmm.ErrInvalidConfig, img)
+	}
+	return img, nil
+}
+
+// kernelArgs is the guest's command line. reboot=t with QEMU's -no-reboot makes the guest's reboot (what the
+// agent's power-off ends in, and panic=-1 turns a panic into) exit QEMU at once; microvm has no i8042 for reboot=k.
+func (b *Backend) kernelArgs(st *vmState) string {
+	args := []string{"console=ttyS0", "reboot=t", "panic=-1", "pci=off", "quiet", "cryptomgr.notests",
+		"mitigations=off", "root=/dev/vda", "rw", "rootfstype=ext4", "init=" + DefaultGuestInit,
+		"aetherium.listen=virtio-serial:" + agentPortName,
+		"aetherium.hostname=" + vmproc.Hostname(st.Name, st.ID)}
+	if b.accel == AccelTCG {
+		args = append(args, "tsc_early_khz="+strconv.Itoa(b.cfg.TSCKHz), "tsc=reliable")
+	}
+	if b.cfg.ExtraKernelArgs != "" {
+		args = append(args, b.cfg.ExtraKernelArgs)
+	}
+	return strings.Join(args, " ") + " -- --init"
+}
+
+// procName is QEMU's -name for a VM: how its process is recognised (with the data directory in its socket paths).
+func procName(id string) string { return "aetherium-" + id }
+
+// command is the QEMU invocation for VM st.
+func (b *Backend) command(st *vmState) *exec.Cmd {
+	accel, cpu := "tcg,tb-size=64", "qemu64,+arat"
+	if b.accel == AccelKVM {
+		accel, cpu = "kvm", "host"
+	}
+	args := []string{
+		"-name", procName(st.ID),
+		"-M", "microvm,x-option-roms=off",
+		"-accel", accel, "-cpu", cpu,
+		"-m", strconv.Itoa(st.MemoryMB), "-smp", strconv.Itoa(st.VCPUs),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-chardev", "file,id=console,append=on,path=" + filepath.Join(b.vmDir(st.ID), consoleFile),
+		"-serial", "chardev:console",
+		"-qmp", "unix:" + st.QMPSock + ",server=on,wait=off",
+		"-kernel", b.cfg.KernelPath,
+		"-append", b.kernelArgs(st),
+		"-drive", "id=root,if=none,format=" + st.DiskFormat + ",file=" + st.Disk + ",discard=unmap",
+		"-device", "virtio-blk-device,drive=root",
+		"-device", "virtio-rng-device",
+		"-device", "virtio-serial-device",
+		"-chardev", "socket,id=agent,server=on,wait=off,path=" + st.AgentSock,
+		"-device", "virtserialport,chardev=agent,name=" + agentPortName,
+	}
+	return exec.Command(b.cfg.Binary, args...)
+}
+
+// ours reports whether pid/start is VM st's QEMU.
+func (b *Backend) ours(st *vmState) bool {
+	return vmproc.Owned(st.PID, st.PIDStart, func(args []string) bool {
+		return vmproc.HasArgPair(args, "-name", func(v string) bool { return v == procName(st.ID) })
+	})
+}
+
+// alive reports whether VM st's QEMU runs.
+func (b *Backend) alive(st *vmState) bool {
+	b.mu.Lock()
+	p := b.procs[st.ID]
+	b.mu.Unlock()
+	if p != nil && p.PID == st.PID && p.Exited() {
+		return false
+	}
+	return b.ours(st)
+}
+
+// waitExit waits until VM st's QEMU has ended, or ctx ends.
+func (b *Backend) waitExit(ctx context.Context, st *vmState) error {
+	b.mu.Lock()
+	p := b.procs[st.ID]
+	b.mu.Unlock()
+	if p != nil && p.PID == st.PID {
+		select {
+		case <-p.Done():
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return vmproc.WaitGone(ctx, func() bool { return b.ours(st) })
+}
+
+// kill ends VM st's QEMU with SIGKILL and waits until it is gone.
+func (b *Backend) kill(ctx context.Context, st *vmState) error {
+	if !b.alive(st) {
+		return nil
+	}
+	if err := vmproc.KillGroup(st.PID); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := b.waitExit(wctx, st); err != nil {
+		return fmt.Errorf("qemu process %d still there after SIGKILL: %w", st.PID, err)
+	}
+	return nil
+}
+
+// StartVM boots the VM and returns once its agent answers. A guest that does not become ready within ReadyTimeout
+// (or whose QEMU exits) fails with the tail of its console log, and its process is killed.
+func (b *Backend) StartVM(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	unlock := b.lockVM(id)
+	defer unlock()
+	st, err := b.loadState(id)
+	if err != nil {
+		return err
+	}
+	if b.alive(st) {
+		// Already started (a retried task): make sure the agent answers.
+		readyCtx, cancel := context.WithTimeout(ctx, b.cfg.ReadyTimeout)
+		defer cancel()
+		if _, err := b.agentFor(st).client.WaitReady(readyCtx); err != nil {
+			return fmt.Errorf("qemu backend: start vm %s: running, but its agent does not answer: %w", id, err)
+		}
+		return nil
+	}
+	b.closeAgent(id)
+	if err := vmproc.RemoveFiles(st.AgentSock, st.QMPSock); err != nil {
+		return fmt.Errorf("qemu backend: start vm %s: remove stale sockets: %w", id, err)
+	}
+	consolePath := filepath.Join(b.vmDir(id), consoleFile)
+	console, err := os.OpenFile(consolePath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("qemu backend: start vm %s: open console log: %w", id, err)
+	}
+	fmt.Fprintf(console, "\n--- aetherium: start (%s) at %s ---\n", b.accel, time.Now().UTC().Format(time.RFC3339Nano))
+	start := time.Now()
+	cmd := b.command(st)
+	cmd.Stdout, cmd.Stderr = console, console // QEMU's own complaints land beside the guest's console
+	p, err := vmproc.Start(cmd)
+	_ = console.Close() // the child has its own descriptor
+	if err != nil {
+		return fmt.Errorf("qemu backend: start vm %s: %w", id, err)
+	}
+	b.mu.Lock()
+	b.procs[id] = p
+	b.mu.Unlock()
+	st.PID, st.Started, st.Accel, st.Detail = p.PID, true, b.accel, ""
+	if st.PIDStart, _, err = vmproc.StartTime(p.PID); err != nil && !p.Exited() {
+		b.log.Warn("read start time of qemu", "vm_id", id, "pid", p.PID, "err", err)
+	}
+	if err := b.saveState(st); err != nil {
+		return b.bootFailure(ctx, st, err)
+	}
+
+	// Waiting stops early if QEMU exits.
+	bootCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-p.Done():
+			cancel(errors.New(p.ExitDetail("qemu")))
+		case <-bootCtx.Done():
+		}
+	}()
+	readyCtx, cancelReady := context.WithTimeout(bootCtx, b.cfg.ReadyTimeout)
+	defer cancelReady()
+	info, err := b.agentFor(st).client.WaitReady(readyCtx)
+	if err != nil {
+		if c := context.Cause(bootCtx); c != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w (agent: %w)", c, err)
+		} else if ctx.Err() == nil {
+			err = fmt.Errorf("agent not ready within %s: %w", b.cfg.ReadyTimeout, err)
+		} else {
+			err = fmt.Errorf("agent not ready before the caller's deadline: %w", err)
+		}
+		return b.bootFailure(ctx, st, err)
+	}
+	b.log.Info("vm started", "vm_id", id, "accel", b.accel, "agent_version", info.Version,
+		"ready_in", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// bootFailure kills what StartVM started and explains, with the console's last output.
+func (b *Backend) bootFailure(ctx context.Context, st *vmState, cause error) error {
+	b.closeAgent(st.ID)
+	if err := b.kill(ctx, st); err != nil {
+		b.log.Warn("kill qemu after failed start", "vm_id", st.ID, "err", err)
+	}
+	if err := vmproc.RemoveFiles(st.AgentSock, st.QMPSock); err != nil {
+		b.log.Warn("remove sockets after failed start", "vm_id", st.ID, "err", err)
+	}
+	st.PID, st.PIDStart, st.Detail = 0, 0, "start failed: "+cause.Error()
+	if err := b.saveState(st); err != nil {
+		b.log.Warn("save state after failed start", "vm_id", st.ID, "err", err)
+	}
+	return fmt.Errorf("qemu backend: start vm %s: %w; console:\n%s", st.ID, cause,
+		vmproc.ConsoleTail(filepath.Join(b.vmDir(st.ID), consoleFile), consoleTailBytes))
+}
+
+// StopVM stops the guest: the agent powers it off (the guest reboots, and QEMU exits); if QEMU is still there
+// after StopTimeout, QMP quit; then SIGKILL. Stopping a stopped VM succeeds.
+func (b *Backend) StopVM(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	unlock := b.lockVM(id)
+	defer unlock()
+	st, err := b.loadState(id)
+	if err != nil {
+		return err
+	}
+	defer b.closeAgent(id)
+	how := "already stopped"
+	if b.alive(st) {
+		how = b.shutdown(ctx, st)
+	}
+	if err := vmproc.RemoveFiles(st.AgentSock, st.QMPSock); err != nil {
+		return fmt.Errorf("qemu backend: stop vm %s: %w", id, err)
+	}
+	if st.PID != 0 {
+		st.PID, st.PIDStart, st.Detail = 0, 0, "stopped ("+how+")"
+		if err := b.saveState(st); err != nil {
+			return err
+		}
+	}
+	b.log.Info("vm stopped", "vm_id", id, "how", how)
+	return nil
+}
+
+// shutdown tries each way of stopping the guest in turn, and says which one worked.
+func (b *Backend) shutdown(ctx context.Context, st *vmState) string {
+	step := func(name string, fn func(context.Context) error) bool {
+		sctx, cancel := context.WithTimeout(ctx, b.cfg.StopTimeout)
+		defer cancel()
+		if err := fn(sctx); err != nil {
+			b.log.Debug("stop step failed", "vm_id", st.ID, "step", name, "err", err)
+			return false
+		}
+		return b.waitExit(sctx, st) == nil
+	}
+	if step("agent power-off", func(ctx context.Context) error { return b.agentFor(st).client.PowerOff(ctx) }) {
+		return "agent power-off"
+	}
+	if step("qmp quit", func(ctx context.Context) error { return qmpCommand(ctx, st.QMPSock, "quit") }) {
+		return "qmp quit"
+	}
+	if err := b.kill(ctx, st); err != nil {
+		b.log.Warn("kill qemu", "vm_id", st.ID, "err", err)
+	}
+	return "killed"
+}
+
+// DeleteVM kills the VM's QEMU (a crashed worker's orphan too, found by the pid in the state file) and removes its
+// directory: disk, sockets, console log. Deleting a missing VM succeeds.
+func (b *Backend) DeleteVM(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	unlock := b.lockVM(id)
+	defer unlock()
+	b.closeAgent(id)
+	st, err := b.loadState(id)
+	switch {
+	case errors.Is(err, vmm.ErrNotFound):
+	case err != nil:
+		return err
+	default:
+		if err := b.kill(ctx, st); err != nil {
+			return fmt.Errorf("qemu backend: delete vm %s: %w", id, err)
+		}
+	}
+	if err := os.RemoveAll(b.vmDir(id)); err != nil {
+		return fmt.Errorf("qemu backend: remove directory of vm %s: %w", id, err)
+	}
+	b.mu.Lock()
+	delete(b.procs, id)
+	b.mu.Unlock()
+	b.log.Info("vm deleted", "vm_id", id)
+	return nil
+}
+
+// GetVMStatus reports the VM's state from its state file and its process.
+func (b *Backend) GetVMStatus(_ context.Context, id string) (*vmm.Instance, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	st, err := b.loadState(id)
+	if err != nil {
+		return nil, err
+	}
+	return b.instance(st), nil
+}
+
+// ListVMs lists this worker's VMs, from their state files.
+func (b *Backend) ListVMs(context.Context) ([]*vmm.Instance, error) {
+	states, err := b.allStates()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*vmm.Instance, 0, len(states))
+	for _, st := range states {
+		if st.WorkerID == b.cfg.WorkerID {
+			out = append(out, b.instance(st))
+		}
+	}
+	return out, nil
+}
+
+func (b *Backend) instance(st *vmState) *vmm.Instance {
+	inst := &vmm.Instance{ID: st.ID, Name: st.Name, WorkerID: st.WorkerID, Image: st.Image, SocketPath: st.AgentSock}
+	switch {
+	case b.alive(st):
+		inst.State = vmm.StateRunning
+	case !st.Started:
+		inst.State = vmm.StateCreated
+	default:
+		inst.State = vmm.StateStopped
+		inst.Detail = st.Detail
+		b.mu.Lock()
+		p := b.procs[st.ID]
+		b.mu.Unlock()
+		switch {
+		case p != nil && p.PID == st.PID && p.Exited():
+			inst.Detail = p.ExitDetail("qemu")
+		case st.PID != 0:
+			inst.Detail = "qemu process is gone (killed with its worker, or crashed)"
+		}
+	}
+	return inst
+}
+
+// ExecuteCommand runs one command through the VM's agent: vmm.ErrNotFound or vmm.ErrNotRunning when the VM is
+// missing or stopped, otherwise a wrapped agent client error.
+func (b *Backend) ExecuteCommand(ctx context.Context, id string, req agent.ExecRequest) (*agent.ExecResult, error) {
+	c, err := b.cachedAgent(id)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.Exec(ctx, req)
+	if errors.Is(err, agentclient.ErrClosed) && ctx.Err() == nil {
+		if c, err = b.cachedAgent(id); err != nil {
+			return nil, err
+		}
+		res, err = c.Exec(ctx, req)
+	}
+	if err == nil {
+		return res, nil
+	}
+	return nil, b.execError(ctx, id, err)
+}
+
+// ExecuteStream is ExecuteCommand with output copied to the writers as it comes.
+func (b *Backend) ExecuteStream(ctx context.Context, id string, req agent.ExecRequest, stdout, stderr io.Writer) (*agent.ExecResult, error) {
+	c, err := b.cachedAgent(id)
+	if err != nil {
+		return nil, err
+	}
+	out, errOut := &vmproc.CountingWriter{W: stdout}, &vmproc.CountingWriter{W: stderr}
+	res, err := c.ExecStream(ctx, req, out, errOut)
+	if errors.Is(err, agentclient.ErrClosed) && ctx.Err() == nil && out.N == 0 && errOut.N == 0 {
+		if c, err = b.cachedAgent(id); err != nil {
+			return nil, err
+		}
+		res, err = c.ExecStream(ctx, req, out, errOut)
+	}
+	if err == nil {
+		return res, nil
+	}
+	return nil, b.execError(ctx, id, err)
+}
+
+// Agent returns the VM's agent client once its QEMU is known to run.
+func (b *Backend) Agent(_ context.Context, id string) (*agentclient.Client, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	st, err := b.loadState(id)
+	if err != nil {
+		return nil, err
+	}
+	if !b.alive(st) {
+		return nil, fmt.Errorf("%w: vm %s is %s", vmm.ErrNotRunning, id, b.instance(st).State)
+	}
+	return b.agentFor(st).client, nil
+}
+
+// cachedAgent returns the cached client, reading the state file only when there is none yet.
+func (b *Backend) cachedAgent(id string) (*agentclient.Client, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	a, ok := b.agents[id]
+	b.mu.Unlock()
+	if ok {
+		return a.client, nil
+	}
+	st, err := b.loadState(id)
+	if err != nil {
+		return nil, err
+	}
+	return b.agentFor(st).client, nil
+}
+
+func (b *Backend) execError(ctx context.Context, id string, err error) error {
+	if (errors.Is(err, agentclient.ErrUnavailable) || errors.Is(err, agentclient.ErrClosed)) && ctx.Err() == nil {
+		st, serr := b.loadState(id)
+		if serr != nil {
+			b.closeAgent(id)
+			return fmt.Errorf("qemu backend: exec in vm %s: %w (agent: %v)", id, serr, err)
+		}
+		if !b.alive(st) {
+			b.closeAgent(id)
+			return fmt.Errorf("qemu backend: exec in vm %s: %w (%s)", id, vmm.ErrNotRunning, b.instance(st).State)
+		}
+	}
+	return fmt.Errorf("qemu backend: exec in vm %s: %w", id, err)
+}
+
+// agentFor returns the VM's agent connection, making one if needed: a yamux session over the virtio-serial
+// port's host socket, made again when the stream breaks.
+func (b *Backend) agentFor(st *vmState) *agentConn {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if a, ok := b.agents[st.ID]; ok {
+		return a
+	}
+	sock := st.AgentSock
+	dial, session := transport.MultiplexedWithLogger(func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}, b.log.With("vm_id", st.ID))
+	a := &agentConn{client: agentclient.New(dial), session: session}
+	if b.closed {
+		_ = a.close()
+		return a
+	}
+	b.agents[st.ID] = a
+	return a
+}
+
+func (b *Backend) closeAgent(id string) {
+	b.mu.Lock()
+	a := b.agents[id]
+	delete(b.agents, id)
+	b.mu.Unlock()
+	if a != nil {
+		_ = a.close()
+	}
+}
+
+// reapOrphans kills QEMU processes of this DataDir that no VM's state file accounts for: what a worker that
+// crashed between starting QEMU and recording it leaves (Pdeathsig ends the others with their worker).
+func (b *Backend) reapOrphans(ctx context.Context) error {
+	prefix := "path=" + b.vmsDir() + "/"
+	found, err := vmproc.Scan(func(args []string) bool {
+		return vmproc.HasArgPair(args, "-name", func(v string) bool { return strings.HasPrefix(v, "aetherium-") }) &&
+			vmproc.HasArgPair(args, "-chardev", func(v string) bool { return strings.Contains(v, prefix) })
+	})
+	if err != nil {
+		return err
+	}
+	for _, f := range found {
+		var id string
+		for i := 0; i+1 < len(f.Args); i++ {
+			if f.Args[i] == "-name" {
+				id = strings.TrimPrefix(f.Args[i+1], "aetherium-")
+			}
+		}
+		if st, err := b.loadState(id); err == nil && st.PID == f.PID && st.PIDStart == f.Start {
+			continue // a VM's own QEMU, still running: the worker's reconciliation decides about it
+		}
+		b.log.Warn("reaping orphaned qemu process", "pid", f.PID, "vm_id", id)
+		if err := vmproc.KillGroup(f.PID); err != nil {
+			b.log.Warn("kill orphaned qemu", "pid", f.PID, "err", err)
+			continue
+		}
+		pid, start := f.PID, f.Start
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := vmproc.WaitGone(wctx, func() bool {
+			s, gone, err := vmproc.StartTime(pid)
+			return err == nil && !gone && s == start
+		})
+		cancel()
+		if err != nil {
+			b.log.Warn("orphaned qemu survives SIGKILL", "pid", pid, "err", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,271 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aetherium/aetherium/internal/vmm/vmmtest"
+	"github.com/aetherium/aetherium/internal/vmm/vmproc"
+	"github.com/aetherium/aetherium/pkg/client"
+)
+
+// Guest images for the microVM tests, made once per test binary.
+var guest struct {
+	once           sync.Once
+	kernel, rootfs string
+	skip           string
+}
+
+// requireGuests returns the env that points a server at the guest kernel and a template, or skips (fails under
+// AETHERIUM_REQUIRE_SERVICES=1) when QEMU guests cannot run here.
+func requireGuests(t testing.TB) []string {
+	t.Helper()
+	guest.once.Do(func() {
+		if guest.skip = vmmtest.QEMUMissing(); guest.skip != "" {
+			return
+		}
+		guest.kernel, _ = vmmtest.Kernel()
+		dir, err := os.MkdirTemp("", "aee-img-")
+		if err != nil {
+			guest.skip = err.Error()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		_, m, err := vmmtest.Template(ctx, dir, "e2e")
+		if err != nil {
+			guest.skip = err.Error()
+			return
+		}
+		guest.rootfs = m.Path
+	})
+	requireService(t, "QEMU guests", guest.skip == "", guest.skip)
+	return []string{"AETHERIUM_BACKEND=qemu", "AETHERIUM_KERNEL_PATH=" + guest.kernel, "AETHERIUM_ROOTFS_PATH=" + guest.rootfs}
+}
+
+// shortDir is a data directory short enough for the per-VM Unix sockets.
+func shortDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "aee-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(d) })
+	return d
+}
+
+// qemuUnder lists the QEMU processes of a data directory.
+func qemuUnder(dir string) []vmproc.Found {
+	found, _ := vmproc.Scan(func(args []string) bool {
+		return vmproc.HasArgPair(args, "-chardev", func(v string) bool { return strings.Contains(v, "path="+dir+"/") })
+	})
+	return found
+}
+
+func assertNoGuests(t testing.TB, dir string) {
+	t.Helper()
+	if f := qemuUnder(dir); len(f) != 0 {
+		for _, p := range f {
+			_ = vmproc.KillGroup(p.PID)
+		}
+		t.Fatalf("QEMU processes left under %s: %d", dir, len(f))
+	}
+	entries, _ := os.ReadDir(filepath.Join(dir, "qemu"))
+	if len(entries) != 0 {
+		t.Fatalf("per-VM directories (disks) left under %s: %d", dir, len(entries))
+	}
+}
+
+// microVMFlow is the REST flow on a real guest: four VMs at once, the guest's own kernel, exit codes, isolated
+// disks, delete.
+func microVMFlow(t *testing.T, c *client.Client, dataDir string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	host, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	vms := make([]*client.VM, 4)
+	errs := make([]error, 4)
+	var wg sync.WaitGroup
+	for i := range vms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			vms[i], errs[i] = c.CreateVMAndWait(ctx, client.CreateVMRequest{Name: fmt.Sprintf("guest-%d", i), VCPUs: 1, MemoryMB: 256})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("create vm %d: %v", i, err)
+		}
+		if vms[i].Status != "running" {
+			t.Fatalf("vm %d is %s: %s", i, vms[i].Status, vms[i].Error)
+		}
+	}
+	exec := func(vm *client.VM, cmd string, args ...string) *client.Execution {
+		t.Helper()
+		e, err := c.ExecAndWait(ctx, vm.ID, client.ExecuteRequest{Command: cmd, Args: args})
+		if err != nil {
+			t.Fatalf("exec %s %v on %s: %v", cmd, args, vm.Name, err)
+		}
+		if e.ExitCode == nil {
+			t.Fatalf("exec %s on %s: no exit code (%s: %s)", cmd, vm.Name, e.Status, e.Error)
+		}
+		return e
+	}
+	uname := exec(vms[0], "uname", "-a")
+	if *uname.ExitCode != 0 || !strings.Contains(uname.Stdout, "Linux guest-0 6.1.") ||
+		strings.Contains(uname.Stdout, strings.TrimSpace(string(host))) {
+		t.Fatalf("uname -a = %q: want the guest's own 6.1 kernel and host name, not the host's %s", uname.Stdout, host)
+	}
+	t.Logf("guest: %s", strings.TrimSpace(uname.Stdout))
+	if e := exec(vms[0], "sh", "-c", "exit 3"); *e.ExitCode != 3 {
+		t.Fatalf("exit 3: got %d", *e.ExitCode)
+	}
+	exec(vms[0], "sh", "-c", "echo mine > /marker && sync")
+	for _, vm := range vms[1:] {
+		if e := exec(vm, "test", "-e", "/marker"); *e.ExitCode == 0 {
+			t.Fatalf("vm %s sees the file vm %s wrote: disks are not isolated", vm.Name, vms[0].Name)
+		}
+	}
+	for _, vm := range vms {
+		if _, err := c.DeleteVMAndWait(ctx, vm.ID); err != nil {
+			t.Fatalf("delete %s: %v", vm.Name, err)
+		}
+	}
+	assertNoGuests(t, dataDir)
+}
+
+// TestMicroVMServe: `aetherium serve` (SQLite, in-process queue) on the QEMU backend.
+func TestMicroVMServe(t *testing.T) {
+	env := requireGuests(t)
+	dataDir := shortDir(t)
+	addr := freePort(t)
+	p := start(t, "serve", append(serveEnv(dataDir, addr, "AETHERIUM_WORKER_ID=e2e-qemu-serve"), env...), "serve")
+	waitHTTP(t, addr, p)
+	c := newClient(t, addr, readLine(t, filepath.Join(dataDir, "admin-api-key")))
+	waitReady(t, c)
+	microVMFlow(t, c, dataDir)
+	if !strings.Contains(p.out.String(), "qemu accelerator chosen") {
+		t.Fatalf("serve did not log its accelerator choice:\n%s", p.out.String())
+	}
+}
+
+// TestMicroVMProduction: a gateway and a worker on PostgreSQL and Redis, the QEMU backend; then the worker is killed
+// with SIGKILL while its guests run: no QEMU process or disk is left unaccounted for after it restarts, and the
+// store says what happened to each VM.
+func TestMicroVMProduction(t *testing.T) {
+	env := requireGuests(t)
+	dbURL := newPostgresDB(t)
+	redisURL := flushRedis(t)
+	common := append([]string{
+		"AETHERIUM_DATABASE_URL=" + dbURL, "AETHERIUM_REDIS_URL=" + redisURL,
+		"AETHERIUM_AGENT_BINARY=" + filepath.Join(binDir, "aetherium-agent"), "AETHERIUM_LOG_LEVEL=debug",
+		"AETHERIUM_CLUSTER_TOKEN=" + e2eClusterToken,
+	}, env...)
+	if _, errOut, code := runCLI(t, append(common, "AETHERIUM_DATA_DIR="+shortDir(t)), "migrate"); code != 0 {
+		t.Fatalf("migrate: %s", errOut)
+	}
+	key, errOut, code := runCLI(t, append(common, "AETHERIUM_DATA_DIR="+shortDir(t)), "apikey", "create", "--name", "e2e")
+	if code != 0 {
+		t.Fatalf("apikey create: %s", errOut)
+	}
+	addr := freePort(t)
+	gw := start(t, "gateway", append(common, "AETHERIUM_DATA_DIR="+shortDir(t), "AETHERIUM_LISTEN="+addr), "gateway")
+	wdir := shortDir(t)
+	wenv := append(common, "AETHERIUM_DATA_DIR="+wdir, "AETHERIUM_WORKER_ID=e2e-qemu-w1")
+	w := start(t, "worker", wenv, "worker")
+	waitHTTP(t, addr, gw)
+	c := newClient(t, addr, strings.TrimSpace(key))
+	waitReady(t, c)
+	microVMFlow(t, c, wdir)
+
+	// Kill the worker while two guests run, one of them in the middle of a command.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var victims []*client.VM
+	for _, name := range []string{"victim-a", "victim-b"} {
+		vm, err := c.CreateVMAndWait(ctx, client.CreateVMRequest{Name: name})
+		if err != nil || vm.Status != "running" {
+			t.Fatalf("create %s: %+v %v", name, vm, err)
+		}
+		victims = append(victims, vm)
+	}
+	acc, err := c.Execute(ctx, victims[0].ID, client.ExecuteRequest{Command: "sleep", Args: []string{"600"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitExecution(t, c, acc.ExecutionID, "running")
+	before := qemuUnder(wdir)
+	if len(before) != 2 {
+		t.Fatalf("want 2 QEMU processes before the kill, found %d", len(before))
+	}
+	w.kill()
+	// Pdeathsig: the guests die with their worker.
+	deadline := time.Now().Add(15 * time.Second)
+	for len(qemuUnder(wdir)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := len(qemuUnder(wdir)); n != 0 {
+		t.Fatalf("%d QEMU processes outlived their SIGKILLed worker", n)
+	}
+
+	start(t, "worker-restarted", wenv, "worker")
+	for _, vm := range victims {
+		got := waitVMStatus(t, c, vm.ID, "failed")
+		if !strings.Contains(got.Error, "restarted") {
+			t.Fatalf("vm %s failed without saying why: %q", vm.Name, got.Error)
+		}
+		t.Logf("store after the crash: %s is %s: %s", vm.Name, got.Status, got.Error)
+	}
+	x := waitExecution(t, c, acc.ExecutionID, "failed")
+	if x.Error == "" {
+		t.Fatal("the interrupted command failed without a reason")
+	}
+	// The failed VMs' disks were released at reconciliation; deleting them still works.
+	for _, vm := range victims {
+		if _, err := c.DeleteVMAndWait(ctx, vm.ID); err != nil {
+			t.Fatalf("delete failed vm %s: %v", vm.Name, err)
+		}
+	}
+	assertNoGuests(t, wdir)
+}
+
+func waitExecution(t testing.TB, c *client.Client, id, status string) *client.Execution {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var last *client.Execution
+	for ctx.Err() == nil {
+		x, err := c.GetExecution(ctx, id)
+		if err == nil && x.Status == status {
+			return x
+		}
+		last = x
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("execution %s never became %s (last %+v)", id, status, last)
+	return nil
+}
+
+func waitVMStatus(t testing.TB, c *client.Client, id, status string) *client.VM {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var last *client.VM
+	for ctx.Err() == nil {
+		vm, err := c.GetVM(ctx, id)
+		if err == nil && vm.Status == status {
+			return vm
+		}
+		last = vm
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("vm %s never became %s (last %+v)", id, status, last)
+	return nil
+}
