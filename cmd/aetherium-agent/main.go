@@ -31,6 +31,7 @@
 //	aetherium.token_file=PATH        as --token-file
 //	aetherium.token=TOKEN            the token itself (discouraged, see below)
 //	aetherium.hostname=NAME          the hostname
+//	aetherium.dns=IP[,IP...]         the nameservers written to /etc/resolv.conf
 //	aetherium.log_level=LEVEL        as --log-level
 //
 // and on SIGTERM, or when the host asks for it, powers the VM off instead of exiting (PID 1 cannot exit).
@@ -195,6 +196,11 @@ func runWith(ctx context.Context, sys system, args []string, stdout, stderr io.W
 		if v, ok := opts["hostname"]; ok {
 			if err := sys.initGuest(guestinit.Options{Hostname: v, Logger: log}); err != nil {
 				log.Error("cannot set the hostname", "hostname", v, "err", err)
+			}
+		}
+		if v, ok := opts["dns"]; ok {
+			if err := guestinit.WriteResolvConf("/", splitList(v)); err != nil {
+				log.Error("cannot write /etc/resolv.conf", "dns", v, "err", err)
 			}
 		}
 		if v, ok := opts["listen"]; ok && !set["listen"] {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -287,4 +288,36 @@ func loopbackUp() (bool, error) {
 		return false, fmt.Errorf("SIOCSIFFLAGS: %w", err)
 	}
 	return true, nil
+}
+
+// WriteResolvConf writes <root>/etc/resolv.conf naming servers (IP addresses, from the kernel command line's
+// aetherium.dns=), atomically, replacing what the template had. An invalid address changes nothing.
+func WriteResolvConf(root string, servers []string) error {
+	var b strings.Builder
+	b.WriteString("# written by aetherium-agent from aetherium.dns on the kernel command line\n")
+	for _, s := range servers {
+		ip, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil {
+			return fmt.Errorf("guestinit: nameserver %q is not an IP address", s)
+		}
+		fmt.Fprintf(&b, "nameserver %s\n", ip)
+	}
+	if len(servers) == 0 {
+		return errors.New("guestinit: no nameservers")
+	}
+	dir := filepath.Join(root, "etc")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("guestinit: %w", err)
+	}
+	path := filepath.Join(dir, "resolv.conf")
+	tmp := path + ".aetherium-tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("guestinit: write resolv.conf: %w", err)
+	}
+	// A template may ship resolv.conf as a symlink (to systemd-resolved's file): replace the link, not its target.
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("guestinit: write resolv.conf: %w", err)
+	}
+	return nil
 }

@@ -307,3 +307,32 @@ func loopbackIsUp() (bool, error) {
 	}
 	return ifr.Uint16()&unix.IFF_UP != 0, nil
 }
+
+func TestWriteResolvConf(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A template's resolv.conf may be a symlink to a file that does not exist in a VM: it is replaced, not followed.
+	if err := os.Symlink("/run/systemd/resolve/stub-resolv.conf", filepath.Join(root, "etc", "resolv.conf")); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteResolvConf(root, []string{"172.16.0.1", "2001:db8::53"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(root, "etc", "resolv.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(got), "nameserver 172.16.0.1\nnameserver 2001:db8::53\n") {
+		t.Fatalf("resolv.conf = %q", got)
+	}
+	for _, bad := range [][]string{{"not-an-ip"}, {"172.16.0.1", "x; rm -rf /"}, nil} {
+		if err := WriteResolvConf(root, bad); err == nil {
+			t.Fatalf("WriteResolvConf(%q) succeeded", bad)
+		}
+	}
+	if again, _ := os.ReadFile(filepath.Join(root, "etc", "resolv.conf")); string(again) != string(got) {
+		t.Fatal("a rejected call changed resolv.conf")
+	}
+}
