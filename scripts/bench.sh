@@ -15,7 +15,10 @@ run 'ExecTrue' 300x ./internal/agent/server/
 run 'StreamCat100MB' 2x ./internal/agent/server/
 run 'CreateToReady' 10x ./internal/vmm/docker/
 run 'ExecTrue' 300x ./internal/vmm/docker/
+run 'RawBoot|CreateToReady' 10x ./internal/vmm/qemu/
+run 'ExecTrue' 100x ./internal/vmm/qemu/
 run 'APIExecWait' 300x ./test/e2e/
+run 'APICreateToReady' 10x ./test/e2e/
 echo
 echo "median of $COUNT runs:"
 awk '/^pkg: / { pkg = $2; sub(/^github.com\/aetherium\/aetherium\//, "", pkg) }

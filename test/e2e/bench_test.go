@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"sort"
 	"testing"
@@ -13,14 +14,66 @@ import (
 // BenchmarkAPIExecWait measures the round trip of a synchronous exec (`POST .../execute?wait=30s` of `true`)
 // through the whole product: HTTP, auth, store, embedded queue, worker, Docker backend, agent and back.
 func BenchmarkAPIExecWait(b *testing.B) {
-	requireDocker(b)
-	dataDir := b.TempDir()
+	b.Run("docker", func(b *testing.B) { benchExecWait(b, serveBench(b, "docker")) })
+	b.Run("qemu", func(b *testing.B) { benchExecWait(b, serveBench(b, "qemu")) })
+}
+
+// BenchmarkAPICreateToReady measures `POST /vms?wait` until the VM is running, through the whole product, per
+// backend (the QEMU backend's raw boot, without the product, is internal/vmm/qemu's BenchmarkRawBoot).
+func BenchmarkAPICreateToReady(b *testing.B) {
+	for _, backend := range []string{"docker", "qemu"} {
+		b.Run(backend, func(b *testing.B) {
+			c := serveBench(b, backend)
+			ctx := context.Background()
+			lat := make([]time.Duration, 0, b.N)
+			for i := 0; b.Loop(); i++ {
+				start := time.Now()
+				vm, err := c.CreateVMAndWait(ctx, client.CreateVMRequest{Name: fmt.Sprintf("bench-%d", i)})
+				if err != nil || vm.Status != "running" {
+					b.Fatalf("create: %+v %v", vm, err)
+				}
+				lat = append(lat, time.Since(start))
+				b.StopTimer()
+				if _, err := c.DeleteVMAndWait(ctx, vm.ID); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			reportLatency(b, lat)
+		})
+	}
+}
+
+// serveBench starts `aetherium serve` on the given backend for a benchmark.
+func serveBench(b *testing.B, backend string) *client.Client {
+	var env []string
+	switch backend {
+	case "docker":
+		requireDocker(b)
+		removeWorkerContainers(b, "e2e-bench")
+	case "qemu":
+		env = requireGuests(b)
+	}
+	dataDir := shortDir(b)
 	addr := freePort(b)
-	removeWorkerContainers(b, "e2e-bench")
-	p := start(b, "serve", serveEnv(dataDir, addr, "AETHERIUM_WORKER_ID=e2e-bench", "AETHERIUM_LOG_LEVEL=warn"), "serve")
+	p := start(b, "serve", append(serveEnv(dataDir, addr, "AETHERIUM_WORKER_ID=e2e-bench", "AETHERIUM_LOG_LEVEL=warn"), env...), "serve")
 	waitHTTP(b, addr, p)
 	c := newClient(b, addr, readLine(b, filepath.Join(dataDir, "admin-api-key")))
 	waitReady(b, c)
+	return c
+}
+
+func reportLatency(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(0, "ns/op")
+}
+
+func benchExecWait(b *testing.B, c *client.Client) {
 	ctx := context.Background()
 	vm, err := c.CreateVMAndWait(ctx, client.CreateVMRequest{Name: "bench"})
 	if err != nil {
@@ -37,9 +90,7 @@ func BenchmarkAPIExecWait(b *testing.B) {
 		lat = append(lat, time.Since(start))
 	}
 	b.StopTimer()
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	reportLatency(b, lat)
 	if _, err := c.DeleteVMAndWait(ctx, vm.ID); err != nil {
 		b.Fatal(err)
 	}
