@@ -20,6 +20,18 @@ echo "== guest kernel (cached by content hash under /var/cache/aetherium: ~1 s w
 # The microVM tests boot real QEMU guests with it (internal/vmm/vmmtest finds it in the cache).
 AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image kernel build
 
+echo "== default template with tools (Debian + git, node, npm, bun, claude-code; downloads cached in ci-data)"
+build_log=$(mktemp)
+AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image build --from-debian \
+  --tools git,node,npm,bun,claude-code --name default 2>&1 | tee "$build_log" | grep -v '^ *debootstrap' || true
+template=$(grep -o '/var/cache/aetherium/ci-data/images/default/[^ ]*/rootfs.ext4' "$build_log" | tail -1)
+rm -f "$build_log"
+if [ -z "$template" ] || [ ! -f "$template" ]; then echo "the default template was not built"; exit 1; fi
+export AETHERIUM_TEST_TOOLS_TEMPLATE=$template
+# Old versions of the CI template (a new agent makes a new one every run) are removed, keeping the newest two.
+AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image list 2>/dev/null | awk '$1 == "default" { print $1 "@" $2 }' \
+  | tail -n +3 | xargs -r -n1 env AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image rm >/dev/null || true
+
 echo "== tests"
 go test -count=1 -timeout 20m -p 2 ./...
 

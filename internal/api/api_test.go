@@ -209,6 +209,20 @@ func TestBadInputChangesNothing(t *testing.T) {
 			422, client.CodeValidation, []string{"name"}},
 		{"priority invalid", req{method: "POST", path: "/api/v1/vms", body: strings.NewReader(`{"name":"a","priority":"urgent"}`)},
 			422, client.CodeValidation, []string{"priority"}},
+		{"unknown tool", req{method: "POST", path: "/api/v1/vms", body: strings.NewReader(`{"name":"a","tools":["git","nosuchtool"]}`)},
+			422, client.CodeValidation, []string{"tools", "nosuchtool", "known tools", "node"}},
+		{"bad tool version", req{method: "POST", path: "/api/v1/vms", body: strings.NewReader(`{"name":"a","tools":["node@;rm"]}`)},
+			422, client.CodeValidation, []string{"tools", "version"}},
+		{"conflicting tool versions", req{method: "POST", path: "/api/v1/vms", body: strings.NewReader(`{"name":"a","tools":["node@22"],"tool_versions":{"node":"24"}}`)},
+			422, client.CodeValidation, []string{"tools", "node"}},
+		{"egress CIDR invalid", req{method: "POST", path: "/api/v1/vms", body: strings.NewReader(`{"name":"a","network":{"egress":{"deny_cidrs":["10.0.0.0/33"]}}}`)},
+			422, client.CodeValidation, []string{"network.egress.deny_cidrs", "10.0.0.0/33"}},
+		{"egress IPv6 CIDR", req{method: "POST", path: "/api/v1/vms", body: strings.NewReader(`{"name":"a","network":{"egress":{"allow_cidrs":["2001:db8::/32"]}}}`)},
+			422, client.CodeValidation, []string{"IPv4"}},
+		{"egress domain invalid", req{method: "POST", path: "/api/v1/vms", body: strings.NewReader(`{"name":"a","network":{"egress":{"allow_domains":["exa mple.com"]}}}`)},
+			422, client.CodeValidation, []string{"network.egress.allow_domains"}},
+		{"egress unknown field", req{method: "POST", path: "/api/v1/vms", body: strings.NewReader(`{"name":"a","network":{"egress":{"allow":["x"]}}}`)},
+			400, client.CodeInvalidJSON, []string{"allow"}},
 		{"duplicate name", req{method: "POST", path: "/api/v1/vms", body: strings.NewReader(`{"name":"existing"}`)},
 			409, client.CodeConflict, []string{"existing"}},
 		{"wait not a duration", req{method: "POST", path: "/api/v1/vms?wait=soon", body: strings.NewReader(`{"name":"w1"}`)},
@@ -556,5 +570,29 @@ func TestWaitIsBoundedByTheRequest(t *testing.T) {
 			t.Fatalf("the handler did not return after its client left:\n%s", e.logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestCreateWithToolsAndNetwork: tools and the egress policy are normalized, stored and shown.
+func TestCreateWithToolsAndNetwork(t *testing.T) {
+	e := newEnv(t, nil)
+	r := e.call("POST", "/api/v1/vms", e.keyA, `{"name":"tooled","tools":["jq","node@24"],"tool_versions":{"bun":"1"},
+		"network":{"egress":{"allow_domains":["GitHub.com."],"deny_cidrs":["198.51.100.7/24"]}}}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("create: %d %s", r.status, r.body)
+	}
+	acc := decodeAs[client.VMAccepted](t, r)
+	got, err := e.st.VMs().Get(context.Background(), acc.VM.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, vm := range map[string]client.VM{"answer": acc.VM, "stored": ToVM(got)} {
+		if strings.Join(vm.Tools, ",") != "jq,node@24,bun@1" {
+			t.Errorf("%s tools = %q", name, vm.Tools)
+		}
+		if vm.Network == nil || strings.Join(vm.Network.Egress.AllowDomains, ",") != "github.com" ||
+			strings.Join(vm.Network.Egress.DenyCIDRs, ",") != "198.51.100.0/24" {
+			t.Errorf("%s network = %+v", name, vm.Network)
+		}
 	}
 }

@@ -11,20 +11,31 @@ import (
 // ToVM converts a VM.
 func ToVM(v *model.VM) client.VM {
 	return client.VM{
-		ID:        v.ID,
-		Name:      v.Name,
-		Status:    string(v.Status),
-		VCPUs:     v.VCPUCount,
-		MemoryMB:  v.MemoryMB,
-		Image:     v.Image,
-		WorkerID:  v.WorkerID,
-		Error:     v.Error,
-		Metadata:  v.Metadata,
-		CreatedAt: v.CreatedAt,
-		UpdatedAt: v.UpdatedAt,
-		StartedAt: v.StartedAt,
-		StoppedAt: v.StoppedAt,
+		ID:       v.ID,
+		Name:     v.Name,
+		Status:   string(v.Status),
+		VCPUs:    v.VCPUCount,
+		MemoryMB: v.MemoryMB,
+		Image:    v.Image,
+		WorkerID: v.WorkerID,
+		Error:    v.Error,
+		Metadata: v.Metadata,
+		Network:  toVMNetwork(v.Network),
+		Tools:    v.Tools,
+		// Installed tools are shown as they are recorded.
+		InstalledTools: v.InstalledTools,
+		CreatedAt:      v.CreatedAt,
+		UpdatedAt:      v.UpdatedAt,
+		StartedAt:      v.StartedAt,
+		StoppedAt:      v.StoppedAt,
 	}
+}
+
+func toVMNetwork(n *model.VMNetwork) *client.VMNetwork {
+	if n == nil {
+		return nil
+	}
+	return &client.VMNetwork{Egress: client.EgressPolicy(n.Egress), IP: n.IP, MAC: n.MAC, Gateway: n.Gateway}
 }
 
 // ToTask converts a task. Attempts counts runs so far: 0 before a worker first picks the task up, then

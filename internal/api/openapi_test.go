@@ -257,6 +257,7 @@ func TestOpenAPISchemasMatchWireTypes(t *testing.T) {
 		"StartProcessRequest": client.StartProcessRequest{}, "Process": client.Process{},
 		"ProcessList": client.ProcessList{}, "ProcessOutput": client.ProcessOutput{},
 		"SignalRequest": client.SignalRequest{}, "ShellMessage": client.ShellMessage{},
+		"EgressPolicy": client.EgressPolicy{}, "VMNetwork": client.VMNetwork{},
 	}
 	requests := []string{"CreateVMRequest", "ExecuteRequest", "CreateJobRequest", "JobCommand", "MkdirRequest",
 		"StartProcessRequest", "SignalRequest"}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -33,20 +34,30 @@ type Config struct {
 	Concurrency int    `yaml:"concurrency"`
 	Backend     string `yaml:"backend"`
 	// Firecracker and QEMU backends.
-	FirecrackerBin string        `yaml:"firecracker_bin"`
-	QEMUBin        string        `yaml:"qemu_bin"`
-	QEMUAccel      string        `yaml:"qemu_accel"`
-	JailerBin      string        `yaml:"jailer_bin"`
-	KernelPath     string        `yaml:"kernel_path"`
-	RootfsPath     string        `yaml:"rootfs_path"`
-	AgentBinary    string        `yaml:"agent_binary"`
-	Busybox        string        `yaml:"busybox"`
-	DockerImage    string        `yaml:"docker_image"`
-	DockerNet      string        `yaml:"docker_network"`
-	ReadyWait      time.Duration `yaml:"ready_timeout"`
-	MaxOutput      int           `yaml:"max_output_bytes"`
-	MaxRetries     int           `yaml:"max_retries"`
-	ShutdownFor    time.Duration `yaml:"shutdown_timeout"`
+	FirecrackerBin string `yaml:"firecracker_bin"`
+	QEMUBin        string `yaml:"qemu_bin"`
+	QEMUAccel      string `yaml:"qemu_accel"`
+	// Host networking of microVMs.
+	Network       string `yaml:"network"`
+	NetworkCIDR   string `yaml:"network_cidr"`
+	NetworkBridge string `yaml:"network_bridge"`
+	// Tools installed into VMs.
+	ToolCatalog string `yaml:"tool_catalog"`
+	// DiskMB is the least size of a microVM\'s disk.
+	DiskMB       int           `yaml:"vm_disk_mb"`
+	NPMRegistry  string        `yaml:"npm_registry"`
+	DebianMirror string        `yaml:"debian_mirror"`
+	JailerBin    string        `yaml:"jailer_bin"`
+	KernelPath   string        `yaml:"kernel_path"`
+	RootfsPath   string        `yaml:"rootfs_path"`
+	AgentBinary  string        `yaml:"agent_binary"`
+	Busybox      string        `yaml:"busybox"`
+	DockerImage  string        `yaml:"docker_image"`
+	DockerNet    string        `yaml:"docker_network"`
+	ReadyWait    time.Duration `yaml:"ready_timeout"`
+	MaxOutput    int           `yaml:"max_output_bytes"`
+	MaxRetries   int           `yaml:"max_retries"`
+	ShutdownFor  time.Duration `yaml:"shutdown_timeout"`
 	// WorkerAPIListen is the address of the worker's internal API (files, processes, shells of its VMs).
 	WorkerAPIListen string `yaml:"worker_api_listen"`
 	// WorkerAPIURL is the URL gateways use to reach it (default: derived from the listener).
@@ -117,6 +128,13 @@ var settings = []setting{
 	{"jailer_bin", "jailer binary; when set, Firecracker VMs run jailed (backend firecracker)", str(func(c *Config) *string { return &c.JailerBin })},
 	{"qemu_bin", "qemu-system-x86_64 binary (backend qemu; default: in PATH)", str(func(c *Config) *string { return &c.QEMUBin })},
 	{"qemu_accel", "QEMU accelerator: auto (KVM when a probe guest boots under it, else TCG), kvm or tcg", str(func(c *Config) *string { return &c.QEMUAccel })},
+	{"network", "microVM networking: auto (on when the worker runs as root), on or off; a TAP per VM on a bridge with NAT, isolation and egress policies", str(func(c *Config) *string { return &c.Network })},
+	{"network_cidr", "IPv4 network of the VMs on each host (the bridge has its first address)", str(func(c *Config) *string { return &c.NetworkCIDR })},
+	{"network_bridge", "name of the host bridge the VMs' TAP devices join", str(func(c *Config) *string { return &c.NetworkBridge })},
+	{"vm_disk_mb", "least size of a microVM's disk in MiB (sparse: space is used as the guest writes; the agent grows the filesystem)", integer(func(c *Config) *int { return &c.DiskMB })},
+	{"tool_catalog", "YAML tool catalog replacing the built-in one (see `aetherium image tools`)", str(func(c *Config) *string { return &c.ToolCatalog })},
+	{"npm_registry", "npm registry the tools of kind npm come from", str(func(c *Config) *string { return &c.NPMRegistry })},
+	{"debian_mirror", "Debian mirror the host downloads Debian tools from, for running VMs", str(func(c *Config) *string { return &c.DebianMirror })},
 	{"kernel_path", "guest kernel, an uncompressed vmlinux (backends firecracker and qemu; default: the kernel named default in the data directory, see `aetherium image kernel`)", str(func(c *Config) *string { return &c.KernelPath })},
 	{"rootfs_path", "default root filesystem template, ext4 with the agent (backends firecracker and qemu; default: the template named default, see `aetherium image build`)", str(func(c *Config) *string { return &c.RootfsPath })},
 	{"agent_binary", "path of the static aetherium-agent binary (default: next to this executable)", str(func(c *Config) *string { return &c.AgentBinary })},
@@ -147,7 +165,7 @@ func Defaults() Config {
 	return Config{
 		DataDir: filepath.Join(home, ".aetherium"), Listen: ":8080", AutoMigrate: true,
 		LogLevel: "info", LogFormat: "text", Concurrency: 10, Backend: "auto", Busybox: "/bin/busybox",
-		QEMUAccel: "auto", DockerNet: "none", ReadyWait: 60 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
+		QEMUAccel: "auto", Network: "auto", NetworkCIDR: "172.16.0.0/24", DiskMB: 8192, NetworkBridge: "aetherium0", DockerNet: "none", ReadyWait: 60 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
 		WorkerAPIListen: "127.0.0.1:0",
 	}
 }
@@ -295,6 +313,20 @@ func (c *Config) normalize() error {
 	case "auto", "kvm", "tcg":
 	default:
 		bad("qemu_accel", "must be auto, kvm or tcg (got %q)", c.QEMUAccel)
+	}
+	if c.DiskMB < 64 || c.DiskMB > 4<<20 {
+		bad("vm_disk_mb", "must be between 64 and 4194304 (got %d)", c.DiskMB)
+	}
+	switch c.Network {
+	case "auto", "on", "off":
+	default:
+		bad("network", "must be auto, on or off (got %q)", c.Network)
+	}
+	if p, err := netip.ParsePrefix(c.NetworkCIDR); err != nil || !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 30 {
+		bad("network_cidr", "must be an IPv4 network from /8 to /30 such as 172.16.0.0/24 (got %q)", c.NetworkCIDR)
+	}
+	if l := len(c.NetworkBridge); l == 0 || l > 15 || strings.ContainsAny(c.NetworkBridge, "/ \t:") {
+		bad("network_bridge", "must be an interface name of 1 to 15 characters (got %q)", c.NetworkBridge)
 	}
 	if c.DockerNet != "none" && c.DockerNet != "bridge" {
 		bad("docker_network", "must be none or bridge (got %q)", c.DockerNet)

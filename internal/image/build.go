@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -25,6 +26,8 @@ import (
 	"github.com/docker/docker/api/types/container"
 	dockerclient "github.com/docker/docker/client"
 	"golang.org/x/sys/unix"
+
+	"github.com/aetherium/aetherium/internal/tools"
 )
 
 // layoutVersion changes whenever Build lays a template out differently, so that old inputs hashes stop matching.
@@ -65,6 +68,14 @@ type BuildOptions struct {
 	SizeMB int64
 	// AgentBinary is the static aetherium-agent to install as /sbin/aetherium-agent. Required.
 	AgentBinary string
+	// Tools are installed into the template once its source is laid out ("name" or "name@version", as
+	// tools.Catalog.Parse takes them), verified in a chroot and recorded in the manifest's Tools; their resolved
+	// versions and checksums are inputs, so an unchanged request reuses the template and a new release under a
+	// requested major builds a new one. A Debian build installs debian tools with debootstrap. Needs
+	// ToolInstaller, and root.
+	Tools []string
+	// ToolInstaller resolves, fetches and installs Tools.
+	ToolInstaller *tools.Installer
 	// Rebuild builds a new version even when one was built from identical inputs. Debian moves on under the same
 	// suite name, so this is how to pick up its updates; the default version then gets a time suffix.
 	Rebuild bool
@@ -141,14 +152,22 @@ func (b *Builder) Build(ctx context.Context, opts BuildOptions) (m Manifest, reu
 	if opts.SizeMB < 0 {
 		return Manifest{}, false, fmt.Errorf("image build: size %d MiB is negative", opts.SizeMB)
 	}
-	var src source
 	switch {
 	case opts.FromDocker != "" && opts.FromDebian != "":
 		return Manifest{}, false, errors.New("image build: give exactly one source, a Docker image or a Debian suite, not both")
 	case opts.FromDocker == "" && opts.FromDebian == "":
 		return Manifest{}, false, errors.New("image build: no source given: name a local Docker image or a Debian suite (e.g. " + DefaultDebianSuite + ")")
+	}
+	toolset, err := resolveTools(ctx, opts, progress)
+	if err != nil {
+		return Manifest{}, false, err
+	}
+	var src source
+	switch {
 	case opts.FromDebian != "":
-		if src, err = newDebianSource(opts, b.debootstrap); err != nil {
+		dopts := opts
+		dopts.Packages = append(slices.Clone(opts.Packages), debianToolPackages(toolset)...)
+		if src, err = newDebianSource(dopts, b.debootstrap); err != nil {
 			return Manifest{}, false, err
 		}
 	default:
@@ -170,6 +189,7 @@ func (b *Builder) Build(ctx context.Context, opts BuildOptions) (m Manifest, reu
 	h := sha256.New()
 	fmt.Fprintf(h, "aetherium-template-layout %d\n%sagent %x\nsize-mb %d\nhostname %s\n",
 		layoutVersion, src.describe(), agentSum, opts.SizeMB, guestHostname)
+	io.WriteString(h, toolsDescribe(toolset))
 	inputs := hex.EncodeToString(h.Sum(nil))
 	version := opts.Version
 	if version == "" {
@@ -229,9 +249,15 @@ func (b *Builder) Build(ctx context.Context, opts BuildOptions) (m Manifest, reu
 	if err != nil {
 		return Manifest{}, false, err
 	}
+	var toolVersions map[string]string
+	if len(toolset) > 0 {
+		if toolVersions, err = installTools(ctx, opts.ToolInstaller, staging, toolset, &st, progress); err != nil {
+			return Manifest{}, false, err
+		}
+	}
 	m, err = b.finish(ctx, finishArgs{
 		staging: staging, out: out, agent: agent, agentBinary: opts.AgentBinary, sizeMB: opts.SizeMB, filled: st,
-		manifest: Manifest{Name: opts.Name, Version: version, Source: src.label(), InputsHash: inputs},
+		manifest: Manifest{Name: opts.Name, Version: version, Source: src.label(), InputsHash: inputs, Tools: toolVersions},
 	}, progress)
 	if err != nil {
 		return Manifest{}, false, err

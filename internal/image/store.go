@@ -60,6 +60,9 @@ type Manifest struct {
 	InputsHash   string    `json:"inputs_hash"` // hash of everything the image was built from; equal hashes are reused
 	Boot         Boot      `json:"boot"`
 	Packages     []Package `json:"packages,omitempty"` // Debian templates: every installed package and its version
+	// Tools are the tools installed (and verified) at build time: name -> exact version (Debian's version for
+	// debian tools). See MissingTools.
+	Tools map[string]string `json:"tools,omitempty"`
 
 	// Path is the absolute path of rootfs.ext4; filled in when read, not stored.
 	Path string `json:"-"`

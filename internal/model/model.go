@@ -88,10 +88,33 @@ type VM struct {
 	WorkerID   string            `json:"worker_id,omitempty"`
 	Error      string            `json:"error,omitempty"`
 	Metadata   map[string]string `json:"metadata,omitempty"`
-	CreatedAt  time.Time         `json:"created_at"`
-	UpdatedAt  time.Time         `json:"updated_at"`
-	StartedAt  *time.Time        `json:"started_at,omitempty"`
-	StoppedAt  *time.Time        `json:"stopped_at,omitempty"`
+	// Network is the VM's egress policy (asked for at create) and the address it got; nil when the backend gives
+	// VMs no network.
+	Network *VMNetwork `json:"network,omitempty"`
+	// Tools are the tools asked for at create ("node@24", "jq"); InstalledTools maps each tool the VM has to its
+	// version (baked into its template or installed at create).
+	Tools          []string          `json:"tools,omitempty"`
+	InstalledTools map[string]string `json:"installed_tools,omitempty"`
+	CreatedAt      time.Time         `json:"created_at"`
+	UpdatedAt      time.Time         `json:"updated_at"`
+	StartedAt      *time.Time        `json:"started_at,omitempty"`
+	StoppedAt      *time.Time        `json:"stopped_at,omitempty"`
+}
+
+// VMNetwork is a VM's network: the egress policy it was created with and the address it was given.
+type VMNetwork struct {
+	Egress  EgressPolicy `json:"egress"`
+	IP      string       `json:"ip,omitempty"`
+	MAC     string       `json:"mac,omitempty"`
+	Gateway string       `json:"gateway,omitempty"`
+}
+
+// EgressPolicy says what a VM may connect to. Empty: the internet, not private ranges.
+type EgressPolicy struct {
+	AllowCIDRs   []string `json:"allow_cidrs,omitempty"`
+	DenyCIDRs    []string `json:"deny_cidrs,omitempty"`
+	AllowDomains []string `json:"allow_domains,omitempty"`
+	DenyDomains  []string `json:"deny_domains,omitempty"`
 }
 
 // TaskType names a kind of asynchronous work.
@@ -229,6 +252,8 @@ type VMSpec struct {
 	MemoryMB int               `json:"memory_mb"`
 	Image    string            `json:"image,omitempty"`
 	Metadata map[string]string `json:"metadata,omitempty"`
+	Network  *VMNetwork        `json:"network,omitempty"`
+	Tools    []string          `json:"tools,omitempty"` // normalized "name" or "name@version"
 }
 
 // Job runs several commands in order in one VM, optionally creating the VM first and deleting it after.

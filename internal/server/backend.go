@@ -7,12 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 
 	"github.com/aetherium/aetherium/internal/config"
 	"github.com/aetherium/aetherium/internal/image"
+	"github.com/aetherium/aetherium/internal/network"
+	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/vmm/docker"
 	"github.com/aetherium/aetherium/internal/vmm/firecracker"
 	"github.com/aetherium/aetherium/internal/vmm/qemu"
@@ -23,22 +27,23 @@ const DefaultImageName = "default"
 
 // openBackend builds the configured VM backend; "auto" tries firecracker, then qemu, then docker, and logs which
 // one it took and why it passed over the others.
-func openBackend(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
+// The store holds the network's address leases; with a nil store (doctor) VMs get no network.
+func openBackend(ctx context.Context, cfg config.Config, st store.Store, log *slog.Logger) (vmBackend, error) {
 	switch cfg.Backend {
 	case "firecracker":
-		return openFirecracker(ctx, cfg, log)
+		return openFirecracker(ctx, cfg, st, log)
 	case "qemu":
-		return openQEMU(ctx, cfg, log)
+		return openQEMU(ctx, cfg, st, log)
 	case "docker":
 		return openDocker(ctx, cfg, log)
 	case "auto":
-		return openAuto(ctx, cfg, log)
+		return openAuto(ctx, cfg, st, log)
 	default:
 		return nil, fmt.Errorf("unknown backend %q", cfg.Backend)
 	}
 }
 
-func openAuto(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
+func openAuto(ctx context.Context, cfg config.Config, st store.Store, log *slog.Logger) (vmBackend, error) {
 	var skipped []string
 	try := func(name string, open func() (vmBackend, error)) vmBackend {
 		b, err := open()
@@ -52,8 +57,8 @@ func openAuto(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBacke
 		name string
 		open func() (vmBackend, error)
 	}{
-		{"firecracker", func() (vmBackend, error) { return autoFirecracker(ctx, cfg, log) }},
-		{"qemu", func() (vmBackend, error) { return openQEMU(ctx, cfg, log) }},
+		{"firecracker", func() (vmBackend, error) { return autoFirecracker(ctx, cfg, st, log) }},
+		{"qemu", func() (vmBackend, error) { return openQEMU(ctx, cfg, st, log) }},
 		{"docker", func() (vmBackend, error) { return openDocker(ctx, cfg, log) }},
 	} {
 		if b := try(c.name, c.open); b != nil {
@@ -66,7 +71,7 @@ func openAuto(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBacke
 
 // autoFirecracker opens firecracker only where it would really run guests: its binary is installed and a probe
 // guest boots under KVM (with QEMU, which is how the host can be tested without a Firecracker-specific probe).
-func autoFirecracker(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
+func autoFirecracker(ctx context.Context, cfg config.Config, st store.Store, log *slog.Logger) (vmBackend, error) {
 	bin := cfg.FirecrackerBin
 	if bin == "" {
 		p, err := exec.LookPath("firecracker")
@@ -92,26 +97,40 @@ func autoFirecracker(ctx context.Context, cfg config.Config, log *slog.Logger) (
 		}
 	}
 	cfg.FirecrackerBin = bin
-	return openFirecracker(ctx, cfg, log)
+	return openFirecracker(ctx, cfg, st, log)
 }
 
-func openFirecracker(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
+func openFirecracker(ctx context.Context, cfg config.Config, st store.Store, log *slog.Logger) (vmBackend, error) {
 	kernel, rootfs, err := guestImages(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("firecracker backend: %w", err)
 	}
-	b, err := firecracker.New(ctx, firecracker.Config{
+	net, err := openNetwork(ctx, cfg, st, log)
+	if err != nil {
+		return nil, fmt.Errorf("firecracker backend: %w", err)
+	}
+	fcfg := firecracker.Config{
 		FirecrackerBin: cfg.FirecrackerBin, JailerBin: cfg.JailerBin, KernelPath: kernel,
 		RootfsPath: rootfs, Images: templateResolver(cfg), DataDir: cfg.DataDir, WorkerID: cfg.WorkerID,
-		ReadyTimeout: cfg.ReadyWait, Logger: log,
-	})
+		ReadyTimeout: cfg.ReadyWait, DiskMB: int64(cfg.DiskMB), Logger: log,
+	}
+	if net != nil {
+		fcfg.Network = net
+	}
+	b, err := firecracker.New(ctx, fcfg)
 	if err != nil {
+		if net != nil {
+			_ = net.Close()
+		}
 		return nil, err // already says "firecracker backend: ..."
 	}
-	return b, nil
+	if net == nil {
+		return b, nil
+	}
+	return &withNetwork{vmBackend: b, net: net}, nil
 }
 
-func openQEMU(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
+func openQEMU(ctx context.Context, cfg config.Config, st store.Store, log *slog.Logger) (vmBackend, error) {
 	bin := cfg.QEMUBin
 	if bin == "" {
 		bin = qemu.DefaultBinary
@@ -123,14 +142,67 @@ func openQEMU(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBacke
 	if err != nil {
 		return nil, fmt.Errorf("qemu backend: %w", err)
 	}
-	b, err := qemu.New(ctx, qemu.Config{
-		Binary: bin, KernelPath: kernel, RootfsPath: rootfs, Images: templateResolver(cfg),
-		DataDir: cfg.DataDir, WorkerID: cfg.WorkerID, Accel: cfg.QEMUAccel, ReadyTimeout: cfg.ReadyWait, Logger: log,
-	})
+	net, err := openNetwork(ctx, cfg, st, log)
 	if err != nil {
+		return nil, fmt.Errorf("qemu backend: %w", err)
+	}
+	qcfg := qemu.Config{
+		Binary: bin, KernelPath: kernel, RootfsPath: rootfs, Images: templateResolver(cfg),
+		DataDir: cfg.DataDir, WorkerID: cfg.WorkerID, Accel: cfg.QEMUAccel, ReadyTimeout: cfg.ReadyWait,
+		DiskMB: int64(cfg.DiskMB), Logger: log,
+	}
+	if net != nil {
+		qcfg.Network = net
+	}
+	b, err := qemu.New(ctx, qcfg)
+	if err != nil {
+		if net != nil {
+			_ = net.Close()
+		}
 		return nil, err // already says "qemu backend: ..."
 	}
-	return b, nil
+	if net == nil {
+		return b, nil
+	}
+	return &withNetwork{vmBackend: b, net: net}, nil
+}
+
+// withNetwork closes the network manager with its backend (the network itself stays up for the VMs).
+type withNetwork struct {
+	vmBackend
+	net *network.Manager
+}
+
+func (w *withNetwork) Close() error { return errors.Join(w.vmBackend.Close(), w.net.Close()) }
+
+// openNetwork sets up the host network of microVMs: with network "auto" only when running as root (and quietly
+// without it otherwise), with "on" or fail.
+func openNetwork(ctx context.Context, cfg config.Config, st store.Store, log *slog.Logger) (*network.Manager, error) {
+	if cfg.Network == "off" || st == nil {
+		return nil, nil
+	}
+	if os.Geteuid() != 0 {
+		if cfg.Network == "on" {
+			return nil, errors.New("network: setting up the bridge, TAP devices and nftables rules needs root (or set network: off)")
+		}
+		log.Warn("vms get no network: the worker is not root (network: auto)")
+		return nil, nil
+	}
+	cidr, err := netip.ParsePrefix(cfg.NetworkCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("network_cidr: %w", err)
+	}
+	m, err := network.New(network.Config{Bridge: cfg.NetworkBridge, CIDR: cidr, Leases: st.Leases(),
+		Owner: cfg.WorkerID, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	if err := m.Setup(ctx); err != nil {
+		_ = m.Close()
+		return nil, fmt.Errorf("network: %w (set network: off to run vms without one)", err)
+	}
+	log.Info("vm network ready", "bridge", cfg.NetworkBridge, "cidr", cidr, "gateway", m.Gateway())
+	return m, nil
 }
 
 func openDocker(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {

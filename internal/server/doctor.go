@@ -94,7 +94,7 @@ func backendChecks(ctx context.Context, cfg config.Config, log *slog.Logger) []C
 	var checks []Check
 	bctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	backend, err := openBackend(bctx, cfg, log)
+	backend, err := openBackend(bctx, cfg, nil, log)
 	name := cfg.Backend
 	if err == nil {
 		name = backend.Name()

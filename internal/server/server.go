@@ -31,6 +31,7 @@ import (
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/store/storeopen"
 	"github.com/aetherium/aetherium/internal/task"
+	"github.com/aetherium/aetherium/internal/tools"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/worker"
 	"github.com/aetherium/aetherium/internal/workerapi"
@@ -79,6 +80,13 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelRequests()
 
+	catalog := tools.Default()
+	if cfg.ToolCatalog != "" {
+		if catalog, err = tools.LoadFile(cfg.ToolCatalog); err != nil {
+			return fmt.Errorf("tool_catalog: %w", err)
+		}
+	}
+
 	var (
 		w       *worker.Worker
 		wapiSrv *http.Server
@@ -86,7 +94,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		apiURL  string
 	)
 	if roles.Worker {
-		backend, err := openBackend(ctx, cfg, log)
+		backend, err := openBackend(ctx, cfg, st, log)
 		if err != nil {
 			return err
 		}
@@ -111,9 +119,14 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 			BaseContext:       func(net.Listener) context.Context { return reqCtx },
 		}
+		installer, err := tools.NewInstaller(tools.Config{Catalog: catalog, CacheDir: filepath.Join(cfg.DataDir, "cache", "tools"),
+			NPMRegistry: cfg.NPMRegistry, DebianMirror: cfg.DebianMirror, Logger: log})
+		if err != nil {
+			return fmt.Errorf("tool installer: %w", err)
+		}
 		w, err = worker.New(worker.Config{
 			ID: cfg.WorkerID, Store: st, Queue: q, Backend: backend, Logger: log,
-			MaxOutputBytes: cfg.MaxOutput, Capacity: cfg.Concurrency, Events: bus, APIURL: apiURL,
+			MaxOutputBytes: cfg.MaxOutput, Capacity: cfg.Concurrency, Events: bus, APIURL: apiURL, Tools: installer,
 		})
 		if err != nil {
 			return err
@@ -134,7 +147,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		limits := task.DefaultLimits()
 		limits.MaxRetries = cfg.MaxRetries
 		limits.MaxOutputBytes = cfg.MaxOutput
-		svc = task.New(st, q, bus, limits, task.WithLogger(log))
+		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog))
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
 			ClusterToken: token})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {

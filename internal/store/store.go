@@ -17,6 +17,7 @@ type Store interface {
 	Executions() ExecutionStore
 	Workers() WorkerStore
 	APIKeys() APIKeyStore
+	Leases() LeaseStore
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	Close() error
@@ -120,4 +121,18 @@ type APIKeyStore interface {
 	TouchLastUsed(ctx context.Context, id string, at time.Time) error
 	// Count returns how many keys exist (revoked included); serve uses it to bootstrap an admin key once.
 	Count(ctx context.Context) (int, error)
+}
+
+// LeaseStore persists the network manager's address leases (see Lease). Acquire is safe under concurrency, also
+// between processes sharing the database: two VMs of one scope never get the same address.
+type LeaseStore interface {
+	// Acquire returns the VM's lease in req.Scope, or leases it the lowest free host address of req.Prefix (never
+	// the network address, the gateway, which is the first host address, or the broadcast address). A lease the VM
+	// holds outside req.Prefix is replaced. An existing lease is handed to req.Owner. A full pool is an error
+	// wrapping ErrPoolExhausted; a bad request one wrapping model.ErrInvalidInput.
+	Acquire(ctx context.Context, req LeaseRequest) (*Lease, error)
+	// Release frees the VM's lease in scope. Releasing a lease that does not exist succeeds.
+	Release(ctx context.Context, scope, vmID string) error
+	// List returns the leases of scope, ordered by address.
+	List(ctx context.Context, scope string) ([]*Lease, error)
 }

@@ -84,7 +84,7 @@ func (s *Service) newVM(ctx context.Context, ownerID string, spec model.VMSpec) 
 	vm := &model.VM{
 		ID: uuid.NewString(), OwnerID: ownerID, Name: spec.Name, Status: model.VMPending,
 		VCPUCount: spec.VCPUs, MemoryMB: spec.MemoryMB, Image: spec.Image, Metadata: spec.Metadata,
-		CreatedAt: now(),
+		Network: spec.Network, Tools: spec.Tools, CreatedAt: now(),
 	}
 	vm.UpdatedAt = vm.CreatedAt
 	if err := s.store.VMs().Create(ctx, vm); err != nil {

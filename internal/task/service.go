@@ -12,6 +12,7 @@ import (
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/store"
+	"github.com/aetherium/aetherium/internal/tools"
 )
 
 // ErrVMNotRunning is returned (wrapped) when a VM cannot take commands in its current state.
@@ -60,6 +61,7 @@ type Service struct {
 	bus    events.Bus
 	limits Limits
 	log    *slog.Logger
+	tools  *tools.Catalog
 }
 
 // Option configures a Service.
@@ -68,9 +70,12 @@ type Option func(*Service)
 // WithLogger sets the logger of what the service notices but does not return (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(s *Service) { s.log = l } }
 
+// WithToolCatalog sets the catalog that create requests' tools are checked against (default tools.Default()).
+func WithToolCatalog(c *tools.Catalog) Option { return func(s *Service) { s.tools = c } }
+
 // New returns a Service over its dependencies.
 func New(st store.Store, q queue.Queue, bus events.Bus, limits Limits, opts ...Option) *Service {
-	s := &Service{store: st, queue: q, bus: bus, limits: limits, log: slog.Default()}
+	s := &Service{store: st, queue: q, bus: bus, limits: limits, log: slog.Default(), tools: tools.Default()}
 	for _, o := range opts {
 		o(s)
 	}
@@ -100,6 +105,8 @@ type (
 	VMResult struct {
 		VMID   string         `json:"vm_id"`
 		Status model.VMStatus `json:"status"`
+		// ToolLog is what installing the VM's tools did, one line per step.
+		ToolLog []string `json:"tool_log,omitempty"`
 	}
 	// ExecuteResult is the result of vm:execute.
 	ExecuteResult struct {

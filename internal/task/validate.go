@@ -2,6 +2,7 @@ package task
 
 import (
 	"fmt"
+	"net/netip"
 	"path"
 	"regexp"
 	"strings"
@@ -77,7 +78,82 @@ func (s *Service) normalizeVMSpec(req client.CreateVMRequest) (model.VMSpec, err
 			return spec, invalid("metadata", "value of %q is longer than %d bytes", k, maxMetaVal)
 		}
 	}
+	if req.Network != nil {
+		eg, err := normalizeEgress(req.Network.Egress)
+		if err != nil {
+			return spec, err
+		}
+		spec.Network = &model.VMNetwork{Egress: eg}
+	}
+	if len(req.Tools) > maxTools || len(req.ToolVersions) > maxTools {
+		return spec, invalid("tools", "at most %d tools", maxTools)
+	}
+	if len(req.Tools) > 0 || len(req.ToolVersions) > 0 {
+		reqs, err := s.tools.Parse(req.Tools, req.ToolVersions)
+		if err != nil {
+			return spec, invalid("tools", "%v (known tools: %s)", err, strings.Join(s.tools.Names(), ", "))
+		}
+		for _, r := range reqs {
+			spec.Tools = append(spec.Tools, r.String())
+		}
+	}
 	return spec, nil
+}
+
+// maxTools bounds a create request's tools.
+const maxTools = 64
+
+// maxEgressEntries bounds each list of an egress policy (each entry costs firewall set elements).
+const maxEgressEntries = 1024
+
+// domainRE is a DNS name: labels of letters, digits, '-' and '_', at most 253 characters, optionally "*." first.
+var domainRE = regexp.MustCompile(`^(\*\.)?([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?\.)*[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?\.?$`)
+
+// normalizeEgress checks an egress policy: IPv4 CIDRs (masked) and DNS names (lower case, no final dot).
+func normalizeEgress(p client.EgressPolicy) (model.EgressPolicy, error) {
+	var out model.EgressPolicy
+	cidrs := func(field string, in []string) ([]string, error) {
+		if len(in) > maxEgressEntries {
+			return nil, invalid(field, "at most %d entries", maxEgressEntries)
+		}
+		var o []string
+		for _, c := range in {
+			pfx, err := netip.ParsePrefix(strings.TrimSpace(c))
+			if err != nil || !pfx.Addr().Is4() {
+				return nil, invalid(field, "%q is not an IPv4 network such as 203.0.113.0/24 (guests have IPv4 only)", c)
+			}
+			o = append(o, pfx.Masked().String())
+		}
+		return o, nil
+	}
+	domains := func(field string, in []string) ([]string, error) {
+		if len(in) > maxEgressEntries {
+			return nil, invalid(field, "at most %d entries", maxEgressEntries)
+		}
+		var o []string
+		for _, d := range in {
+			d = strings.TrimSpace(d)
+			if len(d) > 253 || !domainRE.MatchString(d) {
+				return nil, invalid(field, "%q is not a DNS name", d)
+			}
+			o = append(o, strings.TrimSuffix(strings.TrimPrefix(strings.ToLower(d), "*."), "."))
+		}
+		return o, nil
+	}
+	var err error
+	if out.AllowCIDRs, err = cidrs("network.egress.allow_cidrs", p.AllowCIDRs); err != nil {
+		return out, err
+	}
+	if out.DenyCIDRs, err = cidrs("network.egress.deny_cidrs", p.DenyCIDRs); err != nil {
+		return out, err
+	}
+	if out.AllowDomains, err = domains("network.egress.allow_domains", p.AllowDomains); err != nil {
+		return out, err
+	}
+	if out.DenyDomains, err = domains("network.egress.deny_domains", p.DenyDomains); err != nil {
+		return out, err
+	}
+	return out, nil
 }
 
 // validateCommand checks one command of an execute request or a job.

@@ -31,6 +31,18 @@ type VMConfig struct {
 	Image string
 	// WorkerID is recorded on the backend's resources so that a restarted worker finds what it owns.
 	WorkerID string
+	// Egress is the VM's egress policy, for backends that give VMs a network (nil: the default policy).
+	Egress *EgressPolicy
+}
+
+// EgressPolicy says what a VM may connect to: IPv4 CIDRs and DNS names (validated by the API).
+type EgressPolicy struct {
+	AllowCIDRs, DenyCIDRs, AllowDomains, DenyDomains []string
+}
+
+// NetworkInfo is a VM's address on its host's network.
+type NetworkInfo struct {
+	IP, MAC, Gateway string
 }
 
 // State is what a backend knows about a VM.
@@ -52,6 +64,8 @@ type Instance struct {
 	SocketPath string // where the host reaches the agent
 	// Detail says why a VM stopped, when the backend knows (exit code, OOM kill...).
 	Detail string
+	// Network is the VM's address, when the backend gives it a network.
+	Network *NetworkInfo
 }
 
 // Orchestrator runs VMs on this host. Every method is idempotent, so a retried task never fails because a previous

@@ -23,16 +23,17 @@ func (w *Worker) handleCreate(ctx context.Context, t *model.Task) (json.RawMessa
 	if err := decode(t, &p); err != nil {
 		return nil, err
 	}
-	vm, err := w.createVM(ctx, p.VMID, lastAttempt(t))
+	tl := &toolLog{w: w, taskID: t.ID, vmID: p.VMID}
+	vm, err := w.createVM(ctx, p.VMID, lastAttempt(t), tl)
 	if err != nil {
 		return nil, err
 	}
-	return encode(task.VMResult{VMID: vm.ID, Status: vm.Status})
+	return encode(task.VMResult{VMID: vm.ID, Status: vm.Status, ToolLog: tl.all()})
 }
 
 // createVM takes a pending VM to running on this worker. On a failed attempt it removes whatever the backend made,
 // so the next attempt starts clean; on the last attempt it marks the VM failed with the reason.
-func (w *Worker) createVM(ctx context.Context, vmID string, last bool) (*model.VM, error) {
+func (w *Worker) createVM(ctx context.Context, vmID string, last bool, tl *toolLog) (*model.VM, error) {
 	vm, err := w.cfg.Store.VMs().Update(ctx, vmID, func(v *model.VM) error {
 		switch {
 		case v.Status == model.VMPending:
@@ -75,11 +76,22 @@ func (w *Worker) createVM(ctx context.Context, vmID string, last bool) (*model.V
 	}
 	log := w.log.With("vm_id", vm.ID, "vm_name", vm.Name)
 	start := time.Now()
+	var egress *vmm.EgressPolicy
+	if vm.Network != nil {
+		e := vm.Network.Egress
+		egress = &vmm.EgressPolicy{AllowCIDRs: e.AllowCIDRs, DenyCIDRs: e.DenyCIDRs, AllowDomains: e.AllowDomains,
+			DenyDomains: e.DenyDomains}
+	}
 	inst, err := w.cfg.Backend.CreateVM(ctx, vmm.VMConfig{
 		ID: vm.ID, Name: vm.Name, VCPUs: vm.VCPUCount, MemoryMB: vm.MemoryMB, Image: vm.Image, WorkerID: w.cfg.ID,
+		Egress: egress,
 	})
 	if err == nil {
 		err = w.cfg.Backend.StartVM(ctx, vm.ID)
+	}
+	var installed map[string]string
+	if err == nil {
+		installed, err = w.provisionTools(ctx, vm, tl)
 	}
 	if err != nil {
 		log.Warn("vm creation attempt failed", "err", err, "last_attempt", last)
@@ -96,10 +108,19 @@ func (w *Worker) createVM(ctx context.Context, vmID string, last bool) (*model.V
 	}
 	vm, err = w.cfg.Store.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
 		v.Status, v.StartedAt, v.Error = model.VMRunning, utcNow(), ""
+		if installed != nil {
+			v.InstalledTools = installed
+		}
 		if inst != nil {
 			v.SocketPath = inst.SocketPath
 			if v.Image == "" {
 				v.Image = inst.Image
+			}
+			if inst.Network != nil {
+				if v.Network == nil {
+					v.Network = &model.VMNetwork{}
+				}
+				v.Network.IP, v.Network.MAC, v.Network.Gateway = inst.Network.IP, inst.Network.MAC, inst.Network.Gateway
 			}
 		}
 		return nil
@@ -383,7 +404,7 @@ func (w *Worker) handleJob(ctx context.Context, t *model.Task) (json.RawMessage,
 // when asked. It returns the job's final status and, for a failed job, why.
 func (w *Worker) runJob(ctx context.Context, t *model.Task, job *model.Job) (model.JobStatus, string, error) {
 	if job.VMSpec != nil {
-		vm, err := w.createVM(ctx, job.VMID, lastAttempt(t))
+		vm, err := w.createVM(ctx, job.VMID, lastAttempt(t), &toolLog{w: w, vmID: job.VMID})
 		if err != nil {
 			return "", "", err
 		}

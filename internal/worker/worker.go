@@ -20,6 +20,7 @@ import (
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/task"
+	"github.com/aetherium/aetherium/internal/tools"
 	"github.com/aetherium/aetherium/internal/vmm"
 )
 
@@ -40,6 +41,9 @@ type Config struct {
 	// APIURL is where this worker's internal API (internal/workerapi) serves files, processes and shells of its
 	// VMs; it is advertised in the heartbeat (Metadata[task.WorkerAPIURLKey]) for gateways to proxy to.
 	APIURL string
+	// Tools installs the tools a VM asks for that its template lacks (nil: such VMs fail to create) and reports
+	// what every new VM has.
+	Tools *tools.Installer
 }
 
 // Worker owns the VMs of one host.

@@ -42,23 +42,57 @@ type CreateVMRequest struct {
 	Image    string            `json:"image,omitempty"`
 	Priority string            `json:"priority,omitempty"`
 	Metadata map[string]string `json:"metadata,omitempty"`
+	// Network sets the VM's egress policy (backends with host networking: qemu, firecracker).
+	Network *NetworkRequest `json:"network,omitempty"`
+	// Tools are installed when the VM's template lacks them: "jq", "node@24". ToolVersions pins versions by name
+	// ("node": "22.12.0"), as an alternative to name@version.
+	Tools        []string          `json:"tools,omitempty"`
+	ToolVersions map[string]string `json:"tool_versions,omitempty"`
+}
+
+// NetworkRequest is the network part of a create request.
+type NetworkRequest struct {
+	Egress EgressPolicy `json:"egress"`
+}
+
+// EgressPolicy says what a VM may open connections to. Empty: the internet, but no private ranges (RFC 1918,
+// link-local, CGNAT), other VMs or the host. CIDRs are IPv4 networks; between allow and deny the most specific
+// prefix wins. AllowDomains, when set, is the only names the VM's resolver answers and, with AllowCIDRs, the only
+// addresses it may reach; DenyDomains are never resolved.
+type EgressPolicy struct {
+	AllowCIDRs   []string `json:"allow_cidrs,omitempty"`
+	DenyCIDRs    []string `json:"deny_cidrs,omitempty"`
+	AllowDomains []string `json:"allow_domains,omitempty"`
+	DenyDomains  []string `json:"deny_domains,omitempty"`
+}
+
+// VMNetwork is a VM's network as the API shows it.
+type VMNetwork struct {
+	Egress  EgressPolicy `json:"egress"`
+	IP      string       `json:"ip,omitempty"`
+	MAC     string       `json:"mac,omitempty"`
+	Gateway string       `json:"gateway,omitempty"`
 }
 
 // VM is a VM as the API shows it.
 type VM struct {
-	ID        string            `json:"id"`
-	Name      string            `json:"name"`
-	Status    string            `json:"status"`
-	VCPUs     int               `json:"vcpus"`
-	MemoryMB  int               `json:"memory_mb"`
-	Image     string            `json:"image,omitempty"`
-	WorkerID  string            `json:"worker_id,omitempty"`
-	Error     string            `json:"error,omitempty"`
-	Metadata  map[string]string `json:"metadata,omitempty"`
-	CreatedAt time.Time         `json:"created_at"`
-	UpdatedAt time.Time         `json:"updated_at"`
-	StartedAt *time.Time        `json:"started_at,omitempty"`
-	StoppedAt *time.Time        `json:"stopped_at,omitempty"`
+	ID       string            `json:"id"`
+	Name     string            `json:"name"`
+	Status   string            `json:"status"`
+	VCPUs    int               `json:"vcpus"`
+	MemoryMB int               `json:"memory_mb"`
+	Image    string            `json:"image,omitempty"`
+	WorkerID string            `json:"worker_id,omitempty"`
+	Error    string            `json:"error,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+	Network  *VMNetwork        `json:"network,omitempty"`
+	// Tools are the tools asked for at create; InstalledTools maps every tool the VM has to its version.
+	Tools          []string          `json:"tools,omitempty"`
+	InstalledTools map[string]string `json:"installed_tools,omitempty"`
+	CreatedAt      time.Time         `json:"created_at"`
+	UpdatedAt      time.Time         `json:"updated_at"`
+	StartedAt      *time.Time        `json:"started_at,omitempty"`
+	StoppedAt      *time.Time        `json:"stopped_at,omitempty"`
 }
 
 // VMAccepted answers POST /api/v1/vms: 202 with the task, or 201 with the finished VM when ?wait was given and the

@@ -26,6 +26,9 @@ func serveEnv(dataDir, addr string, extra ...string) []string {
 		"AETHERIUM_AGENT_BINARY=" + filepath.Join(binDir, "aetherium-agent"),
 		"AETHERIUM_LOG_LEVEL=debug",
 		"AETHERIUM_BACKEND=docker", // the microVM tests override it
+		// Host networking would change this machine's own interfaces and firewall: internal/network and
+		// internal/vmm/qemu test it inside network namespaces instead.
+		"AETHERIUM_NETWORK=off",
 	}, extra...)
 }
 
@@ -213,7 +216,7 @@ func TestProductionTopology(t *testing.T) {
 	common := []string{
 		"AETHERIUM_DATABASE_URL=" + dbURL, "AETHERIUM_REDIS_URL=" + redisURL,
 		"AETHERIUM_AGENT_BINARY=" + filepath.Join(binDir, "aetherium-agent"), "AETHERIUM_LOG_LEVEL=debug",
-		"AETHERIUM_CLUSTER_TOKEN=" + e2eClusterToken, "AETHERIUM_BACKEND=docker",
+		"AETHERIUM_CLUSTER_TOKEN=" + e2eClusterToken, "AETHERIUM_BACKEND=docker", "AETHERIUM_NETWORK=off",
 	}
 	if _, errOut, code := runCLI(t, append(common, "AETHERIUM_DATA_DIR="+t.TempDir()), "migrate"); code != 0 {
 		t.Fatalf("migrate: %s", errOut)

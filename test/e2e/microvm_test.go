@@ -46,7 +46,8 @@ func requireGuests(t testing.TB) []string {
 		guest.rootfs = m.Path
 	})
 	requireService(t, "QEMU guests", guest.skip == "", guest.skip)
-	return []string{"AETHERIUM_BACKEND=qemu", "AETHERIUM_KERNEL_PATH=" + guest.kernel, "AETHERIUM_ROOTFS_PATH=" + guest.rootfs}
+	return []string{"AETHERIUM_BACKEND=qemu", "AETHERIUM_KERNEL_PATH=" + guest.kernel, "AETHERIUM_ROOTFS_PATH=" + guest.rootfs,
+		"AETHERIUM_NETWORK=off"}
 }
 
 // shortDir is a data directory short enough for the per-VM Unix sockets.

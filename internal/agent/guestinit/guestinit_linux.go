@@ -11,7 +11,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -320,4 +322,54 @@ func WriteResolvConf(root string, servers []string) error {
 		return fmt.Errorf("guestinit: write resolv.conf: %w", err)
 	}
 	return nil
+}
+
+// ext4IOCResizeFS is EXT4_IOC_RESIZE_FS, _IOW('f', 16, __u64): grow a mounted ext4 filesystem to a block count.
+const ext4IOCResizeFS = 0x40086610
+
+// GrowRootFS grows the ext4 filesystem mounted at root to fill its block device, online. A VM's disk may be
+// bigger than the template it was made from (the host grows it sparsely); this makes the room usable. It returns
+// the filesystem size in bytes before and after; nothing changes when the filesystem already fills the device or
+// is not ext4.
+func GrowRootFS(root string) (before, after int64, err error) {
+	var st unix.Stat_t
+	if err := unix.Stat(root, &st); err != nil {
+		return 0, 0, fmt.Errorf("guestinit: stat %s: %w", root, err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(root, &fs); err != nil {
+		return 0, 0, fmt.Errorf("guestinit: statfs %s: %w", root, err)
+	}
+	if fs.Type != unix.EXT4_SUPER_MAGIC {
+		return 0, 0, nil
+	}
+	bsize := int64(fs.Bsize)
+	before = int64(fs.Blocks) * bsize
+	sizePath := fmt.Sprintf("/sys/dev/block/%d:%d/size", unix.Major(st.Dev), unix.Minor(st.Dev))
+	data, err := os.ReadFile(sizePath)
+	if err != nil {
+		return before, before, fmt.Errorf("guestinit: size of the root device: %w", err)
+	}
+	sectors, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
+	if err != nil {
+		return before, before, fmt.Errorf("guestinit: %s: %w", sizePath, err)
+	}
+	blocks := uint64(sectors * 512 / bsize)
+	// statfs's block count leaves out the filesystem's overhead, so compare with the device only roughly: a
+	// device at most 1% larger is not worth a resize.
+	if int64(blocks)*bsize <= before+before/100 {
+		return before, before, nil
+	}
+	f, err := os.Open(root)
+	if err != nil {
+		return before, before, fmt.Errorf("guestinit: open %s: %w", root, err)
+	}
+	defer f.Close()
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), ext4IOCResizeFS, uintptr(unsafe.Pointer(&blocks))); errno != 0 {
+		return before, before, fmt.Errorf("guestinit: grow the root filesystem to %d blocks: %w", blocks, errno)
+	}
+	if err := unix.Statfs(root, &fs); err == nil {
+		after = int64(fs.Blocks) * bsize
+	}
+	return before, after, nil
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -19,7 +20,24 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/aetherium/aetherium/internal/image"
+	"github.com/aetherium/aetherium/internal/tools"
 )
+
+// newToolInstaller returns the installer of --tools: downloads are cached beside the template store
+// (<data_dir>/cache/tools), so that rebuilds and VMs share them.
+func newToolInstaller(store *image.Store, catalogFile, npmRegistry, mirror string) (*tools.Installer, error) {
+	cat := tools.Default()
+	if catalogFile != "" {
+		var err error
+		if cat, err = tools.LoadFile(catalogFile); err != nil {
+			return nil, err
+		}
+	}
+	return tools.NewInstaller(tools.Config{
+		Catalog: cat, CacheDir: filepath.Join(filepath.Dir(store.Dir()), "cache", "tools"),
+		NPMRegistry: npmRegistry, DebianMirror: mirror,
+	})
+}
 
 // Resolver returns the data directory (templates live in <dataDir>/images) and the default agent binary ("" if
 // none is configured; build then needs --agent).
@@ -76,6 +94,7 @@ func NewCommand(resolve Resolver) *cobra.Command {
 	}
 
 	var opts image.BuildOptions
+	var toolCatalog, npmRegistry string
 	build := &cobra.Command{
 		Use:   "build (--from-docker IMAGE | --from-debian[=SUITE]) --name NAME",
 		Short: "Build a template from a local Docker image or a Debian base (debootstrap)",
@@ -83,7 +102,8 @@ func NewCommand(resolve Resolver) *cobra.Command {
 			"with debootstrap (--from-debian, needs root; variant minbase plus " + strings.Join(image.DefaultDebianPackages(), ", ") + " and --packages).\n" +
 			"A build whose inputs match an existing version reuses it; --rebuild makes a new version regardless\n" +
 			"(Debian updates its suites under the same name).",
-		Example: "  aetherium image build --from-docker alpine:3.20 --name alpine\n" +
+		Example: "  aetherium image build --from-debian --tools git,node,bun,claude-code --name default\n" +
+			"  aetherium image build --from-docker alpine:3.20 --name alpine\n" +
 			"  aetherium image build --from-debian --packages git,curl --name debian\n" +
 			"  aetherium image build --from-debian=trixie --mirror http://deb.debian.org/debian --name trixie",
 		Args: func(c *cobra.Command, args []string) error {
@@ -105,6 +125,13 @@ func NewCommand(resolve Resolver) *cobra.Command {
 			store, agent, err := openStore()
 			if err != nil {
 				return err
+			}
+			if len(opts.Tools) > 0 {
+				if opts.ToolInstaller, err = newToolInstaller(store, toolCatalog, npmRegistry, opts.Mirror); err != nil {
+					return err
+				}
+			} else if c.Flags().Changed("tool-catalog") || c.Flags().Changed("npm-registry") {
+				return errors.New("--tool-catalog and --npm-registry apply with --tools only")
 			}
 			if opts.AgentBinary == "" {
 				opts.AgentBinary = agent
@@ -146,6 +173,9 @@ func NewCommand(resolve Resolver) *cobra.Command {
 	build.Flags().Lookup("from-debian").NoOptDefVal = image.DefaultDebianSuite
 	build.Flags().StringVar(&opts.Mirror, "mirror", "", "Debian mirror for --from-debian (default "+image.DefaultDebianMirror+")")
 	build.Flags().StringSliceVar(&opts.Packages, "packages", nil, "more Debian packages to install, comma-separated or repeated (--from-debian)")
+	build.Flags().StringSliceVar(&opts.Tools, "tools", nil, "comma-separated `list` of tools to install and verify, NAME or NAME@VERSION (the catalog: aetherium image tools)")
+	build.Flags().StringVar(&toolCatalog, "tool-catalog", "", "tool catalog file (YAML) instead of the built-in one")
+	build.Flags().StringVar(&npmRegistry, "npm-registry", "", "npm registry for npm tools (default "+tools.DefaultNPMRegistry+")")
 	build.Flags().StringVar(&opts.Name, "name", "", "template name")
 	build.Flags().StringVar(&opts.Version, "version", "", "template version (default derived from the inputs' hash)")
 	build.Flags().Int64Var(&opts.SizeMB, "size", 0, "image size in MiB (default content * 1.3 + 64 MiB)")
@@ -167,10 +197,15 @@ func NewCommand(resolve Resolver) *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVERSION\tSIZE\tCREATED\tSOURCE\tAGENT")
+			fmt.Fprintln(tw, "NAME\tVERSION\tSIZE\tCREATED\tSOURCE\tAGENT\tTOOLS")
 			for _, m := range ms {
-				fmt.Fprintf(tw, "%s\t%s\t%d MiB\t%s\t%s\t%s\n", m.Name, m.Version, m.Size>>20,
-					m.CreatedAt.Local().Format(time.DateTime), m.Source, m.AgentVersion)
+				names := make([]string, 0, len(m.Tools))
+				for n := range m.Tools {
+					names = append(names, n)
+				}
+				sort.Strings(names)
+				fmt.Fprintf(tw, "%s\t%s\t%d MiB\t%s\t%s\t%s\t%s\n", m.Name, m.Version, m.Size>>20,
+					m.CreatedAt.Local().Format(time.DateTime), m.Source, m.AgentVersion, strings.Join(names, ","))
 			}
 			return tw.Flush()
 		},
@@ -198,7 +233,41 @@ func NewCommand(resolve Resolver) *cobra.Command {
 		},
 	}
 
-	cmd.AddCommand(build, list, rm)
+	toolsCmd := &cobra.Command{
+		Use:   "tools",
+		Short: "List the tools that --tools can install",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cat := tools.Default()
+			if toolCatalog != "" {
+				var err error
+				if cat, err = tools.LoadFile(toolCatalog); err != nil {
+					return err
+				}
+			}
+			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tKIND\tDEFAULT\tCOMMANDS\tDESCRIPTION")
+			for _, t := range cat.Tools() {
+				def := t.Default
+				if a, ok := t.Aliases[def]; ok {
+					def += " (" + a + ")"
+				}
+				if t.Kind == tools.KindDebian {
+					def = "(suite's)"
+				}
+				bins := make([]string, 0, len(t.Bins))
+				for b := range t.Bins {
+					bins = append(bins, b)
+				}
+				sort.Strings(bins)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Name, t.Kind, def, strings.Join(bins, ","), t.Description)
+			}
+			return tw.Flush()
+		},
+	}
+	toolsCmd.Flags().StringVar(&toolCatalog, "tool-catalog", "", "tool catalog file (YAML) instead of the built-in one")
+
+	cmd.AddCommand(build, list, rm, toolsCmd)
 	cmd.AddCommand(newKernelCommand(resolve))
 	return cmd
 }

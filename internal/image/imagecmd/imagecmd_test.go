@@ -83,3 +83,50 @@ func TestBuildSourceFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestToolFlags covers --tools refusals that come before any build, and the tools listing.
+func TestToolFlags(t *testing.T) {
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "agent") // never run: every case fails before
+	if err := os.WriteFile(agent, []byte("x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("tools:\n  x:\n    kind: rpm\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--from-debian", "--tools", "git,nodejs", "--name", "y"}, `unknown tool "nodejs": available tools are bun, claude-code`},
+		{[]string{"--from-debian", "--tools", "node@22", "--tools", "node@24", "--name", "y"}, "conflicting tool versions"},
+		{[]string{"--from-debian", "--tools", "jq@1.6", "--name", "y"}, "version cannot be chosen"},
+		{[]string{"--from-debian", "--tool-catalog", bad, "--name", "y"}, "apply with --tools only"},
+		{[]string{"--from-debian", "--tools", "git", "--tool-catalog", bad, "--name", "y"}, `unknown kind "rpm"`},
+		{[]string{"--from-debian", "--tools", "git", "--npm-registry", "ftp://x", "--name", "y"}, "not an http(s) URL"},
+	} {
+		args := append([]string{"build", "--agent", agent}, c.args...)
+		_, _, err := run(t, dir, "", args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: got %v, want an error with %q", c.args, err, c.want)
+		}
+	}
+	if left, _ := os.ReadDir(filepath.Join(dir, "images", ".tmp")); len(left) != 0 {
+		t.Fatalf("refused builds left staging: %v", left)
+	}
+	out, _, err := run(t, dir, "", "tools")
+	if err != nil || !strings.HasPrefix(out, "NAME") {
+		t.Fatalf("tools: %q, %v", out, err)
+	}
+	flat := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{"claude-code npm latest claude", "node npm lts (24) node", "git debian (suite's) git"} {
+		if !strings.Contains(flat, want) {
+			t.Errorf("tools listing lacks %q:\n%s", want, out)
+		}
+	}
+	help, _, err := run(t, dir, "", "build", "--help")
+	if err != nil || !strings.Contains(help, "--tools git,node,bun,claude-code --name default") {
+		t.Errorf("build help lacks the default template example: %v\n%s", err, help)
+	}
+}

@@ -108,6 +108,9 @@ func (s *Store) Workers() store.WorkerStore { return workerStore{s} }
 // APIKeys gives access to the API keys.
 func (s *Store) APIKeys() store.APIKeyStore { return apiKeyStore{s} }
 
+// Leases gives access to the network address leases.
+func (s *Store) Leases() store.LeaseStore { return leaseStore{s} }
+
 // querier is what pgxpool.Pool and pgx.Tx have in common.
 type querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)

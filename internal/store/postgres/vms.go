@@ -15,16 +15,19 @@ import (
 type vmStore struct{ s *Store }
 
 const vmCols = `id::text, owner_id, name, status, vcpu_count, memory_mb, image, kernel_path, rootfs_path,
-	socket_path, worker_id, error, metadata, created_at, updated_at, started_at, stopped_at`
+	socket_path, worker_id, error, metadata, created_at, updated_at, started_at, stopped_at, extra`
 
 func scanVM(row pgx.Row) (*model.VM, error) {
 	var vm model.VM
-	var meta []byte
+	var meta, extra []byte
 	err := row.Scan(&vm.ID, &vm.OwnerID, &vm.Name, (*string)(&vm.Status), &vm.VCPUCount, &vm.MemoryMB, &vm.Image,
 		&vm.KernelPath, &vm.RootfsPath, &vm.SocketPath, &vm.WorkerID, &vm.Error, &meta, &vm.CreatedAt, &vm.UpdatedAt,
-		&vm.StartedAt, &vm.StoppedAt)
+		&vm.StartedAt, &vm.StoppedAt, &extra)
 	if err != nil {
 		return nil, err
+	}
+	if err := prep.UnmarshalVMExtra(extra, &vm); err != nil {
+		return nil, fmt.Errorf("vm %s: extra: %w", vm.ID, err)
 	}
 	if vm.Metadata, err = prep.UnmarshalMap(meta); err != nil {
 		return nil, fmt.Errorf("vm %s: metadata: %w", vm.ID, err)
@@ -52,12 +55,17 @@ func (v vmStore) Create(ctx context.Context, vm *model.VM) error {
 	if err != nil {
 		return prep.Invalid("vm metadata: %v", err)
 	}
+	extra, err := prep.MarshalVMExtra(vm)
+	if err != nil {
+		return prep.Invalid("vm network or tools: %v", err)
+	}
 	_, err = v.s.pool.Exec(ctx, `INSERT INTO vms (id, owner_id, name, status, vcpu_count, memory_mb, image,
-		kernel_path, rootfs_path, socket_path, worker_id, error, metadata, created_at, updated_at, started_at, stopped_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
+		kernel_path, rootfs_path, socket_path, worker_id, error, metadata, created_at, updated_at, started_at, stopped_at,
+		extra)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
 		vm.ID, vm.OwnerID, vm.Name, string(vm.Status), vm.VCPUCount, vm.MemoryMB, vm.Image, vm.KernelPath,
 		vm.RootfsPath, vm.SocketPath, vm.WorkerID, vm.Error, nullJSON(meta), vm.CreatedAt, vm.UpdatedAt,
-		vm.StartedAt, vm.StoppedAt)
+		vm.StartedAt, vm.StoppedAt, nullJSON(extra))
 	if c, ok := uniqueViolation(err); ok {
 		return vmConflict(vm, c)
 	}
@@ -107,12 +115,16 @@ func (v vmStore) Update(ctx context.Context, id string, fn func(vm *model.VM) er
 		if err != nil {
 			return prep.Invalid("vm metadata: %v", err)
 		}
+		extra, err := prep.MarshalVMExtra(vm)
+		if err != nil {
+			return prep.Invalid("vm network or tools: %v", err)
+		}
 		_, err = tx.Exec(ctx, `UPDATE vms SET owner_id = $2, name = $3, status = $4, vcpu_count = $5,
 			memory_mb = $6, image = $7, kernel_path = $8, rootfs_path = $9, socket_path = $10, worker_id = $11,
-			error = $12, metadata = $13, updated_at = $14, started_at = $15, stopped_at = $16 WHERE id = $1`,
+			error = $12, metadata = $13, updated_at = $14, started_at = $15, stopped_at = $16, extra = $17 WHERE id = $1`,
 			vm.ID, vm.OwnerID, vm.Name, string(vm.Status), vm.VCPUCount, vm.MemoryMB, vm.Image, vm.KernelPath,
 			vm.RootfsPath, vm.SocketPath, vm.WorkerID, vm.Error, nullJSON(meta), vm.UpdatedAt, vm.StartedAt,
-			vm.StoppedAt)
+			vm.StoppedAt, nullJSON(extra))
 		if c, ok := uniqueViolation(err); ok {
 			return vmConflict(vm, c)
 		}

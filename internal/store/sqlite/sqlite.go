@@ -164,6 +164,9 @@ func (s *Store) Workers() store.WorkerStore { return workerStore{s} }
 // APIKeys gives access to the API keys.
 func (s *Store) APIKeys() store.APIKeyStore { return apiKeyStore{s} }
 
+// Leases gives access to the network address leases.
+func (s *Store) Leases() store.LeaseStore { return leaseStore{s} }
+
 // txStmts are the statements of one read-modify-write, bound to its transaction.
 type txStmts struct{ sel, upd *sql.Stmt }
 

@@ -14,25 +14,28 @@ import (
 type vmStore struct{ s *Store }
 
 const vmCols = `id, owner_id, name, status, vcpu_count, memory_mb, image, kernel_path, rootfs_path, socket_path,
-	worker_id, error, metadata, created_at, updated_at, started_at, stopped_at`
+	worker_id, error, metadata, created_at, updated_at, started_at, stopped_at, extra`
 
 // vmSelect and vmUpdate are the read and the write of Update.
 const (
 	vmSelect = "SELECT " + vmCols + " FROM vms WHERE id = ?"
 	vmUpdate = `UPDATE vms SET owner_id = ?, name = ?, status = ?, vcpu_count = ?,
 	memory_mb = ?, image = ?, kernel_path = ?, rootfs_path = ?, socket_path = ?, worker_id = ?, error = ?,
-	metadata = ?, updated_at = ?, started_at = ?, stopped_at = ? WHERE id = ?`
+	metadata = ?, updated_at = ?, started_at = ?, stopped_at = ?, extra = ? WHERE id = ?`
 )
 
 func scanVM(row scanner) (*model.VM, error) {
 	var vm model.VM
-	var meta, started, stopped sql.NullString
+	var meta, started, stopped, extra sql.NullString
 	var created, updated string
 	err := row.Scan(&vm.ID, &vm.OwnerID, &vm.Name, (*string)(&vm.Status), &vm.VCPUCount, &vm.MemoryMB, &vm.Image,
 		&vm.KernelPath, &vm.RootfsPath, &vm.SocketPath, &vm.WorkerID, &vm.Error, &meta, &created, &updated, &started,
-		&stopped)
+		&stopped, &extra)
 	if err != nil {
 		return nil, err
+	}
+	if err := prep.UnmarshalVMExtra(docBytes(extra), &vm); err != nil {
+		return nil, fmt.Errorf("vm %s: extra: %w", vm.ID, err)
 	}
 	if vm.Metadata, err = prep.UnmarshalMap(docBytes(meta)); err != nil {
 		return nil, fmt.Errorf("vm %s: metadata: %w", vm.ID, err)
@@ -67,11 +70,15 @@ func (v vmStore) Create(ctx context.Context, vm *model.VM) error {
 	if err != nil {
 		return prep.Invalid("vm metadata: %v", err)
 	}
+	extra, err := prep.MarshalVMExtra(vm)
+	if err != nil {
+		return prep.Invalid("vm network or tools: %v", err)
+	}
 	_, err = v.s.exec(ctx, `INSERT INTO vms (`+vmCols+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		vm.ID, vm.OwnerID, vm.Name, string(vm.Status), vm.VCPUCount, vm.MemoryMB, vm.Image, vm.KernelPath,
 		vm.RootfsPath, vm.SocketPath, vm.WorkerID, vm.Error, nullText(meta), ts(vm.CreatedAt), ts(vm.UpdatedAt),
-		tsPtr(vm.StartedAt), tsPtr(vm.StoppedAt))
+		tsPtr(vm.StartedAt), tsPtr(vm.StoppedAt), nullText(extra))
 	if primary, _, ok := uniqueViolation(err); ok {
 		return vmConflict(vm, primary)
 	}
@@ -121,10 +128,14 @@ func (v vmStore) Update(ctx context.Context, id string, fn func(vm *model.VM) er
 		if err != nil {
 			return prep.Invalid("vm metadata: %v", err)
 		}
+		extra, err := prep.MarshalVMExtra(vm)
+		if err != nil {
+			return prep.Invalid("vm network or tools: %v", err)
+		}
 		_, err = st.upd.ExecContext(ctx,
 			vm.OwnerID, vm.Name, string(vm.Status), vm.VCPUCount, vm.MemoryMB, vm.Image, vm.KernelPath,
 			vm.RootfsPath, vm.SocketPath, vm.WorkerID, vm.Error, nullText(meta), ts(vm.UpdatedAt),
-			tsPtr(vm.StartedAt), tsPtr(vm.StoppedAt), vm.ID)
+			tsPtr(vm.StartedAt), tsPtr(vm.StoppedAt), nullText(extra), vm.ID)
 		if primary, _, ok := uniqueViolation(err); ok {
 			return vmConflict(vm, primary)
 		}

@@ -32,10 +32,17 @@ func fullVM(owner, name string) *model.VM {
 		WorkerID:   "worker-1",
 		Error:      "previous attempt: boom",
 		Metadata:   map[string]string{"repo": "github.com/x/y", "ünïcode": "✓"},
-		CreatedAt:  at(0),
-		UpdatedAt:  at(1),
-		StartedAt:  ptr(at(2)),
-		StoppedAt:  ptr(at(3)),
+		Network: &model.VMNetwork{
+			Egress: model.EgressPolicy{AllowCIDRs: []string{"198.51.100.0/24"}, DenyCIDRs: []string{"0.0.0.0/0"},
+				AllowDomains: []string{"github.com"}, DenyDomains: []string{"evil.example"}},
+			IP: "172.16.0.2", MAC: "02:ae:ac:10:00:02", Gateway: "172.16.0.1",
+		},
+		Tools:          []string{"node@24", "jq"},
+		InstalledTools: map[string]string{"node": "24.11.1", "jq": "1.6-2.1"},
+		CreatedAt:      at(0),
+		UpdatedAt:      at(1),
+		StartedAt:      ptr(at(2)),
+		StoppedAt:      ptr(at(3)),
 	}
 }
 
@@ -238,6 +245,19 @@ func runVMs(t *testing.T, open Opener) {
 		must(t, "Get", err)
 		if got.Metadata != nil {
 			t.Fatalf("cleared metadata came back %#v", got.Metadata)
+		}
+
+		// The network address and installed tools are recorded after creation, by the worker.
+		_, err = st.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
+			v.Network = &model.VMNetwork{IP: "172.16.0.9", MAC: "02:ae:ac:10:00:09", Gateway: "172.16.0.1"}
+			v.InstalledTools = map[string]string{"git": "2.39.5"}
+			return nil
+		})
+		must(t, "set network and tools", err)
+		got, err = st.VMs().Get(ctx, vm.ID)
+		must(t, "Get", err)
+		if got.Network == nil || got.Network.IP != "172.16.0.9" || got.InstalledTools["git"] != "2.39.5" {
+			t.Fatalf("network and tools after update: %+v %+v", got.Network, got.InstalledTools)
 		}
 	})
 

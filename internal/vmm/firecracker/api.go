@@ -33,6 +33,12 @@ type drive struct {
 	IsReadOnly   bool   `json:"is_read_only"`
 }
 
+type networkInterface struct {
+	IfaceID     string `json:"iface_id"`
+	HostDevName string `json:"host_dev_name"`
+	GuestMAC    string `json:"guest_mac,omitempty"`
+}
+
 type vsockDevice struct {
 	GuestCID uint32 `json:"guest_cid"`
 	UDSPath  string `json:"uds_path"`

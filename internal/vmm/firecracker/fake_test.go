@@ -201,6 +201,19 @@ func (f *fakeFC) handle(method, path string, body []byte, rec *fakeRecord) (int,
 			return http.StatusBadRequest, "Unable to open block device: " + err.Error(), nil
 		}
 		f.drives[d.DriveID] = true
+	case method == http.MethodPut && strings.HasPrefix(path, "/network-interfaces/"):
+		if f.booted {
+			return preBoot()
+		}
+		var ni networkInterface
+		_ = json.Unmarshal(body, &ni)
+		if ni.IfaceID != strings.TrimPrefix(path, "/network-interfaces/") {
+			return http.StatusBadRequest, "The id from the path does not match the id from the body!", nil
+		}
+		// Firecracker opens the TAP here; the fake only checks that one is named.
+		if ni.HostDevName == "" {
+			return http.StatusBadRequest, "Open tap device failed", nil
+		}
 	case method == http.MethodPut && path == "/vsock":
 		if f.booted {
 			return preBoot()

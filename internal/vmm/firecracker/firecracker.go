@@ -16,6 +16,7 @@ import (
 	"time"
 
 	agentclient "github.com/aetherium/aetherium/internal/agent/client"
+	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/vmm/vmproc"
 )
@@ -25,6 +26,7 @@ const (
 	DefaultGuestInit    = "/sbin/aetherium-agent"
 	DefaultReadyTimeout = 30 * time.Second
 	DefaultStopTimeout  = 5 * time.Second
+	DefaultDiskMB       = 8192
 	DefaultAgentPort    = 9999
 	// DefaultFirstCID is the lowest guest CID handed out: 0-2 are reserved (hypervisor, local, host).
 	DefaultFirstCID = 3
@@ -71,9 +73,15 @@ type Config struct {
 	// RootfsPath is the default root filesystem template (ext4). It is only read: each VM gets a copy-on-write
 	// copy. A VMConfig.Image that is an absolute path names another template.
 	RootfsPath string
+	// DiskMB is the least size of a VM's disk: a smaller template is grown sparsely and the agent grows the
+	// filesystem at boot. Default DefaultDiskMB.
+	DiskMB int64
 	// Images resolves a VMConfig.Image that is a template name ("name" or "name@version") to its file; nil accepts
 	// only absolute paths.
 	Images func(ref string) (string, error) `json:"-"`
+	// Network, when set, gives every VM a TAP device on the host's bridge with its egress policy
+	// (internal/network); nil: VMs have no network interface.
+	Network network.Attacher `json:"-"`
 	// DataDir holds DataDir/vms/<id> for each VM. Required.
 	DataDir string
 	// WorkerID is recorded in each VM's state; ListVMs returns only this worker's VMs.
@@ -126,7 +134,44 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := b.Health(ctx); err != nil {
 		return nil, err
 	}
+	if err := b.restoreNetwork(ctx); err != nil {
+		return nil, err
+	}
 	return b, nil
+}
+
+// restoreNetwork re-attaches this worker's VMs to the network after a restart and removes what belonged to VMs
+// that are gone (see network.Restore).
+func (b *Backend) restoreNetwork(ctx context.Context) error {
+	if b.cfg.Network == nil {
+		return nil
+	}
+	states, err := b.allStates()
+	if err != nil {
+		return err
+	}
+	vms := map[string]*network.Policy{}
+	for _, st := range states {
+		if st.WorkerID != b.cfg.WorkerID {
+			continue
+		}
+		vms[st.ID] = nil
+		if st.Net != nil {
+			p := network.Policy{}
+			if st.Egress != nil {
+				p = *st.Egress
+			}
+			vms[st.ID] = &p
+		}
+	}
+	failed, err := network.Restore(ctx, b.cfg.Network, vms)
+	for id, ferr := range failed {
+		b.log.Warn("re-attach vm network", "vm_id", id, "err", ferr)
+	}
+	if err != nil {
+		return fmt.Errorf("firecracker backend: %w", err)
+	}
+	return nil
 }
 
 func (c *Config) setDefaults() error {
@@ -171,6 +216,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.KernelArgs == "" {
 		c.KernelArgs = DefaultKernelArgs
+	}
+	if c.DiskMB <= 0 {
+		c.DiskMB = DefaultDiskMB
 	}
 	if c.AgentPort == 0 {
 		c.AgentPort = DefaultAgentPort

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/aetherium/aetherium/internal/agent"
+	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/vmm/vmproc"
 )
@@ -629,5 +631,98 @@ func TestIntegrationFirecracker(t *testing.T) {
 	t.Logf("guest: %s", res.Stdout)
 	if err := b.StopVM(ctx, "real"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// recordingNetwork stands in for the network manager (whose TAPs and rules need a network namespace, tested in
+// internal/network): it hands out fixed attachments and records what the backend asks.
+type recordingNetwork struct {
+	mu       sync.Mutex
+	attached map[string]network.Policy
+	calls    []string
+}
+
+func (r *recordingNetwork) Attach(_ context.Context, id string, p network.Policy) (network.Attachment, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.attached[id] = p
+	r.calls = append(r.calls, "attach "+id)
+	return network.Attachment{VMID: id, TAP: network.TAPName(id), MAC: "02:ae:ac:10:00:02",
+		IP: netip.MustParseAddr("172.16.0.2"), PrefixLen: 24, Gateway: netip.MustParseAddr("172.16.0.1"),
+		DNS: []netip.Addr{netip.MustParseAddr("172.16.0.1")}}, nil
+}
+
+func (r *recordingNetwork) Detach(_ context.Context, id string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.attached, id)
+	r.calls = append(r.calls, "detach "+id)
+	return nil
+}
+
+func (r *recordingNetwork) Reconcile(_ context.Context, keep []string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, "reconcile "+strings.Join(keep, ","))
+	return nil
+}
+
+// TestNetworkInterface: with a network, the VM gets a network interface (validated against the API spec) on its
+// TAP with its MAC, the kernel configures the address, a restarted backend re-attaches it with its policy, and
+// delete detaches it.
+func TestNetworkInterface(t *testing.T) {
+	e := newEnv(t, "")
+	net := &recordingNetwork{attached: map[string]network.Policy{}}
+	b := e.backend(t, func(c *Config) { c.Network = net })
+	ctx := ctxT(t, time.Minute)
+	egress := &vmm.EgressPolicy{DenyCIDRs: []string{"198.51.100.0/24"}, AllowDomains: []string{"github.com"}}
+	inst, err := b.CreateVM(ctx, vmm.VMConfig{ID: "vm-net", Egress: egress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inst.Network == nil || inst.Network.IP != "172.16.0.2" {
+		t.Fatalf("instance network %+v", inst.Network)
+	}
+	if err := b.StartVM(ctx, "vm-net"); err != nil {
+		t.Fatal(err)
+	}
+	var ni *networkInterface
+	var bs bootSource
+	for _, r := range e.requests(t, "vm-net") {
+		switch r.Path {
+		case "/network-interfaces/eth0":
+			ni = new(networkInterface)
+			_ = json.Unmarshal(r.Body, ni)
+		case "/boot-source":
+			_ = json.Unmarshal(r.Body, &bs)
+		}
+	}
+	if ni == nil || ni.HostDevName != network.TAPName("vm-net") || ni.GuestMAC != "02:ae:ac:10:00:02" {
+		t.Fatalf("network interface %+v", ni)
+	}
+	if !strings.Contains(bs.BootArgs, "ip=172.16.0.2::172.16.0.1:255.255.255.0::eth0:off aetherium.dns=172.16.0.1") ||
+		!strings.HasSuffix(bs.BootArgs, " -- --init") {
+		t.Fatalf("boot args %q", bs.BootArgs)
+	}
+	// A new backend on the same data directory (a restarted worker) attaches the VM again with its policy.
+	b2 := e.backend(t, func(c *Config) { c.Network = net })
+	_ = b2
+	net.mu.Lock()
+	p := net.attached["vm-net"]
+	calls := strings.Join(net.calls, "; ")
+	net.mu.Unlock()
+	if len(p.DenyCIDRs) != 1 || p.DenyCIDRs[0].String() != "198.51.100.0/24" || len(p.AllowDomains) != 1 {
+		t.Fatalf("policy after restart %+v", p)
+	}
+	if !strings.Contains(calls, "attach vm-net; reconcile vm-net") {
+		t.Fatalf("restart did not re-attach and reconcile: %s", calls)
+	}
+	if err := b.DeleteVM(ctx, "vm-net"); err != nil {
+		t.Fatal(err)
+	}
+	net.mu.Lock()
+	defer net.mu.Unlock()
+	if _, ok := net.attached["vm-net"]; ok {
+		t.Fatalf("delete did not detach: %s", strings.Join(net.calls, "; "))
 	}
 }

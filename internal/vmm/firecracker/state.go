@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/vmm"
 )
 
@@ -25,6 +26,9 @@ type vmState struct {
 	VCPUs    int    `json:"vcpus"`
 	MemoryMB int    `json:"memory_mb"`
 	CID      uint32 `json:"guest_cid"`
+	// Egress is the VM's policy and Net its attachment (TAP, MAC, address), when the backend has a network.
+	Egress *network.Policy     `json:"egress,omitempty"`
+	Net    *network.Attachment `json:"net,omitempty"`
 
 	// Host paths of what the VM uses (inside the jailer's chroot when jailed).
 	APISock   string `json:"api_sock"`

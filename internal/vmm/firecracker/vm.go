@@ -17,6 +17,7 @@ import (
 	"github.com/aetherium/aetherium/internal/agent"
 	agentclient "github.com/aetherium/aetherium/internal/agent/client"
 	"github.com/aetherium/aetherium/internal/agent/transport"
+	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/vmm/vmproc"
 )
@@ -93,6 +94,11 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 		if st.ChrootDir != "" {
 			_ = os.RemoveAll(st.ChrootDir)
 		}
+		if b.cfg.Network != nil {
+			if derr := b.cfg.Network.Detach(context.WithoutCancel(ctx), cfg.ID); derr != nil {
+				b.log.Warn("detach network after failed create", "vm_id", cfg.ID, "err", derr)
+			}
+		}
 		return nil, fmt.Errorf("firecracker backend: create vm %s: %w", cfg.ID, err)
 	}
 	root := dir
@@ -118,10 +124,31 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 	if err != nil {
 		return fail(err)
 	}
+	if fi, err := os.Stat(st.Disk); err == nil && fi.Size() < b.cfg.DiskMB<<20 {
+		if err := os.Truncate(st.Disk, b.cfg.DiskMB<<20); err != nil {
+			return fail(fmt.Errorf("grow disk: %w", err))
+		}
+	}
 	if b.cfg.JailerBin != "" {
 		if err := os.Chown(st.Disk, b.cfg.JailerUID, b.cfg.JailerGID); err != nil {
 			return fail(fmt.Errorf("chown disk for the jailer: %w", err))
 		}
+	}
+	if b.cfg.Network != nil {
+		policy := network.Policy{}
+		if e := cfg.Egress; e != nil {
+			if policy, err = network.ParsePolicy(e.AllowCIDRs, e.DenyCIDRs, e.AllowDomains, e.DenyDomains); err != nil {
+				return fail(fmt.Errorf("%w: %w", vmm.ErrInvalidConfig, err))
+			}
+		}
+		att, err := b.cfg.Network.Attach(ctx, cfg.ID, policy)
+		if err != nil {
+			if errors.Is(err, network.ErrInvalid) {
+				err = fmt.Errorf("%w: %w", vmm.ErrInvalidConfig, err)
+			}
+			return fail(fmt.Errorf("network: %w", err))
+		}
+		st.Egress, st.Net = &policy, &att
 	}
 	// The state file is written last (with the CID): it is what makes the VM exist.
 	if err := b.allocateCID(st); err != nil {
@@ -196,6 +223,9 @@ func (b *Backend) fcPath(st *vmState, host string) (string, error) {
 // kernelArgs returns the guest's command line, with its hostname option before init's arguments.
 func (b *Backend) kernelArgs(st *vmState) string {
 	opt := "aetherium.hostname=" + vmproc.Hostname(st.Name, st.ID)
+	if st.Net != nil {
+		opt += " " + network.KernelArgs(*st.Net)
+	}
 	args := b.cfg.KernelArgs
 	if i := strings.Index(args, " -- "); i >= 0 {
 		return args[:i] + " " + opt + args[i:]
@@ -258,8 +288,17 @@ func (b *Backend) configure(ctx context.Context, st *vmState, api *apiClient) er
 		{"/boot-source", bootSource{KernelImagePath: kernel, BootArgs: b.kernelArgs(st)}},
 		{"/drives/rootfs", drive{DriveID: "rootfs", PathOnHost: *paths["disk"], IsRootDevice: true}},
 		{"/vsock", vsockDevice{GuestCID: st.CID, UDSPath: *paths["vsock"]}},
-		{"/actions", instanceAction{ActionType: "InstanceStart"}},
 	}
+	if st.Net != nil {
+		steps = append(steps, struct {
+			path string
+			body any
+		}{"/network-interfaces/eth0", networkInterface{IfaceID: "eth0", HostDevName: st.Net.TAP, GuestMAC: st.Net.MAC}})
+	}
+	steps = append(steps, struct {
+		path string
+		body any
+	}{"/actions", instanceAction{ActionType: "InstanceStart"}})
 	for _, s := range steps {
 		if err := api.call(ctx, http.MethodPut, s.path, s.body); err != nil {
 			return err
@@ -491,6 +530,11 @@ func (b *Backend) DeleteVM(ctx context.Context, id string) error {
 			}
 		}
 	}
+	if b.cfg.Network != nil {
+		if err := b.cfg.Network.Detach(ctx, id); err != nil {
+			return fmt.Errorf("firecracker backend: delete vm %s: network: %w", id, err)
+		}
+	}
 	if err := os.RemoveAll(b.vmDir(id)); err != nil {
 		return fmt.Errorf("firecracker backend: remove directory of vm %s: %w", id, err)
 	}
@@ -531,6 +575,9 @@ func (b *Backend) ListVMs(context.Context) ([]*vmm.Instance, error) {
 func (b *Backend) instance(st *vmState) *vmm.Instance {
 	inst := &vmm.Instance{
 		ID: st.ID, Name: st.Name, WorkerID: st.WorkerID, Image: st.Image, SocketPath: st.VsockUDS,
+	}
+	if st.Net != nil {
+		inst.Network = &vmm.NetworkInfo{IP: st.Net.IP.String(), MAC: st.Net.MAC, Gateway: st.Net.Gateway.String()}
 	}
 	switch {
 	case b.alive(st):

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	agentclient "github.com/aetherium/aetherium/internal/agent/client"
+	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/vmm/vmproc"
 )
@@ -30,6 +31,7 @@ const (
 	DefaultGuestInit    = "/sbin/aetherium-agent"
 	DefaultReadyTimeout = 60 * time.Second // TCG boots take 2-3 s alone, several times that when many boot at once
 	DefaultStopTimeout  = 5 * time.Second
+	DefaultDiskMB       = 8192
 	defaultVCPUs        = 1
 	defaultMemoryMB     = 512
 	minMemoryMB         = 128
@@ -87,12 +89,18 @@ type Config struct {
 	WorkerID string
 	// Accel is AccelAuto (default), AccelKVM or AccelTCG.
 	Accel string
+	// DiskMB is the least size of a VM's disk: a template smaller than that is grown (sparsely: the space is only
+	// used as the guest writes), and the agent grows the filesystem at boot. Default DefaultDiskMB.
+	DiskMB int64
 	// ExtraKernelArgs are appended to the kernel command line (before init's own arguments).
 	ExtraKernelArgs string
 	// ReadyTimeout bounds how long StartVM waits for the agent. Default 60s.
 	ReadyTimeout time.Duration
 	// StopTimeout bounds each step of StopVM (agent power-off, QMP quit). Default 5s.
 	StopTimeout time.Duration
+	// Network, when set, gives every VM a TAP device on the host's bridge with its egress policy
+	// (internal/network); nil: VMs have no network interface.
+	Network network.Attacher
 	// TSCKHz is the host's TSC frequency, which a microvm guest under TCG must be told (tsc_early_khz): without it
 	// boots hang calibrating against a PIT that microvm does not have. Default: read from /proc/cpuinfo.
 	TSCKHz int
@@ -156,6 +164,9 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := b.reapOrphans(ctx); err != nil {
 		b.log.Warn("reap orphaned qemu processes", "err", err)
 	}
+	if err := b.restoreNetwork(ctx); err != nil {
+		return nil, err
+	}
 	return b, nil
 }
 
@@ -208,6 +219,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ReadyTimeout <= 0 {
 		c.ReadyTimeout = DefaultReadyTimeout
+	}
+	if c.DiskMB <= 0 {
+		c.DiskMB = DefaultDiskMB
 	}
 	if c.StopTimeout <= 0 {
 		c.StopTimeout = DefaultStopTimeout

@@ -84,6 +84,10 @@ func TestLifecycle(t *testing.T) {
 	if strings.TrimSpace(string(host)) == strings.TrimSpace(string(res.Stdout)) {
 		t.Fatalf("uname -r in the guest is the host's (%q): not a VM?", host)
 	}
+	// The disk is bigger than the template, and the agent grew the filesystem to it at boot.
+	if res := run(t, b, id, "df", "-m", "/"); !dfAtLeast(string(res.Stdout), DefaultDiskMB*9/10) {
+		t.Fatalf("root filesystem not grown to the %d MiB disk:\n%s", DefaultDiskMB, res.Stdout)
+	}
 	if res := run(t, b, id, "sh", "-c", "exit 3"); res.ExitCode != 3 {
 		t.Fatalf("exit code = %d, want 3", res.ExitCode)
 	}
@@ -418,4 +422,18 @@ func TestProbeBoot(t *testing.T) {
 	start := time.Now()
 	err = ProbeKVM(context.Background(), bin, kernelPath)
 	t.Logf("ProbeKVM on this host: %v (%s)", err, time.Since(start).Round(time.Millisecond))
+}
+
+// dfAtLeast reports whether `df -m` output shows a filesystem of at least mib MiB.
+func dfAtLeast(out string, mib int64) bool {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) < 2 {
+		return false
+	}
+	f := strings.Fields(lines[len(lines)-1])
+	if len(f) < 2 {
+		return false
+	}
+	n, err := strconv.ParseInt(f[1], 10, 64)
+	return err == nil && n >= mib
 }

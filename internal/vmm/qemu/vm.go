@@ -19,6 +19,7 @@ import (
 	"github.com/aetherium/aetherium/internal/agent"
 	agentclient "github.com/aetherium/aetherium/internal/agent/client"
 	"github.com/aetherium/aetherium/internal/agent/transport"
+	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/vmm/vmproc"
 )
@@ -31,6 +32,10 @@ type vmState struct {
 	Image    string `json:"image"` // the template the disk was made from
 	VCPUs    int    `json:"vcpus"`
 	MemoryMB int    `json:"memory_mb"`
+
+	// Egress is the VM's policy and Net its attachment (TAP, MAC, address), when the backend has a network.
+	Egress *network.Policy     `json:"egress,omitempty"`
+	Net    *network.Attachment `json:"net,omitempty"`
 
 	Disk       string `json:"disk"`
 	DiskFormat string `json:"disk_format"` // raw (a reflink clone) or qcow2 (an overlay on the template)
@@ -155,32 +160,117 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 		AgentSock: filepath.Join(dir, agentSock), QMPSock: filepath.Join(dir, qmpSock),
 		CreatedAt: time.Now().UTC(),
 	}
-	if err := b.makeDisk(ctx, st, template); err != nil {
+	policy, err := egressPolicy(cfg.Egress)
+	if err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("qemu backend: create vm %s: %w", cfg.ID, err)
 	}
+	fail := func(err error) (*vmm.Instance, error) {
+		_ = os.RemoveAll(dir)
+		if b.cfg.Network != nil {
+			if derr := b.cfg.Network.Detach(context.WithoutCancel(ctx), cfg.ID); derr != nil {
+				b.log.Warn("detach network after failed create", "vm_id", cfg.ID, "err", derr)
+			}
+		}
+		return nil, fmt.Errorf("qemu backend: create vm %s: %w", cfg.ID, err)
+	}
+	if err := b.makeDisk(ctx, st, template); err != nil {
+		return fail(err)
+	}
+	if b.cfg.Network != nil {
+		att, err := b.cfg.Network.Attach(ctx, cfg.ID, policy)
+		if err != nil {
+			if errors.Is(err, network.ErrInvalid) {
+				err = fmt.Errorf("%w: %w", vmm.ErrInvalidConfig, err)
+			}
+			return fail(fmt.Errorf("network: %w", err))
+		}
+		st.Egress, st.Net = &policy, &att
+	}
 	// The state file is written last: it is what makes the VM exist.
 	if err := b.saveState(st); err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, err
+		return fail(err)
 	}
 	b.log.Info("vm created", "vm_id", cfg.ID, "template", template, "disk", st.DiskFormat,
-		"vcpus", vcpus, "memory_mb", mem)
+		"vcpus", vcpus, "memory_mb", mem, "ip", netIP(st))
 	return b.instance(st), nil
 }
 
-// makeDisk gives the VM a private copy-on-write disk: a reflink clone of the template where the filesystem shares
-// blocks, otherwise a qcow2 overlay whose backing file is the (read-only, never modified) template. Either way
-// creation is instant and takes no space until the guest writes.
+func netIP(st *vmState) string {
+	if st.Net == nil {
+		return ""
+	}
+	return st.Net.IP.String()
+}
+
+// egressPolicy converts the API's policy (validated there) to the network manager's.
+func egressPolicy(e *vmm.EgressPolicy) (network.Policy, error) {
+	if e == nil {
+		return network.Policy{}, nil
+	}
+	p, err := network.ParsePolicy(e.AllowCIDRs, e.DenyCIDRs, e.AllowDomains, e.DenyDomains)
+	if err != nil {
+		return p, fmt.Errorf("%w: %w", vmm.ErrInvalidConfig, err)
+	}
+	return p, nil
+}
+
+// restoreNetwork re-attaches the VMs of this data directory after a restart (the manager keeps policies in
+// memory; attaching again is idempotent and repairs a missing TAP or rule) and removes the network leftovers of
+// VMs that are gone.
+func (b *Backend) restoreNetwork(ctx context.Context) error {
+	if b.cfg.Network == nil {
+		return nil
+	}
+	states, err := b.allStates()
+	if err != nil {
+		return err
+	}
+	vms := map[string]*network.Policy{}
+	for _, st := range states {
+		if st.WorkerID != b.cfg.WorkerID {
+			continue
+		}
+		vms[st.ID] = nil
+		if st.Net != nil {
+			p := network.Policy{}
+			if st.Egress != nil {
+				p = *st.Egress
+			}
+			vms[st.ID] = &p
+		}
+	}
+	failed, err := network.Restore(ctx, b.cfg.Network, vms)
+	for id, ferr := range failed {
+		b.log.Warn("re-attach vm network", "vm_id", id, "err", ferr)
+	}
+	if err != nil {
+		return fmt.Errorf("qemu backend: %w", err)
+	}
+	return nil
+}
+
+// makeDisk gives the VM a private copy-on-write disk of at least DiskMB: a reflink clone of the template where the
+// filesystem shares blocks, otherwise a qcow2 overlay whose backing file is the (read-only, never modified)
+// template. Either way creation is instant and takes no space until the guest writes; the agent grows the
+// filesystem to the disk at boot.
 func (b *Backend) makeDisk(ctx context.Context, st *vmState, template string) error {
+	size := b.cfg.DiskMB << 20
+	if fi, err := os.Stat(template); err == nil && fi.Size() > size {
+		size = fi.Size()
+	}
 	raw := filepath.Join(b.vmDir(st.ID), rawDiskName)
 	if err := vmproc.Reflink(template, raw); err == nil {
+		if err := os.Truncate(raw, size); err != nil {
+			_ = os.Remove(raw)
+			return fmt.Errorf("grow disk: %w", err)
+		}
 		st.Disk, st.DiskFormat = raw, "raw"
 		return nil
 	}
 	qcow := filepath.Join(b.vmDir(st.ID), qcowDiskName)
 	out, err := exec.CommandContext(ctx, b.cfg.ImgBinary, "create", "-q", "-f", "qcow2", "-F", "raw",
-		"-b", template, qcow).CombinedOutput()
+		"-b", template, qcow, strconv.FormatInt(size, 10)).CombinedOutput()
 	if err != nil {
 		_ = os.Remove(qcow)
 		return fmt.Errorf("make qcow2 overlay of %s: %w: %s", template, err, strings.TrimSpace(string(out)))
@@ -232,6 +322,9 @@ func (b *Backend) kernelArgs(st *vmState) string {
 	if b.accel == AccelTCG {
 		args = append(args, "tsc_early_khz="+strconv.Itoa(b.cfg.TSCKHz), "tsc=reliable")
 	}
+	if st.Net != nil {
+		args = append(args, network.KernelArgs(*st.Net))
+	}
 	if b.cfg.ExtraKernelArgs != "" {
 		args = append(args, b.cfg.ExtraKernelArgs)
 	}
@@ -243,7 +336,9 @@ func procName(id string) string { return "aetherium-" + id }
 
 // command is the QEMU invocation for VM st.
 func (b *Backend) command(st *vmState) *exec.Cmd {
-	accel, cpu := "tcg,tb-size=64", "qemu64,+arat"
+	// TCG: "max" is every feature TCG emulates (SSE4.2, POPCNT... which Bun and Claude Code's native binaries need;
+	// qemu64 has none of them) and includes ARAT, whose absence keeps an idle guest ticking.
+	accel, cpu := "tcg,tb-size=64", "max"
 	if b.accel == AccelKVM {
 		accel, cpu = "kvm", "host"
 	}
@@ -264,6 +359,9 @@ func (b *Backend) command(st *vmState) *exec.Cmd {
 		"-device", "virtio-serial-device",
 		"-chardev", "socket,id=agent,server=on,wait=off,path=" + st.AgentSock,
 		"-device", "virtserialport,chardev=agent,name=" + agentPortName,
+	}
+	if st.Net != nil {
+		args = append(args, st.Net.QEMUArgs()...)
 	}
 	return exec.Command(b.cfg.Binary, args...)
 }
@@ -485,6 +583,11 @@ func (b *Backend) DeleteVM(ctx context.Context, id string) error {
 			return fmt.Errorf("qemu backend: delete vm %s: %w", id, err)
 		}
 	}
+	if b.cfg.Network != nil {
+		if err := b.cfg.Network.Detach(ctx, id); err != nil {
+			return fmt.Errorf("qemu backend: delete vm %s: network: %w", id, err)
+		}
+	}
 	if err := os.RemoveAll(b.vmDir(id)); err != nil {
 		return fmt.Errorf("qemu backend: remove directory of vm %s: %w", id, err)
 	}
@@ -524,6 +627,9 @@ func (b *Backend) ListVMs(context.Context) ([]*vmm.Instance, error) {
 
 func (b *Backend) instance(st *vmState) *vmm.Instance {
 	inst := &vmm.Instance{ID: st.ID, Name: st.Name, WorkerID: st.WorkerID, Image: st.Image, SocketPath: st.AgentSock}
+	if st.Net != nil {
+		inst.Network = &vmm.NetworkInfo{IP: st.Net.IP.String(), MAC: st.Net.MAC, Gateway: st.Net.Gateway.String()}
+	}
 	switch {
 	case b.alive(st):
 		inst.State = vmm.StateRunning

@@ -654,3 +654,38 @@ func Raw(b []byte) json.RawMessage {
 	}
 	return json.RawMessage(b)
 }
+
+// vmExtra is the JSON of a VM's extra column: the fields added after the vms table was made.
+type vmExtra struct {
+	Network        *model.VMNetwork  `json:"network,omitempty"`
+	Tools          []string          `json:"tools,omitempty"`
+	InstalledTools map[string]string `json:"installed_tools,omitempty"`
+}
+
+// MarshalVMExtra encodes a VM's network and tools for its extra column; nothing to store is NULL (nil).
+func MarshalVMExtra(vm *model.VM) ([]byte, error) {
+	e := vmExtra{Network: vm.Network, Tools: vm.Tools, InstalledTools: vm.InstalledTools}
+	if e.Network == nil && len(e.Tools) == 0 && len(e.InstalledTools) == 0 {
+		return nil, nil
+	}
+	return json.Marshal(e)
+}
+
+// UnmarshalVMExtra decodes a VM's extra column into vm.
+func UnmarshalVMExtra(b []byte, vm *model.VM) error {
+	if len(b) == 0 {
+		return nil
+	}
+	var e vmExtra
+	if err := json.Unmarshal(b, &e); err != nil {
+		return err
+	}
+	vm.Network, vm.Tools, vm.InstalledTools = e.Network, e.Tools, e.InstalledTools
+	if len(vm.Tools) == 0 {
+		vm.Tools = nil
+	}
+	if len(vm.InstalledTools) == 0 {
+		vm.InstalledTools = nil
+	}
+	return nil
+}
