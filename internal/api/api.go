@@ -132,6 +132,7 @@ func (s *server) routes() {
 			r.Get("/vms/{id}", s.getVM)
 			r.Delete("/vms/{id}", s.deleteVM)
 			r.Post("/vms/{id}/execute", s.execute)
+			r.Post("/vms/{id}/tools", s.addTools)
 			r.Get("/vms/{id}/executions", s.listExecutions)
 			r.Get("/executions/{id}", s.getExecution)
 			r.Get("/executions/{id}/stream", s.streamExecution)

@@ -212,6 +212,40 @@ func (s *server) deleteVM(w http.ResponseWriter, r *http.Request) {
 	s.writeJSON(w, r, status, client.TaskAccepted{TaskID: t.ID, Task: &tk})
 }
 
+// addTools answers 202 with the task, or with ?wait 200 with the finished task (its result lists the VM's tools).
+func (s *server) addTools(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.pathID(w, r, "vm")
+	if !ok {
+		return
+	}
+	wait, ok := s.parseWait(w, r)
+	if !ok {
+		return
+	}
+	var req client.AddToolsRequest
+	if !s.decodeJSON(w, r, &req) {
+		return
+	}
+	ctx, owner := r.Context(), ownerFrom(r.Context())
+	t, err := s.svc.AddTools(ctx, owner, id, req)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	status := http.StatusAccepted
+	if wait > 0 {
+		if t, err = s.svc.WaitTask(ctx, owner, t.ID, wait); err != nil {
+			s.writeServiceError(w, r, err)
+			return
+		}
+		if t.Status.Done() {
+			status = http.StatusOK
+		}
+	}
+	tk := ToTask(t)
+	s.writeJSON(w, r, status, client.TaskAccepted{TaskID: t.ID, Task: &tk})
+}
+
 // execute answers 202 with the task and execution ids, or with ?wait 200 with the finished execution. A command
 // that exits non-zero is a completed execution with its exit code, not an error.
 func (s *server) execute(w http.ResponseWriter, r *http.Request) {

@@ -257,7 +257,7 @@ func TestOpenAPISchemasMatchWireTypes(t *testing.T) {
 		"StartProcessRequest": client.StartProcessRequest{}, "Process": client.Process{},
 		"ProcessList": client.ProcessList{}, "ProcessOutput": client.ProcessOutput{},
 		"SignalRequest": client.SignalRequest{}, "ShellMessage": client.ShellMessage{},
-		"EgressPolicy": client.EgressPolicy{}, "VMNetwork": client.VMNetwork{},
+		"EgressPolicy": client.EgressPolicy{}, "VMNetwork": client.VMNetwork{}, "AddToolsRequest": client.AddToolsRequest{},
 	}
 	requests := []string{"CreateVMRequest", "ExecuteRequest", "CreateJobRequest", "JobCommand", "MkdirRequest",
 		"StartProcessRequest", "SignalRequest"}

@@ -2,10 +2,12 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strings"
 	"time"
 
@@ -17,8 +19,50 @@ import (
 func (a *app) vmCommand() *cobra.Command {
 	vm := a.group("vm", "Create, list, inspect and delete VMs; run commands, shells and file copies in them")
 	vm.AddCommand(a.vmCreate(), a.vmList(), a.vmGet(), a.vmDelete(), a.vmExec(),
-		a.vmShell(), a.vmCp(), a.vmSpawn(), a.vmPs(), a.vmLogs(), a.vmKill())
+		a.vmShell(), a.vmCp(), a.vmSpawn(), a.vmPs(), a.vmLogs(), a.vmKill(), a.vmTools())
 	return vm
+}
+
+func (a *app) vmTools() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "tools VM TOOL[@VERSION]...",
+		Short:   "Install tools into a running VM (by id or name) and wait; prints every tool it has",
+		Example: "  aetherium vm tools demo jq python3 node@22",
+	}
+	return a.leaf(cmd, cobra.MinimumNArgs(2), exitFailure, func(ctx context.Context, c *client.Client, _ *cobra.Command, args []string) error {
+		id, _, err := resolveVM(ctx, c, args[0])
+		if err != nil {
+			return err
+		}
+		stop := a.startProgress("installing " + strings.Join(args[1:], ", ") + " in vm " + args[0])
+		acc, _, err := c.AddTools(ctx, id, client.AddToolsRequest{Tools: args[1:]}, 0)
+		if err == nil {
+			acc.Task, err = c.WaitTask(ctx, acc.TaskID, 250*time.Millisecond)
+		}
+		stop()
+		if err != nil {
+			return err
+		}
+		if acc.Task.Status != "completed" {
+			return &userError{msg: fmt.Sprintf("installing tools in vm %s failed: %s (task %s)", args[0], acc.Task.Error, acc.TaskID)}
+		}
+		if a.jsonOut {
+			return printJSON(a.streams.Out, acc.Task)
+		}
+		var res struct {
+			InstalledTools map[string]string `json:"installed_tools"`
+		}
+		_ = json.Unmarshal(acc.Task.Result, &res)
+		names := make([]string, 0, len(res.InstalledTools))
+		for n := range res.InstalledTools {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(a.streams.Out, "%s\t%s\n", n, res.InstalledTools[n])
+		}
+		return nil
+	})
 }
 
 func (a *app) vmCreate() *cobra.Command {
@@ -40,8 +84,17 @@ server has accepted the request; the VM is then being created in the background.
 	f.StringVar(&req.Image, "image", "", "root image (empty: the server's default)")
 	f.StringVar(&req.Priority, "priority", "", "queue priority: critical, high, default or low")
 	f.StringArrayVar(&meta, "metadata", nil, "add metadata, as `KEY=VALUE` (repeatable)")
+	f.StringSliceVar(&req.Tools, "tools", nil, "tools the VM must have, `NAME[@VERSION]`, comma-separated (installed at create when its template lacks them)")
+	var egress client.EgressPolicy
+	f.StringSliceVar(&egress.AllowDomains, "allow-domain", nil, "egress: only these domains (and their subdomains) resolve and can be reached (repeatable)")
+	f.StringSliceVar(&egress.DenyDomains, "deny-domain", nil, "egress: never resolve these domains (repeatable)")
+	f.StringSliceVar(&egress.AllowCIDRs, "allow-cidr", nil, "egress: IPv4 networks the VM may reach, private ones included (repeatable)")
+	f.StringSliceVar(&egress.DenyCIDRs, "deny-cidr", nil, "egress: IPv4 networks the VM may not reach (repeatable)")
 	f.BoolVar(&noWait, "no-wait", false, "return once the request is accepted")
 	check := func(*cobra.Command, []string) (err error) {
+		if len(egress.AllowDomains)+len(egress.DenyDomains)+len(egress.AllowCIDRs)+len(egress.DenyCIDRs) > 0 {
+			req.Network = &client.NetworkRequest{Egress: egress}
+		}
 		req.Metadata, err = parseKV(meta, "--metadata")
 		return err
 	}

@@ -123,6 +123,7 @@ type TaskType string
 const (
 	TaskVMCreate  TaskType = "vm:create"
 	TaskVMExecute TaskType = "vm:execute"
+	TaskVMTools   TaskType = "vm:tools"
 	TaskVMDelete  TaskType = "vm:delete"
 	TaskJobRun    TaskType = "job:run"
 )

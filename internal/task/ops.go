@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -307,6 +308,43 @@ func (s *Service) Execute(ctx context.Context, ownerID, vmID string, req client.
 	}
 	e.TaskID = t.ID
 	return e, t, nil
+}
+
+// AddTools queues the installation of tools into a running VM, on the worker that hosts it.
+func (s *Service) AddTools(ctx context.Context, ownerID, vmID string, req client.AddToolsRequest) (*model.Task, error) {
+	prio, err := parsePriority(req.Priority, model.PriorityDefault)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.Tools) == 0 && len(req.ToolVersions) == 0 {
+		return nil, invalid("tools", "is required")
+	}
+	if len(req.Tools) > maxTools || len(req.ToolVersions) > maxTools {
+		return nil, invalid("tools", "at most %d tools", maxTools)
+	}
+	reqs, err := s.tools.Parse(req.Tools, req.ToolVersions)
+	if err != nil {
+		return nil, invalid("tools", "%v (known tools: %s)", err, strings.Join(s.tools.Names(), ", "))
+	}
+	vm, err := s.GetVM(ctx, ownerID, vmID)
+	if err != nil {
+		return nil, err
+	}
+	if vm.Status != model.VMRunning {
+		return nil, fmt.Errorf("%w: vm %s is %s", ErrVMNotRunning, vmID, vm.Status)
+	}
+	if err := s.checkWorker(ctx, vm.ID, vm.WorkerID); err != nil {
+		return nil, err
+	}
+	p := ToolsPayload{VMID: vm.ID}
+	for _, r := range reqs {
+		p.Tools = append(p.Tools, r.String())
+	}
+	t := &model.Task{OwnerID: ownerID, Type: model.TaskVMTools, Priority: prio, VMID: vm.ID, TargetWorker: vm.WorkerID}
+	if err := s.submit(ctx, t, p); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 func (s *Service) submitExecution(ctx context.Context, t *model.Task, e *model.Execution) error {

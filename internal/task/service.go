@@ -93,6 +93,11 @@ type (
 		VMID        string `json:"vm_id"`
 		ExecutionID string `json:"execution_id"`
 	}
+	// ToolsPayload is the payload of vm:tools: normalized "name[@version]" entries.
+	ToolsPayload struct {
+		VMID  string   `json:"vm_id"`
+		Tools []string `json:"tools"`
+	}
 	// JobPayload is the payload of job:run.
 	JobPayload struct {
 		JobID string `json:"job_id"`
@@ -107,6 +112,12 @@ type (
 		Status model.VMStatus `json:"status"`
 		// ToolLog is what installing the VM's tools did, one line per step.
 		ToolLog []string `json:"tool_log,omitempty"`
+	}
+	// ToolsResult is the result of vm:tools: every catalog tool the VM has now, and what installing did.
+	ToolsResult struct {
+		VMID           string            `json:"vm_id"`
+		InstalledTools map[string]string `json:"installed_tools"`
+		ToolLog        []string          `json:"tool_log,omitempty"`
 	}
 	// ExecuteResult is the result of vm:execute.
 	ExecuteResult struct {

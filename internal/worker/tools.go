@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
+	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/internal/tools"
 )
 
@@ -71,6 +73,44 @@ type createProgress struct {
 	VMID    string         `json:"vm_id"`
 	Status  model.VMStatus `json:"status"`
 	ToolLog []string       `json:"tool_log,omitempty"`
+}
+
+// handleTools installs tools into a running VM of this worker (POST /vms/{id}/tools) and records what it has.
+func (w *Worker) handleTools(ctx context.Context, t *model.Task) (json.RawMessage, error) {
+	var p task.ToolsPayload
+	if err := decode(t, &p); err != nil {
+		return nil, err
+	}
+	vm, err := w.cfg.Store.VMs().Get(ctx, p.VMID)
+	if err != nil {
+		if errors.Is(err, model.ErrNotFound) {
+			return nil, queue.Permanent(err)
+		}
+		return nil, err
+	}
+	if vm.Status != model.VMRunning || vm.WorkerID != w.cfg.ID {
+		return nil, queue.Permanent(fmt.Errorf("vm %s is %s on worker %q: tools need a running vm of this worker", vm.ID, vm.Status, vm.WorkerID))
+	}
+	tl := &toolLog{w: w, taskID: t.ID, vmID: vm.ID}
+	want := *vm
+	want.Tools = p.Tools
+	have, err := w.provisionTools(ctx, &want, tl)
+	if err != nil {
+		return nil, err
+	}
+	_, err = w.cfg.Store.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
+		v.InstalledTools = have
+		for _, name := range p.Tools {
+			if !slices.Contains(v.Tools, name) {
+				v.Tools = append(v.Tools, name)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("record the tools of vm %s: %w", vm.ID, err)
+	}
+	return encode(task.ToolsResult{VMID: vm.ID, InstalledTools: have, ToolLog: tl.all()})
 }
 
 // provisionTools installs the tools vm asks for that it does not have yet and returns every catalog tool it has

@@ -1,5 +1,5 @@
 // Package worker runs tasks on the host that owns the VMs: it registers itself with a heartbeat, reconciles the
-// store with what its backend really runs, and handles vm:create, vm:execute, vm:delete and job:run.
+// store with what its backend really runs, and handles vm:create, vm:execute, vm:tools, vm:delete and job:run.
 //
 // Every handler is written to be retried: it reads the rows it works on, skips what is already done, and never runs
 // a command twice (a command is not idempotent, so an execution interrupted mid-run is failed with a reason instead).
@@ -93,6 +93,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.cfg.Queue.RegisterHandler(model.TaskVMCreate, w.handleCreate)
 	w.cfg.Queue.RegisterHandler(model.TaskVMExecute, w.handleExecute)
 	w.cfg.Queue.RegisterHandler(model.TaskVMDelete, w.handleDelete)
+	w.cfg.Queue.RegisterHandler(model.TaskVMTools, w.handleTools)
 	w.cfg.Queue.RegisterHandler(model.TaskJobRun, w.handleJob)
 	if err := w.cfg.Queue.Start(ctx); err != nil {
 		return fmt.Errorf("start queue: %w", err)

@@ -295,6 +295,17 @@ func (c *Client) DeleteVMWait(ctx context.Context, id string, wait time.Duration
 	return acc, status != http.StatusAccepted, nil
 }
 
+// AddTools installs tools into a running VM and lets the server hold the answer up to wait (0: answer at once).
+// done reports whether the task finished in that time; then acc.Task is final and its result lists the tools.
+func (c *Client) AddTools(ctx context.Context, vmID string, req AddToolsRequest, wait time.Duration) (acc *TaskAccepted, done bool, err error) {
+	acc = new(TaskAccepted)
+	status, err := c.do(ctx, http.MethodPost, "/vms/"+url.PathEscape(vmID)+"/tools", waitQuery(wait), req, acc)
+	if err != nil {
+		return nil, false, err
+	}
+	return acc, status != http.StatusAccepted, nil
+}
+
 // Execute starts a command in a VM and returns at once (202).
 func (c *Client) Execute(ctx context.Context, vmID string, req ExecuteRequest) (*ExecuteAccepted, error) {
 	acc, _, err := c.ExecuteWait(ctx, vmID, req, 0)

@@ -50,6 +50,13 @@ type CreateVMRequest struct {
 	ToolVersions map[string]string `json:"tool_versions,omitempty"`
 }
 
+// AddToolsRequest asks for tools in a running VM (POST /api/v1/vms/{id}/tools).
+type AddToolsRequest struct {
+	Tools        []string          `json:"tools,omitempty"`
+	ToolVersions map[string]string `json:"tool_versions,omitempty"`
+	Priority     string            `json:"priority,omitempty"`
+}
+
 // NetworkRequest is the network part of a create request.
 type NetworkRequest struct {
 	Egress EgressPolicy `json:"egress"`

@@ -65,6 +65,20 @@ func TestMicroVMTools(t *testing.T) {
 	if err != nil || e.ExitCode == nil || *e.ExitCode != 0 || strings.TrimSpace(e.Stdout) != "[1,2]" {
 		t.Fatalf("jq in the vm: %+v %v", e, err)
 	}
+	// Tools can be added to a running VM.
+	acc, done, err := c.AddTools(ctx, vm.ID, client.AddToolsRequest{Tools: []string{"ripgrep"}}, 5*time.Minute)
+	if err != nil || !done || acc.Task == nil || acc.Task.Status != "completed" {
+		t.Fatalf("add ripgrep: %+v done=%v %v", acc, done, err)
+	}
+	if e, err := c.ExecAndWait(ctx, vm.ID, client.ExecuteRequest{Command: "rg", Args: []string{"--version"}}); err != nil || e.ExitCode == nil || *e.ExitCode != 0 {
+		t.Fatalf("rg in the vm after adding it: %+v %v", e, err)
+	}
+	if got, err := c.GetVM(ctx, vm.ID); err != nil || got.InstalledTools["ripgrep"] == "" || got.InstalledTools["jq"] == "" {
+		t.Fatalf("installed_tools after adding ripgrep: %+v %v", got, err)
+	}
+	if _, _, err := c.AddTools(ctx, vm.ID, client.AddToolsRequest{Tools: []string{"nosuchtool"}}, 0); !client.IsCode(err, client.CodeValidation) {
+		t.Fatalf("adding an unknown tool: %v, want a validation error", err)
+	}
 	if _, err := c.DeleteVMAndWait(ctx, vm.ID); err != nil {
 		t.Fatal(err)
 	}
