@@ -19,6 +19,8 @@ run 'RawBoot|CreateToReady' 10x ./internal/vmm/qemu/
 run 'ExecTrue' 100x ./internal/vmm/qemu/
 run 'APIExecWait' 300x ./test/e2e/
 run 'APICreateToReady' 10x ./test/e2e/
+run 'AttachDetach' 100x ./internal/network/
+run 'GuestToGatewayTCP' 1x ./internal/network/
 echo
 echo "median of $COUNT runs:"
 awk '/^pkg: / { pkg = $2; sub(/^github.com\/aetherium\/aetherium\//, "", pkg) }
