@@ -600,44 +600,26 @@ func (b *Backend) instance(st *vmState) *vmm.Instance {
 	return inst
 }
 
-// ExecuteCommand runs one command through the VM's agent. Errors are as for the docker backend: vmm.ErrNotFound
-// or vmm.ErrNotRunning when the VM is missing or stopped, otherwise a wrapped agent client error.
+// ExecuteCommand runs one command through the VM's agent: vmm.ErrNotFound or vmm.ErrNotRunning when the VM is
+// missing or stopped, otherwise a wrapped agent client error.
 func (b *Backend) ExecuteCommand(ctx context.Context, id string, req agent.ExecRequest) (*agent.ExecResult, error) {
-	c, err := b.cachedAgent(id)
-	if err != nil {
-		return nil, err
-	}
-	res, err := c.Exec(ctx, req)
-	if errors.Is(err, agentclient.ErrClosed) && ctx.Err() == nil {
-		if c, err = b.cachedAgent(id); err != nil {
-			return nil, err
-		}
-		res, err = c.Exec(ctx, req)
-	}
-	if err == nil {
-		return res, nil
-	}
-	return nil, b.execError(ctx, id, err)
+	return b.runner().Exec(ctx, id, req)
 }
 
 // ExecuteStream is ExecuteCommand with output copied to the writers as it comes.
 func (b *Backend) ExecuteStream(ctx context.Context, id string, req agent.ExecRequest, stdout, stderr io.Writer) (*agent.ExecResult, error) {
-	c, err := b.cachedAgent(id)
-	if err != nil {
-		return nil, err
-	}
-	out, errOut := &vmproc.CountingWriter{W: stdout}, &vmproc.CountingWriter{W: stderr}
-	res, err := c.ExecStream(ctx, req, out, errOut)
-	if errors.Is(err, agentclient.ErrClosed) && ctx.Err() == nil && out.N == 0 && errOut.N == 0 {
-		if c, err = b.cachedAgent(id); err != nil {
-			return nil, err
-		}
-		res, err = c.ExecStream(ctx, req, out, errOut)
-	}
-	if err == nil {
-		return res, nil
-	}
-	return nil, b.execError(ctx, id, err)
+	return b.runner().ExecStream(ctx, id, req, stdout, stderr)
+}
+
+func (b *Backend) runner() vmproc.AgentRunner {
+	return vmproc.AgentRunner{Backend: "firecracker", Client: b.cachedAgent, Forget: b.closeAgent,
+		Running: func(id string) (bool, string, error) {
+			st, err := b.loadState(id)
+			if err != nil {
+				return false, "", err
+			}
+			return b.alive(st), string(b.instance(st).State), nil
+		}}
 }
 
 // Agent returns the VM's cached agent client once its firecracker is known to run.
@@ -671,22 +653,6 @@ func (b *Backend) cachedAgent(id string) (*agentclient.Client, error) {
 		return nil, err
 	}
 	return b.agentFor(st), nil
-}
-
-func (b *Backend) execError(ctx context.Context, id string, err error) error {
-	if (errors.Is(err, agentclient.ErrUnavailable) || errors.Is(err, agentclient.ErrClosed)) && ctx.Err() == nil {
-		st, serr := b.loadState(id)
-		if serr != nil {
-			b.closeAgent(id)
-			return fmt.Errorf("firecracker backend: exec in vm %s: %w (agent: %v)", id, serr, err)
-		}
-		if !b.alive(st) {
-			b.closeAgent(id)
-			return fmt.Errorf("firecracker backend: exec in vm %s: %w (%s)", id, vmm.ErrNotRunning,
-				b.instance(st).State)
-		}
-	}
-	return fmt.Errorf("firecracker backend: exec in vm %s: %w", id, err)
 }
 
 // agentFor returns the cached agent client of VM st, making one if needed.
