@@ -198,11 +198,15 @@ func runWith(ctx context.Context, sys system, args []string, stdout, stderr io.W
 				log.Error("cannot set the hostname", "hostname", v, "err", err)
 			}
 		}
-		if before, after, err := guestinit.GrowRootFS("/"); err != nil {
-			log.Warn("cannot grow the root filesystem to its disk", "err", err)
-		} else if after > before {
-			log.Info("root filesystem grown to its disk", "from_mib", before>>20, "to_mib", after>>20)
-		}
+		// Growing a small template's filesystem to a disk of gigabytes takes a few hundred milliseconds under
+		// emulation: do it beside the start-up rather than before readiness (online resize is safe while in use).
+		go func() {
+			if before, after, err := guestinit.GrowRootFS("/"); err != nil {
+				log.Warn("cannot grow the root filesystem to its disk", "err", err)
+			} else if after > before {
+				log.Info("root filesystem grown to its disk", "from_mib", before>>20, "to_mib", after>>20)
+			}
+		}()
 		if v, ok := opts["dns"]; ok {
 			if err := guestinit.WriteResolvConf("/", splitList(v)); err != nil {
 				log.Error("cannot write /etc/resolv.conf", "dns", v, "err", err)

@@ -30,8 +30,10 @@
 // with the list of those VMs.
 //
 // It never touches what it did not create: links are recognised by their alias, nftables objects live in its own
-// two tables, and only those tables are ever flushed. Several managers (workers) may share one bridge and one
-// lease scope: each one's Reconcile removes only the TAPs and leases of its Owner.
+// two tables, and only those tables are ever flushed. One bridge per network namespace: Setup refuses a second
+// aetherium bridge, because the tables are shared and each Setup writes its own bridge into them. Managers that share
+// the bridge share one lease scope, and each one's Reconcile removes only the TAPs and leases of its Owner, but only
+// one of them can run the DNS forwarder (see the limits below): in practice, one networked worker per host.
 //
 // # Egress policy
 //
@@ -54,7 +56,7 @@
 //   - Guests are IPv4 only; every other ethertype from a TAP is dropped.
 //   - Another firewall on the host (Docker's FORWARD policy DROP, for one) can still drop guest traffic: every base
 //     chain of every table must accept a packet, and this package does not touch the others.
-//   - The DNS forwarder answers only the VMs its own manager attached (others get REFUSED): when several managers
-//     share a bridge, only one can own the gateway's port 53, so give each its own bridge and CIDR if their guests
-//     need DNS.
+//   - The DNS forwarder answers only the VMs its own manager attached (others get REFUSED), and only one process
+//     can own the gateway's port 53: a second manager on the bridge fails its Setup unless DisableDNSForwarder is
+//     set (its guests then need GuestDNS and cannot have domain rules).
 package network

@@ -262,8 +262,8 @@ func (m *Manager) setup(ctx context.Context) error {
 	if !m.cfg.DisableDNSForwarder && m.fwd == nil {
 		fwd, err := startForwarder(m.ns, netip.AddrPortFrom(m.gw, 53), m.upstreams, m, m.log)
 		if err != nil {
-			return fmt.Errorf("network setup: %w (another manager on this bridge may own it: give each its own "+
-				"Bridge and CIDR, or set DisableDNSForwarder)", err)
+			return fmt.Errorf("network setup: %w (another worker's network on this host may own the gateway's "+
+				"DNS port: run one networked worker per host, or network: off on the others)", err)
 		}
 		m.fwd = fwd
 	}
@@ -314,6 +314,9 @@ func (m *Manager) ensureBridge() (netlink.Link, error) {
 		return nil, fmt.Errorf("network setup: %w", err)
 	}
 	if l == nil {
+		if err := m.checkOnlyBridge(); err != nil {
+			return nil, err
+		}
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: m.bridgeMAC}}
 		if err := m.nl.LinkAdd(br); err != nil {
 			return nil, fmt.Errorf("network setup: create bridge %s: %w", name, err)
@@ -329,6 +332,9 @@ func (m *Manager) ensureBridge() (netlink.Link, error) {
 		if _, ok := l.(*netlink.Bridge); !ok || l.Attrs().Alias != bridgeAlias {
 			return nil, fmt.Errorf("network setup: link %s exists but is not a bridge made by aetherium (type %s, "+
 				"alias %q): remove it or set another bridge name", name, l.Type(), l.Attrs().Alias)
+		}
+		if err := m.checkOnlyBridge(); err != nil {
+			return nil, err
 		}
 		if !slices.Equal(l.Attrs().HardwareAddr, m.bridgeMAC) {
 			if err := m.nl.LinkSetHardwareAddr(l, m.bridgeMAC); err != nil {
@@ -362,6 +368,24 @@ func (m *Manager) ensureBridge() (netlink.Link, error) {
 		}
 	}
 	return l, nil
+}
+
+// checkOnlyBridge refuses a second aetherium bridge in the namespace: the nftables tables are one per namespace and
+// each Setup writes its own bridge, uplink and CIDR into their base chains, so a manager of another bridge would
+// silently take the first one's isolation away. Workers of one host share one bridge (and one lease scope).
+func (m *Manager) checkOnlyBridge() error {
+	links, err := linkList(m.nl)
+	if err != nil {
+		return fmt.Errorf("network setup: %w", err)
+	}
+	for _, l := range links {
+		if _, ok := l.(*netlink.Bridge); ok && l.Attrs().Alias == bridgeAlias && l.Attrs().Name != m.cfg.Bridge {
+			return fmt.Errorf("network setup: this host already has the aetherium bridge %s; the firewall tables are "+
+				"shared, so every worker of a host must use that bridge (network_bridge %s and its CIDR), or remove it "+
+				"first", l.Attrs().Name, l.Attrs().Name)
+		}
+	}
+	return nil
 }
 
 // adoptTAPs puts every TAP this package made (any owner's: they share the bridge) back on the bridge as an

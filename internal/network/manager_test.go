@@ -440,6 +440,19 @@ func TestSetupRepairs(t *testing.T) {
 	if err := m2.Setup(ctx); err == nil || !strings.Contains(err.Error(), "not a bridge made by aetherium") {
 		t.Fatalf("Setup on a foreign bridge: %v", err)
 	}
+	// A second aetherium bridge would rewrite the shared tables for itself and strip the first of its isolation.
+	m3, err := New(Config{Leases: st.Leases(), NetNS: topo.host.handle, Bridge: "aebr2", DisableDNSForwarder: true,
+		GuestDNS: []netip.Addr{netip.MustParseAddr(dnsAddr)}, CIDR: netip.MustParsePrefix("172.18.0.0/24")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m3.Close()
+	if err := m3.Setup(ctx); err == nil || !strings.Contains(err.Error(), "already has the aetherium bridge "+DefaultBridge) {
+		t.Fatalf("Setup of a second bridge: %v", err)
+	}
+	if d := linkDetails(topo.host, "aebr2"); d != "" {
+		t.Fatalf("the refused Setup made its bridge: %s", d)
+	}
 	if _, err := exec.LookPath("nft"); err == nil {
 		out, _ := exec.Command("ip", "netns", "exec", topo.host.name, "nft", "list", "ruleset").CombinedOutput()
 		t.Logf("ruleset:\n%s", out)

@@ -153,6 +153,13 @@ func normalizeEgress(p client.EgressPolicy) (model.EgressPolicy, error) {
 	if out.DenyDomains, err = domains("network.egress.deny_domains", p.DenyDomains); err != nil {
 		return out, err
 	}
+	// The network manager bounds the CIDRs and the domains of a policy together.
+	if len(out.AllowCIDRs)+len(out.DenyCIDRs) > maxEgressEntries {
+		return out, invalid("network.egress", "at most %d CIDRs in allow_cidrs and deny_cidrs together", maxEgressEntries)
+	}
+	if len(out.AllowDomains)+len(out.DenyDomains) > maxEgressEntries {
+		return out, invalid("network.egress", "at most %d domains in allow_domains and deny_domains together", maxEgressEntries)
+	}
 	return out, nil
 }
 

@@ -61,6 +61,9 @@ func dpkgArch() string {
 // plan returns the files to install for pkgs on a target whose dpkg status file is status and whose Debian suite
 // is suite. The package lists are downloaded once and refreshed when older than maxAge.
 func (a *aptHost) plan(ctx context.Context, suite string, status []byte, pkgs []string, progress func(string)) ([]debFile, error) {
+	if !suiteCodename.MatchString(suite) {
+		return nil, fmt.Errorf("Debian suite %q is not a codename", suite)
+	}
 	bin, err := exec.LookPath("apt-get")
 	if err != nil {
 		return nil, errors.New("installing Debian tools into a running VM needs apt-get on the host (a Debian host): " +

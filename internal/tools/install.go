@@ -17,6 +17,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -660,6 +661,9 @@ func (in *Installer) installDebian(ctx context.Context, t Target, rs []Resolved,
 	return out, nil
 }
 
+// suiteCodename is what a Debian codename looks like ("bookworm", "trixie").
+var suiteCodename = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
+
 // policyRCD keeps package scripts from starting services while installing (Debian policy's invoke-rc.d hook):
 // there is no init system to start them with in a template or a guest.
 const policyRCD = "/usr/sbin/policy-rc.d"
@@ -678,6 +682,10 @@ func (in *Installer) dpkgInstall(ctx context.Context, t Target, status []byte, h
 	if id != "debian" || suite == "" {
 		return false, fmt.Errorf("%s is %q %q, not a Debian release with a codename: Debian tools (%s) install only into Debian templates",
 			t, id, suite, strings.Join(pkgs, ", "))
+	}
+	// The guest wrote that file: the suite becomes part of a host path and apt's sources, so take only a codename.
+	if !suiteCodename.MatchString(suite) {
+		return false, fmt.Errorf("%s names its Debian suite %q, which is not a codename", t, suite)
 	}
 	files, err := in.apt.plan(ctx, suite, status, pkgs, progress)
 	if err != nil {

@@ -40,6 +40,11 @@ type EgressPolicy struct {
 	AllowCIDRs, DenyCIDRs, AllowDomains, DenyDomains []string
 }
 
+// IsSet reports whether p asks for anything (a nil or empty policy means the default).
+func (p *EgressPolicy) IsSet() bool {
+	return p != nil && len(p.AllowCIDRs)+len(p.DenyCIDRs)+len(p.AllowDomains)+len(p.DenyDomains) > 0
+}
+
 // NetworkInfo is a VM's address on its host's network.
 type NetworkInfo struct {
 	IP, MAC, Gateway string

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"sync"
 	"time"
@@ -91,6 +92,9 @@ func (w *Worker) handleTools(ctx context.Context, t *model.Task) (json.RawMessag
 	if vm.Status != model.VMRunning || vm.WorkerID != w.cfg.ID {
 		return nil, queue.Permanent(fmt.Errorf("vm %s is %s on worker %q: tools need a running vm of this worker", vm.ID, vm.Status, vm.WorkerID))
 	}
+	// Two installs into one VM at once would each rewrite its tool record from what they read first.
+	unlock := w.lockTools(vm.ID)
+	defer unlock()
 	tl := &toolLog{w: w, taskID: t.ID, vmID: vm.ID}
 	want := *vm
 	want.Tools = p.Tools
@@ -136,9 +140,8 @@ func (w *Worker) provisionTools(ctx context.Context, vm *model.VM, log *toolLog)
 		}
 		return nil, fmt.Errorf("read the tools of vm %s: %w", vm.ID, err)
 	}
-	if have == nil {
-		have = map[string]string{}
-	}
+	// The record comes from inside the VM: keep only catalog tools with sane versions.
+	have = catalogOnly(inst.Catalog(), have)
 	if len(vm.Tools) == 0 {
 		return have, nil
 	}
@@ -165,4 +168,47 @@ func (w *Worker) provisionTools(ctx context.Context, vm *model.VM, log *toolLog)
 	}
 	log.add(fmt.Sprintf("installed %d tools in %s", len(done), time.Since(start).Round(time.Millisecond)))
 	return maps.Clone(have), nil
+}
+
+// versionRE is what a recorded tool version may look like (Debian's "1:2.39.5-0+deb12u3" included).
+var versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.+:~_-]{0,127}$`)
+
+// catalogOnly returns the entries of a VM's tool record that name catalog tools with a plausible version.
+func catalogOnly(cat *tools.Catalog, have map[string]string) map[string]string {
+	out := make(map[string]string, len(have))
+	for name, version := range have {
+		if _, err := cat.Tool(name); err == nil && versionRE.MatchString(version) {
+			out[name] = version
+		}
+	}
+	return out
+}
+
+// lockTools serialises the tool installs of one VM.
+func (w *Worker) lockTools(vmID string) func() {
+	w.toolsMu.Lock()
+	if w.toolLocks == nil {
+		w.toolLocks = map[string]*toolLock{}
+	}
+	l := w.toolLocks[vmID]
+	if l == nil {
+		l = &toolLock{}
+		w.toolLocks[vmID] = l
+	}
+	l.users++
+	w.toolsMu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		w.toolsMu.Lock()
+		if l.users--; l.users == 0 {
+			delete(w.toolLocks, vmID)
+		}
+		w.toolsMu.Unlock()
+	}
+}
+
+type toolLock struct {
+	mu    sync.Mutex
+	users int
 }

@@ -53,6 +53,9 @@ type Worker struct {
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
 	startedAt time.Time
+
+	toolsMu   sync.Mutex
+	toolLocks map[string]*toolLock // per VM, while installs into it run
 }
 
 // New checks cfg and returns a Worker; Start makes it work.

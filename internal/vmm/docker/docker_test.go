@@ -381,6 +381,10 @@ func TestCreateErrors(t *testing.T) {
 	if _, err := e.b.CreateVM(ctx, vmm.VMConfig{ID: uuid.NewString(), MemoryMB: 1}); err == nil {
 		t.Error("CreateVM with 1 MiB of memory succeeded")
 	}
+	egress := &vmm.EgressPolicy{AllowDomains: []string{"github.com"}}
+	if _, err := e.b.CreateVM(ctx, vmm.VMConfig{ID: uuid.NewString(), Egress: egress}); !errors.Is(err, vmm.ErrInvalidConfig) {
+		t.Errorf("CreateVM with an egress policy docker cannot enforce: err = %v, want ErrInvalidConfig", err)
+	}
 	if err := e.b.Health(ctx); err != nil {
 		t.Errorf("Health: %v", err)
 	}

@@ -50,6 +50,11 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 	if err := checkID(cfg.ID); err != nil {
 		return nil, err
 	}
+	if cfg.Egress.IsSet() {
+		// Accepting it would show a policy that nothing enforces.
+		return nil, fmt.Errorf("%w: docker backend: vm %s: egress policies are enforced only by the microVM backends "+
+			"(qemu, firecracker) with their host network", vmm.ErrInvalidConfig, cfg.ID)
+	}
 	if sock := socketPath(b.cfg.DataDir, cfg.ID); len(sock) > maxSunPath {
 		return nil, fmt.Errorf("docker backend: agent socket path %q is %d bytes, over the %d-byte Unix socket limit: "+
 			"use a shorter DataDir or vm id", sock, len(sock), maxSunPath)

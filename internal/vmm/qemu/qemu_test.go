@@ -85,8 +85,15 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("uname -r in the guest is the host's (%q): not a VM?", host)
 	}
 	// The disk is bigger than the template, and the agent grew the filesystem to it at boot.
-	if res := run(t, b, id, "df", "-m", "/"); !dfAtLeast(string(res.Stdout), DefaultDiskMB*9/10) {
-		t.Fatalf("root filesystem not grown to the %d MiB disk:\n%s", DefaultDiskMB, res.Stdout)
+	// The agent grows it beside its start-up, so allow it a moment.
+	grown := false
+	var df string
+	for deadline := time.Now().Add(30 * time.Second); !grown && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		df = string(run(t, b, id, "df", "-m", "/").Stdout)
+		grown = dfAtLeast(df, DefaultDiskMB*9/10)
+	}
+	if !grown {
+		t.Fatalf("root filesystem not grown to the %d MiB disk:\n%s", DefaultDiskMB, df)
 	}
 	if res := run(t, b, id, "sh", "-c", "exit 3"); res.ExitCode != 3 {
 		t.Fatalf("exit code = %d, want 3", res.ExitCode)
@@ -278,6 +285,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{vmm.VMConfig{ID: "tiny", MemoryMB: 16}, "memory_mb"},
 		{vmm.VMConfig{ID: "noimg", Image: "/no/such/template.ext4"}, "no such file"},
 		{vmm.VMConfig{ID: "named", Image: "some-template"}, "absolute path"},
+		{vmm.VMConfig{ID: "egress", Egress: &vmm.EgressPolicy{DenyCIDRs: []string{"10.0.0.0/8"}}}, "without a network"},
 	} {
 		_, err := b.CreateVM(ctx, c.cfg)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -131,6 +131,10 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 		return nil, fmt.Errorf("%w: qemu vm %s: memory_mb must be at least %d (got %d)",
 			vmm.ErrInvalidConfig, cfg.ID, minMemoryMB, cfg.MemoryMB)
 	}
+	if cfg.Egress.IsSet() && b.cfg.Network == nil {
+		return nil, fmt.Errorf("%w: qemu vm %s: an egress policy was given, but this worker runs vms without a "+
+			"network (network: off, or not root)", vmm.ErrInvalidConfig, cfg.ID)
+	}
 	unlock := b.lockVM(cfg.ID)
 	defer unlock()
 
