@@ -209,6 +209,9 @@ func (a *app) vmGet() *cobra.Command {
 			{"Memory", fmt.Sprintf("%d MiB", vm.MemoryMB)},
 			{"Image", vm.Image},
 			{"Worker", vm.WorkerID},
+			{"Address", fmtNetwork(vm.Network)},
+			{"Egress", fmtEgress(vm.Network)},
+			{"Tools", fmtMap(vm.InstalledTools)},
 			{"Metadata", fmtMap(vm.Metadata)},
 			{"Created", fmtTime(vm.CreatedAt)},
 			{"Started", fmtTimePtr(vm.StartedAt)},
@@ -488,4 +491,29 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// fmtNetwork shows a VM's address and gateway ("" when it has none).
+func fmtNetwork(n *client.VMNetwork) string {
+	if n == nil || n.IP == "" {
+		return ""
+	}
+	return fmt.Sprintf("%s (gateway %s, mac %s)", n.IP, n.Gateway, n.MAC)
+}
+
+// fmtEgress shows a VM's egress policy ("" for the default).
+func fmtEgress(n *client.VMNetwork) string {
+	if n == nil {
+		return ""
+	}
+	var parts []string
+	for _, p := range []struct {
+		what string
+		list []string
+	}{{"allow", n.Egress.AllowCIDRs}, {"deny", n.Egress.DenyCIDRs}, {"allow", n.Egress.AllowDomains}, {"deny", n.Egress.DenyDomains}} {
+		if len(p.list) > 0 {
+			parts = append(parts, p.what+" "+strings.Join(p.list, ","))
+		}
+	}
+	return strings.Join(parts, "; ")
 }
