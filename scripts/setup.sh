@@ -49,6 +49,14 @@ if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
 fi
 log "docker engine $(docker version --format '{{.Server.Version}}') is up"
 
+# dockerd sets the FORWARD policy to DROP, which also drops the microVMs' routed traffic: let the Aetherium bridge
+# through Docker's hook for user rules (the worker itself never edits other programs' firewall rules).
+if command -v iptables >/dev/null 2>&1 && iptables -nL DOCKER-USER >/dev/null 2>&1; then
+  for dir in -i -o; do
+    iptables -C DOCKER-USER "$dir" aetherium0 -j ACCEPT 2>/dev/null || iptables -I DOCKER-USER "$dir" aetherium0 -j ACCEPT
+  done
+fi
+
 if [ "$need_services" = "services" ]; then
   if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     log "starting PostgreSQL"
