@@ -49,6 +49,33 @@ type forwarder struct {
 
 	mu      sync.Mutex
 	learned map[string]time.Time // "tap ip" -> when the kernel's element expires
+
+	qmu      sync.Mutex
+	inflight map[netip.Addr]int // queries being answered, per guest
+}
+
+// maxInflightPerGuest bounds the queries one guest can have in flight: each may hold upstream sockets for seconds,
+// so a guest flooding its resolver would otherwise use up the worker's file descriptors.
+const maxInflightPerGuest = 32
+
+// admit counts a query of src in, or refuses it when src has too many in flight.
+func (f *forwarder) admit(src netip.Addr) (release func(), ok bool) {
+	f.qmu.Lock()
+	defer f.qmu.Unlock()
+	if f.inflight == nil {
+		f.inflight = map[netip.Addr]int{}
+	}
+	if f.inflight[src] >= maxInflightPerGuest {
+		return nil, false
+	}
+	f.inflight[src]++
+	return func() {
+		f.qmu.Lock()
+		defer f.qmu.Unlock()
+		if f.inflight[src]--; f.inflight[src] <= 0 {
+			delete(f.inflight, src)
+		}
+	}, true
 }
 
 // startForwarder listens on addr (the gateway, port 53) in the namespace and serves until stop.
@@ -115,6 +142,13 @@ func (f *forwarder) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		reply(dns.RcodeNotImplemented)
 		return
 	}
+	release, admitted := f.admit(src)
+	if !admitted {
+		f.log.Debug("dns query refused: too many in flight", "vm_id", g.att.VMID)
+		reply(dns.RcodeRefused)
+		return
+	}
+	defer release()
 	name := strings.TrimSuffix(strings.ToLower(r.Question[0].Name), ".")
 	p := g.policy
 	if domainMatch(name, p.DenyDomains) || (len(p.AllowDomains) > 0 && !domainMatch(name, p.AllowDomains)) {
@@ -139,6 +173,15 @@ func (f *forwarder) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		}
 	}
 	resp.Id = r.Id
+	if w.RemoteAddr().Network() != "tcp" {
+		// An answer fetched again over TCP can be bigger than the guest's UDP buffer: truncate it (setting TC, so
+		// the guest asks again over TCP) to what the guest said it takes.
+		size := dns.MinMsgSize
+		if o := r.IsEdns0(); o != nil && int(o.UDPSize()) > size {
+			size = int(o.UDPSize())
+		}
+		resp.Truncate(size)
+	}
 	_ = w.WriteMsg(resp)
 }
 
