@@ -146,10 +146,10 @@ func progressFunc(w io.Writer) func(string) {
 	return func(line string) { fmt.Fprintln(w, "tools: "+line) }
 }
 
-// chrootTarget is a template's staging directory as a tools.Target: commands run chrooted into it, with /proc,
-// /sys and the host's /dev mounted there and the host's resolv.conf copied in (for tools that fetch something
-// while installing) until Close, which unmounts them and removes the copy, so that nothing of the host ends up
-// in the template.
+// chrootTarget is a template's staging directory as a tools.Target: commands run chrooted into it in their own pid
+// and mount namespaces (with their own /proc), with a read-only /sys, a /dev of a few devices and the host's
+// resolv.conf copied in (for tools that fetch something while installing) until Close, which unmounts them and
+// removes the copy, so that nothing of the host ends up in the template.
 type chrootTarget struct {
 	dir         string
 	root        *os.Root
@@ -175,13 +175,16 @@ func openChroot(dir string) (_ *chrootTarget, err error) {
 			err = errors.Join(err, c.Close())
 		}
 	}()
+	// No host /proc (each command gets its own, of its own pid namespace: see Run) and no host /dev (a tmpfs with
+	// the few devices package scripts use): what runs in the staging tree comes from an image or a registry, and the
+	// host's process roots or disks must not be a path away.
 	for _, m := range []struct {
 		name, fstype, source string
 		flags                uintptr
 	}{
-		{"proc", "proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC},
+		{"proc", "", "", 0},
 		{"sys", "sysfs", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC | unix.MS_RDONLY},
-		{"dev", "", "/dev", unix.MS_BIND | unix.MS_REC},
+		{"dev", "tmpfs", "aetherium-dev", unix.MS_NOSUID | unix.MS_NOEXEC},
 	} {
 		// A link planted at the mount point would redirect the mount onto the host: only a real directory will do.
 		fi, err := root.Lstat(m.name)
@@ -194,16 +197,20 @@ func openChroot(dir string) (_ *chrootTarget, err error) {
 		} else if !fi.IsDir() {
 			return nil, fmt.Errorf("/%s in %s is not a directory (a %s)", m.name, dir, fi.Mode().Type())
 		}
+		if m.fstype == "" {
+			continue // only the directory: mounted per command
+		}
 		target := filepath.Join(dir, m.name)
-		if err := unix.Mount(m.source, target, m.fstype, m.flags, ""); err != nil {
-			return nil, fmt.Errorf("mount %s at %s: %w", m.source, target, err)
+		data := ""
+		if m.fstype == "tmpfs" {
+			data = "mode=0755"
 		}
-		if m.flags&unix.MS_BIND != 0 {
-			// The bind's copies must not propagate back to the host's /dev when they are unmounted.
-			if err := unix.Mount("", target, "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
-				return nil, fmt.Errorf("make %s a slave mount: %w", target, err)
-			}
+		if err := unix.Mount(m.source, target, m.fstype, m.flags, data); err != nil {
+			return nil, fmt.Errorf("mount %s at %s: %w", m.fstype, target, err)
 		}
+	}
+	if err := makeDevices(filepath.Join(dir, "dev")); err != nil {
+		return nil, err
 	}
 	if _, err := root.Lstat("etc/resolv.conf"); errors.Is(err, fs.ErrNotExist) {
 		if b, rerr := os.ReadFile("/etc/resolv.conf"); rerr == nil {
@@ -244,18 +251,27 @@ func (c *chrootTarget) Run(ctx context.Context, argv []string, env map[string]st
 	if len(argv) == 0 {
 		return tools.RunResult{}, errors.New("run: no command")
 	}
-	cmd := exec.CommandContext(ctx, "/bin/sh", append([]string{"-c", `exec "$@"`, "sh"}, argv...)...)
+	// unshare (the host's util-linux) gives the command its own pid and mount namespaces with a /proc of its own
+	// pid namespace, then chroots: the tree's programs see none of the host's processes, and everything dies with
+	// unshare.
+	chroot, err := exec.LookPath("chroot") // in the worker's PATH, not the command's
+	if err != nil {
+		return tools.RunResult{}, fmt.Errorf("%s: chroot (coreutils) not found: %w", c, err)
+	}
+	args := []string{"--pid", "--fork", "--kill-child", "--mount-proc=" + filepath.Join(c.dir, "proc"),
+		chroot, c.dir, "/bin/sh", "-c", `exec "$@"`, "sh"}
+	cmd := exec.CommandContext(ctx, unshareBin, append(args, argv...)...)
 	cmd.Dir = "/"
 	cmd.Env = make([]string, 0, len(env))
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: c.dir, Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
 	out := &capped{max: 256 << 10}
 	cmd.Stdout, cmd.Stderr = out, out
-	err := cmd.Run()
+	err = cmd.Run()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ctx.Err() == nil {
 		code := ee.ExitCode()
@@ -365,4 +381,43 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// unshareBin runs chroot commands in new namespaces (util-linux, in every Debian install).
+const unshareBin = "/usr/bin/unshare"
+
+// makeDevices fills a chroot's /dev tmpfs with what package scripts and tools use: the memory devices, tty, a
+// devpts of its own, shm and the fd links.
+func makeDevices(dev string) error {
+	for _, d := range []struct {
+		name         string
+		major, minor uint32
+	}{{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}} {
+		if err := unix.Mknod(filepath.Join(dev, d.name), unix.S_IFCHR|0o666, int(unix.Mkdev(d.major, d.minor))); err != nil {
+			return fmt.Errorf("make /dev/%s: %w", d.name, err)
+		}
+		// mknod applies the umask: make the mode what it must be.
+		if err := os.Chmod(filepath.Join(dev, d.name), 0o666); err != nil {
+			return err
+		}
+	}
+	for _, dir := range []string{"pts", "shm"} {
+		if err := os.Mkdir(filepath.Join(dev, dir), 0o755); err != nil {
+			return fmt.Errorf("make /dev/%s: %w", dir, err)
+		}
+	}
+	if err := unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts", unix.MS_NOSUID|unix.MS_NOEXEC,
+		"newinstance,ptmxmode=0666,mode=0620"); err != nil {
+		return fmt.Errorf("mount /dev/pts: %w", err)
+	}
+	if err := unix.Mount("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+		return fmt.Errorf("mount /dev/shm: %w", err)
+	}
+	for name, target := range map[string]string{"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+		"stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {
+		if err := os.Symlink(target, filepath.Join(dev, name)); err != nil {
+			return fmt.Errorf("make /dev/%s: %w", name, err)
+		}
+	}
+	return nil
 }

@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -145,4 +147,66 @@ func TestBuildWithTools(t *testing.T) {
 			t.Errorf("refused builds made templates: %v", ms)
 		}
 	})
+}
+
+// TestChrootSeesNothingOfTheHost: commands run in a template's staging tree get their own pid namespace and /proc
+// (no host process, so no /proc/1/root into the host) and a /dev without the host's disks.
+func TestChrootSeesNothingOfTheHost(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("AETHERIUM_REQUIRE_SERVICES") == "1" {
+			t.Fatal("AETHERIUM_REQUIRE_SERVICES=1 but chroot tests need root")
+		}
+		t.Skip("SKIPPED: needs root")
+	}
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("needs Debian's busybox-static: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), bb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, app := range []string{"sh", "ls", "cat", "wc"} {
+		if err := os.Symlink("busybox", filepath.Join(dir, "bin", app)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := openChroot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		if ms, _ := mountsUnder(dir); len(ms) != 0 {
+			t.Errorf("mounts left under the staging tree: %v", ms)
+		}
+	}()
+	env := map[string]string{"PATH": "/bin"}
+	res, err := c.Run(t.Context(), []string{"sh", "-c", "ls /proc | grep -c '^[0-9]' || true; cat /proc/1/cmdline; echo; ls /dev"}, env)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("run: %+v %v", res, err)
+	}
+	out := string(res.Output)
+	lines := strings.Split(out, "\n")
+	if n, _ := strconv.Atoi(strings.TrimSpace(lines[0])); n == 0 || n > 4 {
+		t.Fatalf("the chroot sees %s processes (want only its own):\n%s", lines[0], out)
+	}
+	if strings.Contains(lines[1], "init") || strings.Contains(lines[1], "systemd") {
+		t.Fatalf("pid 1 in the chroot is the host's: %q", lines[1])
+	}
+	for _, dev := range []string{"sda", "vda", "nvme0n1", "kvm", "mem"} {
+		for _, f := range strings.Fields(strings.Join(lines[2:], " ")) {
+			if f == dev {
+				t.Fatalf("/dev in the chroot has the host's %s:\n%s", dev, out)
+			}
+		}
+	}
+	if !strings.Contains(out, "null") || !strings.Contains(out, "urandom") {
+		t.Fatalf("/dev lacks the basic devices:\n%s", out)
+	}
 }
