@@ -10,8 +10,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -28,15 +30,16 @@ type Process struct {
 
 // Start starts cmd in its own process group (a signal to the worker's group does not reach it, and Kill ends the
 // whole group) with SIGKILL as its parent-death signal, so that no VMM outlives its worker unnoticed. Pdeathsig
-// fires when the thread that forked exits; Go only ends threads whose goroutine locked them and exited locked,
-// which never happens on this path.
+// fires when the thread that forked exits, and Go ends a thread whenever a goroutine that locked it exits locked
+// (the network manager's namespace switching does, when it cannot switch back): so every VMM is forked from one
+// thread kept for that purpose, which lives as long as the process.
 func Start(cmd *exec.Cmd) (*Process, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Setpgid = true
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	if err := cmd.Start(); err != nil {
+	if err := spawn(cmd); err != nil {
 		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	p := &Process{PID: cmd.Process.Pid, done: make(chan struct{})}
@@ -188,4 +191,30 @@ func KillGroup(pid int) error {
 		return fmt.Errorf("kill process %d: %w", pid, err)
 	}
 	return nil
+}
+
+// spawner is the goroutine, locked to its thread for good, that forks every VMM (see Start).
+var spawner struct {
+	once sync.Once
+	reqs chan spawnReq
+}
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func spawn(cmd *exec.Cmd) error {
+	spawner.once.Do(func() {
+		spawner.reqs = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread() // never unlocked: this thread must not end while a VMM it forked runs
+			for r := range spawner.reqs {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error, 1)
+	spawner.reqs <- spawnReq{cmd: cmd, done: done}
+	return <-done
 }
