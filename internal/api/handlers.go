@@ -198,9 +198,16 @@ func (s *server) deleteVM(w http.ResponseWriter, r *http.Request) {
 		s.writeServiceError(w, r, err)
 		return
 	}
+	s.writeTaskAccepted(w, r, owner, t, wait)
+}
+
+// writeTaskAccepted answers an accepted task: 202 at once, or with wait (?wait) 200 once the task has finished
+// within it (202 with its state then if it has not).
+func (s *server) writeTaskAccepted(w http.ResponseWriter, r *http.Request, owner string, t *model.Task, wait time.Duration) {
 	status := http.StatusAccepted
 	if wait > 0 {
-		if t, err = s.svc.WaitTask(ctx, owner, t.ID, wait); err != nil {
+		var err error
+		if t, err = s.svc.WaitTask(r.Context(), owner, t.ID, wait); err != nil {
 			s.writeServiceError(w, r, err)
 			return
 		}
@@ -232,18 +239,7 @@ func (s *server) addTools(w http.ResponseWriter, r *http.Request) {
 		s.writeServiceError(w, r, err)
 		return
 	}
-	status := http.StatusAccepted
-	if wait > 0 {
-		if t, err = s.svc.WaitTask(ctx, owner, t.ID, wait); err != nil {
-			s.writeServiceError(w, r, err)
-			return
-		}
-		if t.Status.Done() {
-			status = http.StatusOK
-		}
-	}
-	tk := ToTask(t)
-	s.writeJSON(w, r, status, client.TaskAccepted{TaskID: t.ID, Task: &tk})
+	s.writeTaskAccepted(w, r, owner, t, wait)
 }
 
 // execute answers 202 with the task and execution ids, or with ?wait 200 with the finished execution. A command
