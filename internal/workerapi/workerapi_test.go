@@ -318,8 +318,9 @@ func TestFilesOnRealVM(t *testing.T) {
 		vmPath("/files?path="+url.QueryEscape(cut)), testToken, strings.Repeat("y", 5000))
 	conn.Close()
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		// The worker notices the cut asynchronously; until then the file must not exist either.
+	for quiet := 0; quiet < 5; {
+		// The worker notices the cut asynchronously; until then the file must not exist either. The upload may not
+		// even have reached the agent at the first look, so only several quiet looks in a row end the wait.
 		expect(t, "stat of a cut upload", a.call("GET", vmPath("/fs/stat?path="+url.QueryEscape(cut)), nil), 404, client.CodePathNotFound)
 		ls := decode[client.FileList](t, a.call("GET", vmPath("/fs/list?path="+url.QueryEscape(dir)), nil))
 		temp := false
@@ -327,8 +328,11 @@ func TestFilesOnRealVM(t *testing.T) {
 			temp = temp || strings.HasPrefix(e.Name, ".aetherium-upload-")
 		}
 		if !temp {
-			break
+			quiet++
+			time.Sleep(20 * time.Millisecond)
+			continue
 		}
+		quiet = 0
 		if time.Now().After(deadline) {
 			t.Fatalf("the temporary file of a cut upload is still there: %+v", ls.Entries)
 		}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -391,7 +392,14 @@ func (c *conn) fileRemove(_ *stream, p protocol.FileRemoveParams) (struct{}, *pr
 	}
 	var err error
 	if p.Recursive {
-		err = os.RemoveAll(path)
+		// A process still writing into the tree (an upload finishing, a build) can add an entry between RemoveAll
+		// emptying a directory and removing it: try a few times before reporting it not empty.
+		for range 5 {
+			if err = os.RemoveAll(path); !errors.Is(err, syscall.ENOTEMPTY) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	} else {
 		err = os.Remove(path)
 	}
