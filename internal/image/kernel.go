@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -652,6 +651,7 @@ func (m KernelManifest) Ref() string { return m.Name + "@" + m.Version }
 // twice is a no-op. Like Store it holds nothing but its path.
 type KernelStore struct {
 	dir string
+	v   versionedDir[KernelManifest]
 }
 
 // NewKernelStore opens (creating if needed) a kernel store in dir.
@@ -663,7 +663,13 @@ func NewKernelStore(dir string) (*KernelStore, error) {
 	if err := os.MkdirAll(filepath.Join(abs, tmpDir), 0o755); err != nil {
 		return nil, fmt.Errorf("kernel store: create %s: %w", abs, err)
 	}
-	return &KernelStore{dir: abs}, nil
+	return &KernelStore{dir: abs, v: versionedDir[KernelManifest]{
+		dir: abs, label: "kernel store", payload: KernelFile,
+		setPath: func(m *KernelManifest, p string) { m.Path = p },
+		before:  func(a, b KernelManifest) bool { return a.InstalledAt.After(b.InstalledAt) },
+		version: func(m KernelManifest) string { return m.Version },
+		hint:    " (build one with `aetherium image kernel build` or import one)",
+	}}, nil
 }
 
 // Dir is the store's directory.
@@ -775,112 +781,18 @@ func (s *KernelStore) publish(stage string, m KernelManifest) (KernelManifest, b
 }
 
 // List returns every kernel, sorted by name and then newest first.
-func (s *KernelStore) List() ([]KernelManifest, error) {
-	names, err := os.ReadDir(s.dir)
-	if err != nil {
-		return nil, fmt.Errorf("kernel store: list: %w", err)
-	}
-	var out []KernelManifest
-	for _, n := range names {
-		if !n.IsDir() || n.Name() == tmpDir {
-			continue
-		}
-		ms, err := s.versions(n.Name())
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, ms...)
-	}
-	return out, nil
-}
-
-// versions returns name's kernels, newest installed first; directories without a manifest are skipped (only a
-// rename makes a version appear, so they are not the store's).
-func (s *KernelStore) versions(name string) ([]KernelManifest, error) {
-	entries, err := os.ReadDir(filepath.Join(s.dir, name))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	} else if err != nil {
-		return nil, fmt.Errorf("kernel store: list %s: %w", name, err)
-	}
-	var out []KernelManifest
-	for _, e := range entries {
-		if !e.IsDir() {
-			continue
-		}
-		if m, err := s.read(name, e.Name()); err == nil {
-			out = append(out, m)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].InstalledAt.Equal(out[j].InstalledAt) {
-			return out[i].InstalledAt.After(out[j].InstalledAt)
-		}
-		return out[i].Version > out[j].Version
-	})
-	return out, nil
-}
+func (s *KernelStore) List() ([]KernelManifest, error) { return s.v.list() }
 
 func (s *KernelStore) read(name, version string) (KernelManifest, error) {
-	dir := filepath.Join(s.dir, name, version)
-	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return KernelManifest{}, fmt.Errorf("kernel store: kernel %s@%s: %w", name, version, ErrNotFound)
-	} else if err != nil {
-		return KernelManifest{}, fmt.Errorf("kernel store: read manifest of %s@%s: %w", name, version, err)
-	}
-	var m KernelManifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return KernelManifest{}, fmt.Errorf("kernel store: decode manifest of %s@%s: %w", name, version, err)
-	}
-	m.Path = filepath.Join(dir, KernelFile)
-	return m, nil
+	return s.v.read(name, version)
 }
 
 // Get returns the kernel named by ref ("name@version", or "name" for its newest).
-func (s *KernelStore) Get(ref string) (KernelManifest, error) {
-	name, version, err := ParseRef(ref)
-	if err != nil {
-		return KernelManifest{}, err
-	}
-	if version != "" {
-		return s.read(name, version)
-	}
-	ms, err := s.versions(name)
-	if err != nil {
-		return KernelManifest{}, err
-	}
-	if len(ms) == 0 {
-		return KernelManifest{}, fmt.Errorf("kernel store: kernel %s (build one with `aetherium image kernel build` or import one): %w", name, ErrNotFound)
-	}
-	return ms[0], nil
-}
+func (s *KernelStore) Get(ref string) (KernelManifest, error) { return s.v.get(ref) }
 
-// Remove deletes one version ("name@version" is required, so that a typo cannot remove every version), renaming
-// it into .tmp first so that readers never see half of it. VMs already booted keep their open file.
-func (s *KernelStore) Remove(ref string) error {
-	name, version, err := ParseRef(ref)
-	if err != nil {
-		return err
-	}
-	if version == "" {
-		return fmt.Errorf("kernel store: remove %s: give a version (name@version)", name)
-	}
-	if _, err := s.read(name, version); err != nil {
-		return err
-	}
-	trash, err := os.MkdirTemp(filepath.Join(s.dir, tmpDir), "rm-")
-	if err != nil {
-		return fmt.Errorf("kernel store: remove %s: %w", ref, err)
-	}
-	defer os.RemoveAll(trash)
-	if err := os.Rename(filepath.Join(s.dir, name, version), filepath.Join(trash, "v")); err != nil {
-		return fmt.Errorf("kernel store: remove %s: %w", ref, err)
-	}
-	// Drop the name's directory once its last version is gone; fails harmlessly when others remain.
-	_ = os.Remove(filepath.Join(s.dir, name))
-	return nil
-}
+// Remove deletes one version ("name@version" is required, so that a typo cannot remove every version). VMs already
+// booted keep their open file.
+func (s *KernelStore) Remove(ref string) error { return s.v.remove(ref) }
 
 func kernelFileSHA256(p string) (string, int64, error) {
 	f, err := os.Open(p)

@@ -1,13 +1,11 @@
 package image
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"time"
 )
@@ -74,6 +72,7 @@ func (m Manifest) Ref() string { return m.Name + "@" + m.Version }
 // Store is a directory of templates. It holds no state besides its path, so several processes may share one.
 type Store struct {
 	dir string
+	v   versionedDir[Manifest]
 }
 
 // NewStore opens (creating if needed) a template store in dir, normally <data_dir>/images.
@@ -85,7 +84,12 @@ func NewStore(dir string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(abs, tmpDir), 0o755); err != nil {
 		return nil, fmt.Errorf("image store: create %s: %w", abs, err)
 	}
-	return &Store{dir: abs}, nil
+	return &Store{dir: abs, v: versionedDir[Manifest]{
+		dir: abs, label: "image store", payload: RootfsFile,
+		setPath: func(m *Manifest, p string) { m.Path = p },
+		before:  func(a, b Manifest) bool { return a.CreatedAt.After(b.CreatedAt) },
+		version: func(m Manifest) string { return m.Version },
+	}}, nil
 }
 
 // Dir is the store's directory.
@@ -113,111 +117,16 @@ func validName(what, s string) error {
 }
 
 // List returns every template version, sorted by name and then newest first.
-func (s *Store) List() ([]Manifest, error) {
-	names, err := os.ReadDir(s.dir)
-	if err != nil {
-		return nil, fmt.Errorf("image store: list: %w", err)
-	}
-	var out []Manifest
-	for _, n := range names {
-		if !n.IsDir() || n.Name() == tmpDir {
-			continue
-		}
-		ms, err := s.versions(n.Name())
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, ms...)
-	}
-	return out, nil
-}
+func (s *Store) List() ([]Manifest, error) { return s.v.list() }
 
-// versions returns the complete versions of name, newest first. Directories without a readable manifest are not
-// templates (a rename is the only way one appears, so this is a foreign or damaged directory) and are skipped.
-func (s *Store) versions(name string) ([]Manifest, error) {
-	entries, err := os.ReadDir(filepath.Join(s.dir, name))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	} else if err != nil {
-		return nil, fmt.Errorf("image store: list %s: %w", name, err)
-	}
-	var out []Manifest
-	for _, e := range entries {
-		if !e.IsDir() {
-			continue
-		}
-		m, err := s.read(name, e.Name())
-		if err != nil {
-			continue
-		}
-		out = append(out, m)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
-			return out[i].CreatedAt.After(out[j].CreatedAt)
-		}
-		return out[i].Version > out[j].Version
-	})
-	return out, nil
-}
+// versions returns the complete versions of name, newest first.
+func (s *Store) versions(name string) ([]Manifest, error) { return s.v.versions(name) }
 
-func (s *Store) read(name, version string) (Manifest, error) {
-	dir := filepath.Join(s.dir, name, version)
-	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return Manifest{}, fmt.Errorf("image store: %s@%s: %w", name, version, ErrNotFound)
-	} else if err != nil {
-		return Manifest{}, fmt.Errorf("image store: read manifest of %s@%s: %w", name, version, err)
-	}
-	var m Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return Manifest{}, fmt.Errorf("image store: decode manifest of %s@%s: %w", name, version, err)
-	}
-	m.Path = filepath.Join(dir, RootfsFile)
-	return m, nil
-}
+func (s *Store) read(name, version string) (Manifest, error) { return s.v.read(name, version) }
 
 // Get returns the template named by ref ("name@version", or "name" for its newest version).
-func (s *Store) Get(ref string) (Manifest, error) {
-	name, version, err := ParseRef(ref)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if version != "" {
-		return s.read(name, version)
-	}
-	ms, err := s.versions(name)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if len(ms) == 0 {
-		return Manifest{}, fmt.Errorf("image store: %s: %w", name, ErrNotFound)
-	}
-	return ms[0], nil
-}
+func (s *Store) Get(ref string) (Manifest, error) { return s.v.get(ref) }
 
 // Remove deletes one version ("name@version" is required, so that a typo cannot remove every version). The
 // directory is first renamed into .tmp so that readers never see a half-deleted template.
-func (s *Store) Remove(ref string) error {
-	name, version, err := ParseRef(ref)
-	if err != nil {
-		return err
-	}
-	if version == "" {
-		return fmt.Errorf("image store: remove %s: give a version (name@version)", name)
-	}
-	if _, err := s.read(name, version); err != nil {
-		return err
-	}
-	trash, err := os.MkdirTemp(filepath.Join(s.dir, tmpDir), "rm-")
-	if err != nil {
-		return fmt.Errorf("image store: remove %s: %w", ref, err)
-	}
-	defer os.RemoveAll(trash)
-	if err := os.Rename(filepath.Join(s.dir, name, version), filepath.Join(trash, "v")); err != nil {
-		return fmt.Errorf("image store: remove %s: %w", ref, err)
-	}
-	// Drop the name's directory once its last version is gone; fails harmlessly when others remain.
-	_ = os.Remove(filepath.Join(s.dir, name))
-	return nil
-}
+func (s *Store) Remove(ref string) error { return s.v.remove(ref) }
