@@ -11,7 +11,7 @@ require (
 	github.com/google/nftables v0.3.0
 	github.com/google/uuid v1.6.0
 	github.com/hashicorp/yamux v0.1.2
-	github.com/hibiken/asynq v0.26.0
+	github.com/hibiken/asynq v0.25.1
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/mdlayher/vsock v1.4.0
 	github.com/miekg/dns v1.1.73

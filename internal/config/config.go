@@ -31,8 +31,11 @@ type Config struct {
 	LogLevel    string `yaml:"log_level"`
 	LogFormat   string `yaml:"log_format"`
 	WorkerID    string `yaml:"worker_id"`
-	Concurrency int    `yaml:"concurrency"`
-	Backend     string `yaml:"backend"`
+	// InstallationID is not a setting: server.Run reads it from the data directory (server.InstallationID), and
+	// backends label what they make with it.
+	InstallationID string `yaml:"-"`
+	Concurrency    int    `yaml:"concurrency"`
+	Backend        string `yaml:"backend"`
 	// Firecracker and QEMU backends.
 	FirecrackerBin string `yaml:"firecracker_bin"`
 	QEMUBin        string `yaml:"qemu_bin"`

@@ -117,17 +117,20 @@ type KernelBuildOptions struct {
 	Log *slog.Logger
 }
 
-// BuildKernel returns the cached kernel for the source and config, building it first when the cache lacks it.
-// Builds of one key serialize on a lock file; an interrupted build leaves its tree, which the next one continues.
-func BuildKernel(ctx context.Context, opts KernelBuildOptions) (KernelBuild, error) {
-	start := time.Now()
-	p := &kernelProgress{w: opts.Progress, start: start}
-	log := opts.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+// kernelPlan is what a build of KernelBuildOptions is: its inputs resolved, its key and where its result lives.
+type kernelPlan struct {
+	want      KernelBuild
+	config    []byte
+	cacheDir  string
+	resultDir string
+	jobs      int
+}
+
+// planKernel resolves opts (defaults, absolute paths) and hashes the inputs. BuildKernel and CachedKernel share
+// it, so that what a build leaves is what a look-up finds.
+func planKernel(opts KernelBuildOptions, p *kernelProgress) (kernelPlan, error) {
 	if runtime.GOARCH != "amd64" {
-		return KernelBuild{}, fmt.Errorf("kernel build: the guest kernel is x86-64 and this host is %s: build it on an x86-64 machine and `aetherium image kernel import` the vmlinux", runtime.GOARCH)
+		return kernelPlan{}, fmt.Errorf("kernel build: the guest kernel is x86-64 and this host is %s: build it on an x86-64 machine and `aetherium image kernel import` the vmlinux", runtime.GOARCH)
 	}
 	source := opts.Source
 	if source == "" {
@@ -135,22 +138,22 @@ func BuildKernel(ctx context.Context, opts KernelBuildOptions) (KernelBuild, err
 	}
 	source, err := filepath.Abs(source)
 	if err != nil {
-		return KernelBuild{}, fmt.Errorf("kernel build: %w", err)
+		return kernelPlan{}, fmt.Errorf("kernel build: %w", err)
 	}
 	config := embeddedKernelConfig
 	if opts.Config != "" {
 		if config, err = os.ReadFile(opts.Config); err != nil {
-			return KernelBuild{}, fmt.Errorf("kernel build: read the kernel config: %w", err)
+			return kernelPlan{}, fmt.Errorf("kernel build: read the kernel config: %w", err)
 		}
 	}
 	cacheDir := opts.CacheDir
 	if cacheDir == "" {
 		if cacheDir, err = DefaultKernelCacheDir(); err != nil {
-			return KernelBuild{}, err
+			return kernelPlan{}, err
 		}
 	}
 	if cacheDir, err = filepath.Abs(cacheDir); err != nil {
-		return KernelBuild{}, fmt.Errorf("kernel build: %w", err)
+		return kernelPlan{}, fmt.Errorf("kernel build: %w", err)
 	}
 	jobs := opts.Jobs
 	if jobs <= 0 {
@@ -160,9 +163,9 @@ func BuildKernel(ctx context.Context, opts KernelBuildOptions) (KernelBuild, err
 	p.printf("hashing %s", source)
 	sourceSum, _, err := kernelFileSHA256(source)
 	if errors.Is(err, fs.ErrNotExist) {
-		return KernelBuild{}, fmt.Errorf("kernel build: source tarball %s is missing (apt-get install linux-source-6.1, or pass --source): %w", source, err)
+		return kernelPlan{}, fmt.Errorf("kernel build: source tarball %s is missing (apt-get install linux-source-6.1, or pass --source): %w", source, err)
 	} else if err != nil {
-		return KernelBuild{}, fmt.Errorf("kernel build: hash the source tarball: %w", err)
+		return kernelPlan{}, fmt.Errorf("kernel build: hash the source tarball: %w", err)
 	}
 	configSum := sha256.Sum256(config)
 	want := KernelBuild{
@@ -171,7 +174,34 @@ func BuildKernel(ctx context.Context, opts KernelBuildOptions) (KernelBuild, err
 		SourceSHA256: sourceSum,
 		ConfigSHA256: hex.EncodeToString(configSum[:]),
 	}
-	resultDir := filepath.Join(cacheDir, "kernels", want.Key)
+	return kernelPlan{want: want, config: config, cacheDir: cacheDir, jobs: jobs,
+		resultDir: filepath.Join(cacheDir, "kernels", want.Key)}, nil
+}
+
+// CachedKernel returns the kernel that BuildKernel(opts) would return, without building: ok is false when the
+// cache does not hold it.
+func CachedKernel(opts KernelBuildOptions) (b KernelBuild, ok bool, err error) {
+	plan, err := planKernel(opts, &kernelProgress{w: opts.Progress, start: time.Now()})
+	if err != nil {
+		return KernelBuild{}, false, err
+	}
+	return readKernelCache(plan.resultDir, plan.want)
+}
+
+// BuildKernel returns the cached kernel for the source and config, building it first when the cache lacks it.
+// Builds of one key serialize on a lock file; an interrupted build leaves its tree, which the next one continues.
+func BuildKernel(ctx context.Context, opts KernelBuildOptions) (KernelBuild, error) {
+	start := time.Now()
+	p := &kernelProgress{w: opts.Progress, start: start}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	plan, err := planKernel(opts, p)
+	if err != nil {
+		return KernelBuild{}, err
+	}
+	want, config, cacheDir, resultDir, jobs := plan.want, plan.config, plan.cacheDir, plan.resultDir, plan.jobs
 
 	if b, ok, err := readKernelCache(resultDir, want); err != nil || ok {
 		if ok {

@@ -54,6 +54,11 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
+	installationID, err := InstallationID(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	cfg.InstallationID = installationID
 	st, err := OpenStore(ctx, cfg, roles.API && cfg.AutoMigrate)
 	if err != nil {
 		return err
