@@ -92,7 +92,7 @@ func autoFirecracker(ctx context.Context, cfg config.Config, st store.Store, log
 		qemuBin = qemu.DefaultBinary
 	}
 	if p, err := exec.LookPath(qemuBin); err == nil {
-		if err := qemu.ProbeKVM(ctx, p, kernel); err != nil {
+		if _, err := qemu.CachedProbeKVM(ctx, cfg.DataDir, p, kernel); err != nil {
 			return nil, err
 		}
 	}

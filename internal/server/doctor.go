@@ -191,7 +191,12 @@ func kvmCheck(ctx context.Context, cfg config.Config, kernel string) Check {
 		return Check{Name: "kvm", Status: CheckWarn,
 			Detail: "/dev/kvm opens and creates a VM, but without QEMU and a guest kernel no probe guest can prove that guests really run"}
 	}
-	if err := qemu.ProbeKVM(ctx, path, kernel); err != nil {
+	// The doctor always probes afresh, and what it finds is what the next server start uses.
+	perr := qemu.ProbeKVM(ctx, path, kernel)
+	if ctx.Err() == nil {
+		_ = qemu.RememberKVM(cfg.DataDir, path, kernel, perr)
+	}
+	if err := perr; err != nil {
 		return Check{Name: "kvm", Status: CheckWarn,
 			Detail: "/dev/kvm creates VMs but cannot run this guest kernel (" + err.Error() + "): QEMU uses TCG emulation, Firecracker cannot run",
 			Fix:    "on a nested or paravirtual host, enable nested virtualization for ordinary guests"}

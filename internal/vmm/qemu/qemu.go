@@ -154,9 +154,13 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	case AccelKVM:
 		b.accel, b.why = AccelKVM, "configured"
 	default:
-		if err := ProbeKVM(ctx, cfg.Binary, cfg.KernelPath); err != nil {
+		cached, err := CachedProbeKVM(ctx, cfg.DataDir, cfg.Binary, cfg.KernelPath)
+		switch {
+		case err != nil:
 			b.accel, b.why = AccelTCG, "KVM cannot boot a guest here: "+err.Error()
-		} else {
+		case cached:
+			b.accel, b.why = AccelKVM, "a probe guest booted under KVM (remembered for this boot of the host)"
+		default:
 			b.accel, b.why = AccelKVM, "a probe guest booted under KVM"
 		}
 	}
