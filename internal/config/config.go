@@ -332,11 +332,12 @@ func (c *Config) normalize() error {
 	default:
 		bad("backend", "must be auto, firecracker, qemu or docker (got %q)", c.Backend)
 	}
-	if c.JailerUID < 0 || c.JailerUID > 1<<32-2 {
-		bad("jailer_uid", "must be a uid between 0 and 4294967294 (got %d)", c.JailerUID)
+	// Root is refused: a jailed Firecracker that runs as root keeps every capability the jail is meant to take away.
+	if c.JailerUID < 1 || c.JailerUID > 1<<32-2 {
+		bad("jailer_uid", "must be a uid between 1 and 4294967294, not root (got %d)", c.JailerUID)
 	}
-	if c.JailerGID < 0 || c.JailerGID > 1<<32-2 {
-		bad("jailer_gid", "must be a gid between 0 and 4294967294 (got %d)", c.JailerGID)
+	if c.JailerGID < 1 || c.JailerGID > 1<<32-2 {
+		bad("jailer_gid", "must be a gid between 1 and 4294967294, not root's group (got %d)", c.JailerGID)
 	}
 	if c.JailerCgroupVersion != 1 && c.JailerCgroupVersion != 2 {
 		bad("jailer_cgroup_version", "must be 1 or 2 (got %d)", c.JailerCgroupVersion)

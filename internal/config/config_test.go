@@ -109,6 +109,7 @@ func TestJailerSettings(t *testing.T) {
 		want string
 	}{
 		{[]string{"--jailer-uid", "-1"}, "jailer_uid"},
+		{[]string{"--jailer-uid", "0"}, "not root"},
 		{[]string{"--jailer-gid", "x"}, "--jailer-gid"},
 		{[]string{"--jailer-cgroup-version", "3"}, "jailer_cgroup_version"},
 		{[]string{"--jailer-cgroups", "cpu.max"}, "jailer_cgroups"},
