@@ -37,12 +37,12 @@ const (
 )
 
 // DefaultKernelArgs boots the agent as init, listening on vsock. reboot=k makes a guest reboot (what the agent's
-// power-off and Ctrl-Alt-Del end in) leave Firecracker, which exits; panic=1 turns a guest panic into one too.
+// power-off ends in) leave Firecracker, which exits; panic=1 turns a guest panic into one too.
 // The backend adds aetherium.hostname before the "--" that starts init's own arguments.
 const DefaultKernelArgs = "console=ttyS0 reboot=k panic=1 pci=off quiet init=" + DefaultGuestInit +
 	" aetherium.listen=vsock:9999 -- --init"
 
-// Files in a VM's directory (and, for the jailer, in its chroot).
+// Files in a VM's directory (the sockets, kernel and a link to the disk are in the jail when jailed).
 const (
 	stateFile   = "state.json"
 	consoleFile = "console.log"
@@ -105,7 +105,7 @@ type Config struct {
 	FirstCID uint32
 	// ReadyTimeout bounds how long StartVM waits for the agent after InstanceStart. Default 30s.
 	ReadyTimeout time.Duration
-	// StopTimeout bounds each step of StopVM (agent power-off, Ctrl-Alt-Del). Default 5s.
+	// StopTimeout bounds how long StopVM waits for the guest to power off before it kills firecracker. Default 5s.
 	StopTimeout time.Duration
 	// FirecrackerLogLevel, when set (Error, Warning, Info, Debug, Trace), configures Firecracker's own log
 	// (PUT /logger) into firecracker.log next to the console log.
