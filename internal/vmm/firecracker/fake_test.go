@@ -100,7 +100,9 @@ type fakeFC struct {
 	drives    map[string]string // drive id -> path as given
 	// configured names the boot-specific resources set (a snapshot load is refused after any of them).
 	configured []string
-	dirtyPages bool // machine-config track_dirty_pages
+	dirtyPages bool // machine-config track_dirty_pages, or the load's enable_diff_snapshots
+	memMiB     int  // guest memory size
+	snapshots  int  // snapshots made: the memory "contents" (see snapshot/create)
 	agentSrv   *server.Server
 }
 
@@ -230,7 +232,7 @@ func (f *fakeFC) handle(method, path string, body []byte, rec *fakeRecord) (int,
 		}
 		var mc machineConfig
 		_ = json.Unmarshal(body, &mc)
-		f.dirtyPages = mc.TrackDirtyPages
+		f.dirtyPages, f.memMiB = mc.TrackDirtyPages, mc.MemSizeMib
 		f.configured = append(f.configured, path)
 	case method == http.MethodPut && path == "/boot-source":
 		if f.booted {
@@ -332,11 +334,16 @@ func (f *fakeFC) handle(method, path string, body []byte, rec *fakeRecord) (int,
 		if s.SnapshotType == SnapshotDiff && !f.dirtyPages {
 			return http.StatusBadRequest, "Diff snapshots are not allowed on uVMs with dirty page tracking disabled.", nil
 		}
-		state, _ := json.Marshal(map[string]any{"vsock": f.vsockPath, "boot_args": f.boot.BootArgs, "drives": f.drives})
+		state, _ := json.Marshal(map[string]any{"vsock": f.vsockPath, "boot_args": f.boot.BootArgs, "drives": f.drives,
+			"mem_mib": f.memMiB})
 		if err := os.WriteFile(f.path(s.SnapshotPath), state, 0o600); err != nil {
 			return http.StatusBadRequest, err.Error(), nil
 		}
-		if err := os.WriteFile(f.path(s.MemFilePath), []byte("guest memory"), 0o600); err != nil {
+		// Guest memory as a file of the guest's size: a Full snapshot holds every page (here: page 0 and page
+		// 256 say which snapshot wrote them), a Diff only the pages dirtied since the last snapshot, holes
+		// elsewhere (here: page 256), as Firecracker writes them.
+		f.snapshots++
+		if err := f.writeMemory(f.path(s.MemFilePath), s.SnapshotType == SnapshotDiff); err != nil {
 			return http.StatusBadRequest, err.Error(), nil
 		}
 	case method == http.MethodPut && path == "/snapshot/load":
@@ -358,6 +365,7 @@ func (f *fakeFC) handle(method, path string, body []byte, rec *fakeRecord) (int,
 			Vsock    string            `json:"vsock"`
 			BootArgs string            `json:"boot_args"`
 			Drives   map[string]string `json:"drives"`
+			MemMiB   int               `json:"mem_mib"`
 		}
 		_ = json.Unmarshal(data, &saved)
 		// The restored devices reopen their backing files at the paths the snapshot recorded.
@@ -366,8 +374,15 @@ func (f *fakeFC) handle(method, path string, body []byte, rec *fakeRecord) (int,
 				return http.StatusBadRequest, fmt.Sprintf("Cannot restore drive %s: %v", id, err), nil
 			}
 		}
+		// Firecracker loads only a complete memory file: one of the guest's size whose first page is there.
+		if fi, err := os.Stat(f.path(s.MemBackend.BackendPath)); err != nil || fi.Size() != int64(saved.MemMiB)<<20 {
+			return http.StatusBadRequest, "Cannot load memory: the memory file does not match the guest's size", nil
+		}
+		if page0, err := readPage(f.path(s.MemBackend.BackendPath), 0); err != nil || page0[0] == 0 {
+			return http.StatusBadRequest, "Cannot load memory: the memory file is not complete (a diff?)", nil
+		}
 		f.booted, f.paused, f.vsockPath, f.drives = true, !s.ResumeVM, saved.Vsock, saved.Drives
-		f.dirtyPages = s.TrackDirtyPages
+		f.dirtyPages, f.memMiB = s.EnableDiffSnapshots, saved.MemMiB
 		f.boot = &bootSource{BootArgs: saved.BootArgs}
 		fmt.Fprintln(f.console, "restored from snapshot")
 		if err := f.serveVsock(); err != nil {
@@ -375,6 +390,43 @@ func (f *fakeFC) handle(method, path string, body []byte, rec *fakeRecord) (int,
 		}
 	}
 	return http.StatusNoContent, "", nil
+}
+
+// fakePage is the fake guest's page size.
+const fakePage = 4096
+
+// writeMemory writes the fake guest's memory to path: a file of its size, with "snapshot <n>" on page 256 and,
+// unless it is a diff, on page 0 too.
+func (f *fakeFC) writeMemory(path string, diff bool) error {
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	if err := fh.Truncate(int64(f.memMiB) << 20); err != nil {
+		return err
+	}
+	page := make([]byte, fakePage)
+	copy(page, fmt.Sprintf("snapshot %d", f.snapshots))
+	if !diff {
+		if _, err := fh.WriteAt(page, 0); err != nil {
+			return err
+		}
+	}
+	_, err = fh.WriteAt(page, 256*fakePage)
+	return err
+}
+
+// readPage reads page n of a memory file.
+func readPage(path string, n int64) ([]byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	page := make([]byte, fakePage)
+	_, err = fh.ReadAt(page, n*fakePage)
+	return page, err
 }
 
 // chanListener hands the connections that passed the CONNECT handshake to the agent server.

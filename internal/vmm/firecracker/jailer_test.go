@@ -467,6 +467,22 @@ func TestJailedLifecycle(t *testing.T) {
 	if res, err := b.ExecuteCommand(ctx, id, agent.ExecRequest{Argv: []string{"true"}}); err != nil || res.ExitCode != 0 {
 		t.Fatalf("exec after restore: %v", err)
 	}
+	// The restored guest runs on the memory file (Firecracker maps it: it must never change). A new snapshot of
+	// the same names must not write into it through the jail's link.
+	keep := mem + ".keep"
+	if err := os.Link(mem, keep); err != nil {
+		t.Fatal(err)
+	}
+	before, err := readPage(keep, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CreateSnapshot(ctx, id, snap, mem, SnapshotFull); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := readPage(keep, 0); err != nil || string(after) != string(before) {
+		t.Fatalf("the memory file backing the restored guest was overwritten by the next snapshot (%v)", err)
+	}
 	e.requests(t, id)
 	st, _ = b.loadState(id)
 	if err := b.DeleteVM(ctx, id); err != nil {

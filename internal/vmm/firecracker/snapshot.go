@@ -6,11 +6,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/vmm/vmproc"
@@ -72,6 +75,25 @@ type snapshotManifest struct {
 	Memory    string       `json:"memory"`
 	Disk      string       `json:"disk"`
 	CreatedAt time.Time    `json:"created_at"`
+	// Parent is the snapshot the VM's firecracker made or loaded last before this one ("" after a fresh boot):
+	// a Diff holds the pages dirtied since then, so it can only be merged onto that one.
+	Parent string `json:"parent,omitempty"`
+	// RebasedOnto is the base a Diff was merged onto by RebaseSnapshot (it is then Full).
+	RebasedOnto string `json:"rebased_onto,omitempty"`
+}
+
+// lineageFile, in a VM's directory, names the snapshot its running firecracker made or loaded last: a
+// firecracker resets its dirty page log at each snapshot create and load (and starts with it empty at boot).
+const lineageFile = "snapshot-parent"
+
+func (b *Backend) setLineage(id, snapshotPath string) error {
+	return vmproc.WriteJSON(filepath.Join(b.vmDir(id), lineageFile), snapshotPath)
+}
+
+func (b *Backend) lineage(id string) string {
+	var p string
+	_ = vmproc.ReadJSON(filepath.Join(b.vmDir(id), lineageFile), &p)
+	return p
 }
 
 // CreateSnapshot writes the state of a running VM to snapshotPath, its memory to memPath and its disk to
@@ -105,8 +127,16 @@ func (b *Backend) CreateSnapshot(ctx context.Context, id, snapshotPath, memPath 
 	snap, mem := snapshotPath, memPath
 	if st.ChrootDir != "" {
 		snap, mem = "/"+filepath.Base(snapshotPath), "/"+filepath.Base(memPath)
+		// Firecracker truncates an existing file and writes it; in the jail a file of that name may be the hard
+		// link of the memory file that backs this very guest (a restore): unlink, never overwrite.
+		for _, p := range []string{snap, mem} {
+			if err := os.Remove(filepath.Join(jailRoot(st), p)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("firecracker backend: snapshot vm %s: %w", id, err)
+			}
+		}
 	}
 	diskCopy := SnapshotDisk(snapshotPath)
+	// Removed, not overwritten: a memory file may back the running guest (it was loaded from it).
 	for _, p := range []string{snapshotPath, memPath, diskCopy, snapshotManifestPath(snapshotPath)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("firecracker backend: snapshot vm %s: %w", id, err)
@@ -135,7 +165,11 @@ func (b *Backend) CreateSnapshot(ctx context.Context, id, snapshotPath, memPath 
 	}
 	if serr == nil {
 		serr = vmproc.WriteJSON(snapshotManifestPath(snapshotPath), snapshotManifest{VMID: id, Type: typ,
-			Memory: memPath, Disk: diskCopy, CreatedAt: time.Now().UTC()})
+			Memory: memPath, Disk: diskCopy, CreatedAt: time.Now().UTC(), Parent: b.lineage(id)})
+	}
+	if serr == nil {
+		// Firecracker has reset its dirty page log: the next Diff is relative to this snapshot.
+		serr = b.setLineage(id, snapshotPath)
 	}
 	if serr != nil {
 		_ = vmproc.RemoveFiles(snapshotPath, memPath, diskCopy, snapshotManifestPath(snapshotPath))
@@ -147,11 +181,11 @@ func (b *Backend) CreateSnapshot(ctx context.Context, id, snapshotPath, memPath 
 	return nil
 }
 
-// LoadSnapshot boots a stopped VM from a Full snapshot made by CreateSnapshot: the VM's disk is replaced by the
+// LoadSnapshot boots a stopped VM from a Full snapshot made by CreateSnapshot (or a Diff merged by RebaseSnapshot): the VM's disk is replaced by the
 // snapshot's, then a fresh firecracker (in a fresh jail) gets the logger and PUT /snapshot/load, resumed at once,
 // and the agent is waited for like StartVM. A VM that runs is refused: only a firecracker that has configured
-// nothing but its logger and metrics can load a snapshot. Diff snapshots are refused too: Firecracker loads only
-// a complete memory file, and merging a diff onto its base is not implemented here.
+// nothing but its logger and metrics can load a snapshot. A Diff snapshot is refused: Firecracker loads only a
+// complete memory file; RebaseSnapshot makes one.
 func (b *Backend) LoadSnapshot(ctx context.Context, id, snapshotPath, memPath string) error {
 	if err := checkID(id); err != nil {
 		return err
@@ -163,7 +197,8 @@ func (b *Backend) LoadSnapshot(ctx context.Context, id, snapshotPath, memPath st
 	}
 	if man.Type != SnapshotFull {
 		return fmt.Errorf("firecracker backend: snapshot load vm %s: %w: %s is a %s snapshot; only Full snapshots "+
-			"can be loaded (merging a diff onto its base is not implemented)", id, vmm.ErrInvalidConfig, snapshotPath, man.Type)
+			"can be loaded: merge it onto its parent %q first (RebaseSnapshot)", id, vmm.ErrInvalidConfig, snapshotPath,
+			man.Type, man.Parent)
 	}
 	if man.VMID != id {
 		return fmt.Errorf("firecracker backend: snapshot load vm %s: %w: %s is a snapshot of vm %s", id,
@@ -204,12 +239,111 @@ func (b *Backend) LoadSnapshot(ctx context.Context, id, snapshotPath, memPath st
 					return fmt.Errorf("put memory in jail: %w", err)
 				}
 			}
-			return api.call(ctx, http.MethodPut, "/snapshot/load", snapshotLoad{
-				SnapshotPath:    snap,
-				MemBackend:      &memoryBackend{BackendType: "File", BackendPath: mem},
-				ResumeVM:        true,
-				TrackDirtyPages: b.cfg.TrackDirtyPages,
-			})
+			if err := api.call(ctx, http.MethodPut, "/snapshot/load", snapshotLoad{
+				SnapshotPath:        snap,
+				MemBackend:          &memoryBackend{BackendType: "File", BackendPath: mem},
+				ResumeVM:            true,
+				EnableDiffSnapshots: b.cfg.TrackDirtyPages,
+			}); err != nil {
+				return err
+			}
+			return b.setLineage(st.ID, snapshotPath)
 		},
 	})
+}
+
+// RebaseSnapshot merges the Diff snapshot diffPath onto basePath, the snapshot its VM made or loaded just before it
+// (its manifest's parent): the diff's memory file becomes complete (the base's memory with the diff's pages
+// copied over it, as Firecracker's `snapshot-editor edit-memory rebase` does) and the diff a Full snapshot that
+// LoadSnapshot accepts. The diff's state file and disk copy are its own, from the same pause. The base is only
+// read. A chain of diffs is merged one after the other, oldest first.
+func (b *Backend) RebaseSnapshot(ctx context.Context, basePath, diffPath string) error {
+	fail := func(format string, a ...any) error {
+		return fmt.Errorf("firecracker backend: rebase snapshot %s: %w: "+format, append([]any{diffPath, vmm.ErrInvalidConfig}, a...)...)
+	}
+	var base, diff snapshotManifest
+	if err := vmproc.ReadJSON(snapshotManifestPath(basePath), &base); err != nil {
+		return fail("base manifest: %w", err)
+	}
+	if err := vmproc.ReadJSON(snapshotManifestPath(diffPath), &diff); err != nil {
+		return fail("manifest: %w", err)
+	}
+	switch {
+	case diff.Type != SnapshotDiff:
+		return fail("it is a %s snapshot, not a Diff", diff.Type)
+	case base.Type != SnapshotFull:
+		return fail("its base %s is a %s snapshot: merge that one first", basePath, base.Type)
+	case diff.VMID != base.VMID:
+		return fail("it is of vm %s, the base %s of vm %s", diff.VMID, basePath, base.VMID)
+	case diff.Parent == "":
+		return fail("it was made after a fresh boot, with no snapshot before it to merge onto")
+	case filepath.Clean(diff.Parent) != filepath.Clean(basePath):
+		return fail("it holds the pages dirtied since %s, not since %s", diff.Parent, basePath)
+	}
+	merged := diff.Memory + ".rebase"
+	_ = os.Remove(merged)
+	if _, err := vmproc.CloneDisk(base.Memory, merged); err != nil {
+		return fmt.Errorf("firecracker backend: rebase snapshot %s: copy base memory: %w", diffPath, err)
+	}
+	if err := overlayData(ctx, diff.Memory, merged); err != nil {
+		_ = os.Remove(merged)
+		return fmt.Errorf("firecracker backend: rebase snapshot %s: %w", diffPath, err)
+	}
+	if err := os.Rename(merged, diff.Memory); err != nil {
+		_ = os.Remove(merged)
+		return fmt.Errorf("firecracker backend: rebase snapshot %s: %w", diffPath, err)
+	}
+	diff.Type, diff.RebasedOnto = SnapshotFull, basePath
+	if err := vmproc.WriteJSON(snapshotManifestPath(diffPath), diff); err != nil {
+		return fmt.Errorf("firecracker backend: rebase snapshot %s: %w", diffPath, err)
+	}
+	return nil
+}
+
+// overlayData copies every data region of src (a diff memory file: the dirtied pages, holes elsewhere) onto dst
+// at the same offsets, zero pages included (a page the guest zeroed must override the base), and syncs dst.
+func overlayData(ctx context.Context, src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if ofi, err := out.Stat(); err != nil {
+		return err
+	} else if ofi.Size() < fi.Size() {
+		if err := out.Truncate(fi.Size()); err != nil {
+			return err
+		}
+	}
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < fi.Size(); {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // only a hole is left
+		}
+		if err != nil {
+			return fmt.Errorf("find the diff's pages (SEEK_DATA): %w", err)
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("find the diff's pages (SEEK_HOLE): %w", err)
+		}
+		if _, err := io.CopyBuffer(io.NewOffsetWriter(out, data), io.NewSectionReader(in, data, hole-data), buf); err != nil {
+			return fmt.Errorf("copy the diff's pages: %w", err)
+		}
+		off = hole
+	}
+	return out.Sync()
 }

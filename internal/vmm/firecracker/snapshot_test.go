@@ -4,6 +4,7 @@ package firecracker
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/vmm"
+	"github.com/aetherium/aetherium/internal/vmm/vmproc"
 )
 
 // TestSnapshotCapturesDiskAndRestoresIt: the disk is copied at the snapshot's pause, the guest's later writes are
@@ -97,12 +99,13 @@ func TestSnapshotCapturesDiskAndRestoresIt(t *testing.T) {
 }
 
 // TestDiffSnapshots: a Diff snapshot needs dirty page tracking (refused without it, tracked in machine-config
-// with it), and loading one is refused with the reason: merging a diff onto its base is not implemented.
+// with it); it cannot be loaded as it is, only once merged onto its parent (RebaseSnapshot: the base's memory with
+// the diff's pages over it), and only onto its parent.
 func TestDiffSnapshots(t *testing.T) {
 	e := newEnv(t, "")
 	ctx := ctxT(t, time.Minute)
 	plain := e.backend(t, nil)
-	if _, err := plain.CreateVM(ctx, vmm.VMConfig{ID: "vm-nodiff"}); err != nil {
+	if _, err := plain.CreateVM(ctx, vmm.VMConfig{ID: "vm-nodiff", MemoryMB: 64}); err != nil {
 		t.Fatal(err)
 	}
 	if err := plain.StartVM(ctx, "vm-nodiff"); err != nil {
@@ -116,7 +119,7 @@ func TestDiffSnapshots(t *testing.T) {
 
 	b := e.backend(t, func(c *Config) { c.TrackDirtyPages = true })
 	const id = "vm-diff"
-	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: id}); err != nil {
+	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: id, MemoryMB: 64}); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.StartVM(ctx, id); err != nil {
@@ -127,28 +130,91 @@ func TestDiffSnapshots(t *testing.T) {
 			t.Fatalf("machine-config without dirty page tracking: %s", r.Body)
 		}
 	}
-	snap, mem := filepath.Join(b.vmDir(id), "d.state"), filepath.Join(b.vmDir(id), "d.mem")
-	if err := b.CreateSnapshot(ctx, id, snap, mem, SnapshotDiff); err != nil {
+	vd := b.vmDir(id)
+	path := func(name string) (string, string) {
+		return filepath.Join(vd, name+".state"), filepath.Join(vd, name+".mem")
+	}
+	boot, bootMem := path("boot")
+	base, baseMem := path("base")
+	diff, diffMem := path("diff")
+	for _, s := range []struct {
+		state, mem string
+		typ        SnapshotType
+	}{{boot, bootMem, SnapshotDiff}, {base, baseMem, SnapshotFull}, {diff, diffMem, SnapshotDiff}} {
+		if err := b.CreateSnapshot(ctx, id, s.state, s.mem, s.typ); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.StopVM(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	err := b.LoadSnapshot(ctx, id, diff, diffMem)
+	if !errors.Is(err, vmm.ErrInvalidConfig) || !strings.Contains(err.Error(), "only Full snapshots") ||
+		!strings.Contains(err.Error(), base) {
+		t.Fatalf("load of a diff: %v; want a refusal that names its parent", err)
+	}
+	if inst, _ := b.GetVMStatus(ctx, id); inst.State != vmm.StateStopped {
+		t.Fatalf("a refused load started the vm: %+v", inst)
+	}
+	// Only onto its parent, and not a diff made after a fresh boot.
+	if err := b.RebaseSnapshot(ctx, boot, diff); !errors.Is(err, vmm.ErrInvalidConfig) {
+		t.Fatalf("rebase onto another snapshot: %v", err)
+	}
+	if err := b.RebaseSnapshot(ctx, base, boot); !errors.Is(err, vmm.ErrInvalidConfig) ||
+		!strings.Contains(err.Error(), "fresh boot") {
+		t.Fatalf("rebase of a diff made after boot: %v", err)
+	}
+	if err := b.RebaseSnapshot(ctx, base, diff); err != nil {
+		t.Fatal(err)
+	}
+	page := func(file string, n int64) string {
+		t.Helper()
+		p, err := readPage(file, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(bytes.TrimRight(p, "\x00"))
+	}
+	// base is snapshot 2 (pages 0 and 256), diff snapshot 3 (page 256 only).
+	if p0, p256 := page(diffMem, 0), page(diffMem, 256); p0 != "snapshot 2" || p256 != "snapshot 3" {
+		t.Fatalf("merged memory: page 0 %q, page 256 %q; want the base's page 0 and the diff's page 256", p0, p256)
+	}
+	if p256 := page(baseMem, 256); p256 != "snapshot 2" {
+		t.Fatalf("the base changed: page 256 %q", p256)
+	}
+	if err := b.LoadSnapshot(ctx, id, diff, diffMem); err != nil {
+		t.Fatalf("load of the merged diff: %v", err)
+	}
+	var load snapshotLoad
+	for _, r := range e.requests(t, id) {
+		if r.Path == "/snapshot/load" {
+			_ = json.Unmarshal(r.Body, &load)
+		}
+	}
+	if !load.EnableDiffSnapshots {
+		t.Error("the restored vm has no dirty page tracking: it could not make diffs")
+	}
+	// The next diff is relative to the loaded snapshot.
+	next, nextMem := path("next")
+	if err := b.CreateSnapshot(ctx, id, next, nextMem, SnapshotDiff); err != nil {
+		t.Fatal(err)
+	}
+	var man snapshotManifest
+	if err := vmproc.ReadJSON(snapshotManifestPath(next), &man); err != nil || man.Parent != diff {
+		t.Fatalf("diff after a load: parent %q (%v); want %s", man.Parent, err, diff)
+	}
+
+	// A snapshot of another VM, or one without its manifest, is refused.
+	if err := b.LoadSnapshot(ctx, "vm-other", base, baseMem); !errors.Is(err, vmm.ErrInvalidConfig) {
+		t.Fatalf("load of another vm's snapshot: %v", err)
+	}
+	if err := os.Remove(snapshotManifestPath(base)); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.StopVM(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	err := b.LoadSnapshot(ctx, id, snap, mem)
-	if !errors.Is(err, vmm.ErrInvalidConfig) || !strings.Contains(err.Error(), "only Full snapshots") {
-		t.Fatalf("diff load: %v; want a refusal that says why", err)
-	}
-	if inst, _ := b.GetVMStatus(ctx, id); inst.State != vmm.StateStopped {
-		t.Fatalf("a refused load started the vm: %+v", inst)
-	}
-	// A snapshot of another VM, or one without its manifest, is refused too.
-	if err := b.LoadSnapshot(ctx, "vm-other", snap, mem); !errors.Is(err, vmm.ErrInvalidConfig) {
-		t.Fatalf("load of another vm's snapshot: %v", err)
-	}
-	if err := os.Remove(snapshotManifestPath(snap)); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.LoadSnapshot(ctx, id, snap, mem); !errors.Is(err, vmm.ErrInvalidConfig) {
+	if err := b.LoadSnapshot(ctx, id, base, baseMem); !errors.Is(err, vmm.ErrInvalidConfig) {
 		t.Fatalf("load without a manifest: %v", err)
 	}
 	e.requests(t, id)
