@@ -211,18 +211,34 @@ func (b *Backend) LoadSnapshot(ctx context.Context, id, snapshotPath, memPath st
 	}
 	return b.boot(ctx, id, "snapshot load", bootSteps{
 		restore: true,
+		// The snapshot's disk replaces the VM's (the restored memory knows that one); the VM's own is kept aside
+		// until the restore has worked, and put back if it did not.
 		prepare: func(st *vmState) error {
-			// The snapshot's disk replaces the VM's: the restored memory knows that one.
-			tmp := st.Disk + ".restore"
+			tmp, keep := st.Disk+".restore", st.Disk+".before-restore"
 			_ = os.Remove(tmp)
 			if _, err := vmproc.CloneDisk(man.Disk, tmp); err != nil {
 				return fmt.Errorf("restore disk: %w", err)
 			}
+			if err := os.Rename(st.Disk, keep); err != nil {
+				_ = os.Remove(tmp)
+				return fmt.Errorf("restore disk: keep the current one: %w", err)
+			}
 			if err := os.Rename(tmp, st.Disk); err != nil {
+				_ = os.Rename(keep, st.Disk)
 				_ = os.Remove(tmp)
 				return fmt.Errorf("restore disk: %w", err)
 			}
 			return nil
+		},
+		done: func(st *vmState, err error) {
+			keep := st.Disk + ".before-restore"
+			if err == nil {
+				_ = os.Remove(keep)
+				return
+			}
+			if rerr := os.Rename(keep, st.Disk); rerr != nil {
+				b.log.Error("put the vm's disk back after a failed restore", "vm_id", st.ID, "disk", keep, "err", rerr)
+			}
 		},
 		setup: func(ctx context.Context, st *vmState, api *apiClient) error {
 			// The logger is not part of a snapshot; it is the one resource allowed before a load.

@@ -219,3 +219,54 @@ func TestDiffSnapshots(t *testing.T) {
 	}
 	e.requests(t, id)
 }
+
+// TestFailedRestoreKeepsTheDisk: a restore that fails (here Firecracker refuses the load) leaves the VM with the
+// disk it had, not the snapshot's: nothing the guest wrote since the snapshot is lost.
+func TestFailedRestoreKeepsTheDisk(t *testing.T) {
+	e := newEnv(t, "fault:/snapshot/load")
+	b := e.backend(t, nil)
+	ctx := ctxT(t, time.Minute)
+	const id = "vm-badload"
+	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: id}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.StartVM(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := b.loadState(id)
+	mark := func(s string) {
+		t.Helper()
+		f, err := os.OpenFile(st.Disk, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteAt([]byte(s), 4<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mark("before")
+	snap, mem := filepath.Join(b.vmDir(id), "a.state"), filepath.Join(b.vmDir(id), "a.mem")
+	if err := b.CreateSnapshot(ctx, id, snap, mem, SnapshotFull); err != nil {
+		t.Fatal(err)
+	}
+	mark("after!")
+	if err := b.StopVM(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.LoadSnapshot(ctx, id, snap, mem); err == nil || !strings.Contains(err.Error(), "fake fault") {
+		t.Fatalf("LoadSnapshot: %v; want the fault", err)
+	}
+	f, err := os.Open(st.Disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 6)
+	if _, err := f.ReadAt(buf, 4<<20); err != nil || string(buf) != "after!" {
+		t.Fatalf("disk after a failed restore holds %q (%v); want the vm's own %q", buf, err, "after!")
+	}
+	if _, err := os.Stat(st.Disk + ".before-restore"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the kept disk was left: %v", err)
+	}
+}

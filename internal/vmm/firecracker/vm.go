@@ -183,19 +183,6 @@ func (b *Backend) resolveImage(img string) (string, error) {
 	return img, nil
 }
 
-// fcPath is how firecracker names a host path: inside the jail, relative to its root.
-func (b *Backend) fcPath(st *vmState, host string) (string, error) {
-	if st.ChrootDir == "" {
-		return host, nil
-	}
-	root := jailRoot(st)
-	rel, err := filepath.Rel(root, host)
-	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
-		return "", fmt.Errorf("%s is outside the jail %s: firecracker cannot reach it", host, root)
-	}
-	return "/" + rel, nil
-}
-
 // setLogger configures Firecracker's own log (PUT /logger) into firecracker.log in the VM's directory, when a
 // log level is set. Firecracker opens the file for appending: it must exist. Also sent before a snapshot load,
 // which a fresh process accepts after the logger (and metrics) only.
@@ -245,8 +232,10 @@ func (b *Backend) StartVM(ctx context.Context, id string) error {
 type bootSteps struct {
 	// restore: a VM whose firecracker runs is an error, not a success (only a fresh process loads a snapshot).
 	restore bool
-	// prepare runs before the jail is made and firecracker starts (a restore puts the snapshot's disk back).
+	// prepare runs before the jail is made and firecracker starts (a restore puts the snapshot's disk back);
+	// done, when prepare has run, gets boot's result (a failed restore puts the VM's own disk back).
 	prepare func(*vmState) error
+	done    func(*vmState, error)
 	// setup drives the new process's API up to a running guest.
 	setup func(context.Context, *vmState, *apiClient) error
 }
@@ -290,7 +279,7 @@ func (b *Backend) configure(ctx context.Context, st *vmState, api *apiClient) er
 
 // boot launches firecracker for VM id, runs setup over its API (a fresh boot, or a snapshot load) and waits
 // for the agent. On any failure the process is killed and its sockets removed.
-func (b *Backend) boot(ctx context.Context, id, what string, steps bootSteps) error {
+func (b *Backend) boot(ctx context.Context, id, what string, steps bootSteps) (err error) {
 	unlock := b.lockVM(id)
 	defer unlock()
 	st, err := b.loadState(id)
@@ -317,6 +306,9 @@ func (b *Backend) boot(ctx context.Context, id, what string, steps bootSteps) er
 	if steps.prepare != nil {
 		if err := steps.prepare(st); err != nil {
 			return fmt.Errorf("firecracker backend: %s vm %s: %w", what, id, err)
+		}
+		if steps.done != nil {
+			defer func() { steps.done(st, err) }()
 		}
 	}
 	if b.cfg.JailerBin != "" {
