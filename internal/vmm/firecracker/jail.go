@@ -77,8 +77,8 @@ func (b *Backend) prepareJail(st *vmState) error {
 	old := st.ChrootDir
 	b.setJailPaths(st)
 	for _, dir := range []string{old, st.ChrootDir} {
-		if dir == "" {
-			continue
+		if dir == "" || filepath.Base(dir) != st.ID {
+			continue // not a jail of this VM: never removed on the word of a state file
 		}
 		// A state file written before disks moved out of the jail has its disk inside: keep it.
 		if rel, err := filepath.Rel(dir, st.Disk); err == nil && !strings.HasPrefix(rel, "..") {

@@ -78,6 +78,8 @@ type snapshotManifest struct {
 	// Parent is the snapshot the VM's firecracker made or loaded last before this one ("" after a fresh boot):
 	// a Diff holds the pages dirtied since then, so it can only be merged onto that one.
 	Parent string `json:"parent,omitempty"`
+	// ParentCreatedAt tells the parent from a later snapshot written to the same path.
+	ParentCreatedAt time.Time `json:"parent_created_at,omitempty"`
 	// RebasedOnto is the base a Diff was merged onto by RebaseSnapshot (it is then Full).
 	RebasedOnto string `json:"rebased_onto,omitempty"`
 }
@@ -86,14 +88,21 @@ type snapshotManifest struct {
 // firecracker resets its dirty page log at each snapshot create and load (and starts with it empty at boot).
 const lineageFile = "snapshot-parent"
 
-func (b *Backend) setLineage(id, snapshotPath string) error {
-	return vmproc.WriteJSON(filepath.Join(b.vmDir(id), lineageFile), snapshotPath)
+// snapshotRef names a snapshot: its state file and when it was made.
+type snapshotRef struct {
+	Path      string    `json:"path,omitempty"`
+	CreatedAt time.Time `json:"created_at,omitempty"`
 }
 
-func (b *Backend) lineage(id string) string {
-	var p string
-	_ = vmproc.ReadJSON(filepath.Join(b.vmDir(id), lineageFile), &p)
-	return p
+func (b *Backend) setLineage(id string, ref snapshotRef) error {
+	return vmproc.WriteJSON(filepath.Join(b.vmDir(id), lineageFile), ref)
+}
+
+// lineage is the snapshot VM id's firecracker made or loaded last; none after a fresh boot, or when unknown.
+func (b *Backend) lineage(id string) snapshotRef {
+	var ref snapshotRef
+	_ = vmproc.ReadJSON(filepath.Join(b.vmDir(id), lineageFile), &ref)
+	return ref
 }
 
 // CreateSnapshot writes the state of a running VM to snapshotPath, its memory to memPath and its disk to
@@ -163,13 +172,15 @@ func (b *Backend) CreateSnapshot(ctx context.Context, id, snapshotPath, memPath 
 			serr = fmt.Errorf("move memory out of the jail: %w", err)
 		}
 	}
+	created := time.Now().UTC()
 	if serr == nil {
+		parent := b.lineage(id)
 		serr = vmproc.WriteJSON(snapshotManifestPath(snapshotPath), snapshotManifest{VMID: id, Type: typ,
-			Memory: memPath, Disk: diskCopy, CreatedAt: time.Now().UTC(), Parent: b.lineage(id)})
+			Memory: memPath, Disk: diskCopy, CreatedAt: created, Parent: parent.Path, ParentCreatedAt: parent.CreatedAt})
 	}
 	if serr == nil {
 		// Firecracker has reset its dirty page log: the next Diff is relative to this snapshot.
-		serr = b.setLineage(id, snapshotPath)
+		serr = b.setLineage(id, snapshotRef{Path: snapshotPath, CreatedAt: created})
 	}
 	if serr != nil {
 		_ = vmproc.RemoveFiles(snapshotPath, memPath, diskCopy, snapshotManifestPath(snapshotPath))
@@ -263,7 +274,7 @@ func (b *Backend) LoadSnapshot(ctx context.Context, id, snapshotPath, memPath st
 			}); err != nil {
 				return err
 			}
-			return b.setLineage(st.ID, snapshotPath)
+			return b.setLineage(st.ID, snapshotRef{Path: snapshotPath, CreatedAt: man.CreatedAt})
 		},
 	})
 }
@@ -295,6 +306,9 @@ func (b *Backend) RebaseSnapshot(ctx context.Context, basePath, diffPath string)
 		return fail("it was made after a fresh boot, with no snapshot before it to merge onto")
 	case filepath.Clean(diff.Parent) != filepath.Clean(basePath):
 		return fail("it holds the pages dirtied since %s, not since %s", diff.Parent, basePath)
+	case !diff.ParentCreatedAt.Equal(base.CreatedAt):
+		return fail("its parent %s made at %s was replaced by a snapshot made at %s", basePath,
+			diff.ParentCreatedAt.Format(time.RFC3339Nano), base.CreatedAt.Format(time.RFC3339Nano))
 	}
 	merged := diff.Memory + ".rebase"
 	_ = os.Remove(merged)

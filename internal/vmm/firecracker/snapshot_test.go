@@ -164,6 +164,22 @@ func TestDiffSnapshots(t *testing.T) {
 		!strings.Contains(err.Error(), "fresh boot") {
 		t.Fatalf("rebase of a diff made after boot: %v", err)
 	}
+	// A parent replaced by a later snapshot at its path is not the parent any more.
+	var baseMan snapshotManifest
+	if err := vmproc.ReadJSON(snapshotManifestPath(base), &baseMan); err != nil {
+		t.Fatal(err)
+	}
+	replaced := baseMan
+	replaced.CreatedAt = replaced.CreatedAt.Add(time.Second)
+	if err := vmproc.WriteJSON(snapshotManifestPath(base), replaced); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.RebaseSnapshot(ctx, base, diff); !errors.Is(err, vmm.ErrInvalidConfig) || !strings.Contains(err.Error(), "replaced") {
+		t.Fatalf("rebase onto a replaced parent: %v", err)
+	}
+	if err := vmproc.WriteJSON(snapshotManifestPath(base), baseMan); err != nil {
+		t.Fatal(err)
+	}
 	if err := b.RebaseSnapshot(ctx, base, diff); err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +216,7 @@ func TestDiffSnapshots(t *testing.T) {
 		t.Fatal(err)
 	}
 	var man snapshotManifest
-	if err := vmproc.ReadJSON(snapshotManifestPath(next), &man); err != nil || man.Parent != diff {
+	if err := vmproc.ReadJSON(snapshotManifestPath(next), &man); err != nil || man.Parent != diff || man.ParentCreatedAt.IsZero() {
 		t.Fatalf("diff after a load: parent %q (%v); want %s", man.Parent, err, diff)
 	}
 

@@ -274,7 +274,7 @@ func (b *Backend) configure(ctx context.Context, st *vmState, api *apiClient) er
 			return err
 		}
 	}
-	return b.setLineage(st.ID, "") // a fresh boot: no snapshot before the next one
+	return b.setLineage(st.ID, snapshotRef{}) // a fresh boot: no snapshot before the next one
 }
 
 // boot launches firecracker for VM id, runs setup over its API (a fresh boot, or a snapshot load) and waits
