@@ -76,6 +76,9 @@ func firecrackerChecks(ctx context.Context, cfg config.Config, h firecrackerHost
 		checks = append(checks, jailerCheck(ctx, cfg, bin, fcVer, err == nil))
 	}
 
+	if jailed && cfg.JailerNetNS != "" {
+		checks = append(checks, netnsCheck(cfg.JailerNetNS))
+	}
 	checks = append(checks, cgroupCheck(cfg, h, jailed))
 	checks = append(checks, kvmAccessCheck(h, jailed))
 	checks = append(checks, uidCheck(cfg, h, jailed))
@@ -102,6 +105,22 @@ func jailerCheck(ctx context.Context, cfg config.Config, fcBin string, fcVer [3]
 		return c
 	}
 	c.Status, c.Detail = CheckOK, cfg.JailerBin+" "+fmtVersion(jv)
+	return c
+}
+
+// netnsCheck checks that jailer_netns is a network namespace the jailer can join.
+func netnsCheck(path string) Check {
+	c := Check{Name: "jailer netns", Fix: "create it (ip netns add NAME makes /var/run/netns/NAME) or unset jailer_netns"}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(path, &sfs); err != nil {
+		c.Status, c.Detail = CheckFail, err.Error()
+		return c
+	}
+	if sfs.Type != unix.NSFS_MAGIC {
+		c.Status, c.Detail = CheckFail, path+" is not a namespace (an nsfs file, as ip netns add makes)"
+		return c
+	}
+	c.Status, c.Detail = CheckOK, path
 	return c
 }
 
