@@ -120,7 +120,7 @@ func netnsCheck(path string) Check {
 		c.Status, c.Detail = CheckFail, path+" is not a namespace (an nsfs file, as ip netns add makes)"
 		return c
 	}
-	c.Status, c.Detail = CheckOK, path
+	c.Status, c.Detail, c.Fix = CheckOK, path, ""
 	return c
 }
 
@@ -131,8 +131,7 @@ func cgroupCheck(cfg config.Config, h firecrackerHost, jailed bool) Check {
 	case err != nil:
 		c.Status, c.Detail = CheckWarn, err.Error()
 	case at != "":
-		c.Status, c.Detail = CheckOK, "mounted at "+at
-		return c
+		return Check{Name: c.Name, Status: CheckOK, Detail: "mounted at " + at}
 	default:
 		c.Status, c.Detail = CheckWarn, "no cgroup2 filesystem is mounted"
 	}
@@ -182,7 +181,7 @@ func kvmAccessCheck(h firecrackerHost, jailed bool) Check {
 		return c
 	}
 	_ = f.Close()
-	c.Status, c.Detail = CheckOK, fmt.Sprintf("%s opens read-write for uid %d", h.kvm, h.euid)
+	c.Status, c.Detail, c.Fix = CheckOK, fmt.Sprintf("%s opens read-write for uid %d", h.kvm, h.euid), ""
 	if jailed {
 		c.Detail += "; each jail gets its own node for the jail's uid"
 	}

@@ -110,6 +110,9 @@ func TestDoctorFirecrackerHost(t *testing.T) {
 				if c.Status != CheckOK && c.Fix == "" {
 					t.Errorf("%s is %s without a fix: %+v", name, c.Status, c)
 				}
+				if c.Status == CheckOK && c.Fix != "" {
+					t.Errorf("%s is ok but says how to fix it: %+v", name, c)
+				}
 			}
 			for name, s := range tc.says {
 				if d := checks[name].Detail; !strings.Contains(d, s) {
