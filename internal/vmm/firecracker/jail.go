@@ -87,6 +87,9 @@ func (b *Backend) prepareJail(st *vmState) error {
 				return fmt.Errorf("move disk out of the jail: %w", err)
 			}
 			st.Disk = moved
+			if err := b.saveState(st); err != nil {
+				return err
+			}
 		}
 		if err := os.RemoveAll(dir); err != nil {
 			return fmt.Errorf("remove old jail: %w", err)
