@@ -4,6 +4,7 @@ package firecracker
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -542,4 +543,53 @@ func TestJailedOutlivesWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGone(t, pid)
+}
+
+// TestJailOldLayout: a VM created when the disk lived inside the jail keeps its disk when the fresh jail replaces
+// the old one: the disk is moved out to the VM's directory first, with what the guest wrote.
+func TestJailOldLayout(t *testing.T) {
+	e, jailer := jailEnv(t, "")
+	b := e.backend(t, func(c *Config) { c.JailerBin = jailer })
+	ctx := ctxT(t, time.Minute)
+	const id = "vm-old"
+	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: id}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := b.loadState(id)
+	oldDisk := filepath.Join(jailRoot(st), diskName)
+	if err := os.MkdirAll(filepath.Dir(oldDisk), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(st.Disk, oldDisk); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(oldDisk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteAt([]byte("guest data"), 1<<20)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Disk = oldDisk
+	if err := b.saveState(st); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.StartVM(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = b.loadState(id)
+	if st.Disk != filepath.Join(b.vmDir(id), diskName) {
+		t.Fatalf("disk %s; want it in the vm's directory", st.Disk)
+	}
+	disk, err := os.Open(st.Disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disk.Close()
+	data := make([]byte, 10)
+	if _, err := disk.ReadAt(data, 1<<20); err != nil || !bytes.Equal(data, []byte("guest data")) {
+		t.Fatalf("the disk lost what the guest wrote: %q (%v)", data, err)
+	}
 }
