@@ -68,7 +68,20 @@ type Config struct {
 	// ClusterToken authenticates gateways to workers; ClusterTokenFile, when set, is read into it.
 	ClusterToken     string `yaml:"cluster_token"`
 	ClusterTokenFile string `yaml:"cluster_token_file"`
+
+	// Jailer settings (backend firecracker with jailer_bin): the unprivileged ids Firecracker runs as, where the
+	// per-VM chroots are made, and the cgroups and network namespace it is put in.
+	JailerUID           int    `yaml:"jailer_uid"`
+	JailerGID           int    `yaml:"jailer_gid"`
+	JailerChrootBase    string `yaml:"jailer_chroot_base"`
+	JailerCgroupVersion int    `yaml:"jailer_cgroup_version"`
+	JailerCgroups       string `yaml:"jailer_cgroups"`
+	JailerNetNS         string `yaml:"jailer_netns"`
 }
+
+// DefaultJailerID is the uid and gid the jailer runs Firecracker as unless configured: not root, and above the
+// ranges distributions hand out to system and ordinary users (a dedicated, otherwise unused id is the point).
+const DefaultJailerID = 10000
 
 // MinClusterTokenLen is the shortest cluster token accepted.
 const MinClusterTokenLen = 16
@@ -129,6 +142,12 @@ var settings = []setting{
 	{"backend", "VM backend: auto, firecracker, qemu or docker (auto: the best one this host can run, and the log says why)", str(func(c *Config) *string { return &c.Backend })},
 	{"firecracker_bin", "firecracker binary (backend firecracker; default: firecracker in PATH)", str(func(c *Config) *string { return &c.FirecrackerBin })},
 	{"jailer_bin", "jailer binary; when set, Firecracker VMs run jailed (backend firecracker)", str(func(c *Config) *string { return &c.JailerBin })},
+	{"jailer_uid", "uid the jailer runs Firecracker as (not root; default 10000)", integer(func(c *Config) *int { return &c.JailerUID })},
+	{"jailer_gid", "gid the jailer runs Firecracker as (default 10000)", integer(func(c *Config) *int { return &c.JailerGID })},
+	{"jailer_chroot_base", "directory of the jailer's per-VM chroots, on the data directory's filesystem (VM disks are hard-linked into them; default: <data_dir>/jail)", str(func(c *Config) *string { return &c.JailerChrootBase })},
+	{"jailer_cgroup_version", "cgroup version the jailer uses for jailer_cgroups: 1 or 2", integer(func(c *Config) *int { return &c.JailerCgroupVersion })},
+	{"jailer_cgroups", "cgroup values the jailer sets for each VM, space-separated file=value (e.g. \"cpu.max=100000 memory.max=1073741824\"); empty: none", str(func(c *Config) *string { return &c.JailerCgroups })},
+	{"jailer_netns", "network namespace (a path such as /var/run/netns/vms) the jailer puts Firecracker in; empty: the worker's", str(func(c *Config) *string { return &c.JailerNetNS })},
 	{"qemu_bin", "qemu-system-x86_64 binary (backend qemu; default: in PATH)", str(func(c *Config) *string { return &c.QEMUBin })},
 	{"qemu_accel", "QEMU accelerator: auto (KVM when a probe guest boots under it, else TCG), kvm or tcg", str(func(c *Config) *string { return &c.QEMUAccel })},
 	{"network", "microVM networking: auto (on when the worker runs as root), on or off; a TAP per VM on a bridge with NAT, isolation and egress policies", str(func(c *Config) *string { return &c.Network })},
@@ -170,6 +189,7 @@ func Defaults() Config {
 		LogLevel: "info", LogFormat: "text", Concurrency: 10, Backend: "auto", Busybox: "/bin/busybox",
 		QEMUAccel: "auto", Network: "auto", NetworkCIDR: "172.16.0.0/24", DiskMB: 8192, NetworkBridge: "aetherium0", DockerNet: "none", ReadyWait: 60 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
 		WorkerAPIListen: "127.0.0.1:0",
+		JailerUID:       DefaultJailerID, JailerGID: DefaultJailerID, JailerCgroupVersion: 2,
 	}
 }
 
@@ -311,6 +331,29 @@ func (c *Config) normalize() error {
 		}
 	default:
 		bad("backend", "must be auto, firecracker, qemu or docker (got %q)", c.Backend)
+	}
+	// Root is refused: a jailed Firecracker that runs as root keeps every capability the jail is meant to take away.
+	if c.JailerUID < 1 || c.JailerUID > 1<<32-2 {
+		bad("jailer_uid", "must be a uid between 1 and 4294967294, not root (got %d)", c.JailerUID)
+	}
+	if c.JailerGID < 1 || c.JailerGID > 1<<32-2 {
+		bad("jailer_gid", "must be a gid between 1 and 4294967294, not root's group (got %d)", c.JailerGID)
+	}
+	if c.JailerCgroupVersion != 1 && c.JailerCgroupVersion != 2 {
+		bad("jailer_cgroup_version", "must be 1 or 2 (got %d)", c.JailerCgroupVersion)
+	}
+	for _, cg := range strings.Fields(c.JailerCgroups) {
+		if k, v, ok := strings.Cut(cg, "="); !ok || k == "" || v == "" || strings.Contains(v, "=") || !strings.Contains(k, ".") {
+			bad("jailer_cgroups", "must be space-separated <controller>.<file>=<value> such as cpu.max=100000 (got %q)", cg)
+		}
+	}
+	if c.JailerNetNS != "" && !filepath.IsAbs(c.JailerNetNS) {
+		bad("jailer_netns", "must be an absolute path such as /var/run/netns/vms (got %q)", c.JailerNetNS)
+	}
+	if c.JailerChrootBase != "" {
+		if abs, err := filepath.Abs(c.JailerChrootBase); err == nil {
+			c.JailerChrootBase = abs
+		}
 	}
 	switch c.QEMUAccel {
 	case "auto", "kvm", "tcg":

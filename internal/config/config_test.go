@@ -84,3 +84,40 @@ func TestRedactedHidesPasswords(t *testing.T) {
 		t.Fatalf("redacted config leaks a password:\n%s", r)
 	}
 }
+
+// TestJailerSettings: the jailer runs Firecracker as a non-root id unless told otherwise, and bad jailer values
+// name their setting.
+func TestJailerSettings(t *testing.T) {
+	c, err := load(t, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.JailerUID != DefaultJailerID || c.JailerGID != DefaultJailerID || c.JailerUID == 0 || c.JailerCgroupVersion != 2 {
+		t.Fatalf("jailer defaults uid=%d gid=%d cgroup=%d", c.JailerUID, c.JailerGID, c.JailerCgroupVersion)
+	}
+	c, err = load(t, "jailer_uid: 2000\njailer_cgroups: cpu.max=100000 memory.max=1073741824\n",
+		map[string]string{"AETHERIUM_JAILER_NETNS": "/var/run/netns/vms"}, "--jailer-gid", "3000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.JailerUID != 2000 || c.JailerGID != 3000 || c.JailerNetNS != "/var/run/netns/vms" ||
+		c.JailerCgroups != "cpu.max=100000 memory.max=1073741824" {
+		t.Fatalf("jailer settings %+v", c)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--jailer-uid", "-1"}, "jailer_uid"},
+		{[]string{"--jailer-uid", "0"}, "not root"},
+		{[]string{"--jailer-gid", "x"}, "--jailer-gid"},
+		{[]string{"--jailer-cgroup-version", "3"}, "jailer_cgroup_version"},
+		{[]string{"--jailer-cgroups", "cpu.max"}, "jailer_cgroups"},
+		{[]string{"--jailer-cgroups", "max=1"}, "jailer_cgroups"},
+		{[]string{"--jailer-netns", "vms"}, "jailer_netns"},
+	} {
+		if _, err := load(t, "", nil, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want it to mention %s", tc.args, err, tc.want)
+		}
+	}
+}

@@ -117,6 +117,7 @@ func openFirecracker(ctx context.Context, cfg config.Config, st store.Store, log
 	if net != nil {
 		fcfg.Network = net
 	}
+	setJailer(&fcfg, cfg)
 	b, err := firecracker.New(ctx, fcfg)
 	if err != nil {
 		if net != nil {
@@ -268,4 +269,11 @@ func templateResolver(cfg config.Config) func(string) (string, error) {
 		}
 		return m.Path, nil
 	}
+}
+
+// setJailer copies the jailer settings into the Firecracker backend's configuration.
+func setJailer(fcfg *firecracker.Config, cfg config.Config) {
+	fcfg.JailerUID, fcfg.JailerGID = cfg.JailerUID, cfg.JailerGID
+	fcfg.JailerChrootBase, fcfg.JailerCgroupVersion = cfg.JailerChrootBase, cfg.JailerCgroupVersion
+	fcfg.JailerCgroups, fcfg.JailerNetNS = strings.Fields(cfg.JailerCgroups), cfg.JailerNetNS
 }

@@ -84,6 +84,7 @@ func Doctor(ctx context.Context, cfg config.Config, roles Roles, log *slog.Logge
 
 	if roles.Worker {
 		checks = append(checks, backendChecks(ctx, cfg, log)...)
+		checks = append(checks, firecrackerChecks(ctx, cfg, defaultFirecrackerHost())...)
 	}
 	return checks
 }

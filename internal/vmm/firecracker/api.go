@@ -16,9 +16,10 @@ import (
 // Request bodies of Firecracker's API (firecracker-api.yaml, definitions of the same names). Only the fields this
 // backend sets; optional ones are omitted when zero so that Firecracker's defaults apply.
 type machineConfig struct {
-	VCPUCount  int  `json:"vcpu_count"`
-	MemSizeMib int  `json:"mem_size_mib"`
-	SMT        bool `json:"smt"`
+	VCPUCount       int  `json:"vcpu_count"`
+	MemSizeMib      int  `json:"mem_size_mib"`
+	SMT             bool `json:"smt"`
+	TrackDirtyPages bool `json:"track_dirty_pages,omitempty"`
 }
 
 type bootSource struct {
@@ -83,6 +84,10 @@ type snapshotLoad struct {
 	SnapshotPath string         `json:"snapshot_path"`
 	MemBackend   *memoryBackend `json:"mem_backend,omitempty"`
 	ResumeVM     bool           `json:"resume_vm"`
+	// EnableDiffSnapshots keeps dirty page tracking on in the restored VM, so that it can make Diff snapshots
+	// too. The spec deprecates it in favour of track_dirty_pages, a later name; this is the one the releases since
+	// 1.1 that this backend supports all know (their snapshot docs use it).
+	EnableDiffSnapshots bool `json:"enable_diff_snapshots,omitempty"`
 }
 
 // APIError is an error answer of Firecracker's API: its status and the fault_message of its body.

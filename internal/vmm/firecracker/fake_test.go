@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,14 +32,29 @@ import (
 // AE_FAKE_MODE (comma-separated) changes its behaviour: noagent (the guest never answers and its console shows
 // a panic), nopoweroff (the agent refuses poweroff), ignore-cad (Ctrl-Alt-Del does nothing), fault:<path> (PUT
 // <path> fails with a fault message).
+//
+// Started by the fake jailer (jailer_test.go), it runs with AE_FAKE_CHROOTED=1 in the jail directory and
+// resolves every path it is given against it, as a chrooted firecracker would: a host path that only works
+// outside the jail fails here as it would there. It opens the kernel, drives and log as the real one does, so
+// files the jail's uid may not open fail too.
 
 var (
 	testSpec    *apiSpec
 	testSpecErr error
 )
 
+// init pins the fake jailer to the main thread: the parent-death signal the worker set belongs to it, and the
+// jailer drops its uid (which clears that signal) and execs on it, as the real, single-threaded jailer does.
+func init() {
+	if os.Getenv("AE_FAKE_JAILER") == "1" {
+		runtime.LockOSThread()
+	}
+}
+
 func TestMain(m *testing.M) {
 	switch {
+	case os.Getenv("AE_FAKE_JAILER") == "1":
+		os.Exit(fakeJailerMain(os.Args[1:]))
 	case os.Getenv("AE_FAKE_FC") == "1":
 		os.Exit(fakeFirecrackerMain(os.Args[1:]))
 	case os.Getenv("AE_FC_TEST_WORKER") != "":
@@ -48,7 +65,11 @@ func TestMain(m *testing.M) {
 		testSpec, testSpecErr = loadSpec(p)
 		testSpecPath = p
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if jailTestBin.path != "" {
+		_ = os.RemoveAll(filepath.Dir(jailTestBin.path))
+	}
+	os.Exit(code)
 }
 
 var testSpecPath string
@@ -69,19 +90,47 @@ type fakeFC struct {
 	logFile *os.File
 	console io.Writer
 
+	chrooted bool // started by the jailer: paths are relative to the jail (the working directory)
+
 	mu        sync.Mutex
 	booted    bool
 	paused    bool
 	boot      *bootSource
 	vsockPath string
-	drives    map[string]bool
-	agentSrv  *server.Server
+	drives    map[string]string // drive id -> path as given
+	// configured names the boot-specific resources set (a snapshot load is refused after any of them).
+	configured []string
+	dirtyPages bool // machine-config track_dirty_pages, or the load's enable_diff_snapshots
+	memMiB     int  // guest memory size
+	snapshots  int  // snapshots made: the memory "contents" (see snapshot/create)
+	agentSrv   *server.Server
+}
+
+// path maps a path firecracker was given to where it is for this process: in a jail, relative to its root.
+func (f *fakeFC) path(p string) string {
+	if !f.chrooted {
+		return p
+	}
+	return "." + filepath.Clean("/"+p)
+}
+
+// openCheck opens path as firecracker would (read-only or read-write), to fail where the jail's uid may not.
+func (f *fakeFC) openCheck(p string, flag int) error {
+	fh, err := os.OpenFile(f.path(p), flag, 0)
+	if err != nil {
+		return err
+	}
+	return fh.Close()
 }
 
 func fakeFirecrackerMain(args []string) int {
 	fs := flag.NewFlagSet("firecracker", flag.ContinueOnError)
 	apiSock := fs.String("api-sock", "", "")
 	id := fs.String("id", "anonymous-instance", "")
+	// What the jailer adds (src/jailer env.rs exec_command).
+	fs.String("start-time-us", "", "")
+	fs.String("start-time-cpu-us", "", "")
+	fs.String("parent-cpu-time-us", "", "")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -90,7 +139,8 @@ func fakeFirecrackerMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "fake firecracker: spec:", err)
 		return 1
 	}
-	f := &fakeFC{id: *id, spec: spec, modes: map[string]bool{}, console: os.Stdout, drives: map[string]bool{}}
+	f := &fakeFC{id: *id, spec: spec, modes: map[string]bool{}, console: os.Stdout, drives: map[string]string{},
+		chrooted: os.Getenv("AE_FAKE_CHROOTED") == "1"}
 	for _, m := range strings.Split(os.Getenv("AE_FAKE_MODE"), ",") {
 		if m != "" {
 			f.modes[m] = true
@@ -102,7 +152,7 @@ func fakeFirecrackerMain(args []string) int {
 			return 1
 		}
 	}
-	l, err := net.Listen("unix", *apiSock)
+	l, err := net.Listen("unix", f.path(*apiSock))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fake firecracker:", err)
 		return 1
@@ -167,27 +217,34 @@ func (f *fakeFC) handle(method, path string, body []byte, rec *fakeRecord) (int,
 		return http.StatusBadRequest, "The requested operation is not supported after starting the microVM.", nil
 	}
 	switch {
-	case method == http.MethodPut && (path == "/machine-config" || path == "/logger"):
+	case method == http.MethodPut && path == "/logger":
 		if f.booted {
 			return preBoot()
 		}
-		if path == "/logger" {
-			var lg logger
-			_ = json.Unmarshal(body, &lg)
-			if _, err := os.Stat(lg.LogPath); err != nil {
-				return http.StatusBadRequest, "Cannot open log file: " + err.Error(), nil
-			}
+		var lg logger
+		_ = json.Unmarshal(body, &lg)
+		if err := f.openCheck(lg.LogPath, os.O_WRONLY|os.O_APPEND); err != nil {
+			return http.StatusBadRequest, "Cannot open log file: " + err.Error(), nil
 		}
+	case method == http.MethodPut && path == "/machine-config":
+		if f.booted {
+			return preBoot()
+		}
+		var mc machineConfig
+		_ = json.Unmarshal(body, &mc)
+		f.dirtyPages, f.memMiB = mc.TrackDirtyPages, mc.MemSizeMib
+		f.configured = append(f.configured, path)
 	case method == http.MethodPut && path == "/boot-source":
 		if f.booted {
 			return preBoot()
 		}
 		var bs bootSource
 		_ = json.Unmarshal(body, &bs)
-		if _, err := os.Stat(bs.KernelImagePath); err != nil {
+		if err := f.openCheck(bs.KernelImagePath, os.O_RDONLY); err != nil {
 			return http.StatusBadRequest, "Invalid kernel path: " + err.Error(), nil
 		}
 		f.boot = &bs
+		f.configured = append(f.configured, path)
 	case method == http.MethodPut && strings.HasPrefix(path, "/drives/"):
 		if f.booted {
 			return preBoot()
@@ -197,10 +254,15 @@ func (f *fakeFC) handle(method, path string, body []byte, rec *fakeRecord) (int,
 		if d.DriveID != strings.TrimPrefix(path, "/drives/") {
 			return http.StatusBadRequest, "The id from the path does not match the id from the body!", nil
 		}
-		if _, err := os.Stat(d.PathOnHost); err != nil {
+		flag := os.O_RDWR
+		if d.IsReadOnly {
+			flag = os.O_RDONLY
+		}
+		if err := f.openCheck(d.PathOnHost, flag); err != nil {
 			return http.StatusBadRequest, "Unable to open block device: " + err.Error(), nil
 		}
-		f.drives[d.DriveID] = true
+		f.drives[d.DriveID] = d.PathOnHost
+		f.configured = append(f.configured, path)
 	case method == http.MethodPut && strings.HasPrefix(path, "/network-interfaces/"):
 		if f.booted {
 			return preBoot()
@@ -214,6 +276,7 @@ func (f *fakeFC) handle(method, path string, body []byte, rec *fakeRecord) (int,
 		if ni.HostDevName == "" {
 			return http.StatusBadRequest, "Open tap device failed", nil
 		}
+		f.configured = append(f.configured, path)
 	case method == http.MethodPut && path == "/vsock":
 		if f.booted {
 			return preBoot()
@@ -221,6 +284,7 @@ func (f *fakeFC) handle(method, path string, body []byte, rec *fakeRecord) (int,
 		var v vsockDevice
 		_ = json.Unmarshal(body, &v)
 		f.vsockPath = v.UDSPath
+		f.configured = append(f.configured, path)
 	case method == http.MethodPut && path == "/actions":
 		var a instanceAction
 		_ = json.Unmarshal(body, &a)
@@ -267,36 +331,102 @@ func (f *fakeFC) handle(method, path string, body []byte, rec *fakeRecord) (int,
 		}
 		var s snapshotCreate
 		_ = json.Unmarshal(body, &s)
-		state, _ := json.Marshal(map[string]string{"vsock": f.vsockPath, "boot_args": f.boot.BootArgs})
-		if err := os.WriteFile(s.SnapshotPath, state, 0o600); err != nil {
+		if s.SnapshotType == SnapshotDiff && !f.dirtyPages {
+			return http.StatusBadRequest, "Diff snapshots are not allowed on uVMs with dirty page tracking disabled.", nil
+		}
+		state, _ := json.Marshal(map[string]any{"vsock": f.vsockPath, "boot_args": f.boot.BootArgs, "drives": f.drives,
+			"mem_mib": f.memMiB})
+		if err := os.WriteFile(f.path(s.SnapshotPath), state, 0o600); err != nil {
 			return http.StatusBadRequest, err.Error(), nil
 		}
-		if err := os.WriteFile(s.MemFilePath, []byte("guest memory"), 0o600); err != nil {
+		// Guest memory as a file of the guest's size: a Full snapshot holds every page (here: page 0 and page
+		// 256 say which snapshot wrote them), a Diff only the pages dirtied since the last snapshot, holes
+		// elsewhere (here: page 256), as Firecracker writes them.
+		f.snapshots++
+		if err := f.writeMemory(f.path(s.MemFilePath), s.SnapshotType == SnapshotDiff); err != nil {
 			return http.StatusBadRequest, err.Error(), nil
 		}
 	case method == http.MethodPut && path == "/snapshot/load":
-		if f.booted || f.boot != nil {
+		// "Only accepted on a fresh Firecracker process (before configuring any resource other than the Logger
+		// and Metrics)" (firecracker-api.yaml).
+		if f.booted || len(f.configured) > 0 {
 			return http.StatusBadRequest, "Loading a microVM snapshot not allowed after configuring boot-specific resources.", nil
 		}
 		var s snapshotLoad
 		_ = json.Unmarshal(body, &s)
-		data, err := os.ReadFile(s.SnapshotPath)
+		data, err := os.ReadFile(f.path(s.SnapshotPath))
 		if err != nil {
 			return http.StatusBadRequest, "Cannot load snapshot: " + err.Error(), nil
 		}
-		if _, err := os.Stat(s.MemBackend.BackendPath); err != nil {
+		if err := f.openCheck(s.MemBackend.BackendPath, os.O_RDONLY); err != nil {
 			return http.StatusBadRequest, "Cannot load memory: " + err.Error(), nil
 		}
-		var saved map[string]string
+		var saved struct {
+			Vsock    string            `json:"vsock"`
+			BootArgs string            `json:"boot_args"`
+			Drives   map[string]string `json:"drives"`
+			MemMiB   int               `json:"mem_mib"`
+		}
 		_ = json.Unmarshal(data, &saved)
-		f.booted, f.paused, f.vsockPath = true, !s.ResumeVM, saved["vsock"]
-		f.boot = &bootSource{BootArgs: saved["boot_args"]}
+		// The restored devices reopen their backing files at the paths the snapshot recorded.
+		for id, p := range saved.Drives {
+			if err := f.openCheck(p, os.O_RDWR); err != nil {
+				return http.StatusBadRequest, fmt.Sprintf("Cannot restore drive %s: %v", id, err), nil
+			}
+		}
+		// Firecracker loads only a complete memory file: one of the guest's size whose first page is there.
+		if fi, err := os.Stat(f.path(s.MemBackend.BackendPath)); err != nil || fi.Size() != int64(saved.MemMiB)<<20 {
+			return http.StatusBadRequest, "Cannot load memory: the memory file does not match the guest's size", nil
+		}
+		if page0, err := readPage(f.path(s.MemBackend.BackendPath), 0); err != nil || page0[0] == 0 {
+			return http.StatusBadRequest, "Cannot load memory: the memory file is not complete (a diff?)", nil
+		}
+		f.booted, f.paused, f.vsockPath, f.drives = true, !s.ResumeVM, saved.Vsock, saved.Drives
+		f.dirtyPages, f.memMiB = s.EnableDiffSnapshots, saved.MemMiB
+		f.boot = &bootSource{BootArgs: saved.BootArgs}
 		fmt.Fprintln(f.console, "restored from snapshot")
 		if err := f.serveVsock(); err != nil {
 			return http.StatusBadRequest, "vsock: " + err.Error(), nil
 		}
 	}
 	return http.StatusNoContent, "", nil
+}
+
+// fakePage is the fake guest's page size.
+const fakePage = 4096
+
+// writeMemory writes the fake guest's memory to path: a file of its size, with "snapshot <n>" on page 256 and,
+// unless it is a diff, on page 0 too.
+func (f *fakeFC) writeMemory(path string, diff bool) error {
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	if err := fh.Truncate(int64(f.memMiB) << 20); err != nil {
+		return err
+	}
+	page := make([]byte, fakePage)
+	copy(page, fmt.Sprintf("snapshot %d", f.snapshots))
+	if !diff {
+		if _, err := fh.WriteAt(page, 0); err != nil {
+			return err
+		}
+	}
+	_, err = fh.WriteAt(page, 256*fakePage)
+	return err
+}
+
+// readPage reads page n of a memory file.
+func readPage(path string, n int64) ([]byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	page := make([]byte, fakePage)
+	_, err = fh.ReadAt(page, n*fakePage)
+	return page, err
 }
 
 // chanListener hands the connections that passed the CONNECT handshake to the agent server.
@@ -322,7 +452,7 @@ func (l *chanListener) Addr() net.Addr { return l.addr }
 // serveVsock listens on uds_path like Firecracker's vsock device: "CONNECT <port>\n" to the agent's port gets
 // "OK <n>\n" and the agent; any other port is closed without a word (the guest reset it).
 func (f *fakeFC) serveVsock() error {
-	l, err := net.Listen("unix", f.vsockPath)
+	l, err := net.Listen("unix", f.path(f.vsockPath))
 	if err != nil {
 		return err
 	}

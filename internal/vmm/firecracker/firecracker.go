@@ -32,15 +32,17 @@ const (
 	DefaultFirstCID = 3
 	// DefaultCgroupVersion is the jailer's cgroup version.
 	DefaultCgroupVersion = 2
+	// DefaultJailerID is the uid and gid a jailed firecracker runs as unless configured (config.DefaultJailerID).
+	DefaultJailerID = 10000
 )
 
 // DefaultKernelArgs boots the agent as init, listening on vsock. reboot=k makes a guest reboot (what the agent's
-// power-off and Ctrl-Alt-Del end in) leave Firecracker, which exits; panic=1 turns a guest panic into one too.
+// power-off ends in) leave Firecracker, which exits; panic=1 turns a guest panic into one too.
 // The backend adds aetherium.hostname before the "--" that starts init's own arguments.
 const DefaultKernelArgs = "console=ttyS0 reboot=k panic=1 pci=off quiet init=" + DefaultGuestInit +
 	" aetherium.listen=vsock:9999 -- --init"
 
-// Files in a VM's directory (and, for the jailer, in its chroot).
+// Files in a VM's directory (the sockets, kernel and a link to the disk are in the jail when jailed).
 const (
 	stateFile   = "state.json"
 	consoleFile = "console.log"
@@ -61,13 +63,22 @@ const typicalIDLen = 36
 type Config struct {
 	// FirecrackerBin is the firecracker binary. Required.
 	FirecrackerBin string
-	// JailerBin, when set, starts firecracker through the jailer: chroot under JailerChrootBase, as JailerUID and
-	// JailerGID, in cgroups of JailerCgroupVersion. The kernel and the VM's disk are put inside the chroot.
+	// JailerBin, when set, starts firecracker through the jailer: in a fresh chroot
+	// JailerChrootBase/<firecracker's resolved name>/<id>/root made at every start and restore, as JailerUID and
+	// JailerGID, with the cgroup values JailerCgroups (file=value, of JailerCgroupVersion) and in the network
+	// namespace JailerNetNS. The kernel and the VM's disk are hard-linked into the chroot (so JailerChrootBase must
+	// be on DataDir's filesystem). Setting the uid clears the parent-death signal: a jailed firecracker outlives a
+	// worker that dies (see launch).
 	JailerBin           string
 	JailerChrootBase    string // default DataDir/jail
-	JailerUID           int
-	JailerGID           int
-	JailerCgroupVersion int // 1 or 2, default 2
+	JailerUID           int    // default DefaultJailerID; never root
+	JailerGID           int    // default DefaultJailerID
+	JailerCgroupVersion int    // 1 or 2, default 2
+	JailerCgroups       []string
+	JailerNetNS         string
+	// TrackDirtyPages turns on Firecracker's dirty page tracking (machine-config track_dirty_pages), which Diff
+	// snapshots need; it costs some guest performance, so it is off unless diff snapshots are wanted.
+	TrackDirtyPages bool
 	// KernelPath is the guest kernel (an uncompressed vmlinux). Required.
 	KernelPath string
 	// RootfsPath is the default root filesystem template (ext4). It is only read: each VM gets a copy-on-write
@@ -94,7 +105,7 @@ type Config struct {
 	FirstCID uint32
 	// ReadyTimeout bounds how long StartVM waits for the agent after InstanceStart. Default 30s.
 	ReadyTimeout time.Duration
-	// StopTimeout bounds each step of StopVM (agent power-off, Ctrl-Alt-Del). Default 5s.
+	// StopTimeout bounds how long StopVM waits for the guest to power off before it kills firecracker. Default 5s.
 	StopTimeout time.Duration
 	// FirecrackerLogLevel, when set (Error, Warning, Info, Debug, Trace), configures Firecracker's own log
 	// (PUT /logger) into firecracker.log next to the console log.
@@ -106,6 +117,10 @@ type Config struct {
 type Backend struct {
 	cfg Config
 	log *slog.Logger
+
+	// execFile and chrootBase are the firecracker binary and the chroot base with symlinks resolved, as the jailer
+	// canonicalizes them: the jail is <chrootBase>/<base name of execFile>/<id>/root (set when jailed).
+	execFile, chrootBase string
 
 	mu      sync.Mutex
 	agents  map[string]*agentclient.Client
@@ -130,6 +145,11 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	}
 	if err := os.MkdirAll(b.vmsDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("firecracker backend: create data dir: %w", err)
+	}
+	if cfg.JailerBin != "" {
+		if err := b.resolveJail(); err != nil {
+			return nil, err
+		}
 	}
 	if err := b.Health(ctx); err != nil {
 		return nil, err
@@ -205,6 +225,20 @@ func (c *Config) setDefaults() error {
 	} else {
 		if c.JailerChrootBase == "" {
 			c.JailerChrootBase = filepath.Join(c.DataDir, "jail")
+		}
+		if c.JailerUID == 0 {
+			c.JailerUID = DefaultJailerID
+		}
+		if c.JailerGID == 0 {
+			c.JailerGID = DefaultJailerID
+		}
+		if c.JailerUID < 0 || c.JailerGID < 0 {
+			return fmt.Errorf("firecracker backend: jailer uid %d / gid %d must not be negative", c.JailerUID, c.JailerGID)
+		}
+		for _, cg := range c.JailerCgroups {
+			if k, v, ok := strings.Cut(cg, "="); !ok || k == "" || v == "" || strings.Contains(v, "=") {
+				return fmt.Errorf("firecracker backend: jailer cgroup %q: want <file>=<value>", cg)
+			}
 		}
 		switch c.JailerCgroupVersion {
 		case 0:

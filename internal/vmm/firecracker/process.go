@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
+	"slices"
 	"time"
 
 	"github.com/aetherium/aetherium/internal/vmm/vmproc"
@@ -23,14 +23,7 @@ func (b *Backend) launch(st *vmState, console *os.File) (*vmproc.Process, error)
 	if b.cfg.JailerBin == "" {
 		cmd = exec.Command(b.cfg.FirecrackerBin, "--api-sock", st.APISock, "--id", st.ID)
 	} else {
-		cmd = exec.Command(b.cfg.JailerBin,
-			"--id", st.ID,
-			"--exec-file", b.cfg.FirecrackerBin,
-			"--uid", strconv.Itoa(b.cfg.JailerUID),
-			"--gid", strconv.Itoa(b.cfg.JailerGID),
-			"--chroot-base-dir", b.cfg.JailerChrootBase,
-			"--cgroup-version", strconv.Itoa(b.cfg.JailerCgroupVersion),
-			"--", "--api-sock", "/"+apiSockName)
+		cmd = exec.Command(b.cfg.JailerBin, b.jailerArgs(st)...)
 	}
 	cmd.Stdout = console
 	cmd.Stderr = console
@@ -41,7 +34,9 @@ func (b *Backend) launch(st *vmState, console *os.File) (*vmproc.Process, error)
 // names the VM (firecracker and the jailer both get --id <id>), so a reused pid is never taken for it.
 func isOurs(st *vmState) bool {
 	return vmproc.Owned(st.PID, st.PIDStart, func(args []string) bool {
-		return vmproc.HasArgPair(args, "--id", func(v string) bool { return v == st.ID })
+		// The jailer execs firecracker with "--id <id>" (src/jailer env.rs); its docs write --id=<id>.
+		return vmproc.HasArgPair(args, "--id", func(v string) bool { return v == st.ID }) ||
+			slices.Contains(args, "--id="+st.ID)
 	})
 }
 

@@ -30,7 +30,8 @@ type vmState struct {
 	Egress *network.Policy     `json:"egress,omitempty"`
 	Net    *network.Attachment `json:"net,omitempty"`
 
-	// Host paths of what the VM uses (inside the jailer's chroot when jailed).
+	// Host paths of what the VM uses (the sockets inside the jailer's chroot when jailed; the disk always in the
+	// VM's directory, hard-linked into each fresh jail).
 	APISock   string `json:"api_sock"`
 	VsockUDS  string `json:"vsock_uds"`
 	Disk      string `json:"disk"`

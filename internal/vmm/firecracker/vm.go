@@ -105,17 +105,13 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 		}
 		return nil, fmt.Errorf("firecracker backend: create vm %s: %w", cfg.ID, err)
 	}
-	root := dir
+	st.Disk = filepath.Join(dir, diskName)
 	if b.cfg.JailerBin != "" {
-		st.ChrootDir = filepath.Join(b.cfg.JailerChrootBase, filepath.Base(b.cfg.FirecrackerBin), cfg.ID)
-		root = filepath.Join(st.ChrootDir, "root")
-		if err := b.prepareChroot(root); err != nil {
-			return fail(err)
-		}
+		b.setJailPaths(st) // the jail itself is made at each start
+	} else {
+		st.APISock = filepath.Join(dir, apiSockName)
+		st.VsockUDS = filepath.Join(dir, vsockName)
 	}
-	st.APISock = filepath.Join(root, apiSockName)
-	st.VsockUDS = filepath.Join(root, vsockName)
-	st.Disk = filepath.Join(root, diskName)
 	if len(st.VsockUDS) > maxSunPath || len(st.APISock) > maxSunPath {
 		return fail(fmt.Errorf("socket path %q is over the %d-byte Unix socket limit: use a shorter DataDir or "+
 			"chroot base", st.VsockUDS, maxSunPath))
@@ -131,11 +127,6 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 	if fi, err := os.Stat(st.Disk); err == nil && fi.Size() < b.cfg.DiskMB<<20 {
 		if err := os.Truncate(st.Disk, b.cfg.DiskMB<<20); err != nil {
 			return fail(fmt.Errorf("grow disk: %w", err))
-		}
-	}
-	if b.cfg.JailerBin != "" {
-		if err := os.Chown(st.Disk, b.cfg.JailerUID, b.cfg.JailerGID); err != nil {
-			return fail(fmt.Errorf("chown disk for the jailer: %w", err))
 		}
 	}
 	if b.cfg.Network != nil {
@@ -161,25 +152,6 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 	b.log.Info("vm created", "vm_id", cfg.ID, "template", template, "clone", method, "cid", st.CID,
 		"vcpus", vcpus, "memory_mb", mem)
 	return b.instance(st), nil
-}
-
-// prepareChroot makes the jail's root directory and puts the kernel in it (a hard link when on the same
-// filesystem, else a copy): the jailed firecracker sees nothing outside.
-func (b *Backend) prepareChroot(root string) error {
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return fmt.Errorf("create chroot: %w", err)
-	}
-	kernel := filepath.Join(root, kernelName)
-	_ = os.Remove(kernel)
-	if err := os.Link(b.cfg.KernelPath, kernel); err != nil {
-		if _, err := vmproc.CloneDisk(b.cfg.KernelPath, kernel); err != nil {
-			return fmt.Errorf("put kernel in chroot: %w", err)
-		}
-		if err := os.Chmod(kernel, 0o444); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // resolveImage returns the template for a VMConfig.Image: empty means RootfsPath; an absolute path names a file;
@@ -211,17 +183,24 @@ func (b *Backend) resolveImage(img string) (string, error) {
 	return img, nil
 }
 
-// fcPath is how firecracker names a host path: inside the jail, relative to its root.
-func (b *Backend) fcPath(st *vmState, host string) (string, error) {
-	if st.ChrootDir == "" {
-		return host, nil
+// setLogger configures Firecracker's own log (PUT /logger) into firecracker.log in the VM's directory, when a
+// log level is set. Firecracker opens the file for appending: it must exist. Also sent before a snapshot load,
+// which a fresh process accepts after the logger (and metrics) only.
+func (b *Backend) setLogger(ctx context.Context, st *vmState, api *apiClient) error {
+	if b.cfg.FirecrackerLogLevel == "" {
+		return nil
 	}
-	root := filepath.Join(st.ChrootDir, "root")
-	rel, err := filepath.Rel(root, host)
-	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
-		return "", fmt.Errorf("%s is outside the jail %s: firecracker cannot reach it", host, root)
+	logPath := b.fcLogPath(st)
+	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("create firecracker log: %w", err)
 	}
-	return "/" + rel, nil
+	_ = f.Close()
+	fp := logPath
+	if st.ChrootDir != "" {
+		fp = jailLog // prepareJail linked it in
+	}
+	return api.call(ctx, http.MethodPut, "/logger", logger{LogPath: fp, Level: b.cfg.FirecrackerLogLevel, ShowLevel: true})
 }
 
 // kernelArgs returns the guest's command line, with its hostname option before init's arguments.
@@ -246,52 +225,39 @@ func (b *Backend) StartVM(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
-	return b.boot(ctx, id, "start", b.configure)
+	return b.boot(ctx, id, "start", bootSteps{setup: b.configure})
+}
+
+// bootSteps is what differs between a fresh boot and a snapshot restore.
+type bootSteps struct {
+	// restore: a VM whose firecracker runs is an error, not a success (only a fresh process loads a snapshot).
+	restore bool
+	// prepare runs before the jail is made and firecracker starts (a restore puts the snapshot's disk back);
+	// done, when prepare has run, gets boot's result (a failed restore puts the VM's own disk back).
+	prepare func(*vmState) error
+	done    func(*vmState, error)
+	// setup drives the new process's API up to a running guest.
+	setup func(context.Context, *vmState, *apiClient) error
 }
 
 // configure sends the pre-boot configuration and InstanceStart.
 func (b *Backend) configure(ctx context.Context, st *vmState, api *apiClient) error {
-	kernel := b.cfg.KernelPath
+	kernel, disk, vsock := b.cfg.KernelPath, st.Disk, st.VsockUDS
 	if st.ChrootDir != "" {
-		kernel = filepath.Join(st.ChrootDir, "root", kernelName)
+		kernel, disk, vsock = jailKernel, jailDisk, jailVsock
 	}
-	paths := map[string]*string{"kernel": &kernel, "disk": new(string), "vsock": new(string)}
-	*paths["disk"], *paths["vsock"] = st.Disk, st.VsockUDS
-	for what, p := range paths {
-		fp, err := b.fcPath(st, *p)
-		if err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		*p = fp
-	}
-	if b.cfg.FirecrackerLogLevel != "" {
-		logPath := filepath.Join(filepath.Dir(st.APISock), fcLogFile)
-		// Firecracker opens the log for appending; it must exist.
-		f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
-			return fmt.Errorf("create firecracker log: %w", err)
-		}
-		_ = f.Close()
-		if st.ChrootDir != "" {
-			_ = os.Chown(logPath, b.cfg.JailerUID, b.cfg.JailerGID)
-		}
-		fp, err := b.fcPath(st, logPath)
-		if err != nil {
-			return err
-		}
-		if err := api.call(ctx, http.MethodPut, "/logger", logger{LogPath: fp, Level: b.cfg.FirecrackerLogLevel,
-			ShowLevel: true}); err != nil {
-			return err
-		}
+	if err := b.setLogger(ctx, st, api); err != nil {
+		return err
 	}
 	steps := []struct {
 		path string
 		body any
 	}{
-		{"/machine-config", machineConfig{VCPUCount: st.VCPUs, MemSizeMib: st.MemoryMB}},
+		{"/machine-config", machineConfig{VCPUCount: st.VCPUs, MemSizeMib: st.MemoryMB,
+			TrackDirtyPages: b.cfg.TrackDirtyPages}},
 		{"/boot-source", bootSource{KernelImagePath: kernel, BootArgs: b.kernelArgs(st)}},
-		{"/drives/rootfs", drive{DriveID: "rootfs", PathOnHost: *paths["disk"], IsRootDevice: true}},
-		{"/vsock", vsockDevice{GuestCID: st.CID, UDSPath: *paths["vsock"]}},
+		{"/drives/rootfs", drive{DriveID: "rootfs", PathOnHost: disk, IsRootDevice: true}},
+		{"/vsock", vsockDevice{GuestCID: st.CID, UDSPath: vsock}},
 	}
 	if st.Net != nil {
 		steps = append(steps, struct {
@@ -308,17 +274,21 @@ func (b *Backend) configure(ctx context.Context, st *vmState, api *apiClient) er
 			return err
 		}
 	}
-	return nil
+	return b.setLineage(st.ID, snapshotRef{}) // a fresh boot: no snapshot before the next one
 }
 
 // boot launches firecracker for VM id, runs setup over its API (a fresh boot, or a snapshot load) and waits
 // for the agent. On any failure the process is killed and its sockets removed.
-func (b *Backend) boot(ctx context.Context, id, what string, setup func(context.Context, *vmState, *apiClient) error) error {
+func (b *Backend) boot(ctx context.Context, id, what string, steps bootSteps) (err error) {
 	unlock := b.lockVM(id)
 	defer unlock()
 	st, err := b.loadState(id)
 	if err != nil {
 		return err
+	}
+	if b.alive(st) && steps.restore {
+		return fmt.Errorf("firecracker backend: %s vm %s: %w: it runs; stop it first (only a fresh firecracker can "+
+			"load a snapshot)", what, id, vmm.ErrInvalidConfig)
 	}
 	if b.alive(st) {
 		// Already started (a retried task): make sure the agent answers.
@@ -332,6 +302,19 @@ func (b *Backend) boot(ctx context.Context, id, what string, setup func(context.
 	b.closeAgent(id)
 	if err := removeSockets(st); err != nil {
 		return fmt.Errorf("firecracker backend: %s vm %s: %w", what, id, err)
+	}
+	if steps.prepare != nil {
+		if err := steps.prepare(st); err != nil {
+			return fmt.Errorf("firecracker backend: %s vm %s: %w", what, id, err)
+		}
+		if steps.done != nil {
+			defer func() { steps.done(st, err) }()
+		}
+	}
+	if b.cfg.JailerBin != "" {
+		if err := b.prepareJail(st); err != nil {
+			return fmt.Errorf("firecracker backend: %s vm %s: %w", what, id, err)
+		}
 	}
 	consolePath := filepath.Join(b.vmDir(id), consoleFile)
 	console, err := os.OpenFile(consolePath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
@@ -371,7 +354,7 @@ func (b *Backend) boot(ctx context.Context, id, what string, setup func(context.
 	if err := waitAPI(bootCtx, api); err != nil {
 		return b.bootFailure(ctx, st, what, fmt.Errorf("API socket: %w", causeOr(bootCtx, err)))
 	}
-	if err := setup(bootCtx, st, api); err != nil {
+	if err := steps.setup(bootCtx, st, api); err != nil {
 		return b.bootFailure(ctx, st, what, causeOr(bootCtx, err))
 	}
 	readyCtx, cancelReady := context.WithTimeout(bootCtx, b.cfg.ReadyTimeout)
@@ -445,8 +428,8 @@ func removeSockets(st *vmState) error {
 	return nil
 }
 
-// StopVM stops the guest: the agent powers it off; if firecracker is still there after StopTimeout, Ctrl-Alt-Del
-// (the guest reboots, and with reboot=k firecracker exits); then SIGKILL. Stopping a stopped VM succeeds.
+// StopVM stops the guest: the agent powers it off; if firecracker is still there after StopTimeout, SIGKILL (see
+// shutdown). Stopping a stopped VM succeeds.
 func (b *Backend) StopVM(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
@@ -483,27 +466,23 @@ func (b *Backend) stop(ctx context.Context, st *vmState) (string, error) {
 	return how, nil
 }
 
-// shutdown tries each way of stopping the guest in turn, and says which one worked.
+// shutdown asks the agent (the guest's PID 1) to power off and waits StopTimeout for firecracker to exit (reboot=k
+// makes the guest's reboot end the process); then it kills the process group. There is no Ctrl-Alt-Del step:
+// Firecracker delivers it through an emulated i8042 keyboard, which the guest kernel only hears with CONFIG_SERIO
+// and CONFIG_INPUT_KEYBOARD, both off in this project's guest config; it would only add StopTimeout to every stop
+// of a guest whose agent does not answer. SIGTERM would not help either: firecracker does not flush anything of
+// the guest's on it, so it ends the VM no more gently than SIGKILL.
 func (b *Backend) shutdown(ctx context.Context, st *vmState) string {
-	step := func(name string, fn func(context.Context) error) bool {
-		sctx, cancel := context.WithTimeout(ctx, b.cfg.StopTimeout)
-		defer cancel()
-		if err := fn(sctx); err != nil {
-			b.log.Debug("stop step failed", "vm_id", st.ID, "step", name, "err", err)
-			return false
-		}
-		return b.waitExit(sctx, st) == nil
+	sctx, cancel := context.WithTimeout(ctx, b.cfg.StopTimeout)
+	err := b.agentFor(st).PowerOff(sctx)
+	if err == nil {
+		err = b.waitExit(sctx, st)
 	}
-	if step("agent power-off", func(ctx context.Context) error { return b.agentFor(st).PowerOff(ctx) }) {
+	cancel()
+	if err == nil {
 		return "agent power-off"
 	}
-	api := newAPIClient(st.APISock)
-	defer api.http.CloseIdleConnections()
-	if step("ctrl-alt-del", func(ctx context.Context) error {
-		return api.call(ctx, http.MethodPut, "/actions", instanceAction{ActionType: "SendCtrlAltDel"})
-	}) {
-		return "ctrl-alt-del"
-	}
+	b.log.Debug("agent power-off failed", "vm_id", st.ID, "err", err)
 	if err := b.kill(ctx, st); err != nil {
 		b.log.Warn("kill firecracker", "vm_id", st.ID, "err", err)
 	}
