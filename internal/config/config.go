@@ -61,6 +61,9 @@ type Config struct {
 	MaxOutput    int           `yaml:"max_output_bytes"`
 	MaxRetries   int           `yaml:"max_retries"`
 	ShutdownFor  time.Duration `yaml:"shutdown_timeout"`
+	// ShutdownVMs stops this worker's VMs when it shuts down gracefully; by default they keep running and the next
+	// worker process adopts them.
+	ShutdownVMs bool `yaml:"shutdown_vms"`
 	// WorkerAPIListen is the address of the worker's internal API (files, processes, shells of its VMs).
 	WorkerAPIListen string `yaml:"worker_api_listen"`
 	// WorkerAPIURL is the URL gateways use to reach it (default: derived from the listener).
@@ -167,6 +170,7 @@ var settings = []setting{
 	{"max_output_bytes", "output kept per stream per execution", integer(func(c *Config) *int { return &c.MaxOutput })},
 	{"max_retries", "retries of a task after an infrastructure failure", integer(func(c *Config) *int { return &c.MaxRetries })},
 	{"shutdown_timeout", "how long in-flight tasks may finish on SIGTERM", duration(func(c *Config) *time.Duration { return &c.ShutdownFor })},
+	{"shutdown_vms", "stop this worker's VMs when it shuts down (SIGTERM); by default they keep running and the restarted worker adopts them", boolean(func(c *Config) *bool { return &c.ShutdownVMs })},
 	{"worker_api_listen", "address of the worker's internal API for files, processes and shells (production: :8081 on a private network)", str(func(c *Config) *string { return &c.WorkerAPIListen })},
 	{"worker_api_url", "URL gateways use to reach this worker's internal API (default: derived from worker_api_listen and the host name)", str(func(c *Config) *string { return &c.WorkerAPIURL })},
 	{"cluster_token", "shared secret of gateways and workers (required with redis_url; prefer cluster_token_file or the env: flags show in the process list)", str(func(c *Config) *string { return &c.ClusterToken })},
@@ -198,7 +202,17 @@ func Flags(fs *pflag.FlagSet) {
 	fs.String("config", "", "YAML configuration file (env AETHERIUM_CONFIG)")
 	for _, s := range settings {
 		fs.String(flagName(s.key), "", s.usage+" (env "+EnvName(s.key)+")")
+		if isBoolean(s) {
+			fs.Lookup(flagName(s.key)).NoOptDefVal = "true" // --shutdown-vms alone means true
+		}
 	}
+}
+
+// isBoolean reports whether s takes a boolean: it accepts "true" and refuses a word (strings accept both,
+// integers and durations refuse both).
+func isBoolean(s setting) bool {
+	var scratch Config
+	return s.set(&scratch, "true") == nil && s.set(&scratch, "not-a-value") != nil
 }
 
 // Load builds the configuration from defaults, the YAML file (--config or AETHERIUM_CONFIG), the environment and

@@ -121,3 +121,22 @@ func TestJailerSettings(t *testing.T) {
 		}
 	}
 }
+
+func TestShutdownVMs(t *testing.T) {
+	c, err := load(t, "", nil)
+	if err != nil || c.ShutdownVMs {
+		t.Fatalf("default shutdown_vms = %v (%v), want false: VMs outlive their worker unless asked", c.ShutdownVMs, err)
+	}
+	if c, err = load(t, "", nil, "--shutdown-vms"); err != nil || !c.ShutdownVMs {
+		t.Fatalf("--shutdown-vms alone: %v, %v", c.ShutdownVMs, err)
+	}
+	if c, err = load(t, "", map[string]string{"AETHERIUM_SHUTDOWN_VMS": "true"}, "--shutdown-vms=false"); err != nil || c.ShutdownVMs {
+		t.Fatalf("--shutdown-vms=false over the env: %v, %v", c.ShutdownVMs, err)
+	}
+	if c, err = load(t, "shutdown_vms: true\n", nil); err != nil || !c.ShutdownVMs {
+		t.Fatalf("shutdown_vms in the file: %v, %v", c.ShutdownVMs, err)
+	}
+	if _, err = load(t, "", map[string]string{"AETHERIUM_SHUTDOWN_VMS": "maybe"}); err == nil || !strings.Contains(err.Error(), "AETHERIUM_SHUTDOWN_VMS") {
+		t.Fatalf("a bad value: %v, want an error naming AETHERIUM_SHUTDOWN_VMS", err)
+	}
+}

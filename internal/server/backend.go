@@ -112,7 +112,7 @@ func openFirecracker(ctx context.Context, cfg config.Config, st store.Store, log
 	fcfg := firecracker.Config{
 		FirecrackerBin: cfg.FirecrackerBin, JailerBin: cfg.JailerBin, KernelPath: kernel,
 		RootfsPath: rootfs, Images: templateResolver(cfg), DataDir: cfg.DataDir, WorkerID: cfg.WorkerID,
-		ReadyTimeout: cfg.ReadyWait, DiskMB: int64(cfg.DiskMB), Logger: log,
+		InstallationID: cfg.InstallationID, ReadyTimeout: cfg.ReadyWait, DiskMB: int64(cfg.DiskMB), Logger: log,
 	}
 	if net != nil {
 		fcfg.Network = net
@@ -149,8 +149,8 @@ func openQEMU(ctx context.Context, cfg config.Config, st store.Store, log *slog.
 	}
 	qcfg := qemu.Config{
 		Binary: bin, KernelPath: kernel, RootfsPath: rootfs, Images: templateResolver(cfg),
-		DataDir: cfg.DataDir, WorkerID: cfg.WorkerID, Accel: cfg.QEMUAccel, ReadyTimeout: cfg.ReadyWait,
-		DiskMB: int64(cfg.DiskMB), Logger: log,
+		DataDir: cfg.DataDir, WorkerID: cfg.WorkerID, InstallationID: cfg.InstallationID, Accel: cfg.QEMUAccel,
+		ReadyTimeout: cfg.ReadyWait, DiskMB: int64(cfg.DiskMB), Logger: log,
 	}
 	if net != nil {
 		qcfg.Network = net

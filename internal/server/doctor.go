@@ -95,6 +95,12 @@ func backendChecks(ctx context.Context, cfg config.Config, log *slog.Logger) []C
 	var checks []Check
 	bctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
+	if cfg.InstallationID == "" {
+		// As the worker would: the backend adopts and reaps only this installation's VMMs.
+		if id, err := InstallationID(cfg.DataDir); err == nil {
+			cfg.InstallationID = id
+		}
+	}
 	backend, err := openBackend(bctx, cfg, nil, log)
 	name := cfg.Backend
 	if err == nil {

@@ -209,6 +209,14 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			if err := w.Stop(sctx); err != nil {
 				errs = append(errs, fmt.Errorf("worker drain: %w", err))
 			}
+			if cfg.ShutdownVMs {
+				// Once drained, so that no task starts a VM meanwhile; with a grace period of its own.
+				vctx, vcancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownFor)
+				defer vcancel()
+				if err := w.StopVMs(vctx); err != nil {
+					errs = append(errs, fmt.Errorf("stop vms (shutdown_vms): %w", err))
+				}
+			}
 		}()
 	}
 	stopWaits := time.AfterFunc(min(2*time.Second, cfg.ShutdownFor/2), cancelRequests)

@@ -185,30 +185,4 @@ func catalogOnly(cat *tools.Catalog, have map[string]string) map[string]string {
 }
 
 // lockTools serialises the tool installs of one VM.
-func (w *Worker) lockTools(vmID string) func() {
-	w.toolsMu.Lock()
-	if w.toolLocks == nil {
-		w.toolLocks = map[string]*toolLock{}
-	}
-	l := w.toolLocks[vmID]
-	if l == nil {
-		l = &toolLock{}
-		w.toolLocks[vmID] = l
-	}
-	l.users++
-	w.toolsMu.Unlock()
-	l.mu.Lock()
-	return func() {
-		l.mu.Unlock()
-		w.toolsMu.Lock()
-		if l.users--; l.users == 0 {
-			delete(w.toolLocks, vmID)
-		}
-		w.toolsMu.Unlock()
-	}
-}
-
-type toolLock struct {
-	mu    sync.Mutex
-	users int
-}
+func (w *Worker) lockTools(vmID string) func() { return w.toolLocks.Lock(vmID) }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/aetherium/aetherium/internal/events"
+	"github.com/aetherium/aetherium/internal/keyedmutex"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/store"
@@ -54,8 +55,7 @@ type Worker struct {
 	wg        sync.WaitGroup
 	startedAt time.Time
 
-	toolsMu   sync.Mutex
-	toolLocks map[string]*toolLock // per VM, while installs into it run
+	toolLocks keyedmutex.Map // per VM: installs into one VM are serialised
 }
 
 // New checks cfg and returns a Worker; Start makes it work.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	agentclient "github.com/aetherium/aetherium/internal/agent/client"
+	"github.com/aetherium/aetherium/internal/keyedmutex"
 	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/vmm/vmproc"
@@ -97,6 +98,12 @@ type Config struct {
 	DataDir string
 	// WorkerID is recorded in each VM's state; ListVMs returns only this worker's VMs.
 	WorkerID string
+	// InstallationID names the installation (server.InstallationID: one per data directory). It is recorded in
+	// each VM's state and in its firecracker's environment (AETHERIUM_INSTALLATION_ID, a label `ps e` shows).
+	InstallationID string
+	// DieWithWorker makes every firecracker die with this process (Pdeathsig): for tests, and for operators who
+	// want no VM to outlive its worker. By default firecracker runs detached and a restarted worker adopts it.
+	DieWithWorker bool
 	// KernelArgs is the guest's command line. Default DefaultKernelArgs.
 	KernelArgs string
 	// AgentPort is the guest vsock port the agent listens on. Default 9999.
@@ -122,26 +129,29 @@ type Backend struct {
 	// canonicalizes them: the jail is <chrootBase>/<base name of execFile>/<id>/root (set when jailed).
 	execFile, chrootBase string
 
-	mu      sync.Mutex
-	agents  map[string]*agentclient.Client
-	procs   map[string]*vmproc.Process // firecracker processes this backend started (its children)
-	vmLocks map[string]*sync.Mutex
-	closed  bool
+	vmLocks keyedmutex.Map // serialise the operations on one VM
+	boots   vmproc.Boots   // lets a delete cancel a start
+
+	mu     sync.Mutex
+	agents map[string]*agentclient.Client
+	procs  map[string]*vmproc.Process // firecracker processes this backend started (its children)
+	closed bool
 }
 
 var _ vmm.Orchestrator = (*Backend)(nil)
 
-// New validates cfg and prepares DataDir. It does not need the firecracker binary to run, only to exist.
+// New validates cfg, prepares DataDir and adopts the firecracker processes that still run for this worker's VMs
+// (a previous worker process started them; they run detached and outlive it). It does not need the firecracker
+// binary to run, only to exist.
 func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
 	b := &Backend{
-		cfg:     cfg,
-		log:     cfg.Logger.With("backend", "firecracker"),
-		agents:  make(map[string]*agentclient.Client),
-		procs:   make(map[string]*vmproc.Process),
-		vmLocks: make(map[string]*sync.Mutex),
+		cfg:    cfg,
+		log:    cfg.Logger.With("backend", "firecracker"),
+		agents: make(map[string]*agentclient.Client),
+		procs:  make(map[string]*vmproc.Process),
 	}
 	if err := os.MkdirAll(b.vmsDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("firecracker backend: create data dir: %w", err)
@@ -152,6 +162,9 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		}
 	}
 	if err := b.Health(ctx); err != nil {
+		return nil, err
+	}
+	if err := b.adopt(ctx); err != nil {
 		return nil, err
 	}
 	if err := b.restoreNetwork(ctx); err != nil {
@@ -319,8 +332,8 @@ func KVMAvailable() error {
 	return f.Close()
 }
 
-// Close closes the agent clients. The firecracker processes keep running: they belong to the store's VMs (but
-// die with this process, through Pdeathsig, if it exits).
+// Close closes the agent clients. The firecracker processes keep running: they belong to the store's VMs, and the
+// next backend on this DataDir adopts them (unless DieWithWorker, when they die with this process).
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	agents := b.agents
@@ -341,17 +354,7 @@ func (b *Backend) vmsDir() string { return filepath.Join(b.cfg.DataDir, "vms") }
 func (b *Backend) vmDir(id string) string { return filepath.Join(b.vmsDir(), id) }
 
 // lockVM serialises the operations on one VM (a retried task racing the first attempt, a delete during a start).
-func (b *Backend) lockVM(id string) func() {
-	b.mu.Lock()
-	l, ok := b.vmLocks[id]
-	if !ok {
-		l = new(sync.Mutex)
-		b.vmLocks[id] = l
-	}
-	b.mu.Unlock()
-	l.Lock()
-	return l.Unlock
-}
+func (b *Backend) lockVM(id string) func() { return b.vmLocks.Lock(id) }
 
 // validID keeps VM ids usable as directory names and jailer ids (the jailer allows [a-zA-Z0-9-], at most 64).
 var validID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9-]{0,63}$`)

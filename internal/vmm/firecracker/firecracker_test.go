@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/vmm"
@@ -461,7 +463,8 @@ func TestOrphan(t *testing.T) {
 	}
 }
 
-// testWorkerMain is a worker process for TestPdeathsig: it starts a VM with the fake and reports its pid.
+// testWorkerMain is a worker process for the worker-restart tests: it starts a VM with the fake, starts a
+// background process in it, and reports the firecracker's pid.
 func testWorkerMain() int {
 	var cfg Config
 	if err := json.Unmarshal([]byte(os.Getenv("AE_FC_TEST_WORKER")), &cfg); err != nil {
@@ -471,25 +474,24 @@ func testWorkerMain() int {
 	ctx := context.Background()
 	b, err := New(ctx, cfg)
 	if err == nil {
-		_, err = b.CreateVM(ctx, vmm.VMConfig{ID: "vm-pdeath"})
+		_, err = b.CreateVM(ctx, vmm.VMConfig{ID: "vm-restart"})
 	}
 	if err == nil {
-		err = b.StartVM(ctx, "vm-pdeath")
+		err = b.StartVM(ctx, "vm-restart")
 	}
 	if err != nil {
 		fmt.Println("ERR", err)
 		return 1
 	}
-	st, _ := b.loadState("vm-pdeath")
+	st, _ := b.loadState("vm-restart")
 	fmt.Println("READY", st.PID)
 	select {} // until killed
 }
 
-// TestPdeathsig: a worker killed with SIGKILL takes its firecracker processes with it, and a new worker finds
-// the VM stopped and cleans it up.
-func TestPdeathsig(t *testing.T) {
-	e := newEnv(t, "")
-	cfg := e.config()
+// startTestWorker runs testWorkerMain with cfg in a child process, returns the firecracker pid it reports, and
+// kills the child with SIGKILL.
+func startAndKillTestWorker(t *testing.T, cfg Config) int {
+	t.Helper()
 	cfgJSON, err := json.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -518,16 +520,147 @@ func TestPdeathsig(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
+	return pid
+}
+
+// fakesOf lists the fake firecracker processes of VM id under dataDir.
+func fakesOf(t *testing.T, dataDir, id string) []vmproc.Found {
+	t.Helper()
+	found, err := vmproc.Scan(func(args []string) bool {
+		return vmproc.HasArgPair(args, "--id", func(v string) bool { return v == id }) &&
+			vmproc.HasArgPair(args, "--api-sock", func(v string) bool { return strings.HasPrefix(v, dataDir+"/") })
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// TestWorkerKilledVMsAreAdopted: a worker killed with SIGKILL leaves its firecracker processes running (they run
+// detached, with no parent-death signal); the next worker adopts the same process: the VM is running, exec works,
+// nothing runs twice, and a delete leaves nothing.
+func TestWorkerKilledVMsAreAdopted(t *testing.T) {
+	e := newEnv(t, "")
+	cfg := e.config()
+	cfg.InstallationID = "inst0001"
+	pid := startAndKillTestWorker(t, cfg)
+	time.Sleep(200 * time.Millisecond) // a parent-death signal, if any, would have killed it by now
+	if pidGone(pid) {
+		t.Fatalf("firecracker %d died with its worker", pid)
+	}
+	if sid, err := unix.Getsid(pid); err != nil || sid != pid {
+		t.Fatalf("firecracker %d is not the leader of its own session (sid %d, %v)", pid, sid, err)
+	}
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err != nil ||
+		!bytes.Contains(env, []byte("AETHERIUM_INSTALLATION_ID=inst0001\x00")) {
+		t.Fatalf("firecracker %d is not labelled with the installation id (%v)", pid, err)
+	}
+
+	b := e.backend(t, func(c *Config) { c.InstallationID = "inst0001" })
+	ctx := ctxT(t, 20*time.Second)
+	inst, err := b.GetVMStatus(ctx, "vm-restart")
+	if err != nil || inst.State != vmm.StateRunning {
+		t.Fatalf("after the worker died: %v %+v, want the vm running", err, inst)
+	}
+	st, _ := b.loadState("vm-restart")
+	if st.PID != pid || st.InstallationID != "inst0001" {
+		t.Fatalf("state names pid %d, installation %q; want the same process %d of inst0001", st.PID, st.InstallationID, pid)
+	}
+	res, err := b.ExecuteCommand(ctx, "vm-restart", agent.ExecRequest{Argv: []string{"echo", "adopted"}})
+	if err != nil || strings.TrimSpace(string(res.Stdout)) != "adopted" {
+		t.Fatalf("exec in the adopted vm: %+v %v", res, err)
+	}
+	if vms, _ := b.ListVMs(ctx); len(vms) != 1 || vms[0].State != vmm.StateRunning {
+		t.Fatalf("ListVMs after adoption: %+v", vms)
+	}
+	if f := fakesOf(t, e.dataDir, "vm-restart"); len(f) != 1 || f[0].PID != pid {
+		t.Fatalf("firecracker processes of the vm: %+v, want only %d", f, pid)
+	}
+	// A retried start finds it running and starts nothing.
+	if err := b.StartVM(ctx, "vm-restart"); err != nil {
+		t.Fatal(err)
+	}
+	if f := fakesOf(t, e.dataDir, "vm-restart"); len(f) != 1 {
+		t.Fatalf("a retried start after adoption made a second process: %+v", f)
+	}
+	if err := b.DeleteVM(ctx, "vm-restart"); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, pid)
+	if entries, _ := os.ReadDir(filepath.Join(e.dataDir, "vms")); len(entries) != 0 {
+		t.Fatalf("left after delete: %v", entries)
+	}
+}
+
+// TestDieWithWorker: with DieWithWorker a worker killed with SIGKILL takes its firecracker processes with it
+// (Pdeathsig), and a new worker finds the VM stopped, says why, and cleans it up.
+func TestDieWithWorker(t *testing.T) {
+	e := newEnv(t, "")
+	cfg := e.config()
+	cfg.DieWithWorker = true
+	pid := startAndKillTestWorker(t, cfg)
 	waitGone(t, pid)
 
 	b := e.backend(t, nil)
 	ctx := ctxT(t, 10*time.Second)
-	inst, err := b.GetVMStatus(ctx, "vm-pdeath")
-	if err != nil || inst.State != vmm.StateStopped {
-		t.Fatalf("after the worker died: %v %+v", err, inst)
+	inst, err := b.GetVMStatus(ctx, "vm-restart")
+	if err != nil || inst.State != vmm.StateStopped || !strings.Contains(inst.Detail, "is gone") {
+		t.Fatalf("after the worker died: %v %+v, want stopped with the reason", err, inst)
 	}
-	if err := b.DeleteVM(ctx, "vm-pdeath"); err != nil {
+	if err := b.DeleteVM(ctx, "vm-restart"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// instanceStarted reports whether the fake of VM id got InstanceStart (the start then waits for the agent).
+func instanceStarted(e *testEnv, id string) bool {
+	data, _ := os.ReadFile(filepath.Join(e.logDir, id+".jsonl"))
+	return bytes.Contains(data, []byte("InstanceStart"))
+}
+
+// TestDeleteCancelsStart: a delete during a start that waits for a guest that never answers returns at once,
+// the start fails saying why, and nothing is left: no process, no directory.
+func TestDeleteCancelsStart(t *testing.T) {
+	e := newEnv(t, "noagent")
+	b := e.backend(t, func(c *Config) { c.ReadyTimeout = 2 * time.Minute })
+	ctx := ctxT(t, time.Minute)
+	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: "vm-cancel"}); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() { started <- b.StartVM(ctx, "vm-cancel") }()
+	// Wait until the start waits for the agent (the process runs and is recorded).
+	var pid int
+	for deadline := time.Now().Add(20 * time.Second); pid == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the start never launched firecracker")
+		}
+		if st, err := b.loadState("vm-cancel"); err == nil && st.PID != 0 && instanceStarted(e, "vm-cancel") {
+			pid = st.PID
+		}
+	}
+	t0 := time.Now()
+	if err := b.DeleteVM(ctx, "vm-cancel"); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(t0)
+	err := <-started
+	if !errors.Is(err, vmproc.ErrDeleting) {
+		t.Fatalf("StartVM = %v, want ErrDeleting", err)
+	}
+	if took > 30*time.Second {
+		t.Fatalf("delete waited %s for the start", took)
+	}
+	t.Logf("delete during start returned in %s", took.Round(time.Millisecond))
+	waitGone(t, pid)
+	if _, err := os.Stat(b.vmDir("vm-cancel")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("vm directory left: %v", err)
+	}
+	if f := fakesOf(t, e.dataDir, "vm-cancel"); len(f) != 0 {
+		t.Fatalf("processes left: %+v", f)
+	}
+	if n := b.vmLocks.Len(); n != 0 {
+		t.Fatalf("%d per-vm locks kept after every operation ended", n)
 	}
 }
 

@@ -13,11 +13,10 @@ import (
 	"github.com/aetherium/aetherium/internal/vmm/vmproc"
 )
 
-// launch starts firecracker (through the jailer when configured) for st, with its serial console on console.
-// It runs in its own process group (a signal to the worker's group does not reach it, and DeleteVM kills the
-// whole group) and gets SIGKILL when the worker dies (Pdeathsig), so no VM outlives its worker unnoticed.
-// Pdeathsig fires when the thread that forked exits; Go only ends threads whose goroutine locked them and exited
-// locked, which never happens on this path.
+// launch starts firecracker (through the jailer when configured) for st, with its serial console on console (a
+// file: firecracker's output must not depend on the worker being alive). It runs detached in its own session (a
+// signal to the worker's group does not reach it, DeleteVM kills the whole group, and it outlives the worker,
+// whose successor adopts it), labelled with the installation id in its environment.
 func (b *Backend) launch(st *vmState, console *os.File) (*vmproc.Process, error) {
 	var cmd *exec.Cmd
 	if b.cfg.JailerBin == "" {
@@ -27,17 +26,59 @@ func (b *Backend) launch(st *vmState, console *os.File) (*vmproc.Process, error)
 	}
 	cmd.Stdout = console
 	cmd.Stderr = console
-	return vmproc.Start(cmd)
+	cmd.Env = append(os.Environ(), "AETHERIUM_INSTALLATION_ID="+st.InstallationID)
+	return vmproc.Start(cmd, vmproc.StartOptions{DieWithParent: b.cfg.DieWithWorker})
 }
 
 // isOurs reports whether pid is still the firecracker process of VM st: same start time and a command line that
-// names the VM (firecracker and the jailer both get --id <id>), so a reused pid is never taken for it.
+// names the VM (firecracker and the jailer both get --id <id>) and, unjailed, its API socket (which lies in this
+// installation's data directory), so a reused pid or another installation's VM of the same id is never taken for
+// it.
 func isOurs(st *vmState) bool {
 	return vmproc.Owned(st.PID, st.PIDStart, func(args []string) bool {
 		// The jailer execs firecracker with "--id <id>" (src/jailer env.rs); its docs write --id=<id>.
-		return vmproc.HasArgPair(args, "--id", func(v string) bool { return v == st.ID }) ||
+		hasID := vmproc.HasArgPair(args, "--id", func(v string) bool { return v == st.ID }) ||
 			slices.Contains(args, "--id="+st.ID)
+		return hasID && (st.ChrootDir != "" ||
+			vmproc.HasArgPair(args, "--api-sock", func(v string) bool { return v == st.APISock }))
 	})
+}
+
+// adopt takes over the firecracker processes that still run for this worker's VMs (started by a previous worker
+// process: they run detached). A process is the VM's only if pid, start time and arguments match (isOurs) and
+// its API socket answers; a VM whose process is gone gets the reason in its state (the worker's reconciliation
+// then marks it failed).
+func (b *Backend) adopt(ctx context.Context) error {
+	states, err := b.allStates()
+	if err != nil {
+		return err
+	}
+	for _, st := range states {
+		if st.WorkerID != b.cfg.WorkerID || st.PID == 0 {
+			continue
+		}
+		unlock := b.lockVM(st.ID)
+		if isOurs(st) {
+			api := newAPIClient(st.APISock)
+			actx, cancel := context.WithTimeout(ctx, apiReadyTimeout)
+			if err := api.ready(actx); err != nil {
+				b.log.Warn("adopted firecracker does not answer on its API socket", "vm_id", st.ID, "pid", st.PID, "err", err)
+			}
+			cancel()
+			api.http.CloseIdleConnections()
+			b.log.Info("adopted running vm", "vm_id", st.ID, "pid", st.PID)
+		} else {
+			st.Detail = fmt.Sprintf("firecracker process %d is gone: it crashed or was killed while no worker "+
+				"watched it, or the host restarted", st.PID)
+			st.PID, st.PIDStart = 0, 0
+			if err := b.saveState(st); err != nil {
+				b.log.Warn("record lost firecracker", "vm_id", st.ID, "err", err)
+			}
+			b.log.Warn("vm's firecracker is gone", "vm_id", st.ID, "detail", st.Detail)
+		}
+		unlock()
+	}
+	return nil
 }
 
 // alive reports whether VM st's firecracker process runs.

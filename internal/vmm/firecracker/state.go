@@ -22,10 +22,12 @@ type vmState struct {
 	ID       string `json:"id"`
 	Name     string `json:"name,omitempty"`
 	WorkerID string `json:"worker_id"`
-	Image    string `json:"image"` // the root filesystem template the disk was cloned from
-	VCPUs    int    `json:"vcpus"`
-	MemoryMB int    `json:"memory_mb"`
-	CID      uint32 `json:"guest_cid"`
+	// InstallationID is the installation that made the VM (Config.InstallationID).
+	InstallationID string `json:"installation_id,omitempty"`
+	Image          string `json:"image"` // the root filesystem template the disk was cloned from
+	VCPUs          int    `json:"vcpus"`
+	MemoryMB       int    `json:"memory_mb"`
+	CID            uint32 `json:"guest_cid"`
 	// Egress is the VM's policy and Net its attachment (TAP, MAC, address), when the backend has a network.
 	Egress *network.Policy     `json:"egress,omitempty"`
 	Net    *network.Attachment `json:"net,omitempty"`

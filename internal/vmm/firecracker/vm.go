@@ -86,7 +86,7 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 		return nil, fmt.Errorf("firecracker backend: create vm %s: %w", cfg.ID, err)
 	}
 	st := &vmState{
-		ID: cfg.ID, Name: cfg.Name, WorkerID: workerID, Image: template,
+		ID: cfg.ID, Name: cfg.Name, WorkerID: workerID, InstallationID: b.cfg.InstallationID, Image: template,
 		VCPUs: vcpus, MemoryMB: mem, CreatedAt: time.Now().UTC(),
 	}
 	dir := b.vmDir(cfg.ID)
@@ -279,9 +279,15 @@ func (b *Backend) configure(ctx context.Context, st *vmState, api *apiClient) er
 
 // boot launches firecracker for VM id, runs setup over its API (a fresh boot, or a snapshot load) and waits
 // for the agent. On any failure the process is killed and its sockets removed.
-func (b *Backend) boot(ctx context.Context, id, what string, steps bootSteps) (err error) {
+// A DeleteVM of the VM cancels it: it fails with vmproc.ErrDeleting and leaves no process behind.
+func (b *Backend) boot(parent context.Context, id, what string, steps bootSteps) (err error) {
 	unlock := b.lockVM(id)
 	defer unlock()
+	ctx, endBoot, err := b.boots.Begin(parent, id)
+	if err != nil {
+		return fmt.Errorf("firecracker backend: %s vm %s: %w", what, id, err)
+	}
+	defer endBoot()
 	st, err := b.loadState(id)
 	if err != nil {
 		return err
@@ -295,11 +301,15 @@ func (b *Backend) boot(ctx context.Context, id, what string, steps bootSteps) (e
 		readyCtx, cancel := context.WithTimeout(ctx, b.cfg.ReadyTimeout)
 		defer cancel()
 		if _, err := b.agentFor(st).WaitReady(readyCtx); err != nil {
+			if vmproc.Deleting(ctx) {
+				err = vmproc.ErrDeleting
+			}
 			return fmt.Errorf("firecracker backend: %s vm %s: running, but its agent does not answer: %w", what, id, err)
 		}
 		return nil
 	}
 	b.closeAgent(id)
+	st.InstallationID = b.cfg.InstallationID // a VM made before installations had ids gets this one's
 	if err := removeSockets(st); err != nil {
 		return fmt.Errorf("firecracker backend: %s vm %s: %w", what, id, err)
 	}
@@ -361,7 +371,9 @@ func (b *Backend) boot(ctx context.Context, id, what string, steps bootSteps) (e
 	defer cancelReady()
 	info, err := b.agentFor(st).WaitReady(readyCtx)
 	if err != nil {
-		if c := context.Cause(bootCtx); c != nil && ctx.Err() == nil {
+		if vmproc.Deleting(ctx) {
+			err = fmt.Errorf("%w (agent: %w)", vmproc.ErrDeleting, err)
+		} else if c := context.Cause(bootCtx); c != nil && ctx.Err() == nil {
 			err = fmt.Errorf("%w (agent: %w)", c, err)
 		} else if ctx.Err() == nil {
 			err = fmt.Errorf("agent not ready within %s: %w", b.cfg.ReadyTimeout, err)
@@ -489,12 +501,15 @@ func (b *Backend) shutdown(ctx context.Context, st *vmState) string {
 	return "killed"
 }
 
-// DeleteVM kills the VM's firecracker (a worker's orphan too, found by the pid in the state file) and removes
-// its directory, disk, sockets and jail. Deleting a missing VM succeeds.
+// DeleteVM kills the VM's firecracker (one a previous worker process started too, found by the pid in the state
+// file) and removes its directory, disk, sockets, jail and network. A start in progress is cancelled rather than
+// waited for. Deleting a missing VM succeeds.
 func (b *Backend) DeleteVM(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
+	deleted := b.boots.Cancel(id)
+	defer deleted()
 	unlock := b.lockVM(id)
 	defer unlock()
 	b.closeAgent(id)
@@ -577,7 +592,7 @@ func (b *Backend) instance(st *vmState) *vmm.Instance {
 		case p != nil && p.PID == st.PID && p.Exited():
 			inst.Detail = p.ExitDetail("firecracker")
 		case st.PID != 0:
-			inst.Detail = "firecracker process is gone"
+			inst.Detail = fmt.Sprintf("firecracker process %d is gone (it crashed or was killed)", st.PID)
 		}
 	}
 	return inst

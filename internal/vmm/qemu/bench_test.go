@@ -49,7 +49,7 @@ func BenchmarkRawBoot(b *testing.B) {
 	for b.Loop() {
 		_ = vmproc.RemoveFiles(st.AgentSock, st.QMPSock)
 		start := time.Now()
-		p, err := vmproc.Start(be.command(st))
+		p, err := vmproc.Start(be.command(st), vmproc.StartOptions{DieWithParent: true})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -13,6 +13,9 @@ import (
 	"github.com/aetherium/aetherium/internal/vmm/vmmtest"
 )
 
+// testInstallation is the installation id of the tests' backends.
+const testInstallation = "qemutest01"
+
 // Package-level fixtures, set once by TestMain.
 var (
 	skipReason   string // why guest tests skip ("" when they run)
@@ -75,6 +78,7 @@ func newBackend(t testing.TB, mod func(*Config)) (*Backend, Config) {
 	}
 	cfg := Config{
 		KernelPath: kernelPath, RootfsPath: templatePath, DataDir: dir, WorkerID: "w1", Accel: AccelTCG,
+		InstallationID: testInstallation, DieWithWorker: true, // a crashed test run leaves no guest behind
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 	if mod != nil {

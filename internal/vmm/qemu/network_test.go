@@ -16,6 +16,7 @@ import (
 
 	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/store/storeopen"
+	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/vmm/vmmtest"
 )
 
@@ -142,4 +143,90 @@ func TestNetworkedGuests(t *testing.T) {
 		t.Fatalf("TAP left after delete:\n%s", out)
 	}
 	_ = cfg
+}
+
+// TestNetworkedGuestIsAdopted: a worker restart (backend and network manager closed, new ones made on the same
+// data directory and store) keeps a running guest's network: the same TAP, address and lease, and the guest still
+// reaches its gateway; a delete then frees them.
+func TestNetworkedGuestIsAdopted(t *testing.T) {
+	requireGuests(t)
+	nsName, ns := netHost(t)
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "aeq-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	st, err := storeopen.Open(ctx, "sqlite://"+filepath.Join(dir, "db.sqlite"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	newManager := func() *network.Manager {
+		mgr, err := network.New(network.Config{NetNS: ns, Leases: st.Leases(), Owner: "w1", Scope: "test/" + nsName})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := mgr.Setup(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return mgr
+	}
+	qemuBin, _ := exec.LookPath(DefaultBinary)
+	wrapper := filepath.Join(dir, "qemu-in-netns")
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\nexec ip netns exec "+nsName+" "+qemuBin+" \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mgr1 := newManager()
+	b1, cfg := newBackend(t, func(c *Config) { c.Binary = wrapper; c.Network = mgr1 })
+	if _, err := b1.CreateVM(ctx, vmm.VMConfig{ID: "net-keep", MemoryMB: 256}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b1.StartVM(ctx, "net-keep"); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := b1.GetVMStatus(ctx, "net-keep")
+	stBefore, _ := b1.loadState("net-keep")
+	if res := run(t, b1, "net-keep", "ping", "-c", "1", "-W", "2", before.Network.Gateway); res.ExitCode != 0 {
+		t.Fatalf("guest cannot ping its gateway before the restart: %s%s", res.Stdout, res.Stderr)
+	}
+	// The worker goes away: its backend and network manager close, the guest keeps running.
+	_ = b1.Close()
+	_ = mgr1.Close()
+
+	mgr2 := newManager()
+	defer mgr2.Close()
+	cfg.Network = mgr2
+	b2, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	after, err := b2.GetVMStatus(ctx, "net-keep")
+	if err != nil || after.State != vmm.StateRunning || after.Network == nil || after.Network.IP != before.Network.IP {
+		t.Fatalf("after the restart: %+v, %v; want running with address %s", after, err, before.Network.IP)
+	}
+	if stAfter, _ := b2.loadState("net-keep"); stAfter.PID != stBefore.PID {
+		t.Fatalf("QEMU pid %d after the restart, was %d", stAfter.PID, stBefore.PID)
+	}
+	if res := run(t, b2, "net-keep", "ping", "-c", "1", "-W", "2", after.Network.Gateway); res.ExitCode != 0 {
+		t.Fatalf("guest cannot ping its gateway after the restart: %s%s", res.Stdout, res.Stderr)
+	}
+	leases, err := st.Leases().List(ctx, mgr2.Scope())
+	if err != nil || len(leases) != 1 {
+		t.Fatalf("leases after the restart: %+v, %v; want the one of the vm", leases, err)
+	}
+	if err := b2.DeleteVM(ctx, "net-keep"); err != nil {
+		t.Fatal(err)
+	}
+	if leases, _ = st.Leases().List(ctx, mgr2.Scope()); len(leases) != 0 {
+		t.Fatalf("leases left after delete: %+v", leases)
+	}
+	out, _ := exec.Command("ip", "-n", nsName, "-o", "link", "show").CombinedOutput()
+	if strings.Contains(string(out), network.TAPName("net-keep")) {
+		t.Fatalf("TAP left after delete:\n%s", out)
+	}
 }

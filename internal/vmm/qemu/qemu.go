@@ -19,6 +19,7 @@ import (
 	"time"
 
 	agentclient "github.com/aetherium/aetherium/internal/agent/client"
+	"github.com/aetherium/aetherium/internal/keyedmutex"
 	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/vmm/vmproc"
@@ -87,6 +88,14 @@ type Config struct {
 	DataDir string
 	// WorkerID is recorded in each VM's state; ListVMs returns only this worker's VMs.
 	WorkerID string
+	// InstallationID names the installation (server.InstallationID: one per data directory). It is recorded in
+	// each VM's state and put in its QEMU's -name, and New reaps only QEMU processes that carry it: another
+	// installation's VMs on the same host are never touched, even with the same worker id. Up to 32 lowercase
+	// letters and digits; empty for none (processes are then told apart by DataDir alone).
+	InstallationID string
+	// DieWithWorker makes every QEMU die with this process (Pdeathsig): for tests, and for operators who want no
+	// VM to outlive its worker. By default QEMU runs detached and a restarted worker adopts it again.
+	DieWithWorker bool
 	// Accel is AccelAuto (default), AccelKVM or AccelTCG.
 	Accel string
 	// DiskMB is the least size of a VM's disk: a template smaller than that is grown (sparsely: the space is only
@@ -114,11 +123,13 @@ type Backend struct {
 	accel string // kvm or tcg, decided in New
 	why   string // why that accelerator
 
-	mu      sync.Mutex
-	agents  map[string]*agentConn
-	procs   map[string]*vmproc.Process
-	vmLocks map[string]*sync.Mutex
-	closed  bool
+	vmLocks keyedmutex.Map // serialise the operations on one VM
+	boots   vmproc.Boots   // lets a delete cancel a start
+
+	mu     sync.Mutex
+	agents map[string]*agentConn
+	procs  map[string]*vmproc.Process
+	closed bool
 }
 
 var _ vmm.Orchestrator = (*Backend)(nil)
@@ -129,18 +140,18 @@ type agentConn struct {
 	session io.Closer
 }
 
-// New validates cfg, chooses the accelerator, prepares DataDir and reaps QEMU processes of this DataDir that no
-// VM accounts for (left by a worker that crashed).
+// New validates cfg, chooses the accelerator, prepares DataDir, reaps QEMU processes of this installation and
+// DataDir that no VM accounts for (left by a worker that crashed while starting one), and adopts the QEMUs that
+// still run for their VMs (left by a previous worker process: they run detached and outlive it).
 func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
 	b := &Backend{
-		cfg:     cfg,
-		log:     cfg.Logger.With("backend", "qemu"),
-		agents:  make(map[string]*agentConn),
-		procs:   make(map[string]*vmproc.Process),
-		vmLocks: make(map[string]*sync.Mutex),
+		cfg:    cfg,
+		log:    cfg.Logger.With("backend", "qemu"),
+		agents: make(map[string]*agentConn),
+		procs:  make(map[string]*vmproc.Process),
 	}
 	if err := os.MkdirAll(b.vmsDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("qemu backend: create data dir: %w", err)
@@ -167,6 +178,9 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	b.log.Info("qemu accelerator chosen", "accel", b.accel, "why", b.why)
 	if err := b.reapOrphans(ctx); err != nil {
 		b.log.Warn("reap orphaned qemu processes", "err", err)
+	}
+	if err := b.adopt(ctx); err != nil {
+		return nil, err
 	}
 	if err := b.restoreNetwork(ctx); err != nil {
 		return nil, err
@@ -213,6 +227,9 @@ func (c *Config) setDefaults() error {
 	if len(sock) > maxSunPath {
 		return fmt.Errorf("qemu backend: DataDir %q is too deep: socket paths would be %d bytes, over the %d-byte "+
 			"Unix socket limit; choose a shorter DataDir", c.DataDir, len(sock), maxSunPath)
+	}
+	if !installationIDRE.MatchString(c.InstallationID) {
+		return fmt.Errorf("qemu backend: installation id %q: want at most 32 lowercase letters and digits", c.InstallationID)
 	}
 	switch c.Accel {
 	case "":
@@ -293,8 +310,8 @@ func (b *Backend) Health(context.Context) error {
 	return nil
 }
 
-// Close closes the agent sessions. QEMU processes keep running: they belong to the store's VMs (but die with this
-// process, through Pdeathsig, when it exits).
+// Close closes the agent sessions. QEMU processes keep running: they belong to the store's VMs, and the next
+// backend on this DataDir adopts them (unless DieWithWorker, when they die with this process).
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	agents := b.agents
@@ -319,20 +336,13 @@ func (b *Backend) vmsDir() string { return filepath.Join(b.cfg.DataDir, "qemu") 
 func (b *Backend) vmDir(id string) string { return filepath.Join(b.vmsDir(), id) }
 
 // lockVM serialises the operations on one VM (a retried task racing the first attempt, a delete during a start).
-func (b *Backend) lockVM(id string) func() {
-	b.mu.Lock()
-	l, ok := b.vmLocks[id]
-	if !ok {
-		l = new(sync.Mutex)
-		b.vmLocks[id] = l
-	}
-	b.mu.Unlock()
-	l.Lock()
-	return l.Unlock
-}
+func (b *Backend) lockVM(id string) func() { return b.vmLocks.Lock(id) }
 
 // validID keeps VM ids usable as directory names and in QEMU's -name.
 var validID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9-]{0,63}$`)
+
+// installationIDRE keeps installation ids usable in QEMU's -name (no comma, no dash: the VM id follows one).
+var installationIDRE = regexp.MustCompile(`^[a-z0-9]{0,32}$`)
 
 func checkID(id string) error {
 	if !validID.MatchString(id) {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/vmm"
@@ -298,36 +301,71 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}
 }
 
-// childEnv makes the test binary act as a worker that boots a guest and then waits to be killed.
+// childEnv makes the test binary act as a worker that boots a guest, leaves work running in it, and waits to
+// be killed.
 const childEnv = "AETHERIUM_QEMU_TEST_CHILD"
+
+// childReport is what the child worker prints once its guest is busy.
+type childReport struct {
+	QEMUPID   int     `json:"qemu_pid"`
+	BootID    string  `json:"boot_id"`
+	Uptime    float64 `json:"uptime"`
+	ProcessID string  `json:"process_id"` // the agent's id of the background process
+	GuestPID  int     `json:"guest_pid"`
+}
 
 func crashChild() int {
 	dir := os.Getenv(childEnv)
+	fail := func(err error) int { fmt.Println("error", err); return 1 }
 	b, err := New(context.Background(), Config{
 		KernelPath: os.Getenv("CHILD_KERNEL"), RootfsPath: os.Getenv("CHILD_TEMPLATE"), DataDir: dir,
-		WorkerID: "w1", Accel: AccelTCG,
+		WorkerID: "w1", Accel: AccelTCG, InstallationID: testInstallation,
 	})
 	if err != nil {
-		fmt.Println("error", err)
-		return 1
+		return fail(err)
 	}
 	ctx := context.Background()
-	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: "crash"}); err != nil {
-		fmt.Println("error", err)
-		return 1
+	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: "crash", MemoryMB: 256}); err != nil {
+		return fail(err)
 	}
 	if err := b.StartVM(ctx, "crash"); err != nil {
-		fmt.Println("error", err)
-		return 1
+		return fail(err)
 	}
+	res, err := b.ExecuteCommand(ctx, "crash", agent.ExecRequest{Argv: []string{"sh", "-c",
+		"echo kept > /root/kept && sync && cat /proc/sys/kernel/random/boot_id && cut -d' ' -f1 /proc/uptime"}})
+	if err != nil {
+		return fail(err)
+	}
+	if res.ExitCode != 0 {
+		return fail(fmt.Errorf("guest command: exit %d: %s", res.ExitCode, res.Stderr))
+	}
+	lines := strings.Fields(string(res.Stdout))
+	if len(lines) != 2 {
+		return fail(fmt.Errorf("guest command printed %q", res.Stdout))
+	}
+	rep := childReport{BootID: lines[0]}
+	rep.Uptime, _ = strconv.ParseFloat(lines[1], 64)
+	c, err := b.Agent(ctx, "crash")
+	if err != nil {
+		return fail(err)
+	}
+	proc, err := c.StartProcess(ctx, agent.ExecRequest{Argv: []string{"sleep", "600"}})
+	if err != nil {
+		return fail(err)
+	}
+	rep.ProcessID, rep.GuestPID = proc.ID, proc.PID
 	st, _ := b.loadState("crash")
-	fmt.Println("ready", st.PID)
+	rep.QEMUPID = st.PID
+	out, _ := json.Marshal(rep)
+	fmt.Println("ready", string(out))
 	select {} // until killed
 }
 
-// TestWorkerKilledTakesItsGuestsAlong: a worker killed with SIGKILL takes its QEMU processes with it
-// (Pdeathsig); the next backend on the same data directory reports the VM stopped and deletes it cleanly.
-func TestWorkerKilledTakesItsGuestsAlong(t *testing.T) {
+// TestWorkerKilledGuestsAreAdopted: a worker killed with SIGKILL while its guest runs a background process and
+// holds a file leaves the QEMU running (detached, no parent-death signal); the next backend on the data directory
+// adopts the same guest (same boot id, uptime went on): exec works, the file is there, the process still runs,
+// nothing is started twice, and a delete leaves nothing.
+func TestWorkerKilledGuestsAreAdopted(t *testing.T) {
 	requireGuests(t)
 	dir, err := os.MkdirTemp("", "aeq-")
 	if err != nil {
@@ -344,46 +382,239 @@ func TestWorkerKilledTakesItsGuestsAlong(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		// Whatever happens, no guest outlives the test.
+		for _, p := range qemuOf(dir) {
+			_ = vmproc.KillGroup(p.PID)
+		}
+	})
 	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "ready ") {
+	var rep childReport
+	if err != nil || !strings.HasPrefix(line, "ready ") || json.Unmarshal([]byte(strings.TrimPrefix(line, "ready ")), &rep) != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		t.Fatalf("child worker: %q %v", line, err)
 	}
-	qemuPID, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "ready ")))
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := vmproc.WaitGone(wctx, func() bool { _, gone, err := vmproc.StartTime(qemuPID); return err == nil && !gone }); err != nil {
-		t.Fatalf("QEMU %d outlived its killed worker", qemuPID)
+	time.Sleep(500 * time.Millisecond) // a parent-death signal, if any, would have ended QEMU by now
+	if _, gone, err := vmproc.StartTime(rep.QEMUPID); err != nil || gone {
+		t.Fatalf("QEMU %d died with its worker", rep.QEMUPID)
+	}
+	if sid, err := unix.Getsid(rep.QEMUPID); err != nil || sid != rep.QEMUPID {
+		t.Fatalf("QEMU %d is not in a session of its own (sid %d, %v)", rep.QEMUPID, sid, err)
+	}
+	if args, _ := vmproc.Cmdline(rep.QEMUPID); !vmproc.HasArgPair(args, "-name", func(v string) bool {
+		return v == "aetherium-"+testInstallation+"-crash"
+	}) {
+		t.Fatalf("QEMU's -name does not carry the installation id: %q", args)
 	}
 
-	b, _ := newBackendAt(t, dir)
-	inst, err := b.GetVMStatus(context.Background(), "crash")
-	if err != nil || inst.State != vmm.StateStopped || !strings.Contains(inst.Detail, "gone") {
-		t.Fatalf("after the crash: %+v, %v; want stopped, process gone", inst, err)
+	b, _ := newBackendAt(t, dir, testInstallation)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	inst, err := b.GetVMStatus(ctx, "crash")
+	if err != nil || inst.State != vmm.StateRunning {
+		t.Fatalf("after the worker died: %+v, %v; want running", inst, err)
 	}
-	if err := b.DeleteVM(context.Background(), "crash"); err != nil {
+	if vms, _ := b.ListVMs(ctx); len(vms) != 1 || vms[0].State != vmm.StateRunning {
+		t.Fatalf("ListVMs after adoption: %+v", vms)
+	}
+	res := run(t, b, "crash", "sh", "-c", "cat /root/kept; cat /proc/sys/kernel/random/boot_id; cut -d' ' -f1 /proc/uptime; kill -0 "+
+		strconv.Itoa(rep.GuestPID)+" && echo alive")
+	got := strings.Fields(string(res.Stdout))
+	if len(got) != 4 || got[0] != "kept" || got[3] != "alive" {
+		t.Fatalf("in the adopted guest: %q (exit %d, %s); want the file and the background process", res.Stdout, res.ExitCode, res.Stderr)
+	}
+	if got[1] != rep.BootID {
+		t.Fatalf("boot id %s, was %s before the worker died: the guest rebooted", got[1], rep.BootID)
+	}
+	if up, _ := strconv.ParseFloat(got[2], 64); up <= rep.Uptime {
+		t.Fatalf("uptime %s, was %.2f: the guest restarted", got[2], rep.Uptime)
+	}
+	c, err := b.Agent(ctx, "crash")
+	if err != nil {
 		t.Fatal(err)
 	}
+	procs, err := c.ListProcesses(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, p := range procs {
+		found = found || (p.ID == rep.ProcessID && p.State == agent.ProcessRunning)
+	}
+	if !found {
+		t.Fatalf("the background process %s is not running in the agent: %+v", rep.ProcessID, procs)
+	}
+	// A retried start finds it running: still one QEMU, the same.
+	if err := b.StartVM(ctx, "crash"); err != nil {
+		t.Fatal(err)
+	}
+	if f := qemuOf(dir); len(f) != 1 || f[0].PID != rep.QEMUPID {
+		t.Fatalf("QEMU processes of the data directory: %+v, want only %d", f, rep.QEMUPID)
+	}
+	if err := b.DeleteVM(ctx, "crash"); err != nil {
+		t.Fatal(err)
+	}
+	assertNoQEMU(t, dir)
 	entries, _ := os.ReadDir(filepath.Join(dir, "qemu"))
 	if len(entries) != 0 {
 		t.Fatalf("left in the data directory: %v", entries)
 	}
+	if n := b.vmLocks.Len(); n != 0 {
+		t.Fatalf("%d per-vm locks kept", n)
+	}
 }
 
-func newBackendAt(t testing.TB, dir string) (*Backend, Config) {
+// TestVMGoneWhileNoWorkerWatched: a guest whose QEMU died while no worker ran is reported stopped with the reason
+// by the next backend, and deleted cleanly.
+func TestVMGoneWhileNoWorkerWatched(t *testing.T) {
+	b, cfg := newBackend(t, nil)
+	boot(t, b, "gone")
+	st, err := b.loadState("gone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Close()
+	if err := vmproc.KillGroup(st.PID); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := vmproc.WaitGone(wctx, func() bool { _, gone, err := vmproc.StartTime(st.PID); return err == nil && !gone }); err != nil {
+		t.Fatal(err)
+	}
+	b2, _ := newBackendAt(t, cfg.DataDir, testInstallation)
+	inst, err := b2.GetVMStatus(context.Background(), "gone")
+	if err != nil || inst.State != vmm.StateStopped || !strings.Contains(inst.Detail, "is gone") {
+		t.Fatalf("after the QEMU died unwatched: %+v, %v; want stopped, process gone", inst, err)
+	}
+	if err := b2.DeleteVM(context.Background(), "gone"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newBackendAt(t testing.TB, dir, installation string) (*Backend, Config) {
 	t.Helper()
-	cfg := Config{KernelPath: kernelPath, RootfsPath: templatePath, DataDir: dir, WorkerID: "w1", Accel: AccelTCG}
+	cfg := Config{KernelPath: kernelPath, RootfsPath: templatePath, DataDir: dir, WorkerID: "w1", Accel: AccelTCG,
+		InstallationID: installation, DieWithWorker: true}
 	b, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close(); assertNoQEMU(t, dir) })
 	return b, cfg
+}
+
+// TestInstallationsLeaveEachOtherAlone: two installations on one host (two data directories, the same worker id,
+// a VM of the same id in each) whose QEMUs are both orphans (no state file accounts for them): a backend of
+// either installation reaps only its own, never the other's.
+func TestInstallationsLeaveEachOtherAlone(t *testing.T) {
+	a, acfg := newBackend(t, func(c *Config) { c.InstallationID = "insta" })
+	b, bcfg := newBackend(t, func(c *Config) { c.InstallationID = "instb" })
+	orphan := func(be *Backend) int {
+		boot(t, be, "same-id")
+		st, err := be.loadState("same-id")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid := st.PID
+		st.PID, st.PIDStart = 0, 0 // as if its worker died before recording the process
+		if err := be.saveState(st); err != nil {
+			t.Fatal(err)
+		}
+		return pid
+	}
+	apid, bpid := orphan(a), orphan(b)
+	alive := func(pid int) bool { _, gone, err := vmproc.StartTime(pid); return err == nil && !gone }
+
+	// The same data directory with another installation's id does not count as the installation either.
+	wrong := acfg
+	wrong.InstallationID = "instb"
+	if w, err := New(context.Background(), wrong); err != nil {
+		t.Fatal(err)
+	} else {
+		_ = w.Close()
+	}
+	if !alive(apid) || !alive(bpid) {
+		t.Fatalf("a backend of another installation id reaped a QEMU (a alive %v, b alive %v)", alive(apid), alive(bpid))
+	}
+	a2, err := New(context.Background(), acfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a2.Close()
+	if alive(apid) || !alive(bpid) {
+		t.Fatalf("installation a's backend: its orphan alive %v (want reaped), b's alive %v (want left)", alive(apid), alive(bpid))
+	}
+	b2, err := New(context.Background(), bcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	if alive(bpid) {
+		t.Fatal("installation b's backend left its own orphan")
+	}
+}
+
+// TestDeleteCancelsStart: deleting a VM whose start waits for an agent that never answers returns promptly (not
+// after the start's minutes-long wait), the start fails saying why, and nothing is left: process, directory,
+// sockets.
+func TestDeleteCancelsStart(t *testing.T) {
+	// The agent listens on a socket inside the guest instead of the virtio-serial port: the guest runs, but never
+	// answers the host.
+	b, cfg := newBackend(t, func(c *Config) {
+		c.ReadyTimeout = 5 * time.Minute
+		c.ExtraKernelArgs = "aetherium.listen=unix:/run/nobody-listens.sock"
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := b.CreateVM(ctx, vmm.VMConfig{ID: "cancelme", MemoryMB: 256}); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() { started <- b.StartVM(ctx, "cancelme") }()
+	var pid int
+	for deadline := time.Now().Add(time.Minute); pid == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the start never launched QEMU")
+		}
+		if st, err := b.loadState("cancelme"); err == nil && st.PID != 0 {
+			pid = st.PID
+		}
+	}
+	time.Sleep(2 * time.Second) // well into the wait for the agent
+	t0 := time.Now()
+	if err := b.DeleteVM(ctx, "cancelme"); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(t0)
+	var err error
+	select {
+	case err = <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("StartVM still waits after the delete")
+	}
+	if !errors.Is(err, vmproc.ErrDeleting) {
+		t.Fatalf("StartVM = %v, want ErrDeleting", err)
+	}
+	t.Logf("delete during start returned in %s", took.Round(time.Millisecond))
+	if took > time.Minute {
+		t.Fatalf("delete waited %s for the start", took)
+	}
+	if _, gone, err := vmproc.StartTime(pid); err == nil && !gone {
+		t.Fatalf("QEMU %d left after the delete", pid)
+	}
+	assertNoQEMU(t, cfg.DataDir)
+	if _, err := os.Stat(b.vmDir("cancelme")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("vm directory left: %v", err)
+	}
+	if n := b.vmLocks.Len(); n != 0 {
+		t.Fatalf("%d per-vm locks kept", n)
+	}
 }
 
 // TestOrphanIsReaped: a QEMU that no state file accounts for (its worker died between starting it and recording

@@ -29,9 +29,11 @@ type vmState struct {
 	ID       string `json:"id"`
 	Name     string `json:"name,omitempty"`
 	WorkerID string `json:"worker_id"`
-	Image    string `json:"image"` // the template the disk was made from
-	VCPUs    int    `json:"vcpus"`
-	MemoryMB int    `json:"memory_mb"`
+	// InstallationID is the installation that made the VM (Config.InstallationID); its QEMU carries it in -name.
+	InstallationID string `json:"installation_id,omitempty"`
+	Image          string `json:"image"` // the template the disk was made from
+	VCPUs          int    `json:"vcpus"`
+	MemoryMB       int    `json:"memory_mb"`
 
 	// Egress is the VM's policy and Net its attachment (TAP, MAC, address), when the backend has a network.
 	Egress *network.Policy     `json:"egress,omitempty"`
@@ -160,8 +162,8 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 		return nil, fmt.Errorf("qemu backend: create directory of vm %s: %w", cfg.ID, err)
 	}
 	st := &vmState{
-		ID: cfg.ID, Name: cfg.Name, WorkerID: workerID, Image: template, VCPUs: vcpus, MemoryMB: mem,
-		AgentSock: filepath.Join(dir, agentSock), QMPSock: filepath.Join(dir, qmpSock),
+		ID: cfg.ID, Name: cfg.Name, WorkerID: workerID, InstallationID: b.cfg.InstallationID, Image: template,
+		VCPUs: vcpus, MemoryMB: mem, AgentSock: filepath.Join(dir, agentSock), QMPSock: filepath.Join(dir, qmpSock),
 		CreatedAt: time.Now().UTC(),
 	}
 	policy, err := egressPolicy(cfg.Egress)
@@ -335,8 +337,15 @@ func (b *Backend) kernelArgs(st *vmState) string {
 	return strings.Join(args, " ") + " -- --init"
 }
 
-// procName is QEMU's -name for a VM: how its process is recognised (with the data directory in its socket paths).
-func procName(id string) string { return "aetherium-" + id }
+// procName is QEMU's -name for VM id of installation inst: how its process is recognised (with the data directory
+// in its socket paths), and what tells one installation's QEMUs from another's (`ps` shows it too). Installation
+// ids have no dash, so the VM id is what follows the installation's prefix.
+func procName(inst, id string) string {
+	if inst == "" {
+		return "aetherium-" + id
+	}
+	return "aetherium-" + inst + "-" + id
+}
 
 // command is the QEMU invocation for VM st.
 func (b *Backend) command(st *vmState) *exec.Cmd {
@@ -347,7 +356,7 @@ func (b *Backend) command(st *vmState) *exec.Cmd {
 		accel, cpu = "kvm", "host"
 	}
 	args := []string{
-		"-name", procName(st.ID),
+		"-name", procName(st.InstallationID, st.ID),
 		"-M", "microvm,x-option-roms=off",
 		"-accel", accel, "-cpu", cpu,
 		"-m", strconv.Itoa(st.MemoryMB), "-smp", strconv.Itoa(st.VCPUs),
@@ -373,7 +382,7 @@ func (b *Backend) command(st *vmState) *exec.Cmd {
 // ours reports whether pid/start is VM st's QEMU.
 func (b *Backend) ours(st *vmState) bool {
 	return vmproc.Owned(st.PID, st.PIDStart, func(args []string) bool {
-		return vmproc.HasArgPair(args, "-name", func(v string) bool { return v == procName(st.ID) })
+		return vmproc.HasArgPair(args, "-name", func(v string) bool { return v == procName(st.InstallationID, st.ID) })
 	})
 }
 
@@ -421,13 +430,19 @@ func (b *Backend) kill(ctx context.Context, st *vmState) error {
 }
 
 // StartVM boots the VM and returns once its agent answers. A guest that does not become ready within ReadyTimeout
-// (or whose QEMU exits) fails with the tail of its console log, and its process is killed.
-func (b *Backend) StartVM(ctx context.Context, id string) error {
+// (or whose QEMU exits) fails with the tail of its console log, and its process is killed. A DeleteVM of the VM
+// cancels the start: it fails with vmproc.ErrDeleting and leaves no process behind.
+func (b *Backend) StartVM(parent context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
 	unlock := b.lockVM(id)
 	defer unlock()
+	ctx, endBoot, err := b.boots.Begin(parent, id)
+	if err != nil {
+		return fmt.Errorf("qemu backend: start vm %s: %w", id, err)
+	}
+	defer endBoot()
 	st, err := b.loadState(id)
 	if err != nil {
 		return err
@@ -437,10 +452,14 @@ func (b *Backend) StartVM(ctx context.Context, id string) error {
 		readyCtx, cancel := context.WithTimeout(ctx, b.cfg.ReadyTimeout)
 		defer cancel()
 		if _, err := b.agentFor(st).client.WaitReady(readyCtx); err != nil {
+			if vmproc.Deleting(ctx) {
+				err = vmproc.ErrDeleting
+			}
 			return fmt.Errorf("qemu backend: start vm %s: running, but its agent does not answer: %w", id, err)
 		}
 		return nil
 	}
+	st.InstallationID = b.cfg.InstallationID // a VM made before installations had ids gets this one's
 	b.closeAgent(id)
 	if err := vmproc.RemoveFiles(st.AgentSock, st.QMPSock); err != nil {
 		return fmt.Errorf("qemu backend: start vm %s: remove stale sockets: %w", id, err)
@@ -454,7 +473,7 @@ func (b *Backend) StartVM(ctx context.Context, id string) error {
 	start := time.Now()
 	cmd := b.command(st)
 	cmd.Stdout, cmd.Stderr = console, console // QEMU's own complaints land beside the guest's console
-	p, err := vmproc.Start(cmd)
+	p, err := vmproc.Start(cmd, vmproc.StartOptions{DieWithParent: b.cfg.DieWithWorker})
 	_ = console.Close() // the child has its own descriptor
 	if err != nil {
 		return fmt.Errorf("qemu backend: start vm %s: %w", id, err)
@@ -484,7 +503,9 @@ func (b *Backend) StartVM(ctx context.Context, id string) error {
 	defer cancelReady()
 	info, err := b.agentFor(st).client.WaitReady(readyCtx)
 	if err != nil {
-		if c := context.Cause(bootCtx); c != nil && ctx.Err() == nil {
+		if vmproc.Deleting(ctx) {
+			err = fmt.Errorf("%w (agent: %w)", vmproc.ErrDeleting, err)
+		} else if c := context.Cause(bootCtx); c != nil && ctx.Err() == nil {
 			err = fmt.Errorf("%w (agent: %w)", c, err)
 		} else if ctx.Err() == nil {
 			err = fmt.Errorf("agent not ready within %s: %w", b.cfg.ReadyTimeout, err)
@@ -568,12 +589,15 @@ func (b *Backend) shutdown(ctx context.Context, st *vmState) string {
 	return "killed"
 }
 
-// DeleteVM kills the VM's QEMU (a crashed worker's orphan too, found by the pid in the state file) and removes its
-// directory: disk, sockets, console log. Deleting a missing VM succeeds.
+// DeleteVM kills the VM's QEMU (one a previous worker process started too, found by the pid in the state file) and
+// removes its directory (disk, sockets, console log) and its network (TAP, lease). A start in progress is cancelled
+// rather than waited for. Deleting a missing VM succeeds.
 func (b *Backend) DeleteVM(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
+	deleted := b.boots.Cancel(id)
+	defer deleted()
 	unlock := b.lockVM(id)
 	defer unlock()
 	b.closeAgent(id)
@@ -649,7 +673,7 @@ func (b *Backend) instance(st *vmState) *vmm.Instance {
 		case p != nil && p.PID == st.PID && p.Exited():
 			inst.Detail = p.ExitDetail("qemu")
 		case st.PID != 0:
-			inst.Detail = "qemu process is gone (killed with its worker, or crashed)"
+			inst.Detail = fmt.Sprintf("qemu process %d is gone (it crashed or was killed)", st.PID)
 		}
 	}
 	return inst
@@ -742,26 +766,72 @@ func (b *Backend) closeAgent(id string) {
 	}
 }
 
-// reapOrphans kills QEMU processes of this DataDir that no VM's state file accounts for: what a worker that
-// crashed between starting QEMU and recording it leaves (Pdeathsig ends the others with their worker).
+// adopt takes over the QEMUs that still run for this worker's VMs: a previous worker process started them, and
+// they run detached, so a worker restart, crash or upgrade leaves the guests and their work alone. A process is
+// this VM's only if its pid, start time and -name (VM and installation id) all match the state file, so a reused
+// pid is never taken for it; the QMP socket must answer. A VM whose QEMU is gone gets the reason in its state
+// (the worker's reconciliation then marks it failed).
+func (b *Backend) adopt(ctx context.Context) error {
+	states, err := b.allStates()
+	if err != nil {
+		return err
+	}
+	for _, st := range states {
+		if st.WorkerID != b.cfg.WorkerID || st.PID == 0 {
+			continue
+		}
+		unlock := b.lockVM(st.ID)
+		if b.ours(st) {
+			qctx, cancel := context.WithTimeout(ctx, b.cfg.StopTimeout)
+			if err := qmpCommand(qctx, st.QMPSock, "query-status"); err != nil {
+				b.log.Warn("adopted qemu does not answer on its QMP socket", "vm_id", st.ID, "pid", st.PID, "err", err)
+			}
+			cancel()
+			b.log.Info("adopted running vm", "vm_id", st.ID, "pid", st.PID)
+		} else {
+			st.Detail = fmt.Sprintf("qemu process %d is gone: it crashed or was killed while no worker watched it, "+
+				"or the host restarted", st.PID)
+			st.PID, st.PIDStart = 0, 0
+			if err := b.saveState(st); err != nil {
+				b.log.Warn("record lost qemu", "vm_id", st.ID, "err", err)
+			}
+			b.log.Warn("vm's qemu is gone", "vm_id", st.ID, "detail", st.Detail)
+		}
+		unlock()
+	}
+	return nil
+}
+
+// reapOrphans kills QEMU processes of this installation and DataDir that no VM's state file accounts for: what a
+// worker that crashed between starting QEMU and recording it leaves. A QEMU is a candidate only if its sockets lie
+// in a VM directory of this DataDir and its -name carries this installation's id and that VM's id, so a QEMU of
+// another installation (another data directory, or another installation id) is never touched.
 func (b *Backend) reapOrphans(ctx context.Context) error {
-	prefix := "path=" + b.vmsDir() + "/"
-	found, err := vmproc.Scan(func(args []string) bool {
-		return vmproc.HasArgPair(args, "-name", func(v string) bool { return strings.HasPrefix(v, "aetherium-") }) &&
-			vmproc.HasArgPair(args, "-chardev", func(v string) bool { return strings.Contains(v, prefix) })
-	})
+	dirArg := "path=" + b.vmsDir() + "/"
+	// vmOf returns the VM id of a QEMU's arguments, or "" when it is not one of this installation's.
+	vmOf := func(args []string) string {
+		var id string
+		vmproc.HasArgPair(args, "-chardev", func(v string) bool {
+			_, rest, ok := strings.Cut(v, dirArg)
+			if ok {
+				id, _, _ = strings.Cut(rest, "/")
+			}
+			return ok
+		})
+		if id == "" || checkID(id) != nil ||
+			!vmproc.HasArgPair(args, "-name", func(v string) bool { return v == procName(b.cfg.InstallationID, id) }) {
+			return ""
+		}
+		return id
+	}
+	found, err := vmproc.Scan(func(args []string) bool { return vmOf(args) != "" })
 	if err != nil {
 		return err
 	}
 	for _, f := range found {
-		var id string
-		for i := 0; i+1 < len(f.Args); i++ {
-			if f.Args[i] == "-name" {
-				id = strings.TrimPrefix(f.Args[i+1], "aetherium-")
-			}
-		}
+		id := vmOf(f.Args)
 		if st, err := b.loadState(id); err == nil && st.PID == f.PID && st.PIDStart == f.Start {
-			continue // a VM's own QEMU, still running: the worker's reconciliation decides about it
+			continue // a VM's own QEMU, still running: adopted
 		}
 		b.log.Warn("reaping orphaned qemu process", "pid", f.PID, "vm_id", id)
 		if err := vmproc.KillGroup(f.PID); err != nil {

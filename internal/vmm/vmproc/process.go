@@ -28,18 +28,37 @@ type Process struct {
 	err   error
 }
 
-// Start starts cmd in its own process group (a signal to the worker's group does not reach it, and Kill ends the
-// whole group) with SIGKILL as its parent-death signal, so that no VMM outlives its worker unnoticed. Pdeathsig
-// fires when the thread that forked exits, and Go ends a thread whenever a goroutine that locked it exits locked
-// (the network manager's namespace switching does, when it cannot switch back): so every VMM is forked from one
-// thread kept for that purpose, which lives as long as the process.
-func Start(cmd *exec.Cmd) (*Process, error) {
+// StartOptions says how Start runs a VMM.
+type StartOptions struct {
+	// DieWithParent gives the VMM SIGKILL as its parent-death signal: it dies with this process (tests, and
+	// operators who want no VM to outlive its worker). By default a VMM outlives its worker, which adopts it again
+	// after a restart.
+	DieWithParent bool
+}
+
+// Start starts cmd detached from the worker: in a session of its own (no signal to the worker's process group or
+// terminal reaches it, and KillGroup ends the whole group it leads), and by default with no parent-death signal,
+// so that a worker restart, crash or upgrade leaves its VMs running. cmd's standard streams must be files (or
+// nil), never pipes: a pipe to a dead worker would stop the VMM at its next write.
+//
+// With DieWithParent, Pdeathsig fires when the thread that forked exits, and Go ends a thread whenever a goroutine
+// that locked it exits locked (the network manager's namespace switching does, when it cannot switch back): so
+// such VMMs are forked from one thread kept for that purpose, which lives as long as the process.
+func Start(cmd *exec.Cmd, opts StartOptions) (*Process, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
-	cmd.SysProcAttr.Setpgid = true
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	if err := spawn(cmd); err != nil {
+	// setsid makes the child the leader of a new session and process group; setpgid after it would fail.
+	cmd.SysProcAttr.Setsid, cmd.SysProcAttr.Setpgid = true, false
+	var err error
+	if opts.DieWithParent {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+		err = spawn(cmd)
+	} else {
+		cmd.SysProcAttr.Pdeathsig = 0
+		err = cmd.Start()
+	}
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	p := &Process{PID: cmd.Process.Pid, done: make(chan struct{})}
@@ -193,7 +212,8 @@ func KillGroup(pid int) error {
 	return nil
 }
 
-// spawner is the goroutine, locked to its thread for good, that forks every VMM (see Start).
+// spawner is the goroutine, locked to its thread for good, that forks the VMMs that die with their parent (see
+// Start).
 var spawner struct {
 	once sync.Once
 	reqs chan spawnReq
