@@ -3,9 +3,7 @@
 package firecracker
 
 import (
-	"bufio"
 	"bytes"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -504,42 +502,18 @@ func TestJailedOutlivesWorker(t *testing.T) {
 	e, jailer := jailEnv(t, "")
 	cfg := e.config()
 	cfg.JailerBin = jailer
-	cfgJSON, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	self, _ := os.Executable()
-	cmd := exec.Command(self, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "AE_FC_TEST_WORKER="+string(cfgJSON))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "READY ") {
-		t.Fatalf("worker: %q %v", line, err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "READY ")))
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = cmd.Wait()
+	pid := startAndKillTestWorker(t, cfg)
 	time.Sleep(200 * time.Millisecond) // a parent-death signal would have been delivered by now
 	if pidGone(pid) {
-		t.Fatal("the jailed firecracker died with its worker: was its uid changed?")
+		t.Fatal("the jailed firecracker died with its worker")
 	}
 	b := e.backend(t, func(c *Config) { c.JailerBin = jailer })
 	ctx := ctxT(t, 30*time.Second)
-	inst, err := b.GetVMStatus(ctx, "vm-pdeath")
+	inst, err := b.GetVMStatus(ctx, "vm-restart")
 	if err != nil || inst.State != vmm.StateRunning {
 		t.Fatalf("after the worker died: %v %+v", err, inst)
 	}
-	if err := b.DeleteVM(ctx, "vm-pdeath"); err != nil {
+	if err := b.DeleteVM(ctx, "vm-restart"); err != nil {
 		t.Fatal(err)
 	}
 	waitGone(t, pid)
