@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"slices"
 	"sync"
@@ -249,8 +250,11 @@ func (c *Client) connect(ctx context.Context) (*session, error) {
 	stopped := stop()
 	if err != nil || !stopped || hctx.Err() != nil {
 		_ = nc.Close()
-		// A deadline on the socket means hctx ended (its timer may fire a moment after the socket's).
-		if hctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) || !stopped {
+		// A deadline on the socket means hctx ended (its timer may fire a moment after the socket's). Transports
+		// report it their own way (os.ErrDeadlineExceeded, yamux's timeout error): any timeout counts.
+		var ne net.Error
+		timedOut := errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+		if hctx.Err() != nil || timedOut || !stopped {
 			return nil, cutShort("handshake")
 		}
 		return nil, err
