@@ -1,6 +1,8 @@
 // Package docker is the Docker backend of the VM orchestrator seam (vmm.Orchestrator). Each "VM" is a container
 // that runs the guest agent as PID 1; the host talks to the agent over a Unix socket in a per-VM host directory
-// that is bind-mounted into the container. It is meant for tests and development: a container is not a security
+// that is bind-mounted into the container. The guest can write that directory, so the host never follows what it
+// finds there: it connects to the socket without following links and checks that its listener is the container's
+// init before it speaks (see agentDialer). It is meant for tests and development: a container is not a security
 // boundary the way a microVM is.
 //
 // Everything goes through the Docker Engine API (never the docker CLI). No image registry is assumed to be
