@@ -8,6 +8,7 @@ import (
 
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/worker"
+	"github.com/aetherium/aetherium/pkg/client"
 )
 
 // TestPerVMExecLimitKeepsOtherVMsFlowing: one VM's long commands may not take every slot of the worker. With a
@@ -88,5 +89,47 @@ func TestPerVMExecLimitKeepsOtherVMsFlowing(t *testing.T) {
 			t.Fatalf("over-limit executions did not settle: %+v", rows)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestHostileAgentSocketHoldsNoSlot is issue 10's reproduction at the worker: a guest points its agent.sock at the
+// engine's socket (which accepts and never answers the agent protocol), the worker restarts, and the guest's
+// owner floods it with commands. They fail (the socket is refused), and other VMs' work goes on meanwhile.
+func TestHostileAgentSocketHoldsNoSlot(t *testing.T) {
+	r := newRigWith(t, func(c *worker.Config) { c.Capacity = 4 })
+	ctx := context.Background()
+	atk, victim := r.createVM("atk"), r.createVM("victim")
+	if _, tk := r.execute(ctx, atk.ID, "ln", "-sf", "/var/run/docker.sock", "/run/aetherium/agent.sock"); r.wait(tk.ID).Status != model.TaskCompleted {
+		t.Fatal("the guest could not replace its socket")
+	}
+	r.stop()
+	r.start()
+
+	var flood []string
+	for range 10 {
+		_, tk, err := r.svc.Execute(ctx, r.owner, atk.ID, client.ExecuteRequest{Command: "sleep", Args: []string{"1000"}, TimeoutSeconds: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		flood = append(flood, tk.ID)
+	}
+	// Other work flows: another VM's command and a new VM.
+	if _, tk := r.execute(ctx, victim.ID, "echo", "hi"); r.wait(tk.ID).Status != model.TaskCompleted {
+		t.Fatal("the victim's exec did not complete")
+	}
+	r.createVM("late")
+	for _, id := range flood {
+		tk := r.wait(id) // fails the test if not done within its bound
+		if tk.Status != model.TaskFailed || !(strings.Contains(tk.Error, "refusing the agent socket") || strings.Contains(tk.Error, "vm busy")) {
+			t.Fatalf("flood task: %s %q", tk.Status, tk.Error)
+		}
+	}
+	t.Logf("a flood task's error: %s", r.wait(flood[0]).Error)
+	tk, err := r.svc.DeleteVM(ctx, r.owner, atk.ID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tk = r.wait(tk.ID); tk.Status != model.TaskCompleted {
+		t.Fatalf("delete: %s %s", tk.Status, tk.Error)
 	}
 }
