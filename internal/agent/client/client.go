@@ -422,8 +422,8 @@ func (c *Client) ExecInteractive(ctx context.Context, req agent.ExecRequest, eio
 type execOverdue struct{ timeout, grace time.Duration }
 
 func (e *execOverdue) Error() string {
-	return fmt.Sprintf("no answer %s after the command's %s timeout: the agent is stuck or misbehaving; "+
-		"the command was cancelled", e.grace, e.timeout)
+	return fmt.Sprintf("no answer %s after the command's %s timeout: the agent is stuck or misbehaving "+
+		"(the command, if it started, was cancelled)", e.grace, e.timeout)
 }
 
 func (e *execOverdue) Unwrap() error { return ErrTimeout }
