@@ -209,7 +209,8 @@ func openNetwork(ctx context.Context, cfg config.Config, st store.Store, log *sl
 func openDocker(ctx context.Context, cfg config.Config, log *slog.Logger) (vmBackend, error) {
 	b, err := docker.New(ctx, docker.Config{
 		DataDir: cfg.DataDir, AgentBinary: cfg.AgentBinary, BusyboxPath: cfg.Busybox, DefaultImage: cfg.DockerImage,
-		WorkerID: cfg.WorkerID, NetworkMode: cfg.DockerNet, ReadyTimeout: cfg.ReadyWait, Logger: log,
+		WorkerID: cfg.WorkerID, InstallationID: cfg.InstallationID, NetworkMode: cfg.DockerNet,
+		ReadyTimeout: cfg.ReadyWait, Logger: log,
 	})
 	if err != nil {
 		return nil, err // already says "docker backend: ..."

@@ -208,6 +208,21 @@ func (w *Worker) handleExecute(ctx context.Context, t *model.Task) (json.RawMess
 		}
 		return nil, err
 	}
+	if e.Status == model.ExecutionPending {
+		// Only a command that is about to run needs a permit (see execgate.go).
+		release, err := w.admitExec(ctx, e.VMID, execAdmitWait)
+		if errors.Is(err, errVMBusy) {
+			if !lastAttempt(t) {
+				return nil, err // retried out of any slot; the execution stays pending and has not run
+			}
+			_, ferr := w.failExecution(ctx, e, fmt.Sprintf("not run: %v, through every retry of its task", err))
+			return nil, ferr
+		}
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	e, err = w.runExecution(ctx, e)
 	if err != nil {
 		return nil, err

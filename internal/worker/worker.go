@@ -35,6 +35,9 @@ type Config struct {
 	HeartbeatInterval time.Duration // default 5 s
 	MaxOutputBytes    int           // stored per stream per execution; default 1 MiB
 	Capacity          int           // advertised concurrent tasks
+	// MaxExecPerVM bounds the executions of one VM that run at once (see execgate.go); more wait for a retry
+	// outside the queue's slots. Default: half of Capacity, at least 1.
+	MaxExecPerVM int
 	// Events carries the live output of executions (see task.ExecutionOutputTopic); nil: output is only stored.
 	Events events.Bus
 	// OutputSaveInterval is how often the output of a running execution is saved in its row (default 1 s).
@@ -56,6 +59,8 @@ type Worker struct {
 	startedAt time.Time
 
 	toolLocks keyedmutex.Map // per VM: installs into one VM are serialised
+
+	execGates execGates // per-VM limit of running executions
 }
 
 // New checks cfg and returns a Worker; Start makes it work.

@@ -64,23 +64,31 @@ func TestMain(m *testing.M) {
 
 // rig is a worker over real parts: SQLite, the embedded queue, the in-process bus and the Docker engine.
 type rig struct {
-	t       *testing.T
-	id      string
-	dataDir string
-	st      *sqlite.Store
-	bus     *inproc.Bus
-	backend *docker.Backend
-	q       queue.Queue
-	w       *worker.Worker
-	svc     *task.Service
-	owner   string
-	tune    func(*worker.Config)
+	t            *testing.T
+	id           string
+	installation string
+	dataDir      string
+	st           *sqlite.Store
+	bus          *inproc.Bus
+	backend      *docker.Backend
+	q            queue.Queue
+	w            *worker.Worker
+	svc          *task.Service
+	owner        string
+	tune         func(*worker.Config)
 }
 
 func newRig(t *testing.T) *rig { t.Helper(); return newRigWith(t, nil) }
 
 // newRigWith is newRig with the worker's configuration adjusted by tune.
 func newRigWith(t *testing.T, tune func(*worker.Config)) *rig {
+	t.Helper()
+	return newRigAs(t, "wt-"+uuid.NewString()[:8], tune)
+}
+
+// newRigAs is newRigWith for a given worker id. Each rig is an installation of its own: its own store, data
+// directory and installation id.
+func newRigAs(t *testing.T, workerID string, tune func(*worker.Config)) *rig {
 	t.Helper()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db.sqlite"))
@@ -97,7 +105,7 @@ func newRigWith(t *testing.T, tune func(*worker.Config)) *rig {
 	}
 	t.Cleanup(func() { os.RemoveAll(dataDir) })
 	// A large buffer: the tests read every output event and must not lose one to a busy machine.
-	r := &rig{t: t, id: "wt-" + uuid.NewString()[:8], dataDir: dataDir, st: st, bus: inproc.New(inproc.WithBuffer(4096)), owner: uuid.NewString(), tune: tune}
+	r := &rig{t: t, id: workerID, installation: "inst" + uuid.NewString()[:8], dataDir: dataDir, st: st, bus: inproc.New(inproc.WithBuffer(4096)), owner: uuid.NewString(), tune: tune}
 	t.Cleanup(func() {
 		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=aetherium.worker-id="+r.id).Output()
 		if ids := strings.Fields(string(out)); len(ids) > 0 {
@@ -114,7 +122,8 @@ func (r *rig) start() {
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	var err error
-	r.backend, err = docker.New(ctx, docker.Config{DataDir: r.dataDir, AgentBinary: agentBinary, WorkerID: r.id, Logger: log})
+	r.backend, err = docker.New(ctx, docker.Config{DataDir: r.dataDir, AgentBinary: agentBinary, WorkerID: r.id,
+		InstallationID: r.installation, Logger: log})
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"slices"
 	"sync"
@@ -70,10 +71,53 @@ func IsCode(err error, code string) bool {
 	return errors.As(err, &e) && e.Code == code
 }
 
+// ErrTimeout is wrapped (with ErrUnavailable) by calls that failed because the agent did not answer in time on
+// the client's own clock: a dial and handshake past the handshake timeout, an exec past its Timeout plus the
+// grace. A guest controls its agent, so the host never waits on it without a bound of its own.
+var ErrTimeout = errors.New("agent did not answer in time")
+
+// Defaults of the Options.
+const (
+	// DefaultHandshakeTimeout bounds one dial plus the HELLO exchange. A healthy agent answers in milliseconds;
+	// one that accepts and never speaks (a hostile guest, a socket that is not an agent's) is dropped after this.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultExecGrace is how long past an exec's Timeout the client waits for the agent's answer. The agent
+	// kills the command at its Timeout and answers at once; the grace covers delivering the rest of the output
+	// to a slow consumer and a starved guest.
+	DefaultExecGrace = 15 * time.Second
+)
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithHandshakeTimeout sets the bound on one dial plus handshake (default DefaultHandshakeTimeout).
+func WithHandshakeTimeout(d time.Duration) Option {
+	return func(c *Client) {
+		if d > 0 {
+			c.handshakeTimeout = d
+		}
+	}
+}
+
+// WithExecGrace sets how long past an exec's Timeout the client waits for its answer (default DefaultExecGrace).
+func WithExecGrace(d time.Duration) Option {
+	return func(c *Client) {
+		if d > 0 {
+			c.execGrace = d
+		}
+	}
+}
+
 // Client talks to one agent. It is safe for concurrent use.
 type Client struct {
-	dial   agent.Dialer
-	window uint32 // per-stream receive window announced to the agent
+	dial             agent.Dialer
+	window           uint32 // per-stream receive window announced to the agent
+	handshakeTimeout time.Duration
+	execGrace        time.Duration
+
+	// life ends when the Client is closed; a dial or handshake in progress ends with it.
+	life context.Context
+	kill context.CancelFunc
 
 	mu      sync.Mutex
 	sess    *session
@@ -87,12 +131,20 @@ type dialAttempt struct {
 }
 
 // New returns a Client that reaches the agent through d. It does not connect until the first call.
-func New(d agent.Dialer) *Client {
-	return &Client{dial: d, window: protocol.DefaultWindow}
+func New(d agent.Dialer, opts ...Option) *Client {
+	c := &Client{dial: d, window: protocol.DefaultWindow, handshakeTimeout: DefaultHandshakeTimeout,
+		execGrace: DefaultExecGrace}
+	for _, o := range opts {
+		o(c)
+	}
+	c.life, c.kill = context.WithCancel(context.Background())
+	return c
 }
 
-// Close closes the connection. Calls in flight fail with ErrClosed, and the agent kills their commands.
+// Close closes the connection. Calls in flight fail with ErrClosed, and the agent kills their commands; a dial
+// or handshake in progress is abandoned.
 func (c *Client) Close() error {
+	c.kill()
 	c.mu.Lock()
 	c.closed = true
 	s := c.sess
@@ -143,8 +195,8 @@ func (c *Client) session(ctx context.Context) (*session, error) {
 		if err == nil && !closed {
 			c.sess = s
 		}
-		if err == nil && closed {
-			err = ErrClosed
+		if closed {
+			err = ErrClosed // whatever the dial says, it ended because of the Close
 		}
 		a.err = err
 		close(a.done)
@@ -159,27 +211,51 @@ func (c *Client) session(ctx context.Context) (*session, error) {
 	}
 }
 
-// connect dials and shakes hands. The handshake is bounded by ctx: its deadline, or its cancellation, ends
-// a dial that hangs.
+// errHandshakeTimeout is the cause of a connect cut short by the handshake timeout (not by the caller's ctx).
+var errHandshakeTimeout = errors.New("handshake timeout")
+
+// connect dials and shakes hands, within the handshake timeout, ctx and the Client's life, whichever ends
+// first: a dial that hangs or a peer that accepts and never speaks costs at most the handshake timeout.
 func (c *Client) connect(ctx context.Context) (*session, error) {
-	nc, err := c.dial(ctx)
+	hctx, cancel := context.WithTimeoutCause(ctx, c.handshakeTimeout, errHandshakeTimeout)
+	defer cancel()
+	stopLife := context.AfterFunc(c.life, cancel)
+	defer stopLife()
+	// cutShort explains a failure that happened because hctx ended (the socket's deadline may fire a moment
+	// before hctx's own timer).
+	cutShort := func(what string) error {
+		dl, hasDL := ctx.Deadline()
+		switch {
+		case c.life.Err() != nil:
+			return fmt.Errorf("%w: %s: %w", ErrUnavailable, what, ErrClosed)
+		case ctx.Err() != nil:
+			return fmt.Errorf("%w: %s: %w", ErrUnavailable, what, ctx.Err())
+		case hasDL && !time.Now().Before(dl):
+			return fmt.Errorf("%w: %s: %w", ErrUnavailable, what, context.DeadlineExceeded)
+		}
+		return fmt.Errorf("%w: %s: %w: no answer within %s", ErrUnavailable, what, ErrTimeout, c.handshakeTimeout)
+	}
+	nc, err := c.dial(hctx)
 	if err != nil {
+		if hctx.Err() != nil {
+			return nil, fmt.Errorf("%w (%v)", cutShort("dial"), err)
+		}
 		return nil, fmt.Errorf("%w: dial: %w", ErrUnavailable, err)
 	}
-	if dl, ok := ctx.Deadline(); ok {
+	if dl, ok := hctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(hctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	peer, rd, err := handshake(nc, c.window)
 	stopped := stop()
-	if err != nil || !stopped || ctx.Err() != nil {
+	if err != nil || !stopped || hctx.Err() != nil {
 		_ = nc.Close()
-		// A deadline on the socket means ctx ended (its timer may fire a moment after the socket's).
-		if cause := ctx.Err(); cause != nil || errors.Is(err, os.ErrDeadlineExceeded) || !stopped {
-			if cause == nil {
-				cause = context.DeadlineExceeded
-			}
-			return nil, fmt.Errorf("%w: handshake: %w", ErrUnavailable, cause)
+		// A deadline on the socket means hctx ended (its timer may fire a moment after the socket's). Transports
+		// report it their own way (os.ErrDeadlineExceeded, yamux's timeout error): any timeout counts.
+		var ne net.Error
+		timedOut := errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+		if hctx.Err() != nil || timedOut || !stopped {
+			return nil, cutShort("handshake")
 		}
 		return nil, err
 	}
@@ -323,7 +399,36 @@ func (c *Client) ExecStream(ctx context.Context, req agent.ExecRequest, stdout, 
 // It returns as soon as the command has ended, without waiting for a Read of eio.Stdin that is still blocked
 // (a terminal, a network connection): that Read's goroutine ends when the Read returns, and its data is dropped.
 // A Stdin that fails (other than io.EOF) ends the call with its error, and the command as for a cancel.
+//
+// With req.Timeout set, the call ends at Timeout plus the exec grace (WithExecGrace) on the host's own clock,
+// whatever the agent does: an agent that neither answers nor ends the command in that time is told to cancel
+// it, and the call fails with ErrUnavailable and ErrTimeout.
 func (c *Client) ExecInteractive(ctx context.Context, req agent.ExecRequest, eio agent.ExecIO) (*agent.ExecResult, error) {
+	if req.Timeout <= 0 {
+		return c.execInteractive(ctx, req, eio)
+	}
+	limit := req.Timeout + c.execGrace
+	overdue := &execOverdue{timeout: req.Timeout, grace: c.execGrace}
+	dctx, cancel := context.WithTimeoutCause(ctx, limit, overdue)
+	defer cancel()
+	res, err := c.execInteractive(dctx, req, eio)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(dctx), overdue) {
+		return nil, fmt.Errorf("agent exec: %w: %w", ErrUnavailable, overdue)
+	}
+	return res, err
+}
+
+// execOverdue is the cause of an exec cut short by its own deadline.
+type execOverdue struct{ timeout, grace time.Duration }
+
+func (e *execOverdue) Error() string {
+	return fmt.Sprintf("no answer %s after the command's %s timeout: the agent is stuck or misbehaving "+
+		"(the command, if it started, was cancelled)", e.grace, e.timeout)
+}
+
+func (e *execOverdue) Unwrap() error { return ErrTimeout }
+
+func (c *Client) execInteractive(ctx context.Context, req agent.ExecRequest, eio agent.ExecIO) (*agent.ExecResult, error) {
 	stdout, stderr := eio.Stdout, eio.Stderr
 	if stdout == nil {
 		stdout = io.Discard

@@ -1,6 +1,8 @@
 // Package docker is the Docker backend of the VM orchestrator seam (vmm.Orchestrator). Each "VM" is a container
 // that runs the guest agent as PID 1; the host talks to the agent over a Unix socket in a per-VM host directory
-// that is bind-mounted into the container. It is meant for tests and development: a container is not a security
+// that is bind-mounted into the container. The guest can write that directory, so the host never follows what it
+// finds there: it connects to the socket without following links and checks that its listener is the container's
+// init before it speaks (see agentDialer). It is meant for tests and development: a container is not a security
 // boundary the way a microVM is.
 //
 // Everything goes through the Docker Engine API (never the docker CLI). No image registry is assumed to be
@@ -32,6 +34,10 @@ const (
 	LabelVMID     = "aetherium.vm-id"
 	LabelVMName   = "aetherium.vm-name"
 	LabelWorkerID = "aetherium.worker-id"
+	// LabelInstallationID carries Config.InstallationID: a backend only ever lists, adopts or removes containers
+	// of its own installation, so two installations on one engine (two data directories, even with the same
+	// worker id) never touch each other's VMs.
+	LabelInstallationID = "aetherium.installation-id"
 )
 
 // Paths inside the container.
@@ -74,6 +80,12 @@ type Config struct {
 	DefaultImage string
 	// WorkerID labels the containers this backend makes; ListVMs returns only those with this label.
 	WorkerID string
+	// InstallationID is the id of the installation that owns DataDir (server.InstallationID). Every container
+	// is labelled with it (LabelInstallationID), and the backend lists, inspects and removes only containers that
+	// carry it. Containers made before installation ids existed carry no such label: they are this backend's
+	// only if their /run/aetherium is this DataDir's directory of their VM (another installation's never is).
+	// Empty: no label is written, and only such unlabelled containers of this DataDir are this backend's.
+	InstallationID string
 	// NetworkMode is "none" (default) or "bridge".
 	NetworkMode string
 	// ReadyTimeout bounds how long StartVM waits for the agent after the container starts. Default 30s.
@@ -217,9 +229,13 @@ func (b *Backend) Health(ctx context.Context) error {
 }
 
 // Close closes the agent clients and the engine client. The containers keep running: they belong to the store's
-// VMs, not to this process.
+// VMs, not to this process. Closing a closed Backend does nothing.
 func (b *Backend) Close() error {
 	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
 	agents := b.agents
 	b.agents = make(map[string]*agentclient.Client)
 	b.closed = true

@@ -23,6 +23,8 @@ var (
 	dockerSkip string
 	// agentBinary is a static aetherium-agent built for these tests.
 	agentBinary string
+	// hostileAgent is testdata/hostileagent built statically: an agent a hostile guest controls.
+	hostileAgent string
 	// engine is a raw engine client for assertions and clean-up sweeps.
 	engine *dockerclient.Client
 )
@@ -51,6 +53,10 @@ func runTests(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, "build the agent for the docker backend tests:", err)
 			return 1
 		}
+		if hostileAgent, err = buildStatic(tmp, "./internal/vmm/docker/testdata/hostileagent"); err != nil {
+			fmt.Fprintln(os.Stderr, "build the hostile agent for the docker backend tests:", err)
+			return 1
+		}
 		defer engine.Close()
 	}
 	return m.Run()
@@ -77,17 +83,22 @@ func buildAgent(dir string) (string, error) {
 	if p := os.Getenv("AETHERIUM_AGENT_BINARY"); p != "" {
 		return p, nil
 	}
+	return buildStatic(dir, "./cmd/aetherium-agent")
+}
+
+// buildStatic builds the main package pkg (relative to the module's root) with CGO_ENABLED=0 into dir.
+func buildStatic(dir, pkg string) (string, error) {
 	gomod, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env GOMOD: %w", err)
 	}
 	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	out := filepath.Join(dir, "aetherium-agent")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/aetherium-agent")
+	out := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if msg, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/aetherium-agent: %w\n%s", err, msg)
+		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, msg)
 	}
 	return out, nil
 }
@@ -102,6 +113,7 @@ func requireDocker(t testing.TB) {
 // testEnv is one test's backend with its own worker id and data directory, both swept at clean-up.
 type testEnv struct {
 	b        *Backend
+	cfg      Config
 	workerID string
 	dataDir  string
 }
@@ -115,31 +127,49 @@ func newEnv(t testing.TB, mod func(*Config)) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	workerID := "test-" + uuid.NewString()[:8]
 	cfg := Config{
 		DataDir:      dataDir,
 		AgentBinary:  agentBinary,
-		WorkerID:     workerID,
+		WorkerID:     "test-" + uuid.NewString()[:8],
 		ReadyTimeout: 60 * time.Second,
 		Logger:       slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if mod != nil {
 		mod(&cfg)
 	}
+	workerID := cfg.WorkerID
 	// Registered before New so that it runs last, after the backend is closed.
 	t.Cleanup(func() { sweep(t, workerID, dataDir) })
+	e := &testEnv{cfg: cfg, workerID: workerID, dataDir: dataDir}
+	e.b = e.open(t)
+	return e
+}
+
+// open makes another Backend of the env's config (a restarted worker), closed at clean-up.
+func (e *testEnv) open(t testing.TB) *Backend {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	b, err := New(ctx, cfg)
+	b, err := New(ctx, e.cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := b.Close(); err != nil {
+		if err := b.Close(); err != nil { // a no-op for a backend restart closed already
 			t.Errorf("Close: %v", err)
 		}
 	})
-	return &testEnv{b: b, workerID: workerID, dataDir: dataDir}
+	return b
+}
+
+// restart closes the env's backend and opens a new one on the same data directory, as a restarted worker does:
+// every agent connection is made again.
+func (e *testEnv) restart(t testing.TB) {
+	t.Helper()
+	if err := e.b.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	e.b = e.open(t)
 }
 
 // sweep force-removes every container labelled with workerID and the data directory, whatever the test did.

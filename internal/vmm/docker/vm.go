@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -111,6 +113,9 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 		LabelVMID:     cfg.ID,
 		LabelVMName:   cfg.Name,
 		LabelWorkerID: workerID,
+	}
+	if b.cfg.InstallationID != "" {
+		labels[LabelInstallationID] = b.cfg.InstallationID
 	}
 	config := &container.Config{
 		Hostname: hostname(cfg.Name, cfg.ID),
@@ -361,7 +366,8 @@ func (b *Backend) GetVMStatus(ctx context.Context, id string) (*vmm.Instance, er
 	return b.instance(c), nil
 }
 
-// ListVMs lists this worker's containers in every state.
+// ListVMs lists this worker's containers of this installation (see Config.InstallationID) in every state. It is
+// what a worker's reconciliation reaps orphans from, so it must never return another installation's.
 func (b *Backend) ListVMs(ctx context.Context) ([]*vmm.Instance, error) {
 	f := filters.NewArgs(
 		filters.Arg("label", LabelManaged+"=true"),
@@ -374,7 +380,7 @@ func (b *Backend) ListVMs(ctx context.Context) ([]*vmm.Instance, error) {
 	out := make([]*vmm.Instance, 0, len(list))
 	for _, s := range list {
 		id := s.Labels[LabelVMID]
-		if id == "" {
+		if id == "" || checkID(id) != nil || !b.owns(id, s.Labels, s.Mounts) {
 			continue
 		}
 		inst := &vmm.Instance{
@@ -391,6 +397,26 @@ func (b *Backend) ListVMs(ctx context.Context) ([]*vmm.Instance, error) {
 		out = append(out, inst)
 	}
 	return out, nil
+}
+
+// owns reports whether the container of VM id with these labels and mounts belongs to this installation: it
+// carries this installation's id, or, made before installation ids, carries none and mounts this DataDir's
+// directory of the VM at /run/aetherium (a container of another data directory never does).
+func (b *Backend) owns(id string, labels map[string]string, mounts []container.MountPoint) bool {
+	if inst := labels[LabelInstallationID]; inst != "" {
+		return inst == b.cfg.InstallationID
+	}
+	want := b.vmDir(id)
+	resolved, err := filepath.EvalSymlinks(want)
+	if err != nil {
+		resolved = want
+	}
+	for _, m := range mounts {
+		if m.Destination == guestRunDir && (m.Source == want || m.Source == resolved) {
+			return true
+		}
+	}
+	return false
 }
 
 // ExecuteCommand runs one command through the VM's agent. A non-zero exit code is a result; an error means the
@@ -478,7 +504,8 @@ func (b *Backend) execError(ctx context.Context, id string, err error) error {
 	return fmt.Errorf("docker backend: exec in vm %s: %w", id, err)
 }
 
-// inspect returns the container of VM id, vmm.ErrNotFound (wrapped) if there is none, and an error if the name is
+// inspect returns the container of VM id, vmm.ErrNotFound (wrapped) if there is none or it belongs to another
+// installation on this engine (see Config.InstallationID: nothing here may touch it), and an error if the name is
 // taken by a container this backend did not make.
 func (b *Backend) inspect(ctx context.Context, id string) (container.InspectResponse, error) {
 	c, err := b.cli.ContainerInspect(ctx, containerName(id))
@@ -491,6 +518,10 @@ func (b *Backend) inspect(ctx context.Context, id string) (container.InspectResp
 	if c.Config == nil || c.Config.Labels[LabelVMID] != id || c.Config.Labels[LabelManaged] != "true" {
 		return c, fmt.Errorf("docker backend: container %s exists but was not made by aetherium for vm %s",
 			containerName(id), id)
+	}
+	if !b.owns(id, c.Config.Labels, c.Mounts) {
+		return c, fmt.Errorf("docker backend: vm %s: %w in this installation (container %s belongs to installation %q of this engine)",
+			id, vmm.ErrNotFound, containerName(id), c.Config.Labels[LabelInstallationID])
 	}
 	return c, nil
 }
@@ -557,7 +588,7 @@ func (b *Backend) agentFor(id string) *agentclient.Client {
 	if c, ok := b.agents[id]; ok {
 		return c
 	}
-	c := agentclient.New(agent.UnixDialer(socketPath(b.cfg.DataDir, id)))
+	c := agentclient.New(b.agentDialer(id))
 	if b.closed {
 		// A closed backend hands out closed clients: calls fail with agentclient.ErrClosed, nothing leaks.
 		_ = c.Close()
@@ -565,6 +596,48 @@ func (b *Backend) agentFor(id string) *agentclient.Client {
 	}
 	b.agents[id] = c
 	return c
+}
+
+// agentDialer reaches VM id's agent in a way the guest cannot redirect. The guest can write its /run/aetherium
+// (the host directory vms/<id>) and so can put anything at agent.sock: a symbolic link to another VM's socket or
+// to the engine's, a socket of its own, a fifo. So every dial
+//   - asks the engine for the container's init pid (the agent is PID 1 of the container);
+//   - opens agent.sock without following links and connects to that very inode (dialNoFollow);
+//   - checks with SO_PEERCRED that the listening socket is the init's, before a byte is sent to it.
+//
+// Anything else fails closed with errHostileSocket, which the client reports as the agent being unavailable. The
+// worker must see the engine's pids (run on the host, or in a container with the host's pid namespace).
+func (b *Backend) agentDialer(id string) agent.Dialer {
+	return func(ctx context.Context) (net.Conn, error) {
+		c, err := b.inspect(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if c.State == nil || !c.State.Running || c.State.Pid <= 0 {
+			return nil, fmt.Errorf("docker backend: vm %s: %w (%s)", id, vmm.ErrNotRunning, exitDetail(c.State))
+		}
+		nc, err := dialNoFollow(ctx, b.vmsDir(), id, socketName)
+		if err != nil {
+			return nil, fmt.Errorf("docker backend: vm %s: %w", id, err)
+		}
+		pid, err := peerPID(nc)
+		switch {
+		case err != nil:
+			err = fmt.Errorf("%w: cannot tell who listens on it: %w", errHostileSocket, err)
+		case pid == 0:
+			err = fmt.Errorf("%w: its listener is in a pid namespace this worker cannot see (run the worker in the "+
+				"Docker engine's pid namespace)", errHostileSocket)
+		case pid != c.State.Pid:
+			err = fmt.Errorf("%w: its listener is pid %d, not the vm's agent (pid %d, the container's init): "+
+				"something in the guest replaced %s/%s", errHostileSocket, pid, c.State.Pid, guestRunDir, socketName)
+		}
+		if err != nil {
+			_ = nc.Close()
+			b.log.Warn("agent socket refused", "vm_id", id, "err", err)
+			return nil, fmt.Errorf("docker backend: vm %s: %w", id, err)
+		}
+		return nc, nil
+	}
 }
 
 func (b *Backend) closeAgent(id string) {
