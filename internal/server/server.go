@@ -65,6 +65,11 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 	}
 	defer st.Close()
 
+	stopDebug, err := startDebug(cfg.DebugListen, log)
+	if err != nil {
+		return err
+	}
+	defer stopDebug()
 	bus, err := openBus(cfg, log)
 	if err != nil {
 		return err
