@@ -239,6 +239,8 @@ func run(ctx context.Context, o options) error {
 	}
 	fmt.Println("during (peak goroutines):", peak)
 	fmt.Println("during: most gateway->redis tcp connections seen:", maxRedis)
+	// The client's idle keep-alive connections would each keep a gateway goroutine: drop them before "after".
+	hc.CloseIdleConnections()
 	settle(ctx, 5*time.Second)
 	after, err := measure(ctx, o)
 	if err != nil {
