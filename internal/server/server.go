@@ -301,6 +301,9 @@ func openBus(cfg config.Config, log *slog.Logger) (events.Bus, error) {
 	if err != nil {
 		return nil, fmt.Errorf("event bus: redis_url: %w", err)
 	}
+	if opt.ClientName == "" { // named in CLIENT LIST; ?client_name= in the URL overrides it
+		opt.ClientName = "aetherium-events"
+	}
 	return redisbus.New(redis.NewClient(opt), redisbus.WithLogger(log)), nil
 }
 
