@@ -263,6 +263,8 @@ func settle(ctx context.Context, d time.Duration) {
 }
 
 func waitReady(ctx context.Context, c *client.Client) error {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
 	for {
 		r, err := c.Ready(ctx)
 		if err == nil && r != nil && r.Status == "ready" {
