@@ -80,6 +80,9 @@ type Config struct {
 	JailerCgroupVersion int    `yaml:"jailer_cgroup_version"`
 	JailerCgroups       string `yaml:"jailer_cgroups"`
 	JailerNetNS         string `yaml:"jailer_netns"`
+
+	// DebugListen, when set, serves net/http/pprof (goroutines, heap, CPU profiles) on this loopback address.
+	DebugListen string `yaml:"debug_listen"`
 }
 
 // DefaultJailerID is the uid and gid the jailer runs Firecracker as unless configured: not root, and above the
@@ -175,6 +178,7 @@ var settings = []setting{
 	{"worker_api_url", "URL gateways use to reach this worker's internal API (default: derived from worker_api_listen and the host name)", str(func(c *Config) *string { return &c.WorkerAPIURL })},
 	{"cluster_token", "shared secret of gateways and workers (required with redis_url; prefer cluster_token_file or the env: flags show in the process list)", str(func(c *Config) *string { return &c.ClusterToken })},
 	{"cluster_token_file", "file holding the cluster token", str(func(c *Config) *string { return &c.ClusterTokenFile })},
+	{"debug_listen", "loopback address (127.0.0.1:PORT) serving Go's pprof profiles at /debug/pprof/ (empty: off)", str(func(c *Config) *string { return &c.DebugListen })},
 }
 
 func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
@@ -414,6 +418,9 @@ func (c *Config) normalize() error {
 			bad("worker_api_url", "must be http://HOST:PORT or https://... (got %q)", c.WorkerAPIURL)
 		}
 	}
+	if c.DebugListen != "" && !loopbackAddr(c.DebugListen) {
+		bad("debug_listen", "must be a loopback host:port such as 127.0.0.1:6060: profiles show the process's internals (got %q)", c.DebugListen)
+	}
 	switch {
 	case c.ClusterTokenFile != "" && c.ClusterToken != "":
 		bad("cluster_token_file", "set cluster_token or cluster_token_file, not both")
@@ -429,6 +436,16 @@ func (c *Config) normalize() error {
 		bad("cluster_token", "must have at least %d characters (use a random one, e.g. openssl rand -hex 32)", MinClusterTokenLen)
 	}
 	return errors.Join(errs...)
+}
+
+// loopbackAddr reports whether addr is host:port with a loopback IP literal as host (a name could resolve elsewhere).
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // defaultAgentBinary looks for aetherium-agent next to the running executable, then in PATH.

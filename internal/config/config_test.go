@@ -63,6 +63,8 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 		{"bad worker id", "", nil, []string{"--worker-id", "no spaces"}, "worker_id"},
 		{"concurrency out of range", "", nil, []string{"--concurrency", "0"}, "concurrency"},
 		{"nested yaml", "listen:\n  a: b\n", nil, nil, "single value"},
+		{"debug listen off loopback", "", nil, []string{"--debug-listen", "0.0.0.0:6060"}, "debug_listen"},
+		{"debug listen by name", "", nil, []string{"--debug-listen", "localhost:6060"}, "debug_listen"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

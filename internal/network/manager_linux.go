@@ -68,8 +68,16 @@ type Manager struct {
 	nl        *netlink.Handle
 	upstreams []string
 
-	mu  sync.Mutex // serialises Setup, Attach, Detach, Reconcile and Close
+	// mu serialises the host changes (netlink, nftables) of Setup, Attach, Detach and Reconcile, and Close. It is
+	// never held across a lease write: the database may be slow or remote, and one VM's lease must not hold up
+	// every other VM's attach on the host. vms keeps a VM's lease and host side consistent instead.
+	mu  sync.Mutex
 	fwd *forwarder
+	// vms is one lock per VM, held by Attach and Detach from the lease to the TAP (or back), and by Reconcile for
+	// the VMs it removes: what stops a VM's lease being released while its TAP is being made, or re-leased while
+	// its TAP is being removed.
+	vms vmLocks
+	rmu sync.Mutex // serialises Reconcile
 
 	gmu    sync.RWMutex // guards guests, read by the DNS forwarder
 	guests map[string]*guest
@@ -170,10 +178,11 @@ func (m *Manager) Scope() string { return m.cfg.Scope }
 
 // nft returns a fresh nftables connection to the namespace. Each operation takes its own: a Conn buffers one batch.
 func (m *Manager) nft() (*nftables.Conn, error) {
+	big := nftables.WithSockOptions(bigBuffers)
 	if m.ns.current() {
-		return nftables.New()
+		return nftables.New(big)
 	}
-	return nftables.New(nftables.WithNetNSFd(int(m.ns.ns)))
+	return nftables.New(nftables.WithNetNSFd(int(m.ns.ns)), big)
 }
 
 func (m *Manager) guestByIP(ip netip.Addr) (*guest, bool) {
@@ -451,11 +460,13 @@ func (m *Manager) Attach(ctx context.Context, vmID string, policy Policy) (Attac
 		return Attachment{}, fmt.Errorf("%w: vm %s: a policy with domain rules needs the DNS forwarder, which is "+
 			"disabled", ErrInvalid, vmID)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return Attachment{}, errClosed
-	}
+	unlock := m.vms.lock(vmID)
+	defer unlock()
+	m.gmu.RLock()
+	_, attached := m.guests[vmID]
+	m.gmu.RUnlock()
+	// The lease first, outside the host-wide lock; the VM's lock keeps its Detach and Reconcile out until the TAP
+	// exists.
 	lease, err := m.cfg.Leases.Acquire(ctx, store.LeaseRequest{Scope: m.cfg.Scope, VMID: vmID, Owner: m.cfg.Owner,
 		Prefix: m.cfg.CIDR})
 	if err != nil {
@@ -467,12 +478,37 @@ func (m *Manager) Attach(ctx context.Context, vmID string, policy Policy) (Attac
 		att.DNS = []netip.Addr{m.gw}
 	}
 	g := &guest{att: att, policy: p}
-	if err := m.attach(g); err != nil {
+	m.mu.Lock()
+	if m.closed {
+		// The lease stays: with the netlink handle closed nothing can tell whether a TAP of this VM still uses it.
+		// Reconcile releases it if the VM is gone.
+		m.mu.Unlock()
+		return Attachment{}, errClosed
+	}
+	err = m.attach(g)
+	if err == nil {
+		m.gmu.Lock()
+		m.guests[vmID] = g
+		m.gmu.Unlock()
+	}
+	var undoErr error
+	if err != nil && !attached {
+		// A first attach that failed takes back what it made, then the lease: an address is released only once
+		// no TAP or rule of it is left. A VM that was attached keeps its previous attachment.
+		undoErr = m.detachHost(vmID, att.TAP, nil)
+	}
+	m.mu.Unlock()
+	if err != nil {
+		if !attached {
+			if undoErr == nil {
+				undoErr = m.cfg.Leases.Release(context.WithoutCancel(ctx), m.cfg.Scope, vmID)
+			}
+			if undoErr != nil {
+				m.log.Warn("failed attach not undone; Detach or Reconcile removes the rest", "vm_id", vmID, "err", undoErr)
+			}
+		}
 		return Attachment{}, fmt.Errorf("attach vm %s: %w", vmID, err)
 	}
-	m.gmu.Lock()
-	m.guests[vmID] = g
-	m.gmu.Unlock()
 	m.log.Info("vm attached", "vm_id", vmID, "tap", att.TAP, "ip", att.IP, "mac", att.MAC)
 	return att, nil
 }
@@ -568,20 +604,29 @@ func (m *Manager) Detach(ctx context.Context, vmID string) error {
 	if err := checkID("vm id", vmID); err != nil {
 		return err
 	}
+	unlock := m.vms.lock(vmID)
+	defer unlock()
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed {
+		m.mu.Unlock()
 		return errClosed
 	}
-	if err := m.detach(ctx, vmID, TAPName(vmID), nil); err != nil {
+	err := m.detachHost(vmID, TAPName(vmID), nil)
+	m.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("detach vm %s: %w", vmID, err)
+	}
+	// After the host side, outside the host-wide lock: the VM's lock keeps a new Attach of it waiting until then.
+	if err := m.cfg.Leases.Release(ctx, m.cfg.Scope, vmID); err != nil {
+		return fmt.Errorf("detach vm %s: release lease: %w", vmID, err)
 	}
 	m.log.Info("vm detached", "vm_id", vmID)
 	return nil
 }
 
-// detach removes what a VM has; st is the tables' state when the caller has read it already.
-func (m *Manager) detach(ctx context.Context, vmID, tap string, st *tableState) error {
+// detachHost removes a VM's rules and TAP (not its lease); st is the tables' state when the caller has read it
+// already. m.mu is held.
+func (m *Manager) detachHost(vmID, tap string, st *tableState) error {
 	if err := m.removeRules(tap, st); err != nil {
 		return err
 	}
@@ -601,9 +646,6 @@ func (m *Manager) detach(ctx context.Context, vmID, tap string, st *tableState) 
 				return fmt.Errorf("delete tap %s: %w", tap, err)
 			}
 		}
-	}
-	if err := m.cfg.Leases.Release(ctx, m.cfg.Scope, vmID); err != nil {
-		return fmt.Errorf("release lease: %w", err)
 	}
 	return nil
 }
@@ -629,35 +671,90 @@ func (m *Manager) removeRules(tap string, st *tableState) error {
 
 // Reconcile makes the host match keep, the VMs of this owner that still exist: it repairs Setup's drift, removes
 // this owner's TAPs, rules and leases of VMs not in keep, and removes per-VM rules whose TAP is gone (what a crash
-// half way through Detach leaves). Other owners' VMs and links this package did not create are left alone.
+// half way through Detach leaves). Other owners' VMs and links this package did not create are left alone, and so
+// is a VM whose Attach or Detach is in progress: that call finishes its work.
 func (m *Manager) Reconcile(ctx context.Context, keep []string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return errClosed
-	}
-	if err := m.setup(ctx); err != nil {
-		return fmt.Errorf("reconcile: %w", err)
-	}
+	m.rmu.Lock()
+	defer m.rmu.Unlock()
 	keepSet := map[string]bool{}
 	for _, id := range keep {
 		keepSet[id] = true
 	}
+	removed, errs, err := m.reconcileHost(ctx, keepSet)
+	if err != nil {
+		return err
+	}
+	// The leases, outside the host-wide lock. Those of the VMs just removed first: their locks are still held.
+	done := map[string]bool{}
+	for _, r := range removed {
+		if err := m.cfg.Leases.Release(ctx, m.cfg.Scope, r.vmID); err != nil {
+			errs = append(errs, fmt.Errorf("release lease of vm %s: %w", r.vmID, err))
+		}
+		done[r.vmID] = true
+		r.unlock()
+	}
+	leases, err := m.cfg.Leases.List(ctx, m.cfg.Scope)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list leases: %w", err))
+	}
+	for _, l := range leases {
+		if l.Owner != m.cfg.Owner || keepSet[l.VMID] || done[l.VMID] {
+			continue
+		}
+		if err := m.releaseIfUnused(ctx, l); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	return nil
+}
+
+// removedVM is a VM whose host side Reconcile removed, still locked until its lease is released.
+type removedVM struct {
+	vmID   string
+	unlock func()
+}
+
+// reconcileHost is the host side of Reconcile, under the host-wide lock. It never waits for a VM's lock (an Attach
+// holding one waits for the host-wide lock): a VM whose lock is taken is left to the call that holds it.
+func (m *Manager) reconcileHost(ctx context.Context, keepSet map[string]bool) (removed []removedVM, errs []error, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, nil, errClosed
+	}
+	if err := m.setup(ctx); err != nil {
+		return nil, nil, fmt.Errorf("reconcile: %w", err)
+	}
 	cc, err := m.nft()
 	if err != nil {
-		return fmt.Errorf("reconcile: nftables: %w", err)
+		return nil, nil, fmt.Errorf("reconcile: nftables: %w", err)
 	}
 	// Tables first, links second: rules are made after their TAP and removed before it, so a VM chain read here
 	// whose TAP is missing below is a leftover, never an Attach in progress.
 	st, err := readTables(cc)
 	if err != nil {
-		return fmt.Errorf("reconcile: %w", err)
+		return nil, nil, fmt.Errorf("reconcile: %w", err)
 	}
 	links, err := linkList(m.nl)
 	if err != nil {
-		return fmt.Errorf("reconcile: %w", err)
+		return nil, nil, fmt.Errorf("reconcile: %w", err)
 	}
-	var errs []error
+	remove := func(vmID, tap string, st *tableState) {
+		unlock, ok := m.vms.tryLock(vmID)
+		if !ok {
+			m.log.Info("reconcile: leaving a vm whose attach or detach is in progress to it", "vm_id", vmID)
+			return
+		}
+		if err := m.detachHost(vmID, tap, st); err != nil {
+			unlock()
+			errs = append(errs, fmt.Errorf("vm %s: %w", vmID, err))
+			return
+		}
+		removed = append(removed, removedVM{vmID: vmID, unlock: unlock})
+	}
 	taps := map[string]bool{}
 	for _, l := range links {
 		name := l.Attrs().Name
@@ -670,9 +767,19 @@ func (m *Manager) Reconcile(ctx context.Context, keep []string) error {
 			continue
 		}
 		m.log.Info("reconcile: removing the network of a vm that is gone", "vm_id", vmID, "tap", name)
-		if err := m.detach(ctx, vmID, name, st); err != nil {
-			errs = append(errs, fmt.Errorf("vm %s: %w", vmID, err))
+		remove(vmID, name, st)
+	}
+	// Attached VMs not in keep whose TAP has vanished: their rules and their entry go too.
+	m.gmu.RLock()
+	var stale []string
+	for id, g := range m.guests {
+		if !keepSet[id] && !taps[g.att.TAP] {
+			stale = append(stale, id)
 		}
+	}
+	m.gmu.RUnlock()
+	for _, id := range stale {
+		remove(id, TAPName(id), nil)
 	}
 	for chain := range st.inetChains {
 		tap, ok := strings.CutPrefix(chain, vmChainPrefix)
@@ -691,27 +798,92 @@ func (m *Manager) Reconcile(ctx context.Context, keep []string) error {
 			}
 		}
 	}
-	leases, err := m.cfg.Leases.List(ctx, m.cfg.Scope)
+	return removed, errs, nil
+}
+
+// releaseIfUnused releases lease l of a VM not to keep, once no Attach or Detach of it runs, unless the VM is
+// attached by now or a link of its TAP's name exists (an address is never released while a TAP may use it). A
+// lease without any TAP is what a crash between the lease and the TAP leaves.
+func (m *Manager) releaseIfUnused(ctx context.Context, l *store.Lease) error {
+	unlock := m.vms.lock(l.VMID)
+	defer unlock()
+	m.gmu.RLock()
+	_, attached := m.guests[l.VMID]
+	m.gmu.RUnlock()
+	if attached {
+		return nil
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return errClosed
+	}
+	link, err := linkByName(m.nl, TAPName(l.VMID))
+	m.mu.Unlock()
 	if err != nil {
-		errs = append(errs, fmt.Errorf("list leases: %w", err))
+		return fmt.Errorf("lease of vm %s: %w", l.VMID, err)
 	}
-	for _, l := range leases {
-		if l.Owner == m.cfg.Owner && !keepSet[l.VMID] {
-			m.log.Info("reconcile: releasing the lease of a vm that is gone", "vm_id", l.VMID, "ip", l.IP)
-			if err := m.cfg.Leases.Release(ctx, m.cfg.Scope, l.VMID); err != nil {
-				errs = append(errs, fmt.Errorf("release lease of vm %s: %w", l.VMID, err))
-			}
-		}
+	if link != nil {
+		m.log.Warn("reconcile: keeping the lease of a vm that is gone while a link of its tap's name exists",
+			"vm_id", l.VMID, "ip", l.IP, "link", link.Attrs().Name)
+		return nil
 	}
-	m.gmu.Lock()
-	for id := range m.guests {
-		if !keepSet[id] {
-			delete(m.guests, id)
-		}
-	}
-	m.gmu.Unlock()
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("reconcile: %w", err)
+	m.log.Info("reconcile: releasing the lease of a vm that is gone", "vm_id", l.VMID, "ip", l.IP)
+	if err := m.cfg.Leases.Release(ctx, m.cfg.Scope, l.VMID); err != nil {
+		return fmt.Errorf("release lease of vm %s: %w", l.VMID, err)
 	}
 	return nil
+}
+
+// vmLocks hands out one mutex per VM id; an entry lives while someone holds or waits for it.
+type vmLocks struct {
+	mu sync.Mutex
+	m  map[string]*vmLock
+}
+
+type vmLock struct {
+	mu   sync.Mutex
+	refs int // holders and waiters, under vmLocks.mu
+}
+
+// lock waits for id's lock and returns its unlock.
+func (l *vmLocks) lock(id string) func() {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[string]*vmLock{}
+	}
+	e := l.m[id]
+	if e == nil {
+		e = &vmLock{}
+		l.m[id] = e
+	}
+	e.refs++
+	l.mu.Unlock()
+	e.mu.Lock()
+	return func() { l.release(id, e) }
+}
+
+// tryLock takes id's lock only if nobody holds or waits for it.
+func (l *vmLocks) tryLock(id string) (func(), bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = map[string]*vmLock{}
+	}
+	if _, busy := l.m[id]; busy {
+		return nil, false
+	}
+	e := &vmLock{refs: 1}
+	e.mu.Lock()
+	l.m[id] = e
+	return func() { l.release(id, e) }, true
+}
+
+func (l *vmLocks) release(id string, e *vmLock) {
+	e.mu.Unlock()
+	l.mu.Lock()
+	if e.refs--; e.refs == 0 {
+		delete(l.m, id)
+	}
+	l.mu.Unlock()
 }

@@ -14,8 +14,41 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	mdnetlink "github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
+
+// nftBuffer is the send and receive buffer of the manager's nftables sockets. Setup (so Reconcile) writes the
+// rules of every VM in one batch, one message, and the kernel queues the acknowledgement of each of its parts
+// before the first is read: with the default buffers (about 208 KiB) the acknowledgements overflowed (ENOBUFS)
+// from 11 VMs on, and the batch itself (EMSGSIZE) from 76. 32 MiB holds the rules of a few thousand VMs; the
+// memory is only taken as it is used.
+const nftBuffer = 32 << 20
+
+// bigBuffers sets nftBuffer on an nftables socket, past net.core.rmem_max and wmem_max when the process may
+// (CAP_NET_ADMIN, which the manager needs anyway), else as far as those limits allow.
+func bigBuffers(c *mdnetlink.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("nftables socket: %w", err)
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		set := func(force, plain int) error {
+			if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, force, nftBuffer); err != nil {
+				return unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, plain, nftBuffer)
+			}
+			return nil
+		}
+		serr = errors.Join(set(unix.SO_RCVBUFFORCE, unix.SO_RCVBUF), set(unix.SO_SNDBUFFORCE, unix.SO_SNDBUF))
+	}); err != nil {
+		return fmt.Errorf("nftables socket: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("nftables socket: buffer sizes: %w", serr)
+	}
+	return nil
+}
 
 // Names of the objects in the manager's tables. Per-VM objects carry the VM's TAP name.
 const (

@@ -65,6 +65,11 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 	}
 	defer st.Close()
 
+	stopDebug, err := startDebug(cfg.DebugListen, log)
+	if err != nil {
+		return err
+	}
+	defer stopDebug()
 	bus, err := openBus(cfg, log)
 	if err != nil {
 		return err
@@ -303,6 +308,9 @@ func openBus(cfg config.Config, log *slog.Logger) (events.Bus, error) {
 	opt, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
 		return nil, fmt.Errorf("event bus: redis_url: %w", err)
+	}
+	if opt.ClientName == "" { // named in CLIENT LIST; ?client_name= in the URL overrides it
+		opt.ClientName = "aetherium-events"
 	}
 	return redisbus.New(redis.NewClient(opt), redisbus.WithLogger(log)), nil
 }

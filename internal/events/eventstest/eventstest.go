@@ -25,6 +25,7 @@ func Run(t *testing.T, newBus Factory) {
 	t.Run("TopicsAreSeparate", func(t *testing.T) { testTopics(t, newBus) })
 	t.Run("FanOutInOrder", func(t *testing.T) { testFanOut(t, newBus) })
 	t.Run("SlowSubscriberDoesNotBlockPublisher", func(t *testing.T) { testSlow(t, newBus) })
+	t.Run("SlowSubscriberDoesNotBlockOthers", func(t *testing.T) { testSlowOthers(t, newBus) })
 	t.Run("SubscriptionClose", func(t *testing.T) { testSubClose(t, newBus) })
 	t.Run("BusClose", func(t *testing.T) { testBusClose(t, newBus) })
 	t.Run("CancelledContext", func(t *testing.T) { testCancelled(t, newBus) })
@@ -187,6 +188,45 @@ func testSlow(t *testing.T, newBus Factory) {
 			publish(t, b, "slow", marker)
 		case <-deadline:
 			t.Fatalf("marker not received within %v after reading %d flood events", waitFor, got)
+		}
+	}
+}
+
+// testSlowOthers: a subscriber that never reads, however flooded, holds up neither the subscribers of other topics
+// nor the other subscribers of its own topic (a bus that delivers through one connection must not wait for it).
+func testSlowOthers(t *testing.T, newBus Factory) {
+	b := open(t, newBus)
+	stuck := subscribe(t, b, "flooded")
+	same := subscribe(t, b, "flooded")
+	other := subscribe(t, b, "other")
+	const flood = 5000
+	for i := 0; i < flood; i++ {
+		publish(t, b, "flooded", event("flood", "x", i))
+	}
+	want := event("marker", "other", 1)
+	publish(t, b, "other", want)
+	sameEvent(t, next(t, other), want)
+	// same may have lost flood events too (it did not read during the flood); markers published now reach it.
+	deadline := time.After(waitFor)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	publish(t, b, "flooded", event("marker", "same", 2))
+	for {
+		select {
+		case e, ok := <-same.C():
+			if !ok {
+				t.Fatal("subscription closed after a flood")
+			}
+			if e.Type == "marker" {
+				if len(stuck.C()) == 0 {
+					t.Fatal("the subscriber that never read has nothing buffered")
+				}
+				return
+			}
+		case <-tick.C:
+			publish(t, b, "flooded", event("marker", "same", 2))
+		case <-deadline:
+			t.Fatalf("the other subscriber of a flooded topic got no marker within %v", waitFor)
 		}
 	}
 }
