@@ -116,3 +116,7 @@ func TestOpenErrors(t *testing.T) {
 func BenchmarkTaskUpdate(b *testing.B) {
 	storetest.BenchmarkTaskUpdate(b, openStore(b))
 }
+
+func BenchmarkCreateTask(b *testing.B) {
+	storetest.BenchmarkCreateTask(b, openStore(b))
+}
