@@ -127,6 +127,7 @@ func (s *server) routes() {
 
 		r.Group(func(r chi.Router) {
 			r.Use(s.limitBody, s.authenticate, s.requireJSON)
+			r.Get("/status", s.status)
 			r.Post("/vms", s.createVM)
 			r.Get("/vms", s.listVMs)
 			r.Get("/vms/{id}", s.getVM)

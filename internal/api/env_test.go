@@ -178,6 +178,16 @@ func (e *testEnv) call(method, path, key, body string) response {
 	return e.do(req{method: method, path: path, key: key, body: rd})
 }
 
+// okCall is call that fails the test unless the answer is 200.
+func (e *testEnv) okCall(method, path, key, body string) response {
+	e.t.Helper()
+	r := e.call(method, path, key, body)
+	if r.status != http.StatusOK {
+		e.t.Fatalf("%s %s: %d %s", method, path, r.status, r.body)
+	}
+	return r
+}
+
 func decodeAs[T any](t testing.TB, r response) T {
 	t.Helper()
 	var v T

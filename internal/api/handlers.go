@@ -101,6 +101,22 @@ func (s *server) ready(w http.ResponseWriter, r *http.Request) {
 	s.writeJSON(w, r, status, out)
 }
 
+// status reports the cluster behind this gateway: how many workers can take tasks. Always 200 when the store
+// answers; "degraded" is a state of the cluster, not of this process (that is /ready's business).
+func (s *server) status(w http.ResponseWriter, r *http.Request) {
+	c, err := s.svc.WorkerStatus(r.Context())
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	out := client.Status{Status: "ok", Workers: client.WorkersStatus{
+		Registered: c.Registered, Live: c.Live, StaleAfterSeconds: int(c.StaleAfter / time.Second)}}
+	if c.Live == 0 {
+		out.Status = "degraded"
+	}
+	s.writeJSON(w, r, http.StatusOK, out)
+}
+
 // createVM answers 202 with the pending VM and its task. With ?wait it waits for the task: 201 when the VM was
 // created, 200 when creation failed (the request itself succeeded; task.status and vm.status say "failed"), and
 // still 202 when the wait ends first.

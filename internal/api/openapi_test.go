@@ -252,6 +252,7 @@ func TestOpenAPISchemasMatchWireTypes(t *testing.T) {
 		"Execution": client.Execution{}, "ExecutionList": client.ExecutionList{}, "TaskAccepted": client.TaskAccepted{},
 		"Task": client.Task{}, "JobCommand": client.JobCommand{}, "CreateJobRequest": client.CreateJobRequest{},
 		"Job": client.Job{}, "JobAccepted": client.JobAccepted{}, "Health": client.Health{}, "Ready": client.Ready{},
+		"Status": client.Status{}, "WorkersStatus": client.WorkersStatus{},
 		"OutputChunk": client.OutputChunk{}, "ExecutionEnd": client.ExecutionEnd{},
 		"FileInfo": client.FileInfo{}, "FileList": client.FileList{}, "MkdirRequest": client.MkdirRequest{},
 		"StartProcessRequest": client.StartProcessRequest{}, "Process": client.Process{},

@@ -238,6 +238,15 @@ func (c *Client) Ready(ctx context.Context) (*Ready, error) {
 	return &r, nil
 }
 
+// Status calls GET /api/v1/status: how many workers can take tasks now.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var st Status
+	if _, err := c.do(ctx, http.MethodGet, "/status", nil, nil, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
 // CreateVM asks for a VM and returns at once (202): the VM is pending and TaskID follows its creation.
 func (c *Client) CreateVM(ctx context.Context, req CreateVMRequest) (*VMAccepted, error) {
 	acc, _, err := c.CreateVMWait(ctx, req, 0)

@@ -250,6 +250,24 @@ type Ready struct {
 	Checks map[string]string `json:"checks"` // name -> "ok" or the error
 }
 
+// Status answers GET /api/v1/status: the state of the cluster behind the gateway (unlike Ready, which is about
+// the gateway process alone).
+type Status struct {
+	// Status is "ok" when at least one worker can take tasks now, "degraded" otherwise (requests are still accepted
+	// and persisted; they run once a worker is back).
+	Status  string        `json:"status"`
+	Workers WorkersStatus `json:"workers"`
+}
+
+// WorkersStatus counts the registered workers.
+type WorkersStatus struct {
+	// Registered is every worker the store knows, stopped ones included.
+	Registered int `json:"registered"`
+	// Live workers are active, sent a heartbeat within StaleAfterSeconds and report a healthy VM backend.
+	Live              int `json:"live"`
+	StaleAfterSeconds int `json:"stale_after_seconds"`
+}
+
 // OutputChunk is the data of a `stdout` or `stderr` event of GET /api/v1/executions/{id}/stream: bytes of one
 // stream starting at Offset (bytes of that stream before them). Exactly one of Data (the bytes are valid UTF-8)
 // and DataBase64 (they are not) is set.
