@@ -80,7 +80,8 @@ func newEnv(t testing.TB, configure func(*Config)) *testEnv {
 	e.svc = task.New(st, q, bus, task.DefaultLimits())
 	e.keyA, e.ownerA = e.newKey("alice")
 	e.keyB, e.ownerB = e.newKey("bob")
-	cfg := Config{Service: e.svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: "test-1.2.3"}
+	cfg := Config{Service: e.svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: "test-1.2.3",
+		Idempotency: st.Idempotency()}
 	if configure != nil {
 		configure(&cfg)
 	}

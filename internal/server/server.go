@@ -154,7 +154,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		limits.MaxOutputBytes = cfg.MaxOutput
 		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog))
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
-			ClusterToken: token})
+			ClusterToken: token, Idempotency: st.Idempotency()})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}

@@ -32,6 +32,23 @@ const (
 	CodeRateLimited      = "rate_limited"
 	CodeInternal         = "internal_error"
 	CodeUnavailable      = "service_unavailable"
+	// CodeRequestTimeout (408): the request's body did not arrive in time.
+	CodeRequestTimeout = "request_timeout"
+	// CodeIdempotencyKeyInvalid (400): an Idempotency-Key that is empty, longer than 255 characters, not
+	// printable ASCII, or sent to a route that does not take one (file uploads).
+	CodeIdempotencyKeyInvalid = "idempotency_key_invalid"
+	// CodeIdempotencyKeyReused (422): the key was first used for a different request (method, path or body).
+	CodeIdempotencyKeyReused = "idempotency_key_reused"
+	// CodeIdempotencyInProgress (409): the first request with this key has not answered yet; retry later.
+	CodeIdempotencyInProgress = "idempotency_in_progress"
+)
+
+// Idempotency headers: IdempotencyKeyHeader on a mutating request makes a retry of it get the first answer
+// instead of running it again (keys are per API key owner and kept 24 h); IdempotentReplayedHeader is "true" on
+// such a replayed answer.
+const (
+	IdempotencyKeyHeader     = "Idempotency-Key"
+	IdempotentReplayedHeader = "Idempotent-Replayed"
 )
 
 // CreateVMRequest is the body of POST /api/v1/vms.
