@@ -276,8 +276,8 @@ func bodyFrom(ctx context.Context) []byte {
 // readBody reads a request's (bounded) body before the handler runs, under a read deadline of bodyTimeout, then
 // lifts the deadline. The server has no ReadTimeout (uploads, streams, shells and long polls outlive any), so
 // without this a client trickling a JSON body would hold its connection and goroutine for ever. The deadline is
-// lifted before the handler runs: net/http watches the connection for the client going away once the body is
-// read, and a deadline passing then would cancel a ?wait long poll. Requests without a body are not touched.
+// lifted before the handler runs, so that it bounds the body only, never a ?wait long poll or a proxied answer
+// that follows. Requests without a body are not touched.
 func (s *server) readBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
