@@ -335,3 +335,26 @@ func TestIdempotencyExpiryAndServerErrors(t *testing.T) {
 		t.Fatalf("upload with a key: %d %s", r.status, r.body)
 	}
 }
+
+// TestEveryMutatingRouteChecksTheKey: the header is looked at on every mutating route of the router (an invalid
+// key is refused before anything runs), as the OpenAPI document says.
+func TestEveryMutatingRouteChecksTheKey(t *testing.T) {
+	e := newEnv(t, nil)
+	vm := e.createVM(e.keyA, "target")
+	before := e.counts()
+	for _, route := range routerRoutes(t, newServer(Config{})) {
+		method, path, _ := strings.Cut(route, " ")
+		if !mutating(method) {
+			continue
+		}
+		path = strings.NewReplacer("{id}", vm.VM.ID, "{pid}", "p1").Replace(path)
+		r := e.do(req{method: method, path: path, key: e.keyA, body: strings.NewReader(`{}`),
+			header: map[string]string{client.IdempotencyKeyHeader: strings.Repeat("x", 256)}})
+		if r.status != http.StatusBadRequest || r.errCode() != client.CodeIdempotencyKeyInvalid {
+			t.Errorf("%s with a 256-character key: %d %s", route, r.status, r.body)
+		}
+	}
+	if c := e.counts(); c != before {
+		t.Fatalf("refused requests changed the store: %+v -> %+v", before, c)
+	}
+}
