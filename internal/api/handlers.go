@@ -179,7 +179,7 @@ func (s *server) listVMs(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	// ?status=running,stopped and ?status=running&status=stopped mean the same.
+	// ?status=running,failed and ?status=running&status=failed mean the same.
 	var statuses []model.VMStatus
 	for _, v := range r.URL.Query()["status"] {
 		for _, st := range strings.Split(v, ",") {
