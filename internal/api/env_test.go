@@ -71,6 +71,12 @@ func newEnv(t testing.TB, configure func(*Config)) *testEnv {
 	if err := st.Migrate(ctx); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
+	return newEnvOn(t, st, configure)
+}
+
+// newEnvOn is newEnv on a migrated store of the caller's.
+func newEnvOn(t testing.TB, st store.Store, configure func(*Config)) *testEnv {
+	t.Helper()
 	bus := inproc.New()
 	t.Cleanup(func() { _ = bus.Close() })
 	logs := &syncBuffer{}

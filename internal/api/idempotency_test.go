@@ -12,10 +12,29 @@ import (
 
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/store"
+	"github.com/aetherium/aetherium/internal/store/postgres"
+	"github.com/aetherium/aetherium/internal/store/storetest"
 	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/pkg/client"
 )
+
+// onStores runs test on the API over SQLite and over PostgreSQL: the idempotency table's locking differs (one
+// writer; INSERT ... ON CONFLICT and FOR UPDATE).
+func onStores(t *testing.T, configure func(*Config), test func(*testing.T, *testEnv)) {
+	t.Run("sqlite", func(t *testing.T) { test(t, newEnv(t, configure)) })
+	t.Run("postgres", func(t *testing.T) {
+		st, err := postgres.Open(t.Context(), storetest.PostgresDatabase(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		if err := st.Migrate(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		test(t, newEnvOn(t, st, configure))
+	})
+}
 
 // withKey sends body to path with an Idempotency-Key.
 func (e *testEnv) withKey(method, path, key, idemKey, body string) response {
@@ -80,8 +99,9 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 
 // TestIdempotentRetryAfterTimeout is the case keys exist for: a client times out during a ?wait, retries with the
 // same key, and gets the task of its first request; nothing is created or run twice.
-func TestIdempotentRetryAfterTimeout(t *testing.T) {
-	e := newEnv(t, nil)
+func TestIdempotentRetryAfterTimeout(t *testing.T) { onStores(t, nil, testIdempotentRetryAfterTimeout) }
+
+func testIdempotentRetryAfterTimeout(t *testing.T, e *testEnv) {
 
 	t.Run("vm create", func(t *testing.T) {
 		// No worker: the wait cannot end by itself.
@@ -153,8 +173,9 @@ func TestIdempotentRetryAfterTimeout(t *testing.T) {
 	})
 }
 
-func TestIdempotencyKeySemantics(t *testing.T) {
-	e := newEnv(t, nil)
+func TestIdempotencyKeySemantics(t *testing.T) { onStores(t, nil, testIdempotencyKeySemantics) }
+
+func testIdempotencyKeySemantics(t *testing.T, e *testEnv) {
 
 	// First request answered: a retry gets the same answer byte for byte, marked as replayed.
 	first := e.withKey("POST", "/api/v1/vms", e.keyA, "k-vm", `{"name":"a"}`)
@@ -225,7 +246,10 @@ func TestIdempotencyKeySemantics(t *testing.T) {
 // TestIdempotencyInProgressAndConcurrency: a key whose first request has not answered gets 409; of many requests
 // with one key at once, one runs and the others get 409 or its answer.
 func TestIdempotencyInProgressAndConcurrency(t *testing.T) {
-	e := newEnv(t, nil)
+	onStores(t, nil, testIdempotencyInProgressAndConcurrency)
+}
+
+func testIdempotencyInProgressAndConcurrency(t *testing.T, e *testEnv) {
 	body := `{"name":"racer"}`
 
 	var wg sync.WaitGroup
@@ -284,7 +308,10 @@ func TestIdempotencyInProgressAndConcurrency(t *testing.T) {
 
 // TestIdempotencyExpiryAndServerErrors: an expired key is free again; a 5xx answer is not kept, so the retry runs.
 func TestIdempotencyExpiryAndServerErrors(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.ClusterToken = clusterToken })
+	onStores(t, func(c *Config) { c.ClusterToken = clusterToken }, testIdempotencyExpiryAndServerErrors)
+}
+
+func testIdempotencyExpiryAndServerErrors(t *testing.T, e *testEnv) {
 
 	// A key used 25 hours ago (its row not purged yet) is a new key now.
 	hr, _ := http.NewRequest("POST", "/api/v1/vms", nil)
