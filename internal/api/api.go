@@ -1,6 +1,8 @@
 // Package api is Aetherium's REST API v1: a thin HTTP layer over the application layer (internal/task). It turns
 // requests into service calls for the authenticated owner and service results into the wire types of pkg/client.
-// Every mutating call answers 202 with a task; ?wait=<duration> turns it into a bounded synchronous call.
+// The calls that change VMs, executions and jobs answer 202 with a persisted task; ?wait=<duration> turns them
+// into a bounded synchronous call. Files, processes and shells act on the VM directly (interactive.go), through
+// the worker that hosts it. Every mutating call takes an Idempotency-Key (idempotency.go) but file uploads.
 // The contract is internal/api/openapi.yaml, served at /api/v1/openapi.yaml and checked against the router by tests.
 package api
 
@@ -9,11 +11,13 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/aetherium/aetherium/internal/auth"
+	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/pkg/client"
 )
@@ -24,6 +28,8 @@ const (
 	DefaultMaxWait      = 10 * time.Minute
 	// DefaultStreamHeartbeat is the default of Config.StreamHeartbeat.
 	DefaultStreamHeartbeat = 15 * time.Second
+	// DefaultBodyTimeout is the default of Config.BodyTimeout: 1 MiB at about 35 KB/s.
+	DefaultBodyTimeout = 30 * time.Second
 )
 
 // Config configures the API handler. Service and Auth are required.
@@ -45,6 +51,14 @@ type Config struct {
 	ClusterToken string
 	// WorkerTransport carries the proxied requests to the workers (default: a transport for cluster traffic).
 	WorkerTransport http.RoundTripper
+	// Idempotency keeps the answers of requests sent with an Idempotency-Key (idempotency.go). Nil: such requests
+	// are refused with 400, never run without the guarantee they ask for.
+	Idempotency store.IdempotencyStore
+	// IdempotencyTTL is how long a key is kept (default IdempotencyTTL, 24 h).
+	IdempotencyTTL time.Duration
+	// BodyTimeout bounds the time to receive a JSON request body (default DefaultBodyTimeout). Uploads have their
+	// own idle timeout instead.
+	BodyTimeout time.Duration
 }
 
 // server holds the handler's dependencies; its methods are the route handlers.
@@ -62,6 +76,11 @@ type server struct {
 	// clusterToken and proxy carry the interactive routes to the worker hosting the VM (interactive.go).
 	clusterToken string
 	proxy        *httputil.ReverseProxy
+	// idem keeps idempotency keys; lastPurge is when expired ones were last deleted (unix nanoseconds).
+	idem        store.IdempotencyStore
+	idemTTL     time.Duration
+	lastPurge   atomic.Int64
+	bodyTimeout time.Duration
 }
 
 // New returns the http.Handler of the REST API v1, rooted at /api/v1.
@@ -81,6 +100,16 @@ func newServer(cfg Config) *server {
 		heartbeat: cfg.StreamHeartbeat,
 
 		clusterToken: cfg.ClusterToken,
+
+		idem:        cfg.Idempotency,
+		idemTTL:     cfg.IdempotencyTTL,
+		bodyTimeout: cfg.BodyTimeout,
+	}
+	if s.idemTTL <= 0 {
+		s.idemTTL = IdempotencyTTL
+	}
+	if s.bodyTimeout <= 0 {
+		s.bodyTimeout = DefaultBodyTimeout
 	}
 	s.proxy = s.newProxy(cfg.WorkerTransport)
 	if s.log == nil {
@@ -126,7 +155,8 @@ func (s *server) routes() {
 		r.Get("/openapi.json", s.openAPIJSON)
 
 		r.Group(func(r chi.Router) {
-			r.Use(s.limitBody, s.authenticate, s.requireJSON)
+			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody, s.idempotent)
+			r.Get("/status", s.status)
 			r.Post("/vms", s.createVM)
 			r.Get("/vms", s.listVMs)
 			r.Get("/vms/{id}", s.getVM)
@@ -154,7 +184,7 @@ func (s *server) routes() {
 		})
 		r.Group(func(r chi.Router) {
 			// Streams: a file's bytes of any size and type, and the shell's WebSocket. No body limit, no JSON.
-			r.Use(s.authenticate)
+			r.Use(s.authenticate, s.refuseIdempotencyKey)
 			r.Get("/vms/{id}/files", s.downloadFile)
 			r.Put("/vms/{id}/files", s.uploadFile)
 			r.Get("/vms/{id}/shell", s.shell)

@@ -71,6 +71,12 @@ func newEnv(t testing.TB, configure func(*Config)) *testEnv {
 	if err := st.Migrate(ctx); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
+	return newEnvOn(t, st, configure)
+}
+
+// newEnvOn is newEnv on a migrated store of the caller's.
+func newEnvOn(t testing.TB, st store.Store, configure func(*Config)) *testEnv {
+	t.Helper()
 	bus := inproc.New()
 	t.Cleanup(func() { _ = bus.Close() })
 	logs := &syncBuffer{}
@@ -80,7 +86,8 @@ func newEnv(t testing.TB, configure func(*Config)) *testEnv {
 	e.svc = task.New(st, q, bus, task.DefaultLimits())
 	e.keyA, e.ownerA = e.newKey("alice")
 	e.keyB, e.ownerB = e.newKey("bob")
-	cfg := Config{Service: e.svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: "test-1.2.3"}
+	cfg := Config{Service: e.svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: "test-1.2.3",
+		Idempotency: st.Idempotency()}
 	if configure != nil {
 		configure(&cfg)
 	}
@@ -176,6 +183,16 @@ func (e *testEnv) call(method, path, key, body string) response {
 		rd = strings.NewReader(body)
 	}
 	return e.do(req{method: method, path: path, key: key, body: rd})
+}
+
+// okCall is call that fails the test unless the answer is 200.
+func (e *testEnv) okCall(method, path, key, body string) response {
+	e.t.Helper()
+	r := e.call(method, path, key, body)
+	if r.status != http.StatusOK {
+		e.t.Fatalf("%s %s: %d %s", method, path, r.status, r.body)
+	}
+	return r
 }
 
 func decodeAs[T any](t testing.TB, r response) T {

@@ -101,6 +101,33 @@ func (s *server) ready(w http.ResponseWriter, r *http.Request) {
 	s.writeJSON(w, r, status, out)
 }
 
+// mutationTimeout bounds a service call that changes state once it no longer ends with its request.
+const mutationTimeout = 30 * time.Second
+
+// mutationContext is the context of a service call that stores rows and enqueues a task: it does not end when the
+// client goes away. A client that disconnects halfway would otherwise leave a VM without its task (the store
+// write cancelled between the two), and its retry would find the name taken instead of its first answer. Waits
+// (?wait) keep the request's own context, so they end with the client.
+func mutationContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), mutationTimeout)
+}
+
+// status reports the cluster behind this gateway: how many workers can take tasks. Always 200 when the store
+// answers; "degraded" is a state of the cluster, not of this process (that is /ready's business).
+func (s *server) status(w http.ResponseWriter, r *http.Request) {
+	c, err := s.svc.WorkerStatus(r.Context())
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	out := client.Status{Status: "ok", Workers: client.WorkersStatus{
+		Registered: c.Registered, Live: c.Live, StaleAfterSeconds: int(c.StaleAfter / time.Second)}}
+	if c.Live == 0 {
+		out.Status = "degraded"
+	}
+	s.writeJSON(w, r, http.StatusOK, out)
+}
+
 // createVM answers 202 with the pending VM and its task. With ?wait it waits for the task: 201 when the VM was
 // created, 200 when creation failed (the request itself succeeded; task.status and vm.status say "failed"), and
 // still 202 when the wait ends first.
@@ -114,16 +141,20 @@ func (s *server) createVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, owner := r.Context(), ownerFrom(r.Context())
-	vm, t, err := s.svc.CreateVM(ctx, owner, req)
+	mctx, done := mutationContext(ctx)
+	defer done()
+	vm, t, err := s.svc.CreateVM(mctx, owner, req)
 	if err != nil {
 		s.writeServiceError(w, r, err)
 		return
 	}
+	tk := ToTask(t)
+	accepted := client.VMAccepted{TaskID: t.ID, VM: ToVM(vm), Task: &tk}
 	if wait == 0 {
-		tk := ToTask(t)
-		s.writeJSON(w, r, http.StatusAccepted, client.VMAccepted{TaskID: t.ID, VM: ToVM(vm), Task: &tk})
+		s.writeJSON(w, r, http.StatusAccepted, accepted)
 		return
 	}
+	s.checkpoint(r, http.StatusAccepted, accepted)
 	if t, err = s.svc.WaitTask(ctx, owner, t.ID, wait); err != nil {
 		s.writeServiceError(w, r, err)
 		return
@@ -139,7 +170,7 @@ func (s *server) createVM(w http.ResponseWriter, r *http.Request) {
 	case model.TaskFailed:
 		status = http.StatusOK
 	}
-	tk := ToTask(t)
+	tk = ToTask(t)
 	s.writeJSON(w, r, status, client.VMAccepted{TaskID: t.ID, VM: ToVM(vm), Task: &tk})
 }
 
@@ -148,7 +179,7 @@ func (s *server) listVMs(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	// ?status=running,stopped and ?status=running&status=stopped mean the same.
+	// ?status=running,failed and ?status=running&status=failed mean the same.
 	var statuses []model.VMStatus
 	for _, v := range r.URL.Query()["status"] {
 		for _, st := range strings.Split(v, ",") {
@@ -193,7 +224,9 @@ func (s *server) deleteVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, owner := r.Context(), ownerFrom(r.Context())
-	t, err := s.svc.DeleteVM(ctx, owner, id, r.URL.Query().Get("priority"))
+	mctx, done := mutationContext(ctx)
+	defer done()
+	t, err := s.svc.DeleteVM(mctx, owner, id, r.URL.Query().Get("priority"))
 	if err != nil {
 		s.writeServiceError(w, r, err)
 		return
@@ -206,6 +239,8 @@ func (s *server) deleteVM(w http.ResponseWriter, r *http.Request) {
 func (s *server) writeTaskAccepted(w http.ResponseWriter, r *http.Request, owner string, t *model.Task, wait time.Duration) {
 	status := http.StatusAccepted
 	if wait > 0 {
+		tk := ToTask(t)
+		s.checkpoint(r, http.StatusAccepted, client.TaskAccepted{TaskID: t.ID, Task: &tk})
 		var err error
 		if t, err = s.svc.WaitTask(r.Context(), owner, t.ID, wait); err != nil {
 			s.writeServiceError(w, r, err)
@@ -234,7 +269,9 @@ func (s *server) addTools(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, owner := r.Context(), ownerFrom(r.Context())
-	t, err := s.svc.AddTools(ctx, owner, id, req)
+	mctx, done := mutationContext(ctx)
+	defer done()
+	t, err := s.svc.AddTools(mctx, owner, id, req)
 	if err != nil {
 		s.writeServiceError(w, r, err)
 		return
@@ -258,7 +295,9 @@ func (s *server) execute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, owner := r.Context(), ownerFrom(r.Context())
-	e, t, err := s.svc.Execute(ctx, owner, vmID, req)
+	mctx, done := mutationContext(ctx)
+	defer done()
+	e, t, err := s.svc.Execute(mctx, owner, vmID, req)
 	if err != nil {
 		s.writeServiceError(w, r, err)
 		return
@@ -268,6 +307,7 @@ func (s *server) execute(w http.ResponseWriter, r *http.Request) {
 		s.writeJSON(w, r, http.StatusAccepted, out)
 		return
 	}
+	s.checkpoint(r, http.StatusAccepted, out)
 	if t, err = s.svc.WaitTask(ctx, owner, t.ID, wait); err != nil {
 		s.writeServiceError(w, r, err)
 		return
@@ -343,7 +383,9 @@ func (s *server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, owner := r.Context(), ownerFrom(r.Context())
-	j, t, err := s.svc.CreateJob(ctx, owner, req)
+	mctx, done := mutationContext(ctx)
+	defer done()
+	j, t, err := s.svc.CreateJob(mctx, owner, req)
 	if err != nil {
 		s.writeServiceError(w, r, err)
 		return
@@ -353,6 +395,7 @@ func (s *server) createJob(w http.ResponseWriter, r *http.Request) {
 		s.writeJSON(w, r, http.StatusAccepted, out)
 		return
 	}
+	s.checkpoint(r, http.StatusAccepted, out)
 	if t, err = s.svc.WaitTask(ctx, owner, t.ID, wait); err != nil {
 		s.writeServiceError(w, r, err)
 		return

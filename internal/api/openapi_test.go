@@ -165,13 +165,26 @@ func TestOpenAPIOperations(t *testing.T) {
 				}
 			}
 		}
+		idem := false
 		for _, p := range op.Parameters {
 			switch p["$ref"] {
 			case "#/components/parameters/Wait":
 				want = append(want, "400")
 			case "#/components/parameters/Limit":
 				want = append(want, "400", "422")
+			case "#/components/parameters/IdempotencyKey":
+				idem = true
+				want = append(want, "400", "409", "422")
 			}
+		}
+		// Every mutating route takes an Idempotency-Key but uploads, which refuse it (their body is a stream).
+		method, _, _ := strings.Cut(name, " ")
+		mutating := method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE"
+		if wantIdem := mutating && !slices.Contains(streamedBodies, name); idem != wantIdem {
+			t.Errorf("%s: documents Idempotency-Key %v, want %v", name, idem, wantIdem)
+		}
+		if op.RequestBody != nil && !slices.Contains(streamedBodies, name) {
+			want = append(want, "408") // the body deadline
 		}
 		for _, code := range want {
 			if _, ok := op.Responses[code]; !ok {
@@ -252,6 +265,7 @@ func TestOpenAPISchemasMatchWireTypes(t *testing.T) {
 		"Execution": client.Execution{}, "ExecutionList": client.ExecutionList{}, "TaskAccepted": client.TaskAccepted{},
 		"Task": client.Task{}, "JobCommand": client.JobCommand{}, "CreateJobRequest": client.CreateJobRequest{},
 		"Job": client.Job{}, "JobAccepted": client.JobAccepted{}, "Health": client.Health{}, "Ready": client.Ready{},
+		"Status": client.Status{}, "WorkersStatus": client.WorkersStatus{},
 		"OutputChunk": client.OutputChunk{}, "ExecutionEnd": client.ExecutionEnd{},
 		"FileInfo": client.FileInfo{}, "FileList": client.FileList{}, "MkdirRequest": client.MkdirRequest{},
 		"StartProcessRequest": client.StartProcessRequest{}, "Process": client.Process{},

@@ -20,7 +20,8 @@
 //
 // Settings come from persistent flags, then the environment: --server (AETHERIUM_SERVER, default
 // http://127.0.0.1:8080), --api-key (AETHERIUM_API_KEY), --api-key-file (AETHERIUM_API_KEY_FILE), --json (print
-// the API's JSON instead of tables and key: value lines) and --timeout (give up after this long; 0: never).
+// the API's JSON instead of tables and key: value lines), --timeout (give up after this long; 0: never) and
+// --idempotency-key (sent with the command's mutating call, so that re-running the command gets the first answer).
 package cli
 
 import (
@@ -98,6 +99,7 @@ type app struct {
 	apiKeyFile string
 	jsonOut    bool
 	timeout    time.Duration
+	idemKey    string
 
 	// set per run
 	serverURL string
@@ -153,6 +155,9 @@ func (a *app) addPersistentFlags(c *cobra.Command) {
 	f.StringVar(&a.apiKeyFile, "api-key-file", "", "read the API key from this file (env "+EnvAPIKeyFile+")")
 	f.BoolVar(&a.jsonOut, "json", false, "print the API's JSON instead of human-readable output")
 	f.DurationVar(&a.timeout, "timeout", 0, "give up after this long, e.g. 30s or 10m (0: no limit)")
+	f.StringVar(&a.idemKey, "idempotency-key", "", "send this Idempotency-Key with the command's change (create, delete, exec, "+
+		"job run...): running the same command again with the same key within 24 h prints the first answer instead "+
+		"of doing it twice")
 }
 
 // group makes a parent command (vm, task, job): without a subcommand it shows its help, with an unknown one it
@@ -202,6 +207,9 @@ func (a *app) leaf(cmd *cobra.Command, args cobra.PositionalArgs, failCode int, 
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, a.timeout)
 			defer cancel()
+		}
+		if a.idemKey != "" {
+			ctx = client.WithIdempotencyKey(ctx, a.idemKey)
 		}
 		cl, err := a.client()
 		if err == nil {

@@ -672,3 +672,25 @@ func BenchmarkVMList(b *testing.B) {
 		}
 	}
 }
+
+// TestIdempotencyKeyFlag: --idempotency-key goes with the command's mutating call only.
+func TestIdempotencyKeyFlag(t *testing.T) {
+	e := newEnv(t)
+	if r := e.run("vm", "create", "keyed", "--idempotency-key", "deploy-7"); r.code != 0 {
+		t.Fatal(r)
+	}
+	if got := e.lastRequest("POST", "/api/v1/vms").Header.Get(client.IdempotencyKeyHeader); got != "deploy-7" {
+		t.Fatalf("vm create sent Idempotency-Key %q", got)
+	}
+	for _, req := range e.srv.Requests() {
+		if req.Method == http.MethodGet && req.Header.Get(client.IdempotencyKeyHeader) != "" {
+			t.Errorf("GET %s carried the key", req.Path)
+		}
+	}
+	if r := e.run("vm", "create", "plain"); r.code != 0 {
+		t.Fatal(r)
+	}
+	if got := e.lastRequest("POST", "/api/v1/vms").Header.Get(client.IdempotencyKeyHeader); got != "" {
+		t.Fatalf("vm create without the flag sent Idempotency-Key %q", got)
+	}
+}

@@ -122,13 +122,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		if apiURL, err = workerapi.AdvertisedURL(wapiLn, cfg.WorkerAPIURL); err != nil {
 			return err
 		}
-		wapiSrv = &http.Server{
-			Handler:           wh,
-			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       2 * time.Minute,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-			BaseContext:       func(net.Listener) context.Context { return reqCtx },
-		}
+		wapiSrv = newHTTPServer(wh, log, reqCtx, ReadHeaderTimeout)
 		installer, err := tools.NewInstaller(tools.Config{Catalog: catalog, CacheDir: filepath.Join(cfg.DataDir, "cache", "tools"),
 			NPMRegistry: cfg.NPMRegistry, DebianMirror: cfg.DebianMirror, Logger: log})
 		if err != nil {
@@ -159,17 +153,11 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		limits.MaxOutputBytes = cfg.MaxOutput
 		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog))
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
-			ClusterToken: token})
+			ClusterToken: token, Idempotency: st.Idempotency()})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
-		httpSrv = &http.Server{
-			Handler:           handler,
-			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       2 * time.Minute,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-			BaseContext:       func(net.Listener) context.Context { return reqCtx },
-		}
+		httpSrv = newHTTPServer(handler, log, reqCtx, ReadHeaderTimeout)
 	}
 
 	// The worker starts last, once nothing else can fail, so an early return never leaves it running.
@@ -241,6 +229,28 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 	wg.Wait()
 	errs = append(errs, herr, werr)
 	return errors.Join(errs...)
+}
+
+// ReadHeaderTimeout bounds how long a client may take to send a request's headers; IdleTimeout how long a
+// keep-alive connection may wait for its next request.
+const (
+	ReadHeaderTimeout = 10 * time.Second
+	IdleTimeout       = 2 * time.Minute
+)
+
+// newHTTPServer is the http.Server of the API and of the worker API. It has no ReadTimeout or WriteTimeout on
+// purpose: uploads, downloads, execution streams, shells and ?wait long polls outlive any fixed bound. What a slow
+// client can hold is bounded elsewhere instead: the headers by readHeader (a slowloris trickling them is cut off),
+// JSON bodies by the API's body deadline (api.Config.BodyTimeout), uploads by their idle timeout (no byte for
+// 2 minutes), idle connections by IdleTimeout.
+func newHTTPServer(h http.Handler, log *slog.Logger, base context.Context, readHeader time.Duration) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeader,
+		IdleTimeout:       IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return base },
+	}
 }
 
 // clusterToken is the secret gateways present to workers. It is required when gateways and workers may be separate

@@ -18,6 +18,7 @@ type Store interface {
 	Workers() WorkerStore
 	APIKeys() APIKeyStore
 	Leases() LeaseStore
+	Idempotency() IdempotencyStore
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	Close() error

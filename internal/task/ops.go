@@ -586,9 +586,11 @@ func (s *Service) WaitTask(ctx context.Context, ownerID, id string, timeout time
 	}
 }
 
-// Ready checks the store, the queue, the event bus and that some worker is alive: name -> nil or the error.
-// The endpoint that shows these is public, so dependency errors are reduced to what failed: their text can name
-// hosts and users of the deployment.
+// Ready checks this process's own dependencies, the store, the queue and the event bus: name -> nil or the error.
+// Worker liveness is deliberately not among them: a gateway is ready to accept (and persist) requests with no
+// worker alive, and a readiness check failing on every gateway at once would empty a load balancer's pool; see
+// WorkerStatus. The endpoint that shows these is public, so dependency errors are reduced to what failed: their
+// text can name hosts and users of the deployment.
 func (s *Service) Ready(ctx context.Context) map[string]error {
 	checks := map[string]error{}
 	checks["store"] = redact(s.store.Ping(ctx), "database unreachable")
@@ -597,7 +599,6 @@ func (s *Service) Ready(ctx context.Context) map[string]error {
 	if s.bus != nil {
 		checks["events"] = redact(s.bus.Health(ctx), "event bus unreachable")
 	}
-	checks["workers"] = s.checkAnyWorker(ctx)
 	return checks
 }
 
@@ -608,20 +609,33 @@ func redact(err error, msg string) error {
 	return errors.New(msg)
 }
 
-func (s *Service) checkAnyWorker(ctx context.Context) error {
+// WorkerCounts is what WorkerStatus found.
+type WorkerCounts struct {
+	// Registered is every worker row, stopped ones included.
+	Registered int
+	// Live workers are active, sent a heartbeat within Limits.WorkerStaleAfter and report a healthy backend.
+	Live int
+	// StaleAfter is the heartbeat age beyond which a worker is not live.
+	StaleAfter time.Duration
+}
+
+// WorkerStatus counts the workers that can take tasks now. It is the cluster's state, not this process's health.
+func (s *Service) WorkerStatus(ctx context.Context) (WorkerCounts, error) {
 	ws, err := s.store.Workers().List(ctx)
 	if err != nil {
-		return errors.New("could not list workers")
+		return WorkerCounts{}, fmt.Errorf("list workers: %w", err)
 	}
+	c := WorkerCounts{Registered: len(ws), StaleAfter: s.limits.WorkerStaleAfter}
 	for _, w := range ws {
-		if w.Status == "active" && time.Since(w.LastHeartbeat) <= s.limits.WorkerStaleAfter {
-			if h := w.Metadata["backend_health"]; h != "" && h != "ok" {
-				continue
-			}
-			return nil
+		if w.Status != "active" || time.Since(w.LastHeartbeat) > s.limits.WorkerStaleAfter {
+			continue
 		}
+		if h := w.Metadata["backend_health"]; h != "" && h != "ok" {
+			continue
+		}
+		c.Live++
 	}
-	return fmt.Errorf("no worker with a healthy backend has sent a heartbeat in the last %s", s.limits.WorkerStaleAfter)
+	return c, nil
 }
 
 // RequeueStale puts pending tasks older than age back on the queue. A queue that lost its contents (a Redis

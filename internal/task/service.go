@@ -1,6 +1,7 @@
-// Package task is Aetherium's application layer: it validates requests, stores VMs, executions and jobs, turns every
-// mutating call into a persisted task on the queue, and lets callers wait for a task's end. The REST API is a thin
-// layer above it; workers run the tasks it creates (see internal/worker).
+// Package task is Aetherium's application layer: it validates requests, stores VMs, executions and jobs, turns each
+// change of them (create, delete, execute, tools, jobs) into a persisted task on the queue, and lets callers wait
+// for a task's end. Files, processes and shells are not tasks: the API proxies them to the VM's worker after
+// VMEndpoint's checks. The REST API is a thin layer above it; workers run the tasks it creates (see internal/worker).
 package task
 
 import (

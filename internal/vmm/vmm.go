@@ -1,5 +1,5 @@
-// Package vmm defines the VM orchestrator seam. Backends (docker now; firecracker and qemu later) implement
-// Orchestrator; the worker drives them and never knows which one it has.
+// Package vmm defines the VM orchestrator seam. Backends (qemu, firecracker and docker, in the subpackages of
+// those names) implement Orchestrator; the worker drives them and never knows which one it has.
 package vmm
 
 import (

@@ -3,6 +3,8 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +45,8 @@ type Client struct {
 	userAgent string
 	waitChunk time.Duration
 	maxPoll   time.Duration
+	// retries is how many times a mutating call is sent again after a transient failure (WithRetries).
+	retries int
 }
 
 // Option configures a Client.
@@ -84,6 +88,27 @@ func WithMaxPollInterval(d time.Duration) Option {
 			c.maxPoll = d
 		}
 	}
+}
+
+// WithRetries makes every mutating call (create, delete, execute, tools, jobs, mkdir, remove, processes) carry an
+// Idempotency-Key of its own, generated per call, and sends it again up to n times after a transient failure: a
+// network error or timeout, 429, 502, 503, 504, or 409 idempotency_in_progress, with growing pauses (Retry-After
+// when the server sends one, at most 5 s). The server answers a retry with the first request's answer, so a
+// command never runs twice and a VM is never created twice. n <= 0 (the default) sends every call once, with a key
+// only when the context carries one (WithIdempotencyKey). File uploads are never retried (their body is a
+// stream, and the server refuses keys there); sending an upload again is safe by itself.
+func WithRetries(n int) Option {
+	return func(c *Client) { c.retries = max(n, 0) }
+}
+
+type idempotencyKeyCtx struct{}
+
+// WithIdempotencyKey returns a context whose mutating calls send key as their Idempotency-Key: a call repeated
+// with the same key and the same request (within 24 h) gets the first call's answer instead of running again.
+// Use one key per logical operation, for example one stored with the job that needs the VM, so a process that
+// restarts and asks again gets the same VM. Keys are 1 to 255 printable ASCII characters; uploads ignore them.
+func WithIdempotencyKey(ctx context.Context, key string) context.Context {
+	return context.WithValue(ctx, idempotencyKeyCtx{}, key)
 }
 
 // New returns a client of the API at baseURL (e.g. "http://127.0.0.1:8080"; a trailing "/api/v1" is accepted and
@@ -236,6 +261,15 @@ func (c *Client) Ready(ctx context.Context) (*Ready, error) {
 		return nil, err
 	}
 	return &r, nil
+}
+
+// Status calls GET /api/v1/status: how many workers can take tasks now.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var st Status
+	if _, err := c.do(ctx, http.MethodGet, "/status", nil, nil, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
 }
 
 // CreateVM asks for a VM and returns at once (202): the VM is pending and TaskID follows its creation.
@@ -584,15 +618,50 @@ func isTransient(err error) bool {
 }
 
 // do sends one request and decodes a 2xx answer (or one of alsoOK) into out. Other answers become *APIError.
+// Mutating calls carry an Idempotency-Key when the context has one or retries are on, and are then retried after
+// transient failures (see WithRetries).
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, body, out any, alsoOK ...int) (int, error) {
+	key, _ := ctx.Value(idempotencyKeyCtx{}).(string)
+	mutating := method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch || method == http.MethodDelete
+	attempts := 1
+	if mutating && c.retries > 0 {
+		if key == "" {
+			key = newIdempotencyKey()
+		}
+		attempts += c.retries
+	}
+	for attempt := 1; ; attempt++ {
+		status, retryAfter, err := c.doOnce(ctx, method, path, query, body, out, mutating, key, alsoOK)
+		if err == nil || attempt >= attempts || ctx.Err() != nil || !retryable(err) {
+			return status, err
+		}
+		pause := min(100*time.Millisecond<<(attempt-1), 5*time.Second)
+		if retryAfter > 0 {
+			pause = min(retryAfter, 5*time.Second)
+		}
+		timer := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return status, err
+		case <-timer.C:
+		}
+	}
+}
+
+func (c *Client) doOnce(ctx context.Context, method, path string, query url.Values, body, out any, mutating bool, key string,
+	alsoOK []int) (status int, retryAfter time.Duration, err error) {
 	req, err := c.newRequest(ctx, method, path, query, body)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	req.Header.Set("Accept", "application/json")
+	if mutating && key != "" {
+		req.Header.Set(IdempotencyKeyHeader, key)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, err // a *url.Error: it names the method and URL, never the headers
+		return 0, 0, err // a *url.Error: it names the method and URL, never the headers
 	}
 	defer resp.Body.Close()
 
@@ -601,19 +670,42 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		ok = ok || resp.StatusCode == s
 	}
 	if !ok {
-		return resp.StatusCode, decodeError(resp)
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+			retryAfter = time.Duration(secs) * time.Second
+		}
+		return resp.StatusCode, retryAfter, decodeError(resp)
 	}
 	if out == nil {
 		_, _ = io.Copy(io.Discard, resp.Body)
-		return resp.StatusCode, nil
+		return resp.StatusCode, 0, nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		if !isJSON(resp.Header.Get("Content-Type")) {
-			return resp.StatusCode, &APIError{Status: resp.StatusCode, Message: nonJSONMessage(resp, nil)}
+			return resp.StatusCode, 0, &APIError{Status: resp.StatusCode, Message: nonJSONMessage(resp, nil)}
 		}
-		return resp.StatusCode, fmt.Errorf("decode %s %s answer (%d): %w", method, path, resp.StatusCode, err)
+		// A body cut short is a transport failure (the answer is replayed on a retry).
+		return resp.StatusCode, 0, fmt.Errorf("decode %s %s answer (%d): %w", method, path, resp.StatusCode, err)
 	}
-	return resp.StatusCode, nil
+	return resp.StatusCode, 0, nil
+}
+
+// retryable reports whether a mutating call that failed with err may be sent again with its Idempotency-Key.
+func retryable(err error) bool {
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return isTransient(err) || (ae.Status == http.StatusConflict && ae.Code == CodeIdempotencyInProgress)
+	}
+	return isTransient(err)
+}
+
+// newIdempotencyKey is a random UUID (version 4), the kind of key the server expects.
+func newIdempotencyKey() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand does not fail on Linux; a failure would panic in Go 1.24+
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
 // decodeError turns an error answer into an *APIError, from the envelope when there is one.

@@ -32,6 +32,23 @@ const (
 	CodeRateLimited      = "rate_limited"
 	CodeInternal         = "internal_error"
 	CodeUnavailable      = "service_unavailable"
+	// CodeRequestTimeout (408): the request's body did not arrive in time.
+	CodeRequestTimeout = "request_timeout"
+	// CodeIdempotencyKeyInvalid (400): an Idempotency-Key that is empty, longer than 255 characters, not
+	// printable ASCII, or sent to a route that does not take one (file uploads).
+	CodeIdempotencyKeyInvalid = "idempotency_key_invalid"
+	// CodeIdempotencyKeyReused (422): the key was first used for a different request (method, path or body).
+	CodeIdempotencyKeyReused = "idempotency_key_reused"
+	// CodeIdempotencyInProgress (409): the first request with this key has not answered yet; retry later.
+	CodeIdempotencyInProgress = "idempotency_in_progress"
+)
+
+// Idempotency headers: IdempotencyKeyHeader on a mutating request makes a retry of it get the first answer
+// instead of running it again (keys are per API key owner and kept 24 h); IdempotentReplayedHeader is "true" on
+// such a replayed answer.
+const (
+	IdempotencyKeyHeader     = "Idempotency-Key"
+	IdempotentReplayedHeader = "Idempotent-Replayed"
 )
 
 // CreateVMRequest is the body of POST /api/v1/vms.
@@ -248,6 +265,24 @@ type Health struct {
 type Ready struct {
 	Status string            `json:"status"` // "ready" or "not_ready"
 	Checks map[string]string `json:"checks"` // name -> "ok" or the error
+}
+
+// Status answers GET /api/v1/status: the state of the cluster behind the gateway (unlike Ready, which is about
+// the gateway process alone).
+type Status struct {
+	// Status is "ok" when at least one worker can take tasks now, "degraded" otherwise (requests are still accepted
+	// and persisted; they run once a worker is back).
+	Status  string        `json:"status"`
+	Workers WorkersStatus `json:"workers"`
+}
+
+// WorkersStatus counts the registered workers.
+type WorkersStatus struct {
+	// Registered is every worker the store knows, stopped ones included.
+	Registered int `json:"registered"`
+	// Live workers are active, sent a heartbeat within StaleAfterSeconds and report a healthy VM backend.
+	Live              int `json:"live"`
+	StaleAfterSeconds int `json:"stale_after_seconds"`
 }
 
 // OutputChunk is the data of a `stdout` or `stderr` event of GET /api/v1/executions/{id}/stream: bytes of one

@@ -172,7 +172,8 @@ func waitHTTP(t testing.TB, addr string, p *proc) {
 	t.Fatalf("%s did not answer on %s within 60s:\n%s", p.name, addr, p.out.String())
 }
 
-// waitReady waits until /ready says every check passes (a worker has registered).
+// waitReady waits until /ready says every check passes and /status that a worker is live (readiness alone does
+// not wait for workers). c must carry an API key.
 func waitReady(t testing.TB, c *client.Client) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -181,9 +182,14 @@ func waitReady(t testing.TB, c *client.Client) {
 	for ctx.Err() == nil {
 		r, err := c.Ready(ctx)
 		if err == nil && r.Status == "ready" {
-			return
+			st, err := c.Status(ctx)
+			if err == nil && st.Workers.Live > 0 {
+				return
+			}
+			last = fmt.Sprintf("ready, status %+v %v", st, err)
+		} else {
+			last = fmt.Sprintf("%+v %v", r, err)
 		}
-		last = fmt.Sprintf("%+v %v", r, err)
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("server not ready within 60s: %s", last)

@@ -36,7 +36,7 @@ func TestConformance(t *testing.T) {
 	dbURL := base.Pool().Config().ConnString()
 	storetest.Run(t, func(t *testing.T) store.Store {
 		if _, err := base.Pool().Exec(t.Context(), `DELETE FROM vms; DELETE FROM tasks; DELETE FROM jobs;
-			DELETE FROM executions; DELETE FROM workers; DELETE FROM api_keys`); err != nil {
+			DELETE FROM executions; DELETE FROM workers; DELETE FROM api_keys; DELETE FROM idempotency_keys`); err != nil {
 			t.Fatalf("empty the tables: %v", err)
 		}
 		st, err := postgres.Open(t.Context(), dbURL)
@@ -115,4 +115,8 @@ func TestOpenErrors(t *testing.T) {
 
 func BenchmarkTaskUpdate(b *testing.B) {
 	storetest.BenchmarkTaskUpdate(b, openStore(b))
+}
+
+func BenchmarkCreateTask(b *testing.B) {
+	storetest.BenchmarkCreateTask(b, openStore(b))
 }

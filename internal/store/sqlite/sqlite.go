@@ -48,14 +48,23 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
+// Synchronous is the writer's synchronous pragma. With WAL, FULL syncs the log on every commit, so a row is on disk
+// before the write returns: the API answers 202 only after the task's rows are written, and NORMAL (sync only at
+// checkpoints) could lose such an acknowledged task on power loss. The cost is one fsync per write transaction
+// (see BenchmarkSynchronous). Readers never write, so their setting does not matter; they keep NORMAL.
+const Synchronous = "FULL"
+
 // dsn is the modernc.org/sqlite data source name for path. The pragmas are DSN parameters, not statements run once,
 // so every connection the pools open gets them. _txlock=immediate makes BeginTx issue BEGIN IMMEDIATE.
-func dsn(path string, readOnly bool) string {
+func dsn(path string, readOnly bool, synchronous string) string {
 	q := []string{
 		fmt.Sprintf("_pragma=busy_timeout(%d)", BusyTimeout.Milliseconds()),
 		"_pragma=foreign_keys(1)",
-		"_pragma=synchronous(NORMAL)",
 	}
+	if readOnly {
+		synchronous = "NORMAL"
+	}
+	q = append(q, "_pragma=synchronous("+synchronous+")")
 	if readOnly {
 		// journal_mode is a property of the file, set by the writer; query_only guards against a write slipping
 		// into the read pool, where it would bypass the single-writer queue.
@@ -70,6 +79,11 @@ func dsn(path string, readOnly bool) string {
 // upgrade the schema: call Migrate for that. In-memory databases are refused: the read and write pools would each
 // see a different empty database.
 func Open(ctx context.Context, path string) (*Store, error) {
+	return open(ctx, path, Synchronous)
+}
+
+// open is Open with the writer's synchronous pragma given (benchmarks compare the settings).
+func open(ctx context.Context, path, synchronous string) (*Store, error) {
 	switch {
 	case path == "":
 		return nil, errors.New("sqlite: empty database path")
@@ -85,7 +99,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(abs), 0o750); err != nil {
 		return nil, fmt.Errorf("sqlite: create directory of %s: %w", abs, err)
 	}
-	w, err := sql.Open("sqlite", dsn(abs, false))
+	w, err := sql.Open("sqlite", dsn(abs, false, synchronous))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
 	}
@@ -98,7 +112,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
 	}
-	r, err := sql.Open("sqlite", dsn(abs, true))
+	r, err := sql.Open("sqlite", dsn(abs, true, synchronous))
 	if err != nil {
 		w.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)

@@ -80,3 +80,7 @@ func TestOpenRejects(t *testing.T) {
 func BenchmarkTaskUpdate(b *testing.B) {
 	storetest.BenchmarkTaskUpdate(b, openStore(b))
 }
+
+func BenchmarkCreateTask(b *testing.B) {
+	storetest.BenchmarkCreateTask(b, openStore(b))
+}
