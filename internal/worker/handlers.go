@@ -66,7 +66,11 @@ func (w *Worker) createVM(ctx context.Context, vmID string, last bool, tl *toolL
 		if vm.Status == model.VMRunning || vm.Status == model.VMDeleted {
 			return vm, nil // nothing to do: done already, or deleted before it was created
 		}
-		return nil, queue.Permanent(fmt.Errorf("vm %s is %s and cannot be created", vm.ID, vm.Status))
+		msg := fmt.Sprintf("vm %s is %s and cannot be created", vm.ID, vm.Status)
+		if vm.Error != "" {
+			msg += " (" + vm.Error + ")"
+		}
+		return nil, queue.Permanent(errors.New(msg))
 	}
 	if err != nil {
 		if errors.Is(err, model.ErrNotFound) {
@@ -398,15 +402,17 @@ func (w *Worker) handleJob(ctx context.Context, t *model.Task) (json.RawMessage,
 	}
 	if err != nil {
 		status, reason = model.JobFailed, err.Error()
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		// A command an earlier attempt left running (its worker died) will never end: say so.
+		w.failRunningJobExecutions(dctx, job, "the job failed before the command ended: "+reason)
 		// However it failed, a job asked to delete its VM does: nothing else would, and it would leak.
 		if job.DeleteVMAfter && job.VMID != "" {
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 			if derr := w.deleteVM(dctx, job.VMID); derr != nil {
 				w.log.Error("could not delete the vm of a failed job", "job_id", job.ID, "vm_id", job.VMID, "err", derr)
 				reason += "; its vm could not be deleted: " + derr.Error()
 			}
-			cancel()
 		}
+		cancel()
 	}
 	job, uerr := w.cfg.Store.Jobs().Update(context.WithoutCancel(ctx), job.ID, func(j *model.Job) error {
 		j.Status, j.Error, j.CompletedAt = status, reason, utcNow()
@@ -416,6 +422,23 @@ func (w *Worker) handleJob(ctx context.Context, t *model.Task) (json.RawMessage,
 		return nil, uerr
 	}
 	return encode(task.JobResult{JobID: job.ID, Status: job.Status})
+}
+
+// failRunningJobExecutions fails the job's executions that are still running or pending, with reason.
+func (w *Worker) failRunningJobExecutions(ctx context.Context, job *model.Job, reason string) {
+	es, err := w.cfg.Store.Executions().List(ctx, store.ExecutionFilter{JobID: job.ID, Page: store.Page{Limit: 500}})
+	if err != nil {
+		w.log.Error("could not list the executions of a failed job", "job_id", job.ID, "err", err)
+		return
+	}
+	for _, e := range es {
+		if e.Status != model.ExecutionRunning && e.Status != model.ExecutionPending {
+			continue
+		}
+		if _, err := w.failExecution(ctx, e, reason); err != nil && !errors.Is(err, errExecutionFailed) {
+			w.log.Error("could not fail an execution of a failed job", "job_id", job.ID, "execution_id", e.ID, "err", err)
+		}
+	}
 }
 
 // jobHost returns the worker the job must run on when it is not this one: the one that hosts (or hosted) the job's

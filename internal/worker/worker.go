@@ -293,17 +293,7 @@ func (w *Worker) settleInterruptedJob(ctx context.Context, t *model.Task) error 
 		return err
 	}
 	if job.Status != model.JobCompleted && job.Status != model.JobFailed {
-		es, err := w.cfg.Store.Executions().List(ctx, store.ExecutionFilter{JobID: job.ID, Page: store.Page{Limit: 500}})
-		if err != nil {
-			return err
-		}
-		for _, e := range es {
-			if e.Status == model.ExecutionRunning {
-				if _, err := w.failExecution(ctx, e, "interrupted: the worker restarted while the command was running; it is not run twice"); err != nil && !errors.Is(err, errExecutionFailed) {
-					return err
-				}
-			}
-		}
+		w.failRunningJobExecutions(ctx, job, "interrupted: the worker restarted while the command was running; it is not run twice")
 		why := reason
 		if job.DeleteVMAfter && job.VMID != "" {
 			if err := w.deleteVM(ctx, job.VMID); err != nil {
