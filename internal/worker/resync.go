@@ -149,7 +149,7 @@ func (w *Worker) resync(ctx context.Context, restarted bool) error {
 		var err error
 		switch vm.Status {
 		case model.VMCreating, model.VMStopping:
-			err = w.reconcileInFlight(ctx, vm)
+			err = w.reconcileInFlight(ctx, vm, restarted)
 		case model.VMRunning:
 			if in == nil || in.State != vmm.StateRunning {
 				err = w.vmLost(ctx, vm, in, restarted)

@@ -184,7 +184,7 @@ func (w *Worker) heartbeat(ctx context.Context) {
 // still pending or processing, the queue will deliver it again and the idempotent handler finishes the work. If not
 // (the queue gave up on its last attempt), nobody else will: a half-created VM is removed and marked failed, a
 // half-deleted one is deleted. w.rs.mu must be held.
-func (w *Worker) reconcileInFlight(ctx context.Context, vm *model.VM) error {
+func (w *Worker) reconcileInFlight(ctx context.Context, vm *model.VM, restarted bool) error {
 	active, err := w.cfg.Store.Tasks().List(ctx, store.TaskFilter{
 		VMID: vm.ID, Statuses: []model.TaskStatus{model.TaskPending, model.TaskProcessing}, Page: store.Page{Limit: 1},
 	})
@@ -194,20 +194,38 @@ func (w *Worker) reconcileInFlight(ctx context.Context, vm *model.VM) error {
 	if len(active) > 0 {
 		return nil
 	}
+	// vm was read before the tasks: its task may have finished it in between (a handler writes the VM's new state
+	// before it ends its task). Only a VM still in the same state now, with no task left, is stuck.
+	cur, err := w.cfg.Store.VMs().Get(ctx, vm.ID)
+	if err != nil {
+		return fmt.Errorf("settle vm %s: %w", vm.ID, err)
+	}
+	if cur.Status != vm.Status || cur.WorkerID != w.cfg.ID {
+		return nil
+	}
 	if err := w.backendDelete(ctx, vm.ID, "remove half-"+string(vm.Status)+" vm"); err != nil {
 		return err
 	}
 	next, reason := model.VMDeleted, ""
 	if vm.Status == model.VMCreating {
-		next, reason = model.VMFailed, "creation was interrupted and not retried (worker "+w.cfg.ID+" restarted)"
+		next, reason = model.VMFailed, "creation was abandoned: no task is left to finish it"
+		if restarted {
+			next, reason = model.VMFailed, "creation was interrupted and not retried (worker "+w.cfg.ID+" restarted)"
+		}
 	}
 	_, err = w.cfg.Store.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
+		if v.Status != vm.Status || v.WorkerID != w.cfg.ID {
+			return errSkip
+		}
 		v.Status, v.StoppedAt = next, utcNow()
 		if reason != "" {
 			v.Error = reason
 		}
 		return nil
 	})
+	if errors.Is(err, errSkip) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("settle vm %s: %w", vm.ID, err)
 	}
