@@ -295,7 +295,6 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 			return w.failExecutionWithOutput(context.WithoutCancel(ctx), e, "interrupted: the worker stopped while the command was running; it is not run twice", out)
 		}
 		w.Kick() // the VM may have died: let the resync loop look now
-
 		return w.failExecutionWithOutput(ctx, e, fmt.Sprintf("could not run the command: %v", err), out)
 	}
 	out.fillResult(res)
