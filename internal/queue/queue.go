@@ -91,6 +91,37 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &p)
 }
 
+// RerouteError tells the queue that a task must run on another worker (the one that hosts its VM): the queue does
+// not count the attempt, pins the task's row to that worker, and delivers the task on that worker's own queue.
+// A handler returns it through Reroute; Tracker.Begin returns it for a delivery of a task pinned to another worker.
+type RerouteError struct {
+	Worker   string
+	Priority model.Priority // filled in by the queue
+}
+
+func (e *RerouteError) Error() string { return "the task must run on worker " + e.Worker }
+
+// Reroute returns the error a handler gives when its task must run on workerID instead (see RerouteError).
+func Reroute(workerID string) error { return &RerouteError{Worker: workerID} }
+
+// AsReroute reports whether err (or an error it wraps) is a RerouteError, and returns it.
+func AsReroute(err error) (*RerouteError, bool) {
+	var r *RerouteError
+	if errors.As(err, &r) {
+		return r, true
+	}
+	return nil, false
+}
+
+// Route is where a task's next delivery goes: the shared queue of Priority (Worker empty) or Worker's own.
+type Route struct {
+	Worker   string
+	Priority model.Priority
+}
+
+// Queue is the name of the queue that carries the route's deliveries.
+func (r Route) Queue() string { return QueueName(r.Worker, r.Priority) }
+
 // QueueName gives the name of the queue that carries m: the priority for shared tasks, and
 // "worker:<id>:<priority>" for tasks pinned to a worker.
 func QueueName(targetWorker string, p model.Priority) string {

@@ -80,7 +80,8 @@ var errSkip = errors.New("skip")
 
 // Begin marks the task as being processed by workerID for the given attempt and returns the stored task.
 // skip is true when the task already ended (completed or failed), or when another worker is processing the same
-// attempt: a duplicate delivery must never run a task twice.
+// attempt: a duplicate delivery must never run a task twice. A task pinned to another worker is not begun: the
+// error is a *RerouteError naming that worker.
 // A missing row is logged and reported as a Permanent error wrapping ErrTaskMissing and model.ErrNotFound.
 func (tr *Tracker) Begin(ctx context.Context, taskID, workerID string, attempt int) (t *model.Task, skip bool, err error) {
 	if attempt < 1 {
@@ -88,6 +89,7 @@ func (tr *Tracker) Begin(ctx context.Context, taskID, workerID string, attempt i
 	}
 	now := tr.now().UTC()
 	var holder string
+	var reroute *RerouteError
 	t, err = tr.tasks.Update(ctx, taskID, func(t *model.Task) error {
 		if t.Status.Done() {
 			return errSkip
@@ -96,6 +98,12 @@ func (tr *Tracker) Begin(ctx context.Context, taskID, workerID string, attempt i
 			// Another worker holds this attempt (or a later one). A redelivery after a lost worker's lease expired
 			// carries a higher attempt and proceeds; so does the same worker coming back after a restart.
 			holder = t.WorkerID
+			return errSkip
+		}
+		if t.TargetWorker != "" && t.TargetWorker != workerID {
+			// Pinned to another worker (its VM lives there) after this delivery was queued, say by an attempt that
+			// created the VM there: this worker cannot run it, the queue must send it there.
+			reroute = &RerouteError{Worker: t.TargetWorker, Priority: t.Priority}
 			return errSkip
 		}
 		t.Status = model.TaskProcessing
@@ -108,6 +116,9 @@ func (tr *Tracker) Begin(ctx context.Context, taskID, workerID string, attempt i
 		return nil
 	})
 	switch {
+	case errors.Is(err, errSkip) && reroute != nil:
+		tr.log.InfoContext(ctx, "task is pinned to another worker; rerouting it", "task_id", taskID, "attempt", attempt, "to", reroute.Worker)
+		return nil, false, reroute
 	case errors.Is(err, errSkip) && holder != "":
 		tr.log.WarnContext(ctx, "task attempt is already being processed by another worker; not running it", "task_id", taskID, "attempt", attempt, "holder", holder)
 		return nil, true, nil
@@ -144,8 +155,16 @@ func (tr *Tracker) Succeed(ctx context.Context, taskID string, result json.RawMe
 // Retry records that attempt failed with cause and will be retried at nextAt: the task goes back to pending with
 // the error kept, so a client sees why it is being retried.
 func (tr *Tracker) Retry(ctx context.Context, taskID string, attempt int, cause error, nextAt time.Time) error {
+	_, err := tr.retry(ctx, taskID, attempt, cause, nextAt)
+	return err
+}
+
+// retry is Retry that also tells where the retry must go: the row's routing as it is now (a handler may have
+// pinned the task to its worker meanwhile). The route is nil when the row was not updated.
+func (tr *Tracker) retry(ctx context.Context, taskID string, attempt int, cause error, nextAt time.Time) (*Route, error) {
 	now := tr.now().UTC()
 	next := nextAt.UTC()
+	var route *Route
 	_, err := tr.tasks.Update(ctx, taskID, func(t *model.Task) error {
 		if t.Status.Done() {
 			return errSkip
@@ -155,12 +174,36 @@ func (tr *Tracker) Retry(ctx context.Context, taskID string, attempt int, cause 
 		t.Error = errText(cause)
 		t.ScheduledAt = &next
 		t.UpdatedAt = now
+		route = &Route{Worker: t.TargetWorker, Priority: t.Priority}
 		return nil
 	})
 	if err != nil && !errors.Is(err, errSkip) {
-		return fmt.Errorf("retry task %s: %w", taskID, err)
+		return nil, fmt.Errorf("retry task %s: %w", taskID, err)
 	}
-	return nil
+	return route, nil
+}
+
+// Reroute pins the task to worker and puts it back to pending without counting the attempt (it did not run here).
+// Only a row still held by workerID for that attempt goes back to pending; the pin is written in any case.
+func (tr *Tracker) Reroute(ctx context.Context, taskID, workerID string, attempt int, worker string) (*Route, error) {
+	now := tr.now().UTC()
+	var route *Route
+	_, err := tr.tasks.Update(ctx, taskID, func(t *model.Task) error {
+		if t.Status.Done() {
+			return errSkip
+		}
+		t.TargetWorker = worker
+		if t.Status == model.TaskProcessing && t.WorkerID == workerID && t.RetryCount == attempt-1 {
+			t.Status = model.TaskPending
+		}
+		t.UpdatedAt = now
+		route = &Route{Worker: worker, Priority: t.Priority}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errSkip) {
+		return nil, fmt.Errorf("reroute task %s: %w", taskID, err)
+	}
+	return route, nil
 }
 
 // Fail marks the task failed for good with cause and announces it.
@@ -257,6 +300,9 @@ const (
 	// Released: the queue is shutting down and cancelled the handler; the row is back to pending and the same
 	// attempt must be delivered again later.
 	Released
+	// Rerouted: the task must run on another worker (Outcome.Route): the same attempt must be delivered on that
+	// worker's own queue.
+	Rerouted
 )
 
 func (k OutcomeKind) String() string {
@@ -271,6 +317,8 @@ func (k OutcomeKind) String() string {
 		return "failed"
 	case Released:
 		return "released"
+	case Rerouted:
+		return "rerouted"
 	}
 	return fmt.Sprintf("OutcomeKind(%d)", int(k))
 }
@@ -281,6 +329,9 @@ type Outcome struct {
 	Err     error     // the failure, for Retrying and Failed; for Completed, a failure to store the result
 	RetryAt time.Time // for Retrying
 	Delay   time.Duration
+	// Route is where the next delivery goes, for Rerouted and (when the row told) Retrying: the row's routing at
+	// the end of the attempt, which a handler may have changed by pinning the task to its worker.
+	Route *Route
 }
 
 // Runner runs deliveries the same way for every queue implementation: begin the attempt in the row, call the
@@ -321,6 +372,9 @@ func (r *Runner) Run(ctx context.Context, d Delivery) Outcome {
 	bctx, cancel := Detach(ctx, r.storeTimeout())
 	t, skip, err := tr.Begin(bctx, d.TaskID, d.WorkerID, d.Attempt)
 	cancel()
+	if re, ok := AsReroute(err); ok {
+		return Outcome{Kind: Rerouted, Err: err, Route: &Route{Worker: re.Worker, Priority: re.Priority}}
+	}
 	switch {
 	case skip:
 		return Outcome{Kind: Skipped}
@@ -342,6 +396,20 @@ func (r *Runner) Run(ctx context.Context, d Delivery) Outcome {
 		err := r.write(ctx, d, "complete", func(c context.Context) error { return tr.Succeed(c, d.TaskID, result) })
 		return Outcome{Kind: Completed, Err: err}
 	}
+	if re, ok := AsReroute(herr); ok {
+		if re.Worker == "" || re.Worker == d.WorkerID {
+			return r.failed(ctx, d, fmt.Errorf("handler asked to reroute task %s to worker %q, which is not another worker", d.TaskID, re.Worker))
+		}
+		var route *Route
+		err := r.write(ctx, d, "reroute", func(c context.Context) (err error) {
+			route, err = tr.Reroute(c, d.TaskID, d.WorkerID, d.Attempt, re.Worker)
+			return err
+		})
+		if route == nil {
+			route = &Route{Worker: re.Worker, Priority: t.Priority}
+		}
+		return Outcome{Kind: Rerouted, Err: errors.Join(herr, err), Route: route}
+	}
 	if r.Aborting != nil && r.Aborting() && ctx.Err() != nil {
 		_ = r.write(ctx, d, "release", func(c context.Context) error { return tr.Release(c, d.TaskID, d.WorkerID, d.Attempt) })
 		return Outcome{Kind: Released, Err: herr}
@@ -357,8 +425,12 @@ func (r *Runner) failed(ctx context.Context, d Delivery, cause error) Outcome {
 	now := time.Now()
 	at := CeilTime(now.Add(r.RetryDelay(d.Attempt, cause)), r.Granularity)
 	delay := at.Sub(now)
-	_ = r.write(ctx, d, "retry", func(c context.Context) error { return r.Tracker.Retry(c, d.TaskID, d.Attempt, cause, at) })
-	return Outcome{Kind: Retrying, Err: cause, RetryAt: at, Delay: delay}
+	var route *Route
+	_ = r.write(ctx, d, "retry", func(c context.Context) (err error) {
+		route, err = r.Tracker.retry(c, d.TaskID, d.Attempt, cause, at)
+		return err
+	})
+	return Outcome{Kind: Retrying, Err: cause, RetryAt: at, Delay: delay, Route: route}
 }
 
 func (r *Runner) fail(ctx context.Context, d Delivery, cause error) Outcome {

@@ -66,7 +66,11 @@ func (w *Worker) createVM(ctx context.Context, vmID string, last bool, tl *toolL
 		if vm.Status == model.VMRunning || vm.Status == model.VMDeleted {
 			return vm, nil // nothing to do: done already, or deleted before it was created
 		}
-		return nil, queue.Permanent(fmt.Errorf("vm %s is %s and cannot be created", vm.ID, vm.Status))
+		msg := fmt.Sprintf("vm %s is %s and cannot be created", vm.ID, vm.Status)
+		if vm.Error != "" {
+			msg += " (" + vm.Error + ")"
+		}
+		return nil, queue.Permanent(errors.New(msg))
 	}
 	if err != nil {
 		if errors.Is(err, model.ErrNotFound) {
@@ -305,6 +309,7 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 		if ctx.Err() != nil {
 			return w.failExecutionWithOutput(context.WithoutCancel(ctx), e, "interrupted: the worker stopped while the command was running; it is not run twice", out)
 		}
+		w.Kick() // the VM may have died: let the resync loop look now
 		return w.failExecutionWithOutput(ctx, e, fmt.Sprintf("could not run the command: %v", err), out)
 	}
 	out.fillResult(res)
@@ -398,14 +403,32 @@ func (w *Worker) handleJob(ctx context.Context, t *model.Task) (json.RawMessage,
 		}
 		return nil, err
 	}
+	// Every attempt of a job runs on the worker that hosts its VM: its executions and its VM are there.
+	if host, err := w.jobHost(ctx, job); err != nil {
+		return nil, err
+	} else if host != "" {
+		w.log.Info("job's vm is on another worker; rerouting the job there", "job_id", job.ID, "vm_id", job.VMID, "to", host)
+		return nil, queue.Reroute(host)
+	}
 	status, reason, err := w.runJob(ctx, t, job)
 	if err != nil && !queue.IsPermanent(err) && !lastAttempt(t) {
 		return nil, err // retried: the job stays running and resumes where it stopped
 	}
 	if err != nil {
 		status, reason = model.JobFailed, err.Error()
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		// A command an earlier attempt left running (its worker died) will never end: say so.
+		w.failRunningJobExecutions(dctx, job, "the job failed before the command ended: "+reason)
+		// However it failed, a job asked to delete its VM does: nothing else would, and it would leak.
+		if job.DeleteVMAfter && job.VMID != "" {
+			if derr := w.deleteVM(dctx, job.VMID); derr != nil {
+				w.log.Error("could not delete the vm of a failed job", "job_id", job.ID, "vm_id", job.VMID, "err", derr)
+				reason += "; its vm could not be deleted: " + derr.Error()
+			}
+		}
+		cancel()
 	}
-	job, uerr := w.cfg.Store.Jobs().Update(ctx, job.ID, func(j *model.Job) error {
+	job, uerr := w.cfg.Store.Jobs().Update(context.WithoutCancel(ctx), job.ID, func(j *model.Job) error {
 		j.Status, j.Error, j.CompletedAt = status, reason, utcNow()
 		return nil
 	})
@@ -413,6 +436,61 @@ func (w *Worker) handleJob(ctx context.Context, t *model.Task) (json.RawMessage,
 		return nil, uerr
 	}
 	return encode(task.JobResult{JobID: job.ID, Status: job.Status})
+}
+
+// failRunningJobExecutions fails the job's executions that are still running or pending, with reason.
+func (w *Worker) failRunningJobExecutions(ctx context.Context, job *model.Job, reason string) {
+	es, err := w.cfg.Store.Executions().List(ctx, store.ExecutionFilter{JobID: job.ID, Page: store.Page{Limit: 500}})
+	if err != nil {
+		w.log.Error("could not list the executions of a failed job", "job_id", job.ID, "err", err)
+		return
+	}
+	for _, e := range es {
+		if e.Status != model.ExecutionRunning && e.Status != model.ExecutionPending {
+			continue
+		}
+		if _, err := w.failExecution(ctx, e, reason); err != nil && !errors.Is(err, errExecutionFailed) {
+			w.log.Error("could not fail an execution of a failed job", "job_id", job.ID, "execution_id", e.ID, "err", err)
+		}
+	}
+}
+
+// jobHost returns the worker the job must run on when it is not this one: the one that hosts (or hosted) the job's
+// VM. A VM still being created on another worker is taken over by createVM instead, as any retried creation is.
+func (w *Worker) jobHost(ctx context.Context, job *model.Job) (string, error) {
+	if job.VMID == "" {
+		return "", nil
+	}
+	vm, err := w.cfg.Store.VMs().Get(ctx, job.VMID)
+	if errors.Is(err, model.ErrNotFound) {
+		return "", nil // runJob says so
+	}
+	if err != nil {
+		return "", err
+	}
+	switch vm.Status {
+	case model.VMPending, model.VMCreating, model.VMDeleted:
+		return "", nil
+	}
+	if vm.WorkerID == "" || vm.WorkerID == w.cfg.ID {
+		return "", nil
+	}
+	return vm.WorkerID, nil
+}
+
+// pinTask pins a task to this worker, so that its retries come back here (see queue.RerouteError). The queue's
+// reroute covers a pin that could not be written, so a failure is only logged.
+func (w *Worker) pinTask(ctx context.Context, taskID string) {
+	_, err := w.cfg.Store.Tasks().Update(ctx, taskID, func(x *model.Task) error {
+		if x.TargetWorker == w.cfg.ID {
+			return errSkip
+		}
+		x.TargetWorker = w.cfg.ID
+		return nil
+	})
+	if err != nil && !errors.Is(err, errSkip) {
+		w.log.Warn("could not pin task to this worker", "task_id", taskID, "err", err)
+	}
 }
 
 // runJob creates the job's VM if it has to, runs the commands that have not run yet in order, and deletes the VM
@@ -426,6 +504,8 @@ func (w *Worker) runJob(ctx context.Context, t *model.Task, job *model.Job) (mod
 		if vm.Status != model.VMRunning {
 			return model.JobFailed, fmt.Sprintf("vm %s is %s", vm.ID, vm.Status), nil
 		}
+		// The VM lives here now: so does the job, and its retries must come back here.
+		w.pinTask(ctx, t.ID)
 	}
 	done, err := w.cfg.Store.Executions().List(ctx, store.ExecutionFilter{JobID: job.ID, Page: store.Page{Limit: 500}})
 	if err != nil {

@@ -48,6 +48,9 @@ type Config struct {
 	// Tools installs the tools a VM asks for that its template lacks (nil: such VMs fail to create) and reports
 	// what every new VM has.
 	Tools *tools.Installer
+	// ResyncInterval is how often the store is compared with what the backend really runs (default
+	// DefaultResyncInterval); backend events (vmm.VMEvents) and failed commands trigger a pass sooner.
+	ResyncInterval time.Duration
 }
 
 // Worker owns the VMs of one host.
@@ -61,6 +64,9 @@ type Worker struct {
 	toolLocks keyedmutex.Map // per VM: installs into one VM are serialised
 
 	execGates execGates // per-VM limit of running executions
+
+	rs   resyncer
+	kick chan struct{} // asks the resync loop for a pass now
 }
 
 // New checks cfg and returns a Worker; Start makes it work.
@@ -83,7 +89,10 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.OutputSaveInterval <= 0 {
 		cfg.OutputSaveInterval = time.Second
 	}
-	return &Worker{cfg: cfg, log: cfg.Logger.With("worker_id", cfg.ID)}, nil
+	if cfg.ResyncInterval <= 0 {
+		cfg.ResyncInterval = DefaultResyncInterval
+	}
+	return &Worker{cfg: cfg, log: cfg.Logger.With("worker_id", cfg.ID), kick: make(chan struct{}, 1)}, nil
 }
 
 // Start registers the worker, reconciles its VMs, and starts consuming tasks and sending heartbeats.
@@ -93,7 +102,9 @@ func (w *Worker) Start(ctx context.Context) error {
 		return err
 	}
 	if err := w.Reconcile(ctx); err != nil {
-		return fmt.Errorf("reconcile: %w", err)
+		// One VM the backend cannot remove, or a backend that cannot list right now, must not take the host out:
+		// the resync loop tries again every few seconds.
+		w.log.Error("reconcile at start was incomplete; the resync loop retries", "err", err)
 	}
 	if err := w.failInterruptedExecutions(ctx); err != nil {
 		return fmt.Errorf("reconcile interrupted tasks: %w", err)
@@ -108,8 +119,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w.stop = cancel
-	w.wg.Add(1)
+	w.wg.Add(2)
 	go w.heartbeat(hctx)
+	go w.resyncLoop(hctx)
 	w.log.Info("worker started", "backend", w.cfg.Backend.Name())
 	return nil
 }
@@ -173,78 +185,11 @@ func (w *Worker) heartbeat(ctx context.Context) {
 	}
 }
 
-// Reconcile makes the store agree with the backend: VMs the store thinks run here but the backend no longer runs
-// are marked failed with the reason and their backend resources (disk, sockets) released, and backend VMs the
-// store does not know (or knows as deleted) are removed.
-func (w *Worker) Reconcile(ctx context.Context) error {
-	insts, err := w.cfg.Backend.ListVMs(ctx)
-	if err != nil {
-		return fmt.Errorf("list backend vms: %w", err)
-	}
-	byID := make(map[string]*vmm.Instance, len(insts))
-	for _, in := range insts {
-		byID[in.ID] = in
-	}
-	vms, err := w.listOwnVMs(ctx)
-	if err != nil {
-		return err
-	}
-	known := make(map[string]bool, len(vms))
-	for _, vm := range vms {
-		known[vm.ID] = true
-		in := byID[vm.ID]
-		if vm.Status == model.VMCreating || vm.Status == model.VMStopping {
-			if err := w.reconcileInFlight(ctx, vm); err != nil {
-				return err
-			}
-			continue
-		}
-		if vm.Status != model.VMRunning {
-			continue
-		}
-		if in != nil && in.State == vmm.StateRunning {
-			continue
-		}
-		reason := "vm was not running when worker " + w.cfg.ID + " restarted"
-		if in == nil {
-			reason = "vm was missing from the " + w.cfg.Backend.Name() + " backend when worker " + w.cfg.ID + " restarted"
-		} else if in.Detail != "" {
-			reason += " (" + in.Detail + ")"
-		}
-		if _, err := w.cfg.Store.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
-			v.Status, v.Error = model.VMFailed, reason
-			t := time.Now().UTC()
-			v.StoppedAt = &t
-			return nil
-		}); err != nil {
-			return fmt.Errorf("mark vm %s failed: %w", vm.ID, err)
-		}
-		w.log.Warn("vm lost", "vm_id", vm.ID, "reason", reason)
-		if in != nil {
-			// Nothing can bring the guest's memory back, and no API restarts a failed VM: free its disk and the
-			// rest of what the backend holds for it now, rather than when the user gets round to deleting it.
-			if err := w.cfg.Backend.DeleteVM(ctx, vm.ID); err != nil {
-				return fmt.Errorf("release resources of lost vm %s: %w", vm.ID, err)
-			}
-		}
-	}
-	for _, in := range insts {
-		if known[in.ID] {
-			continue
-		}
-		if err := w.cfg.Backend.DeleteVM(ctx, in.ID); err != nil {
-			return fmt.Errorf("remove orphaned vm %s: %w", in.ID, err)
-		}
-		w.log.Info("removed orphaned vm", "vm_id", in.ID)
-	}
-	return nil
-}
-
 // reconcileInFlight settles a VM this worker was creating or deleting when it stopped. If a task for the VM is
 // still pending or processing, the queue will deliver it again and the idempotent handler finishes the work. If not
 // (the queue gave up on its last attempt), nobody else will: a half-created VM is removed and marked failed, a
-// half-deleted one is deleted.
-func (w *Worker) reconcileInFlight(ctx context.Context, vm *model.VM) error {
+// half-deleted one is deleted. w.rs.mu must be held.
+func (w *Worker) reconcileInFlight(ctx context.Context, vm *model.VM, restarted bool) error {
 	active, err := w.cfg.Store.Tasks().List(ctx, store.TaskFilter{
 		VMID: vm.ID, Statuses: []model.TaskStatus{model.TaskPending, model.TaskProcessing}, Page: store.Page{Limit: 1},
 	})
@@ -254,20 +199,38 @@ func (w *Worker) reconcileInFlight(ctx context.Context, vm *model.VM) error {
 	if len(active) > 0 {
 		return nil
 	}
-	if err := w.cfg.Backend.DeleteVM(ctx, vm.ID); err != nil {
-		return fmt.Errorf("remove half-%s vm %s: %w", vm.Status, vm.ID, err)
+	// vm was read before the tasks: its task may have finished it in between (a handler writes the VM's new state
+	// before it ends its task). Only a VM still in the same state now, with no task left, is stuck.
+	cur, err := w.cfg.Store.VMs().Get(ctx, vm.ID)
+	if err != nil {
+		return fmt.Errorf("settle vm %s: %w", vm.ID, err)
+	}
+	if cur.Status != vm.Status || cur.WorkerID != w.cfg.ID {
+		return nil
+	}
+	if err := w.backendDelete(ctx, vm.ID, "remove half-"+string(vm.Status)+" vm"); err != nil {
+		return err
 	}
 	next, reason := model.VMDeleted, ""
 	if vm.Status == model.VMCreating {
-		next, reason = model.VMFailed, "creation was interrupted and not retried (worker "+w.cfg.ID+" restarted)"
+		next, reason = model.VMFailed, "creation was abandoned: no task is left to finish it"
+		if restarted {
+			next, reason = model.VMFailed, "creation was interrupted and not retried (worker "+w.cfg.ID+" restarted)"
+		}
 	}
 	_, err = w.cfg.Store.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
+		if v.Status != vm.Status || v.WorkerID != w.cfg.ID {
+			return errSkip
+		}
 		v.Status, v.StoppedAt = next, utcNow()
 		if reason != "" {
 			v.Error = reason
 		}
 		return nil
 	})
+	if errors.Is(err, errSkip) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("settle vm %s: %w", vm.ID, err)
 	}
@@ -277,27 +240,40 @@ func (w *Worker) reconcileInFlight(ctx context.Context, vm *model.VM) error {
 
 // failInterruptedExecutions fails the executions this worker was running when it died. A command is not
 // idempotent, so it is never run again; the queue may still redeliver the task, which then finds it failed.
-// Other interrupted task types are idempotent and are simply redelivered by the queue.
+// Other interrupted task types are idempotent and are simply redelivered by the queue, except a job on its last
+// attempt: the queue would fail its task without running the handler again, so the job is settled here.
 func (w *Worker) failInterruptedExecutions(ctx context.Context) error {
 	const reason = "interrupted: worker restarted while the command was running; it is not run twice"
 	var tasks []*model.Task
-	page := store.Page{Limit: 500}
-	for {
-		// Executions are always pinned to the worker that hosts their VM.
-		batch, err := w.cfg.Store.Tasks().List(ctx, store.TaskFilter{
-			Statuses: []model.TaskStatus{model.TaskProcessing}, TargetWorker: w.cfg.ID, Page: page,
-		})
-		if err != nil {
-			return err
+	// Executions are always pinned to the worker that hosts their VM; jobs are once their VM exists, before that
+	// they are on the shared queues.
+	for _, target := range []string{w.cfg.ID, store.AnyWorker} {
+		page := store.Page{Limit: 500}
+		for {
+			batch, err := w.cfg.Store.Tasks().List(ctx, store.TaskFilter{
+				Statuses: []model.TaskStatus{model.TaskProcessing}, TargetWorker: target, Page: page,
+			})
+			if err != nil {
+				return err
+			}
+			tasks = append(tasks, batch...)
+			if len(batch) < page.Limit {
+				break
+			}
+			page.After = batch[len(batch)-1].ID
 		}
-		tasks = append(tasks, batch...)
-		if len(batch) < page.Limit {
-			break
-		}
-		page.After = batch[len(batch)-1].ID
 	}
 	for _, t := range tasks {
-		if t.WorkerID != w.cfg.ID || t.Type != model.TaskVMExecute {
+		if t.WorkerID != w.cfg.ID {
+			continue
+		}
+		if t.Type == model.TaskJobRun && lastAttempt(t) {
+			if err := w.settleInterruptedJob(ctx, t); err != nil {
+				return err
+			}
+			continue
+		}
+		if t.Type != model.TaskVMExecute || t.TargetWorker != w.cfg.ID {
 			continue
 		}
 		var p task.ExecutePayload
@@ -321,6 +297,49 @@ func (w *Worker) failInterruptedExecutions(ctx context.Context) error {
 		}
 		w.log.Warn("failed interrupted execution", "task_id", t.ID, "execution_id", p.ExecutionID)
 	}
+	return nil
+}
+
+// settleInterruptedJob ends a job whose last attempt this worker was running when it died: its running command is
+// failed (it is never run twice), its VM deleted if the job asked for that, the job and its task failed.
+func (w *Worker) settleInterruptedJob(ctx context.Context, t *model.Task) error {
+	const reason = "interrupted: worker restarted during the job's last attempt"
+	var p task.JobPayload
+	if err := json.Unmarshal(t.Payload, &p); err != nil || p.JobID == "" {
+		return nil // the queue fails it
+	}
+	job, err := w.cfg.Store.Jobs().Get(ctx, p.JobID)
+	if errors.Is(err, model.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if job.Status != model.JobCompleted && job.Status != model.JobFailed {
+		w.failRunningJobExecutions(ctx, job, "interrupted: the worker restarted while the command was running; it is not run twice")
+		why := reason
+		if job.DeleteVMAfter && job.VMID != "" {
+			if err := w.deleteVM(ctx, job.VMID); err != nil {
+				w.log.Error("could not delete the vm of an interrupted job", "job_id", job.ID, "vm_id", job.VMID, "err", err)
+				why += "; its vm could not be deleted: " + err.Error()
+			}
+		}
+		if _, err := w.cfg.Store.Jobs().Update(ctx, job.ID, func(j *model.Job) error {
+			j.Status, j.Error, j.CompletedAt = model.JobFailed, why, utcNow()
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	if _, err := w.cfg.Store.Tasks().Update(ctx, t.ID, func(x *model.Task) error {
+		if x.Status == model.TaskProcessing && x.WorkerID == w.cfg.ID {
+			x.Status, x.Error, x.CompletedAt = model.TaskFailed, reason, utcNow()
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	w.log.Warn("failed a job interrupted on its last attempt", "job_id", job.ID, "task_id", t.ID)
 	return nil
 }
 

@@ -116,6 +116,9 @@ func ParseRedisURL(url string) (asynq.RedisConnOpt, error) {
 // payload is what the asynq task carries besides its id: the task row holds everything else.
 type payload struct {
 	MaxRetries int `json:"max_retries"`
+	// Attempts is how many attempts were used before this asynq task was enqueued: a task moved to another queue
+	// (rerouted, or retried on the worker it was pinned to) is a new asynq task whose retry count starts at 0.
+	Attempts int `json:"attempts,omitempty"`
 }
 
 type state int
@@ -130,6 +133,7 @@ const (
 // Queue is the asynq queue.Queue. Enqueue and Stats work without Start (the gateway only enqueues).
 type Queue struct {
 	rdb       redis.UniversalClient
+	tasks     store.TaskStore
 	client    *asynq.Client
 	inspector *asynq.Inspector
 	opts      queue.Options
@@ -180,6 +184,7 @@ func New(redisOpt asynq.RedisConnOpt, tasks store.TaskStore, bus events.Bus, opt
 	opts = opts.WithDefaults()
 	q := &Queue{
 		rdb:       rc,
+		tasks:     tasks,
 		client:    asynq.NewClientFromRedisClient(rc),
 		inspector: asynq.NewInspectorFromRedisClient(rc),
 		opts:      opts,
@@ -282,6 +287,12 @@ func (q *Queue) Start(ctx context.Context) error {
 	for name, w := range queue.WorkerQueues(q.opts.WorkerID) {
 		weights[q.redisQueue(name)] = w
 	}
+	// Before the server starts: its recoverer, which runs at once, then hands the tasks back (see reclaim).
+	if n, err := q.reclaim(ctx, weights); err != nil {
+		q.log.WarnContext(ctx, "could not take back the tasks a previous run of this worker left active; asynq recovers them when their lease expires", "reclaimed", n, "err", err)
+	} else if n > 0 {
+		q.log.InfoContext(ctx, "took back tasks a previous run of this worker left active", "tasks", n)
+	}
 	q.server = asynq.NewServerFromRedisClient(q.rdb, asynq.Config{
 		Concurrency:              q.opts.Concurrency,
 		Queues:                   weights,
@@ -305,6 +316,100 @@ func (q *Queue) Start(ctx context.Context) error {
 	return nil
 }
 
+// ErrInterruptedByRestart is the error recorded in the row of a task a previous run of this worker left active.
+var ErrInterruptedByRestart = errors.New("interrupted: the worker restarted while running it")
+
+// reclaim takes back, at once, the tasks a previous run of this worker (killed, so it could not requeue them)
+// left active in asynq. Left alone they would stay active until their lease expires, about a minute later.
+//
+// A task is this worker's when it is active on one of its own queues (nobody else consumes them), or active on a
+// shared queue while its row says this worker is processing it. Either way the previous run is dead: this run has
+// not started consuming yet, and a worker id is one process. A task that another live asynq server lists as
+// running is left alone whatever the row says (its row may just lag behind). The lease of each such task is set
+// to have expired long ago, and the asynq server's recoverer, which runs as the server starts, then retries it
+// as it would have after the lease expired (the interrupted attempt counts, like any other failed one). The row
+// moves on at once: pending again, or failed if that was its last attempt.
+//
+// This writes asynq's lease set directly ("asynq:{<queue>}:lease", a sorted set of task ids scored by expiry in
+// Unix seconds), the one piece of asynq's Redis layout Aetherium depends on; it is checked against the pinned
+// asynq version by TestReclaimAfterKill.
+func (q *Queue) reclaim(ctx context.Context, weights map[string]int) (int, error) {
+	busy, err := q.othersBusy()
+	if err != nil {
+		return 0, err
+	}
+	tr := q.runner.Tracker
+	own := make(map[string]bool)
+	for _, p := range model.Priorities {
+		own[q.redisQueue(queue.QueueName(q.opts.WorkerID, p))] = true
+	}
+	n := 0
+	var errs []error
+	for rq := range weights {
+		for page := 1; ; page++ {
+			active, err := q.inspector.ListActiveTasks(rq, asynq.PageSize(100), asynq.Page(page))
+			if errors.Is(err, asynq.ErrQueueNotFound) {
+				break
+			}
+			if err != nil {
+				return n, fmt.Errorf("list active tasks of %s: %w", rq, err)
+			}
+			for _, ti := range active {
+				if busy[ti.ID] {
+					continue
+				}
+				row, err := q.tasks.Get(ctx, ti.ID)
+				if err != nil && !errors.Is(err, model.ErrNotFound) {
+					errs = append(errs, err)
+					continue
+				}
+				mine := row != nil && row.Status == model.TaskProcessing && row.WorkerID == q.opts.WorkerID
+				if !own[rq] && !mine {
+					continue
+				}
+				if err := q.rdb.ZAddXX(ctx, "asynq:{"+rq+"}:lease", redis.Z{Score: 1, Member: ti.ID}).Err(); err != nil {
+					return n, fmt.Errorf("expire the lease of task %s: %w", ti.ID, err)
+				}
+				n++
+				if mine {
+					var err error
+					if row.RetryCount >= row.MaxRetries {
+						err = tr.Fail(ctx, ti.ID, fmt.Errorf("%w, on its last attempt", ErrInterruptedByRestart))
+					} else {
+						err = tr.Retry(ctx, ti.ID, row.RetryCount+1, ErrInterruptedByRestart, time.Now())
+					}
+					errs = append(errs, err)
+				}
+				q.log.WarnContext(ctx, "task interrupted by a restart of this worker; taking it back", "task_id", ti.ID, "queue", rq)
+			}
+			if len(active) < 100 {
+				break
+			}
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
+// othersBusy gives the ids of the tasks that live asynq servers other than this worker's previous runs are
+// processing. A server is a run of this worker when it consumes this worker's own queue.
+func (q *Queue) othersBusy() (map[string]bool, error) {
+	servers, err := q.inspector.Servers()
+	if err != nil {
+		return nil, fmt.Errorf("list asynq servers: %w", err)
+	}
+	mine := q.redisQueue(queue.QueueName(q.opts.WorkerID, model.PriorityDefault))
+	busy := make(map[string]bool)
+	for _, srv := range servers {
+		if _, ok := srv.Queues[mine]; ok {
+			continue
+		}
+		for _, w := range srv.ActiveWorkers {
+			busy[w.TaskID] = true
+		}
+	}
+	return busy, nil
+}
+
 // retryError carries the retry time the Runner chose (and stored in the row) to asynq's RetryDelayFunc.
 type retryError struct {
 	err error
@@ -314,11 +419,16 @@ type retryError struct {
 func (e *retryError) Error() string { return e.err.Error() }
 func (e *retryError) Unwrap() error { return e.err }
 
-// retryDelay gives asynq the Runner's delay; other failures (a lease that expired with its worker) follow the policy.
+// retryDelay gives asynq the Runner's delay; a lease that expired with its worker means a retry at once.
 func (q *Queue) retryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	var re *retryError
 	if errors.As(err, &re) {
 		return max(time.Until(re.at), 0)
+	}
+	if errors.Is(err, asynq.ErrLeaseExpired) {
+		// The attempt did not fail, its worker died; the lease already made the task wait (or reclaim took it
+		// back because the worker restarted): run it again now.
+		return 0
 	}
 	return q.opts.RetryDelay(n+1, err)
 }
@@ -374,11 +484,13 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 
 	id, _ := asynq.GetTaskID(ctx)
 	retried, _ := asynq.GetRetryCount(ctx)
+	rq, _ := asynq.GetQueueName(ctx)
 	var p payload
 	if err := json.Unmarshal(t.Payload(), &p); err != nil {
 		q.log.ErrorContext(ctx, "undecodable asynq payload; dropping the delivery", "task_id", id, "err", err)
 		return fmt.Errorf("decode payload of task %s: %w: %w", id, err, asynq.SkipRetry)
 	}
+	attempt := p.Attempts + retried + 1
 
 	// The handler's context also ends when Stop gives up waiting. asynq's own ctx must stay alive meanwhile: if it
 	// ended, asynq would count the interruption as a failed attempt instead of requeueing the task.
@@ -387,12 +499,31 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 	stop := context.AfterFunc(q.abortCtx, cancel)
 	defer stop()
 
-	out := q.runner.Run(hctx, queue.Delivery{TaskID: id, WorkerID: q.opts.WorkerID, Attempt: retried + 1, MaxRetries: p.MaxRetries})
+	out := q.runner.Run(hctx, queue.Delivery{TaskID: id, WorkerID: q.opts.WorkerID, Attempt: attempt, MaxRetries: p.MaxRetries})
 	switch out.Kind {
 	case queue.Skipped, queue.Completed:
 		return nil
+	case queue.Rerouted:
+		// The same attempt again, on the queue of the worker the task is pinned to. Once the move is made this
+		// asynq task is done (returning nil deletes it); if the move fails, asynq retries it here, and the next
+		// delivery tries again.
+		if err := q.move(ctx, t, id, p, attempt-1, *out.Route, time.Time{}); err != nil {
+			q.log.ErrorContext(ctx, "could not reroute task; retrying", "task_id", id, "to", out.Route.Worker, "err", err)
+			return err
+		}
+		q.log.InfoContext(ctx, "task rerouted", "task_id", id, "attempt", attempt, "to", out.Route.Worker)
+		return nil
 	case queue.Retrying:
-		q.log.InfoContext(ctx, "task attempt failed; retrying", "task_id", id, "attempt", retried+1, "retry_in", out.Delay, "err", out.Err)
+		q.log.InfoContext(ctx, "task attempt failed; retrying", "task_id", id, "attempt", attempt, "retry_in", out.Delay, "err", out.Err)
+		if out.Route != nil && q.redisQueue(out.Route.Queue()) != rq {
+			// The attempt pinned the task to a worker (it made the task's VM there): the retry must run there.
+			err := q.move(ctx, t, id, p, attempt, *out.Route, out.RetryAt)
+			if err == nil {
+				return nil
+			}
+			// Retried here instead; whoever gets it forwards it (Tracker.Begin sees the pin).
+			q.log.ErrorContext(ctx, "could not move the retry to the worker the task is pinned to", "task_id", id, "to", out.Route.Worker, "err", err)
+		}
 		return &retryError{err: out.Err, at: out.RetryAt}
 	case queue.Released:
 		parked = true
@@ -400,9 +531,34 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 		<-q.released
 		return errShutdown
 	default: // queue.Failed
-		q.log.InfoContext(ctx, "task failed", "task_id", id, "attempt", retried+1, "err", out.Err)
+		q.log.InfoContext(ctx, "task failed", "task_id", id, "attempt", attempt, "err", out.Err)
 		return fmt.Errorf("%w (%w)", out.Err, asynq.SkipRetry)
 	}
+}
+
+// move enqueues task id as a new asynq task on the queue of route, to run at (zero: now), with used attempts
+// behind it. A task of that id already on that queue is left as it is (it is the same task).
+func (q *Queue) move(ctx context.Context, t *asynq.Task, id string, p payload, used int, route queue.Route, at time.Time) error {
+	data, err := json.Marshal(payload{MaxRetries: p.MaxRetries, Attempts: used})
+	if err != nil {
+		return fmt.Errorf("move task %s: %w", id, err)
+	}
+	aopts := []asynq.Option{
+		asynq.TaskID(id),
+		asynq.Queue(q.redisQueue(route.Queue())),
+		asynq.MaxRetry(max(p.MaxRetries-used, 0) + 1), // keeps the spare delivery (see the package comment)
+		asynq.Timeout(q.cfg.taskTimeout),
+	}
+	if at.After(time.Now()) {
+		aopts = append(aopts, asynq.ProcessAt(queue.CeilTime(at, time.Second)))
+	}
+	mctx, cancel := queue.Detach(ctx, 10*time.Second)
+	defer cancel()
+	_, err = q.client.EnqueueContext(mctx, asynq.NewTask(t.Type(), data), aopts...)
+	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return fmt.Errorf("move task %s to %s: %w", id, route.Queue(), err)
+	}
+	return nil
 }
 
 // Stop stops taking tasks and waits for the running ones until ctx ends. Then it cancels the handlers still

@@ -326,14 +326,27 @@ func (q *Queue) work() {
 
 		q.mu.Lock()
 		q.active[e.queue]--
-		if out.Kind == queue.Retrying {
+		switch out.Kind {
+		case queue.Retrying:
 			e.attempt++
 			e.readyAt = out.RetryAt
+			if out.Route != nil {
+				e.queue = out.Route.Queue() // the attempt may have pinned the task to this worker
+			}
 			q.scheduleLocked(e)
-		} else {
+		case queue.Rerouted:
+			// The same attempt, on the queue of the worker the task is pinned to (here: one nobody else consumes in
+			// this process; it waits there, visible in Stats, and the row says where it belongs).
+			e.queue = out.Route.Queue()
+			e.readyAt = time.Time{}
+			q.scheduleLocked(e)
+		default:
 			delete(q.known, e.id)
 		}
 		q.mu.Unlock()
+		if out.Kind == queue.Rerouted {
+			q.log.Info("task rerouted", "task_id", e.id, "attempt", attempt, "to", out.Route.Worker)
+		}
 		if out.Kind == queue.Retrying || out.Kind == queue.Failed {
 			q.log.Info("task attempt failed", "task_id", e.id, "attempt", attempt, "outcome", out.Kind.String(), "err", out.Err)
 		}

@@ -72,6 +72,9 @@ func Run(t *testing.T, newBackend Factory) {
 		{"NeverRunsTwiceAcrossWorkers", testNeverTwice},
 		{"WeightedPriorities", testPriorities},
 		{"PinnedTasksRunOnTheirWorker", testPinned},
+		{"RetryFollowsThePinOfItsAttempt", testRetryFollowsPin},
+		{"TaskPinnedElsewhereIsRerouted", testPinnedElsewhere},
+		{"HandlerReroutesWithoutCountingTheAttempt", testHandlerReroute},
 		{"ProcessAtDelaysFirstAttempt", testProcessAt},
 		{"StopDrainsInFlight", testStopDrains},
 		{"StopRequeuesUnfinished", testStopRequeues},
@@ -570,6 +573,115 @@ func testPinned(t *testing.T, b *Backend) {
 		if len(runs) != 1 || runs[0].Worker != want[task.ID] {
 			t.Errorf("pinned task %s ran %d times (%v), want once on %s", task.ID, len(runs), runs, want[task.ID])
 		}
+	}
+}
+
+// pin writes the row's target worker, as a handler does once it made the task's VM on its worker.
+func pin(ctx context.Context, b *Backend, id, w string) error {
+	_, err := b.Tasks.Update(ctx, id, func(t *model.Task) error { t.TargetWorker = w; return nil })
+	return err
+}
+
+// testRetryFollowsPin: an attempt that pins its (shared) task to its worker and fails has its retry run on that
+// worker, never on the other one consuming the same shared queue.
+func testRetryFollowsPin(t *testing.T, b *Backend) {
+	rec := newRecorder()
+	gw := newQueue(t, b, "", 1)
+	var tasks []*model.Task
+	for range 8 {
+		task := create(t, b, withRetries(2))
+		tasks = append(tasks, task)
+		enqueue(t, gw, message(task))
+	}
+	do := func(name string) behaviour {
+		return func(ctx context.Context, task *model.Task, attempt int) (json.RawMessage, error) {
+			if attempt > 1 {
+				return succeed(ctx, task, attempt)
+			}
+			if err := pin(ctx, b, task.ID, name); err != nil {
+				return nil, err
+			}
+			return nil, errors.New("made its vm here, then failed")
+		}
+	}
+	w1 := worker(newQueue(t, b, "w1", 2), rec, "w1", do("w1"))
+	w2 := worker(newQueue(t, b, "w2", 2), rec, "w2", do("w2"))
+	start(t, w1)
+	start(t, w2)
+	for _, task := range tasks {
+		done := waitDone(t, b, task.ID)
+		runs := rec.of(task.ID)
+		if done.Status != model.TaskCompleted || len(runs) != 2 {
+			t.Errorf("task %s: %s after %d runs (%q), want completed after 2", task.ID, done.Status, len(runs), done.Error)
+			continue
+		}
+		if runs[1].Worker != runs[0].Worker || done.WorkerID != runs[0].Worker || done.TargetWorker != runs[0].Worker {
+			t.Errorf("task %s: attempt 1 on %s pinned it there, attempt 2 ran on %s (row: worker %q, target %q)",
+				task.ID, runs[0].Worker, runs[1].Worker, done.WorkerID, done.TargetWorker)
+		}
+		if done.RetryCount != 1 {
+			t.Errorf("task %s: retry_count %d, want 1", task.ID, done.RetryCount)
+		}
+	}
+}
+
+// waitQueued waits until q reports a pending task on the named queue.
+func waitQueued(t testing.TB, q queue.Queue, name string) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for find(stats(t, q), name).Pending == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing pending on queue %s within %v: %+v", name, waitFor, stats(t, q))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// testPinnedElsewhere: a task whose row was pinned to w1 after it was queued on a shared queue is not run by w2,
+// which hands it to w1's own queue; w1 runs it as its first attempt.
+func testPinnedElsewhere(t *testing.T, b *Backend) {
+	rec := newRecorder()
+	task := create(t, b, withRetries(1))
+	w2 := worker(newQueue(t, b, "w2", 1), rec, "w2", succeed)
+	enqueue(t, w2, message(task)) // on a shared queue (through w2: an embedded queue runs what it was given)
+	if err := pin(context.Background(), b, task.ID, "w1"); err != nil {
+		t.Fatal(err)
+	}
+	start(t, w2)
+	waitQueued(t, w2, queue.QueueName("w1", model.PriorityDefault))
+	if runs := rec.of(task.ID); len(runs) != 0 {
+		t.Fatalf("w2 ran a task pinned to w1: %v", runs)
+	}
+	w1 := worker(newQueue(t, b, "w1", 1), rec, "w1", succeed)
+	start(t, w1)
+	done := waitDone(t, b, task.ID)
+	runs := rec.of(task.ID)
+	if done.Status != model.TaskCompleted || len(runs) != 1 || runs[0].Worker != "w1" || done.RetryCount != 0 {
+		t.Fatalf("task: %s retry_count=%d runs=%v; want completed once on w1, the reroute not counted", done.Status, done.RetryCount, runs)
+	}
+}
+
+// testHandlerReroute: a handler that finds its task belongs to another worker returns queue.Reroute; the task is
+// pinned there and runs there, and the rerouted attempt is not counted.
+func testHandlerReroute(t *testing.T, b *Backend) {
+	rec := newRecorder()
+	gw := newQueue(t, b, "", 1)
+	task := create(t, b) // no retries: a counted reroute would fail it
+	enqueue(t, gw, message(task))
+	w2 := worker(newQueue(t, b, "w2", 1), rec, "w2", func(context.Context, *model.Task, int) (json.RawMessage, error) {
+		return nil, queue.Reroute("w1")
+	})
+	start(t, w2)
+	waitQueued(t, w2, queue.QueueName("w1", model.PriorityDefault))
+	if row := get(t, b, task.ID); row.TargetWorker != "w1" || row.Status != model.TaskPending || row.RetryCount != 0 {
+		t.Fatalf("rerouted row: target=%q status=%s retry_count=%d; want pending, pinned to w1, no retry used", row.TargetWorker, row.Status, row.RetryCount)
+	}
+	w1 := worker(newQueue(t, b, "w1", 1), rec, "w1", succeed)
+	start(t, w1)
+	done := waitDone(t, b, task.ID)
+	runs := rec.of(task.ID)
+	if done.Status != model.TaskCompleted || done.WorkerID != "w1" || len(runs) != 2 || runs[1].Worker != "w1" {
+		t.Fatalf("task: %s on %q, runs=%v; want completed on w1 after w2 rerouted it", done.Status, done.WorkerID, runs)
 	}
 }
 
