@@ -113,6 +113,33 @@ func AsReroute(err error) (*RerouteError, bool) {
 	return nil, false
 }
 
+// DeferError tells the queue that a task cannot run yet and must be delivered again on its own route after After,
+// without counting the attempt: nothing of it ran. A handler returns it through Defer when what the task needs is
+// busy (its VM runs as many commands as it may), so that the task waits in the queue, out of any worker slot,
+// however long the wait, instead of using up its retries.
+type DeferError struct {
+	After  time.Duration
+	Reason error
+}
+
+func (e *DeferError) Error() string {
+	return fmt.Sprintf("deferred for %s: %v", e.After, e.Reason)
+}
+
+func (e *DeferError) Unwrap() error { return e.Reason }
+
+// Defer returns the error a handler gives when its task must wait after before it is delivered again.
+func Defer(after time.Duration, reason error) error { return &DeferError{After: after, Reason: reason} }
+
+// AsDefer reports whether err (or an error it wraps) is a DeferError, and returns it.
+func AsDefer(err error) (*DeferError, bool) {
+	var d *DeferError
+	if errors.As(err, &d) {
+		return d, true
+	}
+	return nil, false
+}
+
 // Route is where a task's next delivery goes: the shared queue of Priority (Worker empty) or Worker's own.
 type Route struct {
 	Worker   string

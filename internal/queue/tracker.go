@@ -206,6 +206,30 @@ func (tr *Tracker) Reroute(ctx context.Context, taskID, workerID string, attempt
 	return route, nil
 }
 
+// Defer puts the task back to pending until at without counting the attempt (nothing of it ran), keeping reason in
+// the row so a client sees why it waits. Only a row still held by workerID for that attempt is changed; the route
+// is the row's (nil when it was not changed).
+func (tr *Tracker) Defer(ctx context.Context, taskID, workerID string, attempt int, reason error, at time.Time) (*Route, error) {
+	now := tr.now().UTC()
+	next := at.UTC()
+	var route *Route
+	_, err := tr.tasks.Update(ctx, taskID, func(t *model.Task) error {
+		if t.Status.Done() || t.Status != model.TaskProcessing || t.WorkerID != workerID || t.RetryCount != attempt-1 {
+			return errSkip
+		}
+		t.Status = model.TaskPending
+		t.Error = errText(reason)
+		t.ScheduledAt = &next
+		t.UpdatedAt = now
+		route = &Route{Worker: t.TargetWorker, Priority: t.Priority}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errSkip) {
+		return nil, fmt.Errorf("defer task %s: %w", taskID, err)
+	}
+	return route, nil
+}
+
 // Fail marks the task failed for good with cause and announces it.
 func (tr *Tracker) Fail(ctx context.Context, taskID string, cause error) error {
 	now := tr.now().UTC()
@@ -303,6 +327,9 @@ const (
 	// Rerouted: the task must run on another worker (Outcome.Route): the same attempt must be delivered on that
 	// worker's own queue.
 	Rerouted
+	// Deferred: the task could not start yet (DeferError): the same attempt must be delivered again at
+	// Outcome.RetryAt, on its own route (Outcome.Route, when the row told).
+	Deferred
 )
 
 func (k OutcomeKind) String() string {
@@ -319,6 +346,8 @@ func (k OutcomeKind) String() string {
 		return "released"
 	case Rerouted:
 		return "rerouted"
+	case Deferred:
+		return "deferred"
 	}
 	return fmt.Sprintf("OutcomeKind(%d)", int(k))
 }
@@ -327,7 +356,7 @@ func (k OutcomeKind) String() string {
 type Outcome struct {
 	Kind    OutcomeKind
 	Err     error     // the failure, for Retrying and Failed; for Completed, a failure to store the result
-	RetryAt time.Time // for Retrying
+	RetryAt time.Time // for Retrying and Deferred
 	Delay   time.Duration
 	// Route is where the next delivery goes, for Rerouted and (when the row told) Retrying: the row's routing at
 	// the end of the attempt, which a handler may have changed by pinning the task to its worker.
@@ -409,6 +438,22 @@ func (r *Runner) Run(ctx context.Context, d Delivery) Outcome {
 			route = &Route{Worker: re.Worker, Priority: t.Priority}
 		}
 		return Outcome{Kind: Rerouted, Err: errors.Join(herr, err), Route: route}
+	}
+	if de, ok := AsDefer(herr); ok && ctx.Err() == nil {
+		at := tr.now().Add(max(de.After, 0))
+		if r.Granularity > 0 {
+			at = CeilTime(at, r.Granularity)
+		}
+		var route *Route
+		err := r.write(ctx, d, "defer", func(c context.Context) (err error) {
+			route, err = tr.Defer(c, d.TaskID, d.WorkerID, d.Attempt, de.Reason, at)
+			return err
+		})
+		if err != nil {
+			// The row still says processing: count the attempt as failed rather than lose track of it.
+			return r.failed(ctx, d, errors.Join(herr, err))
+		}
+		return Outcome{Kind: Deferred, Err: herr, RetryAt: at, Delay: time.Until(at), Route: route}
 	}
 	if r.Aborting != nil && r.Aborting() && ctx.Err() != nil {
 		_ = r.write(ctx, d, "release", func(c context.Context) error { return tr.Release(c, d.TaskID, d.WorkerID, d.Attempt) })

@@ -14,12 +14,17 @@ import (
 // allow, or forever without one, and a guest decides how long they take. So at most MaxExecPerVM executions of
 // one VM run at once on a worker. An execution over the limit does not wait in its queue slot, where it would
 // block other VMs' work just the same: it waits a moment (execAdmitWait, for a short command to end), then its
-// task is retried later by the queue, out of any slot. The execution has not started, so the retry is safe; on
-// the task's last attempt it fails with the reason instead. Nothing waits on anything else while holding a
+// task is deferred (queue.Defer): delivered again after execDeferDelay, out of any slot, without counting an
+// attempt, for as long as its VM stays at the limit. The execution has not started, so the new delivery is safe,
+// and a burst of commands on one VM queues instead of failing. Nothing waits on anything else while holding a
 // permit, so the limit cannot deadlock, and other VMs' tasks always find the remaining slots.
 
 // execAdmitWait is how long an execution over its VM's limit waits in its slot before it is put back.
 const execAdmitWait = 250 * time.Millisecond
+
+// execDeferDelay is how long a deferred execution waits in the queue before it tries again (asynq schedules in
+// whole seconds).
+const execDeferDelay = time.Second
 
 // errVMBusy marks an execution that found its VM at the per-VM limit.
 var errVMBusy = errors.New("vm busy")

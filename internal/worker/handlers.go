@@ -216,11 +216,8 @@ func (w *Worker) handleExecute(ctx context.Context, t *model.Task) (json.RawMess
 		// Only a command that is about to run needs a permit (see execgate.go).
 		release, err := w.admitExec(ctx, e.VMID, execAdmitWait)
 		if errors.Is(err, errVMBusy) {
-			if !lastAttempt(t) {
-				return nil, err // retried out of any slot; the execution stays pending and has not run
-			}
-			_, ferr := w.failExecution(ctx, e, fmt.Sprintf("not run: %v, through every retry of its task", err))
-			return nil, ferr
+			// Waits in the queue, out of any slot, without using up a retry; the execution stays pending.
+			return nil, queue.Defer(execDeferDelay, err)
 		}
 		if err != nil {
 			return nil, err

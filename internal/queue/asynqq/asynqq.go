@@ -299,9 +299,11 @@ func (q *Queue) Start(ctx context.Context) error {
 		TaskCheckInterval:        q.cfg.taskCheckInterval,
 		DelayedTaskCheckInterval: q.cfg.delayedCheckInterval,
 		RetryDelayFunc:           q.retryDelay,
-		ShutdownTimeout:          requeueTimeout,
-		Logger:                   logAdapter{q.log},
-		LogLevel:                 asynq.InfoLevel,
+		// A deferred delivery did not run: asynq retries it without counting a retry.
+		IsFailure:       isFailure,
+		ShutdownTimeout: requeueTimeout,
+		Logger:          logAdapter{q.log},
+		LogLevel:        asynq.InfoLevel,
 		HealthCheckFunc: func(err error) {
 			if err != nil {
 				q.log.Warn("redis health check failed", "err", err)
@@ -414,6 +416,14 @@ func (q *Queue) othersBusy() (map[string]bool, error) {
 type retryError struct {
 	err error
 	at  time.Time
+	// uncounted marks a deferred delivery: nothing ran, so asynq must not count it as a retry (isFailure).
+	uncounted bool
+}
+
+// isFailure is asynq's IsFailure: every handler error counts as a failed attempt but a deferral.
+func isFailure(err error) bool {
+	var re *retryError
+	return err != nil && !(errors.As(err, &re) && re.uncounted)
 }
 
 func (e *retryError) Error() string { return e.err.Error() }
@@ -513,6 +523,14 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 		}
 		q.log.InfoContext(ctx, "task rerouted", "task_id", id, "attempt", attempt, "to", out.Route.Worker)
 		return nil
+	case queue.Deferred:
+		q.log.DebugContext(ctx, "task deferred", "task_id", id, "attempt", attempt, "until", out.RetryAt, "err", out.Err)
+		if out.Route != nil && q.redisQueue(out.Route.Queue()) != rq {
+			if err := q.move(ctx, t, id, p, attempt-1, *out.Route, out.RetryAt); err == nil {
+				return nil
+			}
+		}
+		return &retryError{err: out.Err, at: out.RetryAt, uncounted: true}
 	case queue.Retrying:
 		q.log.InfoContext(ctx, "task attempt failed; retrying", "task_id", id, "attempt", attempt, "retry_in", out.Delay, "err", out.Err)
 		if out.Route != nil && q.redisQueue(out.Route.Queue()) != rq {

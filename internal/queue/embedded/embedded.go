@@ -334,6 +334,13 @@ func (q *Queue) work() {
 				e.queue = out.Route.Queue() // the attempt may have pinned the task to this worker
 			}
 			q.scheduleLocked(e)
+		case queue.Deferred:
+			// The same attempt again later (nothing of it ran).
+			e.readyAt = out.RetryAt
+			if out.Route != nil {
+				e.queue = out.Route.Queue()
+			}
+			q.scheduleLocked(e)
 		case queue.Rerouted:
 			// The same attempt, on the queue of the worker the task is pinned to (here: one nobody else consumes in
 			// this process; it waits there, visible in Stats, and the row says where it belongs).

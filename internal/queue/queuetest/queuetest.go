@@ -75,6 +75,7 @@ func Run(t *testing.T, newBackend Factory) {
 		{"RetryFollowsThePinOfItsAttempt", testRetryFollowsPin},
 		{"TaskPinnedElsewhereIsRerouted", testPinnedElsewhere},
 		{"HandlerReroutesWithoutCountingTheAttempt", testHandlerReroute},
+		{"DeferredTaskWaitsWithoutUsingItsRetries", testHandlerDefer},
 		{"ProcessAtDelaysFirstAttempt", testProcessAt},
 		{"StopDrainsInFlight", testStopDrains},
 		{"StopRequeuesUnfinished", testStopRequeues},
@@ -96,6 +97,7 @@ func withPriority(p model.Priority) taskOpt { return func(t *model.Task) { t.Pri
 func pinnedTo(w string) taskOpt             { return func(t *model.Task) { t.TargetWorker = w } }
 func withRetries(n int) taskOpt             { return func(t *model.Task) { t.MaxRetries = n } }
 func withType(typ model.TaskType) taskOpt   { return func(t *model.Task) { t.Type = typ } }
+func withPayload(p string) taskOpt          { return func(t *model.Task) { t.Payload = json.RawMessage(p) } }
 
 // create stores a pending task, as the task service does before it enqueues it.
 func create(t testing.TB, b *Backend, opts ...taskOpt) *model.Task {
@@ -682,6 +684,63 @@ func testHandlerReroute(t *testing.T, b *Backend) {
 	runs := rec.of(task.ID)
 	if done.Status != model.TaskCompleted || done.WorkerID != "w1" || len(runs) != 2 || runs[1].Worker != "w1" {
 		t.Fatalf("task: %s on %q, runs=%v; want completed on w1 after w2 rerouted it", done.Status, done.WorkerID, runs)
+	}
+}
+
+// testHandlerDefer: a handler that defers its task (what it needs is busy) more often than the task has retries
+// gets the same attempt delivered again after the delay each time, never failed for it, and the wait is in the
+// queue, not in a slot: another task runs meanwhile on a worker of concurrency 1.
+func testHandlerDefer(t *testing.T, b *Backend) {
+	rec := newRecorder()
+	var (
+		mu       sync.Mutex
+		attempts []int // the row's retry count at each deferred delivery
+		deferred = map[string]int{}
+	)
+	const defers = 4
+	busy := errors.New("vm busy")
+	q := worker(newQueue(t, b, "w1", 1), rec, "w1", func(ctx context.Context, task *model.Task, attempt int) (json.RawMessage, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		var pl struct{ N int }
+		_ = json.Unmarshal(task.Payload, &pl)
+		if pl.N == 1 && deferred[task.ID] < defers {
+			deferred[task.ID]++
+			attempts = append(attempts, task.RetryCount) // retries used before this delivery, as the row says
+			return nil, queue.Defer(150*time.Millisecond, busy)
+		}
+		return succeed(ctx, task, attempt)
+	})
+	start(t, q)
+	task := create(t, b, withRetries(1), pinnedTo("w1"))
+	other := create(t, b, pinnedTo("w1"), withPayload(`{"n":2}`))
+	start0 := time.Now()
+	enqueue(t, q, message(task))
+	enqueue(t, q, message(other))
+	done := waitDone(t, b, task.ID)
+	if done.Status != model.TaskCompleted || done.RetryCount != 0 {
+		t.Fatalf("deferred task ended %s with retry_count %d (%s); want completed with no retry used", done.Status, done.RetryCount, done.Error)
+	}
+	if od := waitDone(t, b, other.ID); od.Status != model.TaskCompleted {
+		t.Fatalf("the other task: %s", od.Status)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, used := range attempts {
+		if used != 0 {
+			t.Fatalf("deferred deliveries saw retry counts %v; want 0 every time (a deferral is no attempt)", attempts)
+		}
+	}
+	if len(attempts) != defers || len(rec.of(task.ID)) != defers+1 {
+		t.Fatalf("%d deferrals and %d runs; want %d and %d", len(attempts), len(rec.of(task.ID)), defers, defers+1)
+	}
+	if el := time.Since(start0); el < defers*150*time.Millisecond {
+		t.Fatalf("finished after %s: the deferrals did not wait", el)
+	}
+	// The other task did not wait for the deferred one to finish deferring: it ran before the last delivery.
+	runs := rec.of(task.ID)
+	if o := rec.of(other.ID); len(o) != 1 || !o[0].Started.Before(runs[len(runs)-1].Started) {
+		t.Fatalf("the other task ran %v, after the deferred one's last delivery %v: deferral held the slot", o, runs[len(runs)-1].Started)
 	}
 }
 
