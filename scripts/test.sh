@@ -8,6 +8,10 @@ export AETHERIUM_REQUIRE_SERVICES=1   # a missing service fails the run instead 
 # Reference inputs outside the repository (../shared: Firecracker's API spec) are optional for a user's clone, whose
 # tests skip loudly without them; CI has them, and there a test that would skip for their lack fails.
 if [ -n "${CI:-}" ]; then export AETHERIUM_REQUIRE_REFERENCE=1; fi
+if [ -z "${AETHERIUM_FIRECRACKER_SPEC:-}" ] && [ ! -f ../shared/reference/firecracker/firecracker-api.yaml ]; then
+  echo "NOTE: SKIPPING the Firecracker backend suite: Firecracker's API spec (firecracker-api.yaml) is not beside"
+  echo "      this clone (../shared/reference/firecracker); set AETHERIUM_FIRECRACKER_SPEC to a copy to run it."
+fi
 
 bash scripts/setup.sh services
 
