@@ -136,9 +136,12 @@ type VMList struct {
 
 // ExecuteRequest is the body of POST /api/v1/vms/{id}/execute.
 type ExecuteRequest struct {
-	Command        string            `json:"command"`
-	Args           []string          `json:"args,omitempty"`
-	Env            map[string]string `json:"env,omitempty"`
+	Command string            `json:"command"`
+	Args    []string          `json:"args,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
+	// SecretEnv maps environment variables to names of the caller's secrets (PUT /api/v1/secrets/{name}); the
+	// worker injects their values when the command runs, and they are never stored with the execution.
+	SecretEnv      map[string]string `json:"secret_env,omitempty"`
 	WorkingDir     string            `json:"working_dir,omitempty"`
 	User           string            `json:"user,omitempty"`
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
@@ -154,14 +157,18 @@ type ExecuteAccepted struct {
 
 // Execution is one command run.
 type Execution struct {
-	ID              string            `json:"id"`
-	VMID            string            `json:"vm_id"`
-	JobID           string            `json:"job_id,omitempty"`
-	TaskID          string            `json:"task_id,omitempty"`
-	Status          string            `json:"status"`
-	Command         string            `json:"command"`
-	Args            []string          `json:"args"`
-	Env             map[string]string `json:"env,omitempty"`
+	ID      string   `json:"id"`
+	VMID    string   `json:"vm_id"`
+	JobID   string   `json:"job_id,omitempty"`
+	TaskID  string   `json:"task_id,omitempty"`
+	Status  string   `json:"status"`
+	Command string   `json:"command"`
+	Args    []string `json:"args"`
+	// Env is the environment given with the request; values of names that look like credentials (TOKEN, KEY,
+	// SECRET, PASSWORD...) are shown as "***".
+	Env map[string]string `json:"env,omitempty"`
+	// SecretEnv maps environment variables to the secret names whose values were injected.
+	SecretEnv       map[string]string `json:"secret_env,omitempty"`
 	WorkingDir      string            `json:"working_dir,omitempty"`
 	User            string            `json:"user,omitempty"`
 	ExitCode        *int              `json:"exit_code"`
@@ -216,6 +223,7 @@ type JobCommand struct {
 	Command        string            `json:"command"`
 	Args           []string          `json:"args,omitempty"`
 	Env            map[string]string `json:"env,omitempty"`
+	SecretEnv      map[string]string `json:"secret_env,omitempty"`
 	WorkingDir     string            `json:"working_dir,omitempty"`
 	User           string            `json:"user,omitempty"`
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
@@ -464,4 +472,22 @@ type ShellMessage struct {
 	DurationMS *int64 `json:"duration_ms,omitempty"`
 	Code       string `json:"code,omitempty"`
 	Message    string `json:"message,omitempty"`
+}
+
+// PutSecretRequest is the body of PUT /api/v1/secrets/{name}.
+type PutSecretRequest struct {
+	Value string `json:"value"`
+}
+
+// Secret describes one of the caller's secrets. No answer of the API ever carries a secret's value.
+type Secret struct {
+	Name       string     `json:"name"`
+	CreatedAt  time.Time  `json:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	LastUsedAt *time.Time `json:"last_used_at"`
+}
+
+// SecretList answers GET /api/v1/secrets.
+type SecretList struct {
+	Secrets []Secret `json:"secrets"`
 }

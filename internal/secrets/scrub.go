@@ -1,0 +1,185 @@
+package secrets
+
+import (
+	"encoding/base64"
+	"regexp"
+	"slices"
+	"strings"
+)
+
+// Mask replaces a scrubbed value.
+const Mask = "***"
+
+// MinScrubLen is the shortest value scrubbed: shorter ones ("a", "1") would mask ordinary output everywhere.
+const MinScrubLen = 4
+
+// minEncodedLen is the shortest base64 fragment scrubbed (see encodings).
+const minEncodedLen = 8
+
+// Scrubber replaces known secret values, and their base64 encodings, in text with Mask. It is safe for concurrent
+// use; a Stream scrubs one stream of output written in pieces.
+type Scrubber struct {
+	patterns [][]byte          // longest first
+	byFirst  map[byte][][]byte // patterns by their first byte, longest first
+	maxLen   int
+}
+
+// NewScrubber returns a scrubber of values. Values shorter than MinScrubLen are not scrubbed.
+func NewScrubber(values ...string) *Scrubber {
+	seen := map[string]bool{}
+	s := &Scrubber{byFirst: map[byte][][]byte{}}
+	add := func(p string) {
+		if p == "" || seen[p] {
+			return
+		}
+		seen[p] = true
+		s.patterns = append(s.patterns, []byte(p))
+	}
+	for _, v := range values {
+		if len(v) < MinScrubLen {
+			continue
+		}
+		add(v)
+		for _, e := range encodings(v) {
+			add(e)
+		}
+	}
+	slices.SortFunc(s.patterns, func(a, b []byte) int { return len(b) - len(a) })
+	for _, p := range s.patterns {
+		s.byFirst[p[0]] = append(s.byFirst[p[0]], p)
+		s.maxLen = max(s.maxLen, len(p))
+	}
+	return s
+}
+
+// encodings returns the base64 fragments that any base64 encoding (standard or URL alphabet, padded or not) of
+// any text containing v must contain. Where v starts in the encoded text decides how its bytes fall into 3-byte
+// groups, so there are three alignments; of each, only the characters that depend on v's bytes alone are kept (the
+// first and last one or two depend on the bytes around v). `echo $SECRET | base64` thus shows no more of the
+// secret than a character or two at each end. Fragments shorter than minEncodedLen are dropped.
+func encodings(v string) []string {
+	var out []string
+	for align := range 3 {
+		buf := append(make([]byte, align), v...)
+		full := len(buf) / 3 * 4 // characters of complete groups: those not depending on what follows v
+		enc := base64.RawStdEncoding.EncodeToString(buf)[:full]
+		skip := []int{0, 2, 3}[align] // characters depending on what precedes v
+		if full-skip < minEncodedLen {
+			continue
+		}
+		frag := enc[skip:]
+		out = append(out, frag, strings.NewReplacer("+", "-", "/", "_").Replace(frag))
+	}
+	return out
+}
+
+// Empty reports whether the scrubber scrubs nothing.
+func (s *Scrubber) Empty() bool { return s == nil || len(s.patterns) == 0 }
+
+// String scrubs text.
+func (s *Scrubber) String(text string) string {
+	if s.Empty() {
+		return text
+	}
+	out, _ := s.scan([]byte(text), len(text))
+	return string(out)
+}
+
+// Bytes scrubs b into a new slice.
+func (s *Scrubber) Bytes(b []byte) []byte {
+	if s.Empty() {
+		return b
+	}
+	out, _ := s.scan(b, len(b))
+	return out
+}
+
+// scan scrubs buf from its start up to cut, also completing a match that starts before cut and ends after it. It
+// returns the scrubbed text and how much of buf it consumed (cut or more).
+func (s *Scrubber) scan(buf []byte, cut int) ([]byte, int) {
+	out := make([]byte, 0, len(buf))
+	i := 0
+next:
+	for i < cut {
+		for _, p := range s.byFirst[buf[i]] {
+			if len(buf)-i >= len(p) && string(buf[i:i+len(p)]) == string(p) {
+				out = append(out, Mask...)
+				i += len(p)
+				continue next
+			}
+		}
+		out = append(out, buf[i])
+		i++
+	}
+	return out, i
+}
+
+// Stream scrubs one stream written in pieces: a value split between two writes is still scrubbed, because the last
+// bytes of each write (fewer than the longest pattern) are held back until the next write or Flush.
+type Stream struct {
+	s    *Scrubber
+	tail []byte
+}
+
+// Stream returns a new stream scrubber.
+func (s *Scrubber) Stream() *Stream { return &Stream{s: s} }
+
+// Write scrubs p and returns what may be passed on now.
+func (st *Stream) Write(p []byte) []byte {
+	if st.s.Empty() {
+		return p
+	}
+	buf := append(st.tail, p...)
+	hold := st.s.maxLen - 1
+	cut := len(buf) - hold
+	if cut <= 0 {
+		st.tail = buf
+		return nil
+	}
+	out, n := st.s.scan(buf, cut)
+	st.tail = append([]byte(nil), buf[n:]...)
+	return out
+}
+
+// Flush returns the scrubbed rest that Write held back.
+func (st *Stream) Flush() []byte {
+	if st.s.Empty() || len(st.tail) == 0 {
+		return nil
+	}
+	out, _ := st.s.scan(st.tail, len(st.tail))
+	st.tail = nil
+	return out
+}
+
+// credentialNameRE matches environment variable names that usually hold credentials.
+var credentialNameRE = regexp.MustCompile(`(?i)(KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|AUTH|PRIVATE|` +
+	`(^|_)PAT($|_)|COOKIE|SESSION|SIGNATURE|DSN)`)
+
+// LooksLikeCredential reports whether an environment variable of that name probably holds a credential.
+func LooksLikeCredential(name string) bool { return credentialNameRE.MatchString(name) }
+
+// MaskEnv returns env with the values of credential-like names replaced by Mask (a copy; env is not changed).
+func MaskEnv(env map[string]string) map[string]string {
+	if env == nil {
+		return nil
+	}
+	out := make(map[string]string, len(env))
+	for k, v := range env {
+		if LooksLikeCredential(k) {
+			v = Mask
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// CredentialValues returns the values of env's credential-like names (to scrub them from output too).
+func CredentialValues(env map[string]string) []string {
+	var out []string
+	for k, v := range env {
+		if LooksLikeCredential(k) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
