@@ -198,19 +198,17 @@ const (
 
 // Execution is one command run in a VM, with its captured output.
 type Execution struct {
-	ID      string            `json:"id"`
-	OwnerID string            `json:"owner_id"`
-	VMID    string            `json:"vm_id"`
-	JobID   string            `json:"job_id,omitempty"`
-	TaskID  string            `json:"task_id,omitempty"`
-	Seq     int               `json:"seq"` // position within a job, 0 otherwise
-	Status  ExecutionStatus   `json:"status"`
-	Command string            `json:"command"`
-	Args    []string          `json:"args"`
-	Env     map[string]string `json:"env,omitempty"`
-	// SecretEnv maps environment variables to the names of the owner's secrets whose values the worker injects
-	// when it runs the command; the values themselves are never stored with the execution.
-	SecretEnv       map[string]string `json:"secret_env,omitempty"`
+	ID              string            `json:"id"`
+	OwnerID         string            `json:"owner_id"`
+	VMID            string            `json:"vm_id"`
+	JobID           string            `json:"job_id,omitempty"`
+	TaskID          string            `json:"task_id,omitempty"`
+	Seq             int               `json:"seq"` // position within a job, 0 otherwise
+	Status          ExecutionStatus   `json:"status"`
+	Command         string            `json:"command"`
+	Args            []string          `json:"args"`
+	Env             map[string]string `json:"env,omitempty"`
+	SecretEnv       map[string]string `json:"secret_env,omitempty"` // var -> secret name; values are injected at run time, never stored
 	WorkingDir      string            `json:"working_dir,omitempty"`
 	User            string            `json:"user,omitempty"` // run as this guest user (name or uid[:gid]); empty: root
 	TimeoutSeconds  int               `json:"timeout_seconds,omitempty"`

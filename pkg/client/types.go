@@ -136,12 +136,10 @@ type VMList struct {
 
 // ExecuteRequest is the body of POST /api/v1/vms/{id}/execute.
 type ExecuteRequest struct {
-	Command string            `json:"command"`
-	Args    []string          `json:"args,omitempty"`
-	Env     map[string]string `json:"env,omitempty"`
-	// SecretEnv maps environment variables to names of the caller's secrets (PUT /api/v1/secrets/{name}); the
-	// worker injects their values when the command runs, and they are never stored with the execution.
-	SecretEnv      map[string]string `json:"secret_env,omitempty"`
+	Command        string            `json:"command"`
+	Args           []string          `json:"args,omitempty"`
+	Env            map[string]string `json:"env,omitempty"`
+	SecretEnv      map[string]string `json:"secret_env,omitempty"` // var -> name of a secret of the caller's, injected at run time
 	WorkingDir     string            `json:"working_dir,omitempty"`
 	User           string            `json:"user,omitempty"`
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
@@ -157,18 +155,15 @@ type ExecuteAccepted struct {
 
 // Execution is one command run.
 type Execution struct {
-	ID      string   `json:"id"`
-	VMID    string   `json:"vm_id"`
-	JobID   string   `json:"job_id,omitempty"`
-	TaskID  string   `json:"task_id,omitempty"`
-	Status  string   `json:"status"`
-	Command string   `json:"command"`
-	Args    []string `json:"args"`
-	// Env is the environment given with the request; values of names that look like credentials (TOKEN, KEY,
-	// SECRET, PASSWORD...) are shown as "***".
-	Env map[string]string `json:"env,omitempty"`
-	// SecretEnv maps environment variables to the secret names whose values were injected.
-	SecretEnv       map[string]string `json:"secret_env,omitempty"`
+	ID              string            `json:"id"`
+	VMID            string            `json:"vm_id"`
+	JobID           string            `json:"job_id,omitempty"`
+	TaskID          string            `json:"task_id,omitempty"`
+	Status          string            `json:"status"`
+	Command         string            `json:"command"`
+	Args            []string          `json:"args"`
+	Env             map[string]string `json:"env,omitempty"`        // values of credential-like names shown as "***"
+	SecretEnv       map[string]string `json:"secret_env,omitempty"` // var -> secret name (never a value)
 	WorkingDir      string            `json:"working_dir,omitempty"`
 	User            string            `json:"user,omitempty"`
 	ExitCode        *int              `json:"exit_code"`
