@@ -282,6 +282,15 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 	if vm.Status != model.VMRunning || vm.WorkerID != w.cfg.ID {
 		return w.failExecution(ctx, e, fmt.Sprintf("vm %s is %s", vm.ID, vm.Status))
 	}
+	// Secrets are resolved before the command is marked running: a database blip is retried, a missing secret
+	// fails the execution without running it.
+	env, scrub, reason, err := w.resolveSecrets(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	if reason != "" {
+		return w.failExecution(ctx, e, reason)
+	}
 	e, err = w.cfg.Store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
 		if x.Status != model.ExecutionPending {
 			return queue.Permanent(fmt.Errorf("execution %s is already %s", x.ID, x.Status))
@@ -293,11 +302,11 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 		return nil, err
 	}
 	req := agent.ExecRequest{
-		Argv: append([]string{e.Command}, e.Args...), Env: e.Env, WorkingDir: e.WorkingDir, User: e.User,
+		Argv: append([]string{e.Command}, e.Args...), Env: env, WorkingDir: e.WorkingDir, User: e.User,
 		Timeout: time.Duration(e.TimeoutSeconds) * time.Second, MaxOutputBytes: w.cfg.MaxOutputBytes,
 	}
 	// The output streams to live readers as it comes (execOutput) and is kept, up to the cap, for the row.
-	out := w.newExecOutput(ctx, e)
+	out := w.newExecOutput(ctx, e, scrub)
 	res, err := w.cfg.Backend.ExecuteStream(ctx, vm.ID, req, out.writer(0), out.writer(1))
 	out.finish()
 	if err != nil {
@@ -353,6 +362,9 @@ func (w *Worker) failExecution(ctx context.Context, e *model.Execution, reason s
 // failExecutionWithOutput fails e with reason, keeping the output it printed before it failed (out may be nil),
 // and announces its end to live readers.
 func (w *Worker) failExecutionWithOutput(ctx context.Context, e *model.Execution, reason string, out *execOutput) (*model.Execution, error) {
+	if out != nil {
+		reason = out.scrub.String(reason)
+	}
 	e, err := w.cfg.Store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
 		x.Status, x.Error, x.CompletedAt = model.ExecutionFailed, reason, utcNow()
 		if x.StartedAt != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/aetherium/aetherium/internal/keyedmutex"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
+	"github.com/aetherium/aetherium/internal/secrets"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/internal/tools"
@@ -48,6 +49,9 @@ type Config struct {
 	// Tools installs the tools a VM asks for that its template lacks (nil: such VMs fail to create) and reports
 	// what every new VM has.
 	Tools *tools.Installer
+	// Secrets resolves the secret_env of executions and scrubs the owner's secrets from their output (secrets.go);
+	// nil: executions with secret_env fail, saying the worker has no secrets key.
+	Secrets *secrets.Manager
 }
 
 // Worker owns the VMs of one host.
