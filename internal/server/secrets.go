@@ -1,0 +1,116 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/aetherium/aetherium/internal/config"
+	"github.com/aetherium/aetherium/internal/secrets"
+	"github.com/aetherium/aetherium/internal/store"
+)
+
+// SecretsKeyFile is the name, in the data directory, of the secrets key that serve creates on first start (mode
+// 0600), as it does the admin key.
+const SecretsKeyFile = "secrets-key"
+
+// SecretsKey returns the configured secrets key and the older keys still accepted: secrets_key, else
+// secrets_key_file, else <data_dir>/secrets-key (created when create is set, as serve does; otherwise a missing
+// file is no key). A key that cannot be read or parsed is an error; no key at all is a zero Key.
+func SecretsKey(cfg config.Config, create bool, log *slog.Logger) (secrets.Key, []secrets.Key, error) {
+	var (
+		key secrets.Key
+		err error
+	)
+	switch {
+	case cfg.SecretsKey != "":
+		if key, err = secrets.ParseKey(cfg.SecretsKey); err != nil {
+			return key, nil, fmt.Errorf("secrets_key (%s): %w", config.EnvName("secrets_key"), err)
+		}
+	case cfg.SecretsKeyFile != "":
+		if key, err = secrets.ReadKeyFile(cfg.SecretsKeyFile); err != nil {
+			return key, nil, fmt.Errorf("secrets_key_file: %w", err)
+		}
+	default:
+		path := filepath.Join(cfg.DataDir, SecretsKeyFile)
+		if create {
+			var created bool
+			if key, created, err = secrets.LoadOrCreateKeyFile(path); err != nil {
+				return key, nil, err
+			}
+			if created && log != nil {
+				log.Info("created the secrets key; back it up: the secrets stored under it cannot be read without it",
+					"path", path, "key_id", key.ID())
+			}
+		} else if key, err = secrets.ReadKeyFile(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return key, nil, err
+		}
+	}
+	var old []secrets.Key
+	for i, s := range strings.Split(cfg.SecretsOldKeys, ",") {
+		if strings.TrimSpace(s) == "" {
+			continue
+		}
+		k, err := secrets.ParseKey(s)
+		if err != nil {
+			return key, nil, fmt.Errorf("secrets_old_keys, key %d: %w", i+1, err)
+		}
+		old = append(old, k)
+	}
+	return key, old, nil
+}
+
+// OpenSecrets returns the manager of owners' secrets under the configured key, after checking at start-up that the
+// key fits the database (secrets.Manager.Verify): a wrong key is an error here, never a silent fallback. With no key
+// configured it returns nil (the secret routes answer 503, executions with secret_env fail) unless the database
+// holds secrets, which is an error too.
+func OpenSecrets(ctx context.Context, cfg config.Config, st store.Store, create bool, log *slog.Logger) (*secrets.Manager, error) {
+	key, old, err := SecretsKey(cfg, create, log)
+	if err != nil {
+		return nil, err
+	}
+	if key.IsZero() {
+		ids, err := st.Secrets().KeyIDs(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("secrets: %w", err)
+		}
+		checks, err := st.Secrets().Checks(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("secrets: %w", err)
+		}
+		if len(ids) > 0 || len(checks) > 0 {
+			var used []string
+			for id := range ids {
+				used = append(used, id)
+			}
+			for _, c := range checks {
+				if !slices.Contains(used, c.KeyID) {
+					used = append(used, c.KeyID)
+				}
+			}
+			slices.Sort(used)
+			return nil, fmt.Errorf("secrets: no secrets key is configured, but this database uses key %s: set "+
+				"secrets_key (%s) or secrets_key_file to that key, on every gateway and worker",
+				strings.Join(used, ", "), config.EnvName("secrets_key"))
+		}
+		if log != nil {
+			log.Warn("no secrets key configured: the secret routes answer 503 and executions with secret_env fail; " +
+				"set secrets_key or secrets_key_file (the same on every gateway and worker)")
+		}
+		return nil, nil
+	}
+	kr, err := secrets.NewKeyring(key, old...)
+	if err != nil {
+		return nil, err
+	}
+	m := secrets.NewManager(st.Secrets(), kr, log)
+	if err := m.Verify(ctx); err != nil {
+		return nil, fmt.Errorf("secrets: %w", err)
+	}
+	return m, nil
+}
