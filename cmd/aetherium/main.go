@@ -55,10 +55,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		doctorCommand(),
 		imagecmd.NewCommand(imageResolver),
 	)
-	root.AddCommand(cli.NewClientCommands(cli.IOStreams{In: stdin, Out: stdout, ErrOut: stderr},
+	clientCmds := cli.NewClientCommands(cli.IOStreams{In: stdin, Out: stdout, ErrOut: stderr},
 		cli.WithUserAgent("aetherium-cli/"+version),
 		cli.WithAPIKeyHint("create one with `aetherium apikey create --name NAME` on the server host, or use the key "+
-			"`aetherium serve` printed (kept in ~/.aetherium/admin-api-key)"))...)
+			"`aetherium serve` printed (kept in ~/.aetherium/admin-api-key)"))
+	addSecretAdmin(clientCmds)
+	root.AddCommand(clientCmds...)
 	err := root.Execute()
 	var exit *cli.ExitError
 	if err != nil && !errors.As(err, &exit) {

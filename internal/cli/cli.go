@@ -129,7 +129,7 @@ func NewClientCommands(streams IOStreams, opts ...Option) []*cobra.Command {
 	if a.httpClient == nil {
 		a.httpClient = defaultHTTPClient()
 	}
-	cmds := []*cobra.Command{a.vmCommand(), a.taskCommand(), a.jobCommand()}
+	cmds := []*cobra.Command{a.vmCommand(), a.taskCommand(), a.jobCommand(), a.secretCommand()}
 	for _, c := range cmds {
 		a.addPersistentFlags(c)
 		c.SetIn(a.streams.In)

@@ -57,18 +57,26 @@ func NewScrubber(values ...string) *Scrubber {
 // groups, so there are three alignments; of each, only the characters that depend on v's bytes alone are kept (the
 // first and last one or two depend on the bytes around v). `echo $SECRET | base64` thus shows no more of the
 // secret than a character or two at each end. Fragments shorter than minEncodedLen are dropped.
+//
+// The commonest text around a value is a newline that ends it (echo $SECRET | base64), so the encodings of v and a
+// final "\n" are added too: they cover its last characters as well.
 func encodings(v string) []string {
 	var out []string
-	for align := range 3 {
-		buf := append(make([]byte, align), v...)
-		full := len(buf) / 3 * 4 // characters of complete groups: those not depending on what follows v
-		enc := base64.RawStdEncoding.EncodeToString(buf)[:full]
-		skip := []int{0, 2, 3}[align] // characters depending on what precedes v
-		if full-skip < minEncodedLen {
-			continue
+	for _, after := range []string{"", "\n"} {
+		for align := range 3 {
+			buf := append(append(make([]byte, align), v...), after...)
+			enc := base64.RawStdEncoding.EncodeToString(buf)
+			skip := []int{0, 2, 3}[align] // characters depending on what precedes v
+			// The characters of complete groups depend on nothing that follows; when the text ends here (padding
+			// or the end of the output follows), the last, partial group is known too.
+			for _, end := range []int{len(buf) / 3 * 4, len(enc)} {
+				if end-skip < minEncodedLen {
+					continue
+				}
+				frag := enc[skip:end]
+				out = append(out, frag, strings.NewReplacer("+", "-", "/", "_").Replace(frag))
+			}
 		}
-		frag := enc[skip:]
-		out = append(out, frag, strings.NewReplacer("+", "-", "/", "_").Replace(frag))
 	}
 	return out
 }

@@ -308,3 +308,17 @@ func TestResolve(t *testing.T) {
 		t.Fatalf("Missing = %v", err)
 	}
 }
+
+// TestScrubberEchoBase64 is `echo $SECRET | base64` and `printf %s $SECRET | base64`: nothing of the encoding is
+// left but the padding.
+func TestScrubberEchoBase64(t *testing.T) {
+	for _, v := range []string{value, value + "x", value + "xy"} {
+		s := secrets.NewScrubber(v)
+		for _, text := range []string{v + "\n", v} {
+			enc := base64.StdEncoding.EncodeToString([]byte(text))
+			if got := strings.TrimRight(s.String(enc+"\n"), "=\n"); got != secrets.Mask {
+				t.Errorf("base64 of %q = %q, scrubbed %q", text, enc, got)
+			}
+		}
+	}
+}

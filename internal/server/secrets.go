@@ -114,3 +114,42 @@ func OpenSecrets(ctx context.Context, cfg config.Config, st store.Store, create 
 	}
 	return m, nil
 }
+
+// RotateSecrets re-seals every secret of the configured store under one key, reading the others with the
+// configured keys (secrets_key or its file, and secrets_old_keys): under the key in newKeyFile when it is given
+// (a new key is generated into it, mode 0600, if the file does not exist; an existing one is used, so a rotation
+// that stopped can be run again), else under the configured current key. It returns the id of the key everything
+// is now sealed under and how many secrets it re-sealed. Servers must then run with that key: see docs/api.md.
+func RotateSecrets(ctx context.Context, cfg config.Config, st store.Store, newKeyFile string, log *slog.Logger) (string, int, error) {
+	cur, old, err := SecretsKey(cfg, false, log)
+	if err != nil {
+		return "", 0, err
+	}
+	if cur.IsZero() {
+		return "", 0, errors.New("no secrets key is configured: set secrets_key, secrets_key_file, or run where " +
+			"the data directory holds secrets-key")
+	}
+	target := cur
+	if newKeyFile != "" {
+		var created bool
+		if target, created, err = secrets.LoadOrCreateKeyFile(newKeyFile); err != nil {
+			return "", 0, err
+		}
+		if created && log != nil {
+			log.Info("created the new secrets key", "path", newKeyFile, "key_id", target.ID())
+		}
+		if target.ID() != cur.ID() {
+			old = append([]secrets.Key{cur}, old...)
+		}
+	}
+	kr, err := secrets.NewKeyring(target, old...)
+	if err != nil {
+		return "", 0, err
+	}
+	m := secrets.NewManager(st.Secrets(), kr, log)
+	if err := m.Verify(ctx); err != nil {
+		return "", 0, fmt.Errorf("secrets: %w", err)
+	}
+	n, err := m.Rotate(ctx)
+	return target.ID(), n, err
+}

@@ -127,3 +127,51 @@ func TestSecretsKeyAtStartUp(t *testing.T) {
 		t.Fatalf("OpenSecrets without a key on an unused database = %v, %v", m, err)
 	}
 }
+
+// TestRotateSecretsKey rotates a serve installation's key: every secret is re-sealed under the new key, the old
+// key then fails start-up, and the new one opens everything.
+func TestRotateSecretsKey(t *testing.T) {
+	ctx := context.Background()
+	dataDir := t.TempDir()
+	cfg := secretsConfig(t, dataDir, nil)
+	st, err := OpenStore(ctx, cfg, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m, err := OpenSecrets(ctx, cfg, st, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := map[string]string{"A": "value-of-a-1234", "B": "value-of-b-5678"}
+	for name, v := range values {
+		if _, _, err := m.Put(ctx, "owner", name, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newFile := filepath.Join(t.TempDir(), "secrets-key.new")
+	id, n, err := RotateSecrets(ctx, cfg, st, newFile, nil)
+	if err != nil || n != 2 || id == m.Keyring().CurrentID() {
+		t.Fatalf("RotateSecrets = %s, %d, %v", id, n, err)
+	}
+	if fi, err := os.Stat(newFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("new key file: %v, %v", fi, err)
+	}
+	// Again: nothing left to do (an interrupted rotation can be resumed with the same file).
+	if id2, n, err := RotateSecrets(ctx, secretsConfig(t, dataDir, map[string]string{"AETHERIUM_SECRETS_KEY_FILE": newFile}), st, "", nil); err != nil || n != 0 || id2 != id {
+		t.Fatalf("second RotateSecrets = %s, %d, %v", id2, n, err)
+	}
+	// The old key is retired: start-up with it fails.
+	if _, err := OpenSecrets(ctx, cfg, st, true, nil); err == nil || !strings.Contains(err.Error(), "wrong secrets key") {
+		t.Fatalf("start-up with the retired key: %v", err)
+	}
+	m2, err := OpenSecrets(ctx, secretsConfig(t, dataDir, map[string]string{"AETHERIUM_SECRETS_KEY_FILE": newFile}), st, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, v := range values {
+		if got, err := m2.Secret(ctx, "owner", name); err != nil || got != v {
+			t.Fatalf("%s after rotation = %q, %v", name, got, err)
+		}
+	}
+}
