@@ -43,8 +43,9 @@ func (e *testEnv) secretNames(t *testing.T, key string) []string {
 	return names
 }
 
-func TestSecretsRoutes(t *testing.T) {
-	e := newEnv(t, nil)
+func TestSecretsRoutes(t *testing.T) { onStores(t, nil, testSecretsRoutes) }
+
+func testSecretsRoutes(t *testing.T, e *testEnv) {
 	var bodies [][]byte
 	call := func(method, path, key, body string) response {
 		t.Helper()

@@ -172,3 +172,43 @@ func TestSecretEnvNeedsTheWorkersKey(t *testing.T) {
 }
 
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// TestJobCommandsGetTheirSecrets: each job command gets its own secret_env, its output is scrubbed, and the job's
+// stored commands hold the names only.
+func TestJobCommandsGetTheirSecrets(t *testing.T) {
+	r, m := newSecretsRig(t, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	value := "job-s3cr3t-" + uuid.NewString()[:12]
+	if _, _, err := m.Put(ctx, r.owner, "DEPLOY", value); err != nil {
+		t.Fatal(err)
+	}
+	job, tk, err := r.svc.CreateJob(ctx, r.owner, client.CreateJobRequest{
+		VM: &client.CreateVMRequest{Name: "jobsecrets"},
+		Commands: []client.JobCommand{
+			{Command: "sh", Args: []string{"-c", `echo "a=$D"`}, SecretEnv: map[string]string{"D": "DEPLOY"}},
+			{Command: "sh", Args: []string{"-c", `echo "b=${D:-unset}"; echo $E | base64`}, SecretEnv: map[string]string{"E": "DEPLOY"}},
+		},
+		DeleteVMAfter: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tk = r.wait(tk.ID); tk.Status != model.TaskCompleted {
+		t.Fatalf("job task: %s %s", tk.Status, tk.Error)
+	}
+	job, es, err := r.svc.GetJob(ctx, r.owner, job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if job.Status != model.JobCompleted || len(es) != 2 {
+		t.Fatalf("job %s (%s), %d executions", job.Status, job.Error, len(es))
+	}
+	if es[0].Stdout != "a=***\n" || es[1].Stdout != "b=unset\n***\n" {
+		t.Fatalf("outputs %q, %q", es[0].Stdout, es[1].Stdout)
+	}
+	b, _ := json.Marshal(job)
+	if strings.Contains(string(b), value) || job.Commands[1].SecretEnv["E"] != "DEPLOY" {
+		t.Fatalf("stored job: %s", b)
+	}
+}
