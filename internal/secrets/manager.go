@@ -44,33 +44,56 @@ func NewManager(st store.SecretStore, kr *Keyring, log *slog.Logger) *Manager {
 // Keyring is the manager's keyring.
 func (m *Manager) Keyring() *Keyring { return m.kr }
 
-// Verify checks, at start-up, that the keyring fits the database: every sealed secret's key is configured, the key
-// checks of the configured keys open, and a database that has been used with some key is not now given another.
-// It then records a key check of the current key. It never opens an owner's secret.
+// Verify checks, at start-up, that the keyring fits the database: every sealed secret's key is configured, every
+// key the database has been used with is configured (so a gateway and a worker given different keys cannot both
+// run), and the key checks of the configured keys open. It records a key check of the current key, then looks
+// again, so that two servers starting at once on a new database with different keys do not both pass. It never
+// opens an owner's secret.
 func (m *Manager) Verify(ctx context.Context) error {
+	had, err := m.verify(ctx)
+	if err != nil {
+		return err
+	}
+	if had {
+		return nil
+	}
+	if err := m.addCheck(ctx); err != nil {
+		return err
+	}
+	if _, err := m.verify(ctx); err != nil {
+		// Another server started meanwhile with another key: take back this key's check (nothing is sealed under
+		// it yet), so that the database is left as it was and the right key can start.
+		if derr := m.st.DeleteCheck(ctx, m.kr.CurrentID()); derr != nil {
+			m.log.Warn("could not remove the key check of a refused key", "key_id", m.kr.CurrentID(), "err", derr)
+		}
+		return err
+	}
+	return nil
+}
+
+// verify is Verify's check; it reports whether the current key has its key check already.
+func (m *Manager) verify(ctx context.Context) (haveCurrent bool, err error) {
 	checks, err := m.st.Checks(ctx)
 	if err != nil {
-		return fmt.Errorf("secrets key check: %w", err)
+		return false, fmt.Errorf("secrets key check: %w", err)
 	}
 	counts, err := m.st.KeyIDs(ctx)
 	if err != nil {
-		return fmt.Errorf("secrets key check: %w", err)
+		return false, fmt.Errorf("secrets key check: %w", err)
 	}
 	cur := m.kr.CurrentID()
-	known, haveCurrent := false, false
-	var ids []string
+	var unknownChecks []string
 	for _, c := range checks {
-		ids = append(ids, c.KeyID)
 		if !m.kr.Has(c.KeyID) {
+			unknownChecks = append(unknownChecks, c.KeyID)
 			continue
 		}
+		haveCurrent = haveCurrent || c.KeyID == cur
 		pt, err := m.kr.Open(c.KeyID, keyCheckOwner, "key-check:"+c.KeyID, c.Nonce, c.Ciphertext)
 		if err != nil || string(pt) != keyCheckText {
-			return fmt.Errorf("%w: the key check of key %s does not open with the configured key of that id; the "+
+			return false, fmt.Errorf("%w: the key check of key %s does not open with the configured key of that id; the "+
 				"database or the key file is damaged", ErrWrongKey, c.KeyID)
 		}
-		known = true
-		haveCurrent = haveCurrent || c.KeyID == cur
 	}
 	var unknown []string
 	for id, n := range counts {
@@ -81,21 +104,16 @@ func (m *Manager) Verify(ctx context.Context) error {
 	slices.Sort(unknown)
 	switch {
 	case len(unknown) > 0:
-		return fmt.Errorf("%w: the database holds secrets sealed under keys that are not configured (%s); the "+
+		return false, fmt.Errorf("%w: the database holds secrets sealed under keys that are not configured (%s); the "+
 			"configured key is %s. Configure the key they were sealed with (secrets_key, secrets_key_file, or "+
 			"secrets-key in the data directory), adding it to secrets_old_keys during a rotation",
 			ErrWrongKey, strings.Join(unknown, ", "), cur)
-	case len(checks) > 0 && !known:
-		return fmt.Errorf("%w: this database was set up with secrets key %s, the configured key is %s. Configure "+
-			"the key it was set up with, or rotate to the new key with `aetherium secret rotate-key`",
-			ErrWrongKey, strings.Join(ids, ", "), cur)
+	case len(unknownChecks) > 0:
+		return false, fmt.Errorf("%w: this database is used with secrets key %s, the configured key is %s. Every "+
+			"gateway and worker needs the same secrets_key; during a rotation, list the other key in "+
+			"secrets_old_keys (see `aetherium secret rotate-key`)", ErrWrongKey, strings.Join(unknownChecks, ", "), cur)
 	}
-	if !haveCurrent {
-		if err := m.addCheck(ctx); err != nil {
-			return err
-		}
-	}
-	return nil
+	return haveCurrent, nil
 }
 
 func (m *Manager) addCheck(ctx context.Context) error {

@@ -322,3 +322,41 @@ func TestScrubberEchoBase64(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyRefusesASecondKey: a database used with one key refuses a server with another one even before any
+// secret is stored (a gateway and a worker given different keys), and two servers starting at once with different
+// keys never both pass, nor leave the database unusable.
+func TestVerifyRefusesASecondKey(t *testing.T) {
+	ctx := t.Context()
+	for i := range 10 {
+		st := openStore(t)
+		a := secrets.NewManager(st.Secrets(), ring(t, mustKey(t)), nil)
+		b := secrets.NewManager(st.Secrets(), ring(t, mustKey(t)), nil)
+		errs := make(chan error, 2)
+		go func() { errs <- a.Verify(ctx) }()
+		go func() { errs <- b.Verify(ctx) }()
+		e1, e2 := <-errs, <-errs
+		if e1 == nil && e2 == nil {
+			t.Fatalf("round %d: two different keys both passed", i)
+		}
+		for _, err := range []error{e1, e2} {
+			if err != nil && !errors.Is(err, secrets.ErrWrongKey) {
+				t.Fatalf("round %d: %v", i, err)
+			}
+		}
+		// Whatever happened, one of them can start now, and then the other cannot.
+		first, second := a, b
+		if err := first.Verify(ctx); err != nil {
+			first, second = b, a
+			if err := first.Verify(ctx); err != nil {
+				t.Fatalf("round %d: neither key can start after the race: %v", i, err)
+			}
+		}
+		if err := second.Verify(ctx); !errors.Is(err, secrets.ErrWrongKey) {
+			t.Fatalf("round %d: the second key passed: %v", i, err)
+		}
+		if checks, _ := st.Secrets().Checks(ctx); len(checks) != 1 {
+			t.Fatalf("round %d: %d key checks left", i, len(checks))
+		}
+	}
+}
