@@ -106,7 +106,7 @@ type app struct {
 	prog      string
 }
 
-// NewClientCommands returns the client commands: vm, task and job.
+// NewClientCommands returns the client commands: vm, task, job and secret.
 func NewClientCommands(streams IOStreams, opts ...Option) []*cobra.Command {
 	a := &app{
 		streams:   streams,

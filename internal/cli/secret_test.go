@@ -155,3 +155,26 @@ func TestSecretCommands(t *testing.T) {
 		}
 	}
 }
+
+// TestSecretEnvFlags: vm exec and job run send --secret-env as secret_env.
+func TestSecretEnvFlags(t *testing.T) {
+	e := newEnv(t)
+	e.srv.AddVM("box", "running")
+	wantCode(t, e.run("vm", "exec", "--secret-env", "GH_TOKEN=GH", "--secret-env", "K=API", "box", "--", "true"), 0)
+	var body client.ExecuteRequest
+	if err := json.Unmarshal(e.lastRequest("POST", "/api/v1/vms/").Body, &body); err != nil {
+		t.Fatal(err)
+	}
+	if len(body.SecretEnv) != 2 || body.SecretEnv["GH_TOKEN"] != "GH" || body.SecretEnv["K"] != "API" || body.Env != nil {
+		t.Fatalf("exec request: %+v", body)
+	}
+
+	wantCode(t, e.run("job", "run", "--vm", "box", "--secret-env", "T=GH", "--", "echo a", "echo b"), 0)
+	var job client.CreateJobRequest
+	if err := json.Unmarshal(e.lastRequest("POST", "/api/v1/jobs").Body, &job); err != nil {
+		t.Fatal(err)
+	}
+	if len(job.Commands) != 2 || job.Commands[0].SecretEnv["T"] != "GH" || job.Commands[1].SecretEnv["T"] != "GH" {
+		t.Fatalf("job request: %+v", job)
+	}
+}
