@@ -71,6 +71,12 @@ func (m *Manager) Verify(ctx context.Context) error {
 	return nil
 }
 
+// Check is Verify without writing anything: what `aetherium doctor` runs.
+func (m *Manager) Check(ctx context.Context) error {
+	_, err := m.verify(ctx)
+	return err
+}
+
 // verify is Verify's check; it reports whether the current key has its key check already.
 func (m *Manager) verify(ctx context.Context) (haveCurrent bool, err error) {
 	checks, err := m.st.Checks(ctx)

@@ -153,3 +153,47 @@ func RotateSecrets(ctx context.Context, cfg config.Config, st store.Store, newKe
 	n, err := m.Rotate(ctx)
 	return target.ID(), n, err
 }
+
+// checkSecretsKey is doctor's check of the secrets key: the one start-up would use, checked against the database
+// without writing to it.
+func checkSecretsKey(ctx context.Context, cfg config.Config, roles Roles) Check {
+	const name = "secrets key"
+	fix := "set secrets_key or secrets_key_file to the key this database uses, the same on every gateway and worker (docs/api.md)"
+	key, old, err := SecretsKey(cfg, false, nil)
+	if err != nil {
+		return Check{Name: name, Status: CheckFail, Detail: err.Error(), Fix: fix}
+	}
+	st, err := OpenStore(ctx, cfg, false)
+	if err != nil {
+		return Check{Name: name, Status: CheckFail, Detail: err.Error(), Fix: fix}
+	}
+	defer st.Close()
+	unread := func(err error) Check {
+		// Most likely a database that is not migrated yet (serve and gateway migrate at start).
+		return Check{Name: name, Status: CheckWarn, Detail: "could not read the secrets tables: " + err.Error(), Fix: "aetherium migrate"}
+	}
+	if key.IsZero() {
+		ids, err := st.Secrets().KeyIDs(ctx)
+		if err != nil {
+			return unread(err)
+		}
+		if len(ids) > 0 {
+			return Check{Name: name, Status: CheckFail, Detail: "no secrets key is configured, but the database holds secrets", Fix: fix}
+		}
+		if roles.API && roles.Worker { // serve
+			return Check{Name: name, Status: CheckOK, Detail: "serve creates " + filepath.Join(cfg.DataDir, SecretsKeyFile) + " on first start"}
+		}
+		return Check{Name: name, Status: CheckWarn, Detail: "none configured: the secret routes answer 503 and executions with secret_env fail", Fix: fix}
+	}
+	kr, err := secrets.NewKeyring(key, old...)
+	if err != nil {
+		return Check{Name: name, Status: CheckFail, Detail: err.Error(), Fix: fix}
+	}
+	switch err := secrets.NewManager(st.Secrets(), kr, nil).Check(ctx); {
+	case errors.Is(err, secrets.ErrWrongKey):
+		return Check{Name: name, Status: CheckFail, Detail: err.Error(), Fix: fix}
+	case err != nil:
+		return unread(err)
+	}
+	return Check{Name: name, Status: CheckOK, Detail: "key " + key.ID()}
+}

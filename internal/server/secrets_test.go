@@ -175,3 +175,38 @@ func TestRotateSecretsKey(t *testing.T) {
 		}
 	}
 }
+
+// TestDoctorChecksTheSecretsKey: doctor says whether the configured key fits the database, without writing.
+func TestDoctorChecksTheSecretsKey(t *testing.T) {
+	ctx := context.Background()
+	dataDir := t.TempDir()
+	cfg := secretsConfig(t, dataDir, nil)
+	st, err := OpenStore(ctx, cfg, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	serve := Roles{API: true, Worker: true}
+	if c := checkSecretsKey(ctx, cfg, serve); c.Status != CheckOK || !strings.Contains(c.Detail, "creates") {
+		t.Fatalf("before the first start: %+v", c)
+	}
+	if c := checkSecretsKey(ctx, cfg, Roles{API: true}); c.Status != CheckWarn {
+		t.Fatalf("gateway without a key: %+v", c)
+	}
+	m, err := OpenSecrets(ctx, cfg, st, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := checkSecretsKey(ctx, cfg, serve); c.Status != CheckOK || c.Detail != "key "+m.Keyring().CurrentID() {
+		t.Fatalf("with the key: %+v", c)
+	}
+	other, _ := secrets.GenerateKey()
+	before, _ := st.Secrets().Checks(ctx)
+	c := checkSecretsKey(ctx, secretsConfig(t, dataDir, map[string]string{"AETHERIUM_SECRETS_KEY": other.Encode()}), serve)
+	if c.Status != CheckFail || !strings.Contains(c.Detail, "wrong secrets key") {
+		t.Fatalf("with the wrong key: %+v", c)
+	}
+	if after, _ := st.Secrets().Checks(ctx); len(after) != len(before) {
+		t.Fatal("doctor wrote a key check")
+	}
+}
