@@ -47,7 +47,6 @@ func NewScrubber(values ...string) *Scrubber {
 	slices.SortFunc(s.patterns, func(a, b []byte) int { return len(b) - len(a) })
 	for _, p := range s.patterns {
 		s.byFirst[p[0]] = append(s.byFirst[p[0]], p)
-		s.maxLen = max(s.maxLen, len(p))
 	}
 	return s
 }
@@ -89,7 +88,7 @@ func (s *Scrubber) String(text string) string {
 	if s.Empty() {
 		return text
 	}
-	out, _ := s.scan([]byte(text), len(text))
+	out, _ := s.scan([]byte(text), true)
 	return string(out)
 }
 
@@ -98,22 +97,29 @@ func (s *Scrubber) Bytes(b []byte) []byte {
 	if s.Empty() {
 		return b
 	}
-	out, _ := s.scan(b, len(b))
+	out, _ := s.scan(b, true)
 	return out
 }
 
-// scan scrubs buf from its start up to cut, also completing a match that starts before cut and ends after it. It
-// returns the scrubbed text and how much of buf it consumed (cut or more).
-func (s *Scrubber) scan(buf []byte, cut int) ([]byte, int) {
+// scan scrubs buf and returns the result and how much of buf it consumed. With final, all of it; otherwise it
+// stops where the rest of buf is the beginning of a pattern (what follows decides whether it is one), and the
+// caller keeps that rest for the next scan. Earlier positions cannot start a match whatever follows, so the
+// streamed result equals the result of scanning the whole text at once.
+func (s *Scrubber) scan(buf []byte, final bool) ([]byte, int) {
 	out := make([]byte, 0, len(buf))
 	i := 0
 next:
-	for i < cut {
+	for i < len(buf) {
 		for _, p := range s.byFirst[buf[i]] {
-			if len(buf)-i >= len(p) && string(buf[i:i+len(p)]) == string(p) {
-				out = append(out, Mask...)
-				i += len(p)
-				continue next
+			rest := buf[i:]
+			if len(rest) >= len(p) {
+				if string(rest[:len(p)]) == string(p) {
+					out = append(out, Mask...)
+					i += len(p)
+					continue next
+				}
+			} else if !final && string(p[:len(rest)]) == string(rest) {
+				return out, i // may be the start of p: wait for more
 			}
 		}
 		out = append(out, buf[i])
@@ -122,8 +128,9 @@ next:
 	return out, i
 }
 
-// Stream scrubs one stream written in pieces: a value split between two writes is still scrubbed, because the last
-// bytes of each write (fewer than the longest pattern) are held back until the next write or Flush.
+// Stream scrubs one stream written in pieces: a value split between two writes is still scrubbed, because the end
+// of a write that may be the beginning of a value (or of its base64) is held back until the next write or Flush.
+// Output that cannot begin one passes at once.
 type Stream struct {
 	s    *Scrubber
 	tail []byte
@@ -138,13 +145,7 @@ func (st *Stream) Write(p []byte) []byte {
 		return p
 	}
 	buf := append(st.tail, p...)
-	hold := st.s.maxLen - 1
-	cut := len(buf) - hold
-	if cut <= 0 {
-		st.tail = buf
-		return nil
-	}
-	out, n := st.s.scan(buf, cut)
+	out, n := st.s.scan(buf, false)
 	st.tail = append([]byte(nil), buf[n:]...)
 	return out
 }
@@ -154,7 +155,7 @@ func (st *Stream) Flush() []byte {
 	if st.s.Empty() || len(st.tail) == 0 {
 		return nil
 	}
-	out, _ := st.s.scan(st.tail, len(st.tail))
+	out, _ := st.s.scan(st.tail, true)
 	st.tail = nil
 	return out
 }

@@ -360,3 +360,27 @@ func TestVerifyRefusesASecondKey(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamHoldsBackOnlyWhatMayBeAValue: output that cannot begin a value passes at once; only a possible
+// beginning is held.
+func TestStreamHoldsBackOnlyWhatMayBeAValue(t *testing.T) {
+	s := secrets.NewScrubber(value).Stream()
+	if got := string(s.Write([]byte("compiling...\nok\n"))); got != "compiling...\nok\n" {
+		t.Fatalf("ordinary output held back: %q", got)
+	}
+	if got := string(s.Write([]byte("token: " + value[:6]))); got != "token: " {
+		t.Fatalf("a possible beginning of the value passed: %q", got)
+	}
+	if got := string(s.Write([]byte("-not-it\n"))); got != value[:6]+"-not-it\n" {
+		t.Fatalf("after it turned out not to be the value: %q", got)
+	}
+	if got := string(s.Write([]byte(value[:3]))); got != "" {
+		t.Fatalf("held: %q", got)
+	}
+	if got := string(s.Write([]byte(value[3:]))); got != secrets.Mask {
+		t.Fatalf("the value split in two: %q", got)
+	}
+	if got := s.Flush(); len(got) != 0 {
+		t.Fatalf("left over: %q", got)
+	}
+}
