@@ -19,15 +19,15 @@ const minEncodedLen = 8
 // Scrubber replaces known secret values, and their base64 encodings, in text with Mask. It is safe for concurrent
 // use; a Stream scrubs one stream of output written in pieces.
 type Scrubber struct {
-	patterns [][]byte          // longest first
-	byFirst  map[byte][][]byte // patterns by their first byte, longest first
+	patterns [][]byte      // longest first
+	byFirst  [256][][]byte // patterns by their first byte, longest first
 	maxLen   int
 }
 
 // NewScrubber returns a scrubber of values. Values shorter than MinScrubLen are not scrubbed.
 func NewScrubber(values ...string) *Scrubber {
 	seen := map[string]bool{}
-	s := &Scrubber{byFirst: map[byte][][]byte{}}
+	s := &Scrubber{}
 	add := func(p string) {
 		if p == "" || seen[p] {
 			return
@@ -110,6 +110,15 @@ func (s *Scrubber) scan(buf []byte, final bool) ([]byte, int) {
 	i := 0
 next:
 	for i < len(buf) {
+		// Bytes that begin no pattern are copied in runs.
+		run := i
+		for run < len(buf) && s.byFirst[buf[run]] == nil {
+			run++
+		}
+		out = append(out, buf[i:run]...)
+		if i = run; i == len(buf) {
+			break
+		}
 		for _, p := range s.byFirst[buf[i]] {
 			rest := buf[i:]
 			if len(rest) >= len(p) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -382,5 +383,20 @@ func TestStreamHoldsBackOnlyWhatMayBeAValue(t *testing.T) {
 	}
 	if got := s.Flush(); len(got) != 0 {
 		t.Fatalf("left over: %q", got)
+	}
+}
+
+// BenchmarkStreamScrub scrubs command output (text, 32 KiB writes) with 20 secrets of the owner's.
+func BenchmarkStreamScrub(b *testing.B) {
+	var values []string
+	for i := range 20 {
+		values = append(values, fmt.Sprintf("secret-value-%02d-%s", i, strings.Repeat("x", 24)))
+	}
+	s := secrets.NewScrubber(values...)
+	chunk := []byte(strings.Repeat("go: downloading github.com/example/module v1.2.3\nok  \tpkg/path\t0.123s\n", 32<<10/70))
+	b.SetBytes(int64(len(chunk)))
+	st := s.Stream()
+	for b.Loop() {
+		st.Write(chunk)
 	}
 }
