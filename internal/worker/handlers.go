@@ -11,6 +11,7 @@ import (
 	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
+	"github.com/aetherium/aetherium/internal/secrets"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/internal/vmm"
@@ -296,6 +297,9 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 			return queue.Permanent(fmt.Errorf("execution %s is already %s", x.ID, x.Status))
 		}
 		x.Status, x.StartedAt, x.WorkerID = model.ExecutionRunning, utcNow(), w.cfg.ID
+		// A running execution is never run again, so credential-like env values are needed no more: the agent
+		// gets them from env above, and the row keeps the mask.
+		x.Env = secrets.MaskEnv(x.Env)
 		return nil
 	})
 	if err != nil {
@@ -419,6 +423,9 @@ func (w *Worker) handleJob(ctx context.Context, t *model.Task) (json.RawMessage,
 	}
 	job, uerr := w.cfg.Store.Jobs().Update(ctx, job.ID, func(j *model.Job) error {
 		j.Status, j.Error, j.CompletedAt = status, reason, utcNow()
+		for i := range j.Commands {
+			j.Commands[i].Env = secrets.MaskEnv(j.Commands[i].Env) // no command of a finished job runs again
+		}
 		return nil
 	})
 	if uerr != nil {

@@ -73,6 +73,7 @@ func TestSecretEnvIsInjectedAndScrubbed(t *testing.T) {
 		`printf %s "$GH_TOKEN" | sha256sum`,
 		`echo "len=${#GH_TOKEN}"`,
 		`echo "api=$API_KEY"`,
+		`printf %s "$API_KEY" | sha256sum`, // the command got the real value, not the stored mask
 		`echo "` + other + `"`,
 		// One character at a time: the value straddles many writes, and live chunks.
 		`s="$GH_TOKEN"; while [ -n "$s" ]; do printf %s "${s%"${s#?}"}"; s="${s#?}"; sleep 0.01; done; echo`,
@@ -102,8 +103,9 @@ func TestSecretEnvIsInjectedAndScrubbed(t *testing.T) {
 		t.Fatalf("execution: %+v", row)
 	}
 	sum := sha256.Sum256([]byte(value))
+	credSum := sha256.Sum256([]byte(plainCred))
 	for what, out := range map[string]string{"stored stdout": row.Stdout, "streamed stdout": streamed[0].String()} {
-		for _, want := range []string{"token=***\n", hex.EncodeToString(sum[:]), "len=" + itoa(len(value)), "api=***\n", "\n***\n"} {
+		for _, want := range []string{"token=***\n", hex.EncodeToString(sum[:]), hex.EncodeToString(credSum[:]), "len=" + itoa(len(value)), "api=***\n", "\n***\n"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("%s lacks %q:\n%s", what, want, out)
 			}
@@ -136,6 +138,10 @@ func TestSecretEnvIsInjectedAndScrubbed(t *testing.T) {
 	}
 	if row.SecretEnv["GH_TOKEN"] != "GH" {
 		t.Fatalf("secret_env as stored: %v", row.SecretEnv)
+	}
+	// Once the command started, the row keeps credential-like env values masked.
+	if row.Env["API_KEY"] != secrets.Mask || strings.Contains(string(rowJSON), plainCred) {
+		t.Fatalf("env as stored after the run: %v", row.Env)
 	}
 	sec, err := r.st.Secrets().Get(ctx, r.owner, "GH")
 	if err != nil || sec.LastUsedAt == nil {
@@ -186,7 +192,8 @@ func TestJobCommandsGetTheirSecrets(t *testing.T) {
 	job, tk, err := r.svc.CreateJob(ctx, r.owner, client.CreateJobRequest{
 		VM: &client.CreateVMRequest{Name: "jobsecrets"},
 		Commands: []client.JobCommand{
-			{Command: "sh", Args: []string{"-c", `echo "a=$D"`}, SecretEnv: map[string]string{"D": "DEPLOY"}},
+			{Command: "sh", Args: []string{"-c", `echo "a=$D $API_TOKEN"`}, SecretEnv: map[string]string{"D": "DEPLOY"},
+				Env: map[string]string{"API_TOKEN": "plain-job-credential"}},
 			{Command: "sh", Args: []string{"-c", `echo "b=${D:-unset}"; echo $E | base64`}, SecretEnv: map[string]string{"E": "DEPLOY"}},
 		},
 		DeleteVMAfter: true,
@@ -204,11 +211,12 @@ func TestJobCommandsGetTheirSecrets(t *testing.T) {
 	if job.Status != model.JobCompleted || len(es) != 2 {
 		t.Fatalf("job %s (%s), %d executions", job.Status, job.Error, len(es))
 	}
-	if es[0].Stdout != "a=***\n" || es[1].Stdout != "b=unset\n***\n" {
+	if es[0].Stdout != "a=*** ***\n" || es[1].Stdout != "b=unset\n***\n" {
 		t.Fatalf("outputs %q, %q", es[0].Stdout, es[1].Stdout)
 	}
 	b, _ := json.Marshal(job)
-	if strings.Contains(string(b), value) || job.Commands[1].SecretEnv["E"] != "DEPLOY" {
+	if strings.Contains(string(b), value) || strings.Contains(string(b), "plain-job-credential") ||
+		job.Commands[1].SecretEnv["E"] != "DEPLOY" || job.Commands[0].Env["API_TOKEN"] != secrets.Mask {
 		t.Fatalf("stored job: %s", b)
 	}
 }
