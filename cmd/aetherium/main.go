@@ -1,5 +1,5 @@
 // Command aetherium runs Aetherium's server roles (serve, gateway, worker, migrate), manages API keys, and is the
-// command-line client of the REST API (vm, task, job).
+// command-line client of the REST API (vm, task, job, secret; secret rotate-key works on the store directly).
 package main
 
 import (

@@ -1,4 +1,4 @@
-// Package cli implements Aetherium's client commands (vm, task, job) as cobra commands over the Go SDK in
+// Package cli implements Aetherium's client commands (vm, task, job, secret) as cobra commands over the Go SDK in
 // pkg/client. cmd/aetherium mounts them under its root command:
 //
 //	for _, c := range cli.NewClientCommands(cli.StdStreams()) {

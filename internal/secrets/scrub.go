@@ -21,7 +21,6 @@ const minEncodedLen = 8
 type Scrubber struct {
 	patterns [][]byte      // longest first
 	byFirst  [256][][]byte // patterns by their first byte, longest first
-	maxLen   int
 }
 
 // NewScrubber returns a scrubber of values. Values shorter than MinScrubLen are not scrubbed.
