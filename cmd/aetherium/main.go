@@ -1,5 +1,5 @@
 // Command aetherium runs Aetherium's server roles (serve, gateway, worker, migrate), manages API keys, and is the
-// command-line client of the REST API (vm, task, job).
+// command-line client of the REST API (vm, task, job, secret; secret rotate-key works on the store directly).
 package main
 
 import (
@@ -55,10 +55,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		doctorCommand(),
 		imagecmd.NewCommand(imageResolver),
 	)
-	root.AddCommand(cli.NewClientCommands(cli.IOStreams{In: stdin, Out: stdout, ErrOut: stderr},
+	clientCmds := cli.NewClientCommands(cli.IOStreams{In: stdin, Out: stdout, ErrOut: stderr},
 		cli.WithUserAgent("aetherium-cli/"+version),
 		cli.WithAPIKeyHint("create one with `aetherium apikey create --name NAME` on the server host, or use the key "+
-			"`aetherium serve` printed (kept in ~/.aetherium/admin-api-key)"))...)
+			"`aetherium serve` printed (kept in ~/.aetherium/admin-api-key)"))
+	addSecretAdmin(clientCmds)
+	root.AddCommand(clientCmds...)
 	err := root.Execute()
 	var exit *cli.ExitError
 	if err != nil && !errors.As(err, &exit) {

@@ -183,6 +183,13 @@ func (s *server) routes() {
 			r.Delete("/vms/{id}/processes/{pid}", s.removeProcess)
 		})
 		r.Group(func(r chi.Router) {
+			// Secrets (secrets.go): no idempotent middleware, an Idempotency-Key is ignored there.
+			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody)
+			r.Get("/secrets", s.listSecrets)
+			r.Put("/secrets/{name}", s.putSecret)
+			r.Delete("/secrets/{name}", s.deleteSecret)
+		})
+		r.Group(func(r chi.Router) {
 			// Streams: a file's bytes of any size and type, and the shell's WebSocket. No body limit, no JSON.
 			r.Use(s.authenticate, s.refuseIdempotencyKey)
 			r.Get("/vms/{id}/files", s.downloadFile)

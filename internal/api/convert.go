@@ -2,6 +2,7 @@ package api
 
 import (
 	"github.com/aetherium/aetherium/internal/model"
+	"github.com/aetherium/aetherium/internal/secrets"
 	"github.com/aetherium/aetherium/pkg/client"
 )
 
@@ -79,7 +80,8 @@ func ToExecution(e *model.Execution) client.Execution {
 		Status:          string(e.Status),
 		Command:         e.Command,
 		Args:            args,
-		Env:             e.Env,
+		Env:             secrets.MaskEnv(e.Env),
+		SecretEnv:       e.SecretEnv,
 		WorkingDir:      e.WorkingDir,
 		User:            e.User,
 		ExitCode:        e.ExitCode,
@@ -103,6 +105,7 @@ func ToJob(j *model.Job, execs []*model.Execution) client.Job {
 	cmds := make([]client.JobCommand, len(j.Commands))
 	for i, c := range j.Commands {
 		cmds[i] = client.JobCommand(c)
+		cmds[i].Env = secrets.MaskEnv(c.Env)
 	}
 	out := client.Job{
 		ID:            j.ID,

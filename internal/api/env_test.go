@@ -19,6 +19,7 @@ import (
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/queue/embedded"
+	"github.com/aetherium/aetherium/internal/secrets"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/store/sqlite"
 	"github.com/aetherium/aetherium/internal/task"
@@ -40,6 +41,8 @@ type testEnv struct {
 	keyB   string
 	ownerA string
 	ownerB string
+	// secrets is the service's secrets, under a key of the test's.
+	secrets *secrets.Manager
 }
 
 // syncBuffer collects log output written from the server's goroutines.
@@ -83,7 +86,16 @@ func newEnvOn(t testing.TB, st store.Store, configure func(*Config)) *testEnv {
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	q := newQueue(t, st, bus, log)
 	e := &testEnv{t: t, st: st, q: q, bus: bus, logs: logs}
-	e.svc = task.New(st, q, bus, task.DefaultLimits())
+	key, err := secrets.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := secrets.NewKeyring(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.secrets = secrets.NewManager(st.Secrets(), kr, log)
+	e.svc = task.New(st, q, bus, task.DefaultLimits(), task.WithSecrets(e.secrets))
 	e.keyA, e.ownerA = e.newKey("alice")
 	e.keyB, e.ownerB = e.newKey("bob")
 	cfg := Config{Service: e.svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: "test-1.2.3",

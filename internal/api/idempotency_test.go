@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -371,8 +372,8 @@ func TestEveryMutatingRouteChecksTheKey(t *testing.T) {
 	before := e.counts()
 	for _, route := range routerRoutes(t, newServer(Config{})) {
 		method, path, _ := strings.Cut(route, " ")
-		if !mutating(method) {
-			continue
+		if !mutating(method) || slices.Contains(unkeyedRoutes, route) {
+			continue // the secret routes ignore the header (TestSecretsRoutes)
 		}
 		path = strings.NewReplacer("{id}", vm.VM.ID, "{pid}", "p1").Replace(path)
 		r := e.do(req{method: method, path: path, key: e.keyA, body: strings.NewReader(`{}`),

@@ -1,4 +1,4 @@
-// Package cli implements Aetherium's client commands (vm, task, job) as cobra commands over the Go SDK in
+// Package cli implements Aetherium's client commands (vm, task, job, secret) as cobra commands over the Go SDK in
 // pkg/client. cmd/aetherium mounts them under its root command:
 //
 //	for _, c := range cli.NewClientCommands(cli.StdStreams()) {
@@ -106,7 +106,7 @@ type app struct {
 	prog      string
 }
 
-// NewClientCommands returns the client commands: vm, task and job.
+// NewClientCommands returns the client commands: vm, task, job and secret.
 func NewClientCommands(streams IOStreams, opts ...Option) []*cobra.Command {
 	a := &app{
 		streams:   streams,
@@ -129,7 +129,7 @@ func NewClientCommands(streams IOStreams, opts ...Option) []*cobra.Command {
 	if a.httpClient == nil {
 		a.httpClient = defaultHTTPClient()
 	}
-	cmds := []*cobra.Command{a.vmCommand(), a.taskCommand(), a.jobCommand()}
+	cmds := []*cobra.Command{a.vmCommand(), a.taskCommand(), a.jobCommand(), a.secretCommand()}
 	for _, c := range cmds {
 		a.addPersistentFlags(c)
 		c.SetIn(a.streams.In)

@@ -24,6 +24,7 @@ func (a *app) jobRun() *cobra.Command {
 		vcpus, memory, timeoutSeconds           int
 		stopOnError, deleteAfter                bool
 		env                                     []string
+		secEnv                                  []string
 	)
 	cmd := &cobra.Command{
 		Use:   "run (--vm VM | --create NAME) [flags] -- 'COMMAND' ['COMMAND'...]",
@@ -45,10 +46,11 @@ failed (its VM could not be created, say), and 0 when every command succeeded.`,
 	f.BoolVar(&stopOnError, "stop-on-error", false, "do not run the commands after one that fails")
 	f.BoolVar(&deleteAfter, "delete-after", false, "delete the VM when the job ends")
 	f.StringArrayVarP(&env, "env", "e", nil, "set an environment variable for every command, as `KEY=VALUE` (repeatable)")
+	f.StringArrayVar(&secEnv, "secret-env", nil, "set an environment variable of every command to one of your secrets, as `VAR=SECRET_NAME` (repeatable)")
 	f.StringVarP(&workdir, "workdir", "w", "", "working directory of every command")
 	f.IntVar(&timeoutSeconds, "timeout-seconds", 0, "kill each command after this many seconds (0: the server's default)")
 	f.StringVar(&priority, "priority", "", "queue priority: critical, high, default or low")
-	var envMap map[string]string
+	var envMap, secEnvMap map[string]string
 	check := func(cmd *cobra.Command, args []string) (err error) {
 		if (vmRef == "") == (create == "") {
 			return errors.New("give exactly one of --vm and --create")
@@ -68,13 +70,16 @@ failed (its VM could not be created, say), and 0 when every command succeeded.`,
 				return errors.New("empty command")
 			}
 		}
-		envMap, err = parseKV(env, "--env")
+		if envMap, err = parseKV(env, "--env"); err != nil {
+			return err
+		}
+		secEnvMap, err = parseKV(secEnv, "--secret-env")
 		return err
 	}
 	return a.leaf(cmd, checks(cobra.MinimumNArgs(1), check), exitOwnFailure, func(ctx context.Context, c *client.Client, _ *cobra.Command, args []string) error {
 		req := client.CreateJobRequest{StopOnError: stopOnError, DeleteVMAfter: deleteAfter, Priority: priority}
 		for _, s := range args {
-			req.Commands = append(req.Commands, client.JobCommand{Command: "sh", Args: []string{"-c", s}, Env: envMap, WorkingDir: workdir, TimeoutSeconds: timeoutSeconds})
+			req.Commands = append(req.Commands, client.JobCommand{Command: "sh", Args: []string{"-c", s}, Env: envMap, SecretEnv: secEnvMap, WorkingDir: workdir, TimeoutSeconds: timeoutSeconds})
 		}
 		where := create
 		if vmRef != "" {

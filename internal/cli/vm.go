@@ -271,6 +271,7 @@ func (a *app) vmDelete() *cobra.Command {
 func (a *app) vmExec() *cobra.Command {
 	var (
 		env      []string
+		secEnv   []string
 		req      client.ExecuteRequest
 		priority string
 		noStream bool
@@ -290,6 +291,7 @@ The command is run as is, without a shell: use sh -c '...' for pipes and variabl
 	}
 	f := cmd.Flags()
 	f.StringArrayVarP(&env, "env", "e", nil, "set an environment variable, as `KEY=VALUE` (repeatable)")
+	f.StringArrayVar(&secEnv, "secret-env", nil, "set an environment variable to one of your secrets, as `VAR=SECRET_NAME` (repeatable; see aetherium secret)")
 	f.StringVarP(&req.WorkingDir, "workdir", "w", "", "working directory in the VM")
 	f.StringVarP(&req.User, "user", "u", "", "guest user to run as: a name or uid[:gid] (default root)")
 	f.IntVar(&req.TimeoutSeconds, "timeout-seconds", 0, "kill the command after this many seconds (0: the server's default)")
@@ -308,7 +310,10 @@ The command is run as is, without a shell: use sh -c '...' for pipes and variabl
 			return errors.New("--timeout-seconds must not be negative")
 		}
 		var err error
-		req.Env, err = parseKV(env, "--env")
+		if req.Env, err = parseKV(env, "--env"); err != nil {
+			return err
+		}
+		req.SecretEnv, err = parseKV(secEnv, "--secret-env")
 		return err
 	}
 	return a.leaf(cmd, execArgs, exitOwnFailure, func(ctx context.Context, c *client.Client, _ *cobra.Command, args []string) error {

@@ -83,6 +83,13 @@ type Config struct {
 
 	// DebugListen, when set, serves net/http/pprof (goroutines, heap, CPU profiles) on this loopback address.
 	DebugListen string `yaml:"debug_listen"`
+
+	// SecretsKey seals owners' secrets (base64 of 32 bytes); SecretsKeyFile, when set, holds it instead. Neither:
+	// serve uses <data_dir>/secrets-key, creating it on first start; gateway and worker use that file if it exists.
+	SecretsKey     string `yaml:"secrets_key"`
+	SecretsKeyFile string `yaml:"secrets_key_file"`
+	// SecretsOldKeys are earlier keys (comma-separated base64) that still open secrets during a key rotation.
+	SecretsOldKeys string `yaml:"secrets_old_keys"`
 }
 
 // DefaultJailerID is the uid and gid the jailer runs Firecracker as unless configured: not root, and above the
@@ -178,6 +185,9 @@ var settings = []setting{
 	{"worker_api_url", "URL gateways use to reach this worker's internal API (default: derived from worker_api_listen and the host name)", str(func(c *Config) *string { return &c.WorkerAPIURL })},
 	{"cluster_token", "shared secret of gateways and workers (required with redis_url; prefer cluster_token_file or the env: flags show in the process list)", str(func(c *Config) *string { return &c.ClusterToken })},
 	{"cluster_token_file", "file holding the cluster token", str(func(c *Config) *string { return &c.ClusterTokenFile })},
+	{"secrets_key", "key that seals owners' secrets, 32 bytes in base64 (openssl rand -base64 32); every gateway and worker needs the same one (prefer secrets_key_file or the env: flags show in the process list; default: <data_dir>/secrets-key, which serve creates)", str(func(c *Config) *string { return &c.SecretsKey })},
+	{"secrets_key_file", "file holding the secrets key (mode 0600)", str(func(c *Config) *string { return &c.SecretsKeyFile })},
+	{"secrets_old_keys", "earlier secrets keys, comma-separated base64, still opening secrets during a rotation (see `aetherium secret rotate-key`)", str(func(c *Config) *string { return &c.SecretsOldKeys })},
 	{"debug_listen", "loopback address (127.0.0.1:PORT) serving Go's pprof profiles at /debug/pprof/ (empty: off)", str(func(c *Config) *string { return &c.DebugListen })},
 }
 
@@ -432,6 +442,9 @@ func (c *Config) normalize() error {
 			c.ClusterToken = strings.TrimSpace(string(b))
 		}
 	}
+	if c.SecretsKey != "" && c.SecretsKeyFile != "" {
+		bad("secrets_key_file", "set secrets_key or secrets_key_file, not both")
+	}
 	if c.ClusterToken != "" && len(c.ClusterToken) < MinClusterTokenLen {
 		bad("cluster_token", "must have at least %d characters (use a random one, e.g. openssl rand -hex 32)", MinClusterTokenLen)
 	}
@@ -479,6 +492,12 @@ func (c Config) Redacted() string {
 	cc.RedisURL = redactURL(c.RedisURL)
 	if cc.ClusterToken != "" {
 		cc.ClusterToken = "xxxxx"
+	}
+	if cc.SecretsKey != "" {
+		cc.SecretsKey = "xxxxx"
+	}
+	if cc.SecretsOldKeys != "" {
+		cc.SecretsOldKeys = "xxxxx"
 	}
 	var buf bytes.Buffer
 	_ = yaml.NewEncoder(&buf).Encode(cc)

@@ -77,12 +77,14 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 }
 
 func TestRedactedHidesPasswords(t *testing.T) {
-	c, err := load(t, "", nil, "--database-url", "postgres://u:secret@db/x?password=qsecret", "--redis-url", "redis://:hunter2@r:6379/0")
+	c, err := load(t, "", nil, "--database-url", "postgres://u:secret@db/x?password=qsecret", "--redis-url", "redis://:hunter2@r:6379/0",
+		"--secrets-key", "c2VjcmV0cy1rZXktMzItYnl0ZXMtbG9uZy0tLS0tLS0=", "--secrets-old-keys", "b2xkLWtleQ==")
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := c.Redacted()
-	if strings.Contains(r, "secret") || strings.Contains(r, "qsecret") || strings.Contains(r, "hunter2") {
+	if strings.Contains(r, ":secret@") || strings.Contains(r, "qsecret") || strings.Contains(r, "hunter2") ||
+		strings.Contains(r, "c2VjcmV0cy1r") || strings.Contains(r, "b2xkLWtleQ") {
 		t.Fatalf("redacted config leaks a password:\n%s", r)
 	}
 }

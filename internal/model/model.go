@@ -208,6 +208,7 @@ type Execution struct {
 	Command         string            `json:"command"`
 	Args            []string          `json:"args"`
 	Env             map[string]string `json:"env,omitempty"`
+	SecretEnv       map[string]string `json:"secret_env,omitempty"` // var -> secret name; values are injected at run time, never stored
 	WorkingDir      string            `json:"working_dir,omitempty"`
 	User            string            `json:"user,omitempty"` // run as this guest user (name or uid[:gid]); empty: root
 	TimeoutSeconds  int               `json:"timeout_seconds,omitempty"`
@@ -241,6 +242,7 @@ type JobCommand struct {
 	Command        string            `json:"command"`
 	Args           []string          `json:"args,omitempty"`
 	Env            map[string]string `json:"env,omitempty"`
+	SecretEnv      map[string]string `json:"secret_env,omitempty"`
 	WorkingDir     string            `json:"working_dir,omitempty"`
 	User           string            `json:"user,omitempty"`
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`

@@ -62,6 +62,11 @@ func Doctor(ctx context.Context, cfg config.Config, roles Roles, log *slog.Logge
 	}
 	cancel()
 	add("database", err, redactedScheme(cfg.DatabaseURL), "check database_url; for PostgreSQL, that the server runs and accepts this user")
+	if err == nil {
+		sctx, cancel := step()
+		checks = append(checks, checkSecretsKey(sctx, cfg, roles))
+		cancel()
+	}
 
 	if cfg.RedisURL != "" {
 		addr := ""

@@ -64,6 +64,11 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		return err
 	}
 	defer st.Close()
+	// Before anything starts: a wrong secrets key must stop the process here, with a message saying so.
+	sm, err := OpenSecrets(ctx, cfg, st, roles.Bootstrap, log)
+	if err != nil {
+		return err
+	}
 
 	stopDebug, err := startDebug(cfg.DebugListen, log)
 	if err != nil {
@@ -131,6 +136,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		w, err = worker.New(worker.Config{
 			ID: cfg.WorkerID, Store: st, Queue: q, Backend: backend, Logger: log,
 			MaxOutputBytes: cfg.MaxOutput, Capacity: cfg.Concurrency, Events: bus, APIURL: apiURL, Tools: installer,
+			Secrets: sm,
 		})
 		if err != nil {
 			return err
@@ -151,7 +157,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		limits := task.DefaultLimits()
 		limits.MaxRetries = cfg.MaxRetries
 		limits.MaxOutputBytes = cfg.MaxOutput
-		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog))
+		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog), task.WithSecrets(sm))
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
 			ClusterToken: token, Idempotency: st.Idempotency()})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {

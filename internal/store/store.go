@@ -19,6 +19,7 @@ type Store interface {
 	APIKeys() APIKeyStore
 	Leases() LeaseStore
 	Idempotency() IdempotencyStore
+	Secrets() SecretStore
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	Close() error

@@ -280,8 +280,11 @@ func (s *Service) liveWorker(ctx context.Context, vmID, workerID string) (*model
 
 // Execute stores a pending execution and queues it on the worker that hosts the VM.
 func (s *Service) Execute(ctx context.Context, ownerID, vmID string, req client.ExecuteRequest) (*model.Execution, *model.Task, error) {
-	cmd := model.JobCommand{Command: req.Command, Args: req.Args, Env: req.Env, WorkingDir: req.WorkingDir, User: req.User, TimeoutSeconds: req.TimeoutSeconds}
+	cmd := model.JobCommand{Command: req.Command, Args: req.Args, Env: req.Env, SecretEnv: req.SecretEnv, WorkingDir: req.WorkingDir, User: req.User, TimeoutSeconds: req.TimeoutSeconds}
 	if err := s.validateCommand("", cmd); err != nil {
+		return nil, nil, err
+	}
+	if err := s.checkSecretEnv(ctx, ownerID, "", cmd); err != nil {
 		return nil, nil, err
 	}
 	prio, err := parsePriority(req.Priority, model.PriorityHigh)
@@ -375,7 +378,7 @@ func newExecution(ownerID, vmID, jobID string, seq int, cmd model.JobCommand) *m
 	}
 	return &model.Execution{
 		ID: uuid.NewString(), OwnerID: ownerID, VMID: vmID, JobID: jobID, Seq: seq, Status: model.ExecutionPending,
-		Command: cmd.Command, Args: args, Env: cmd.Env, WorkingDir: cmd.WorkingDir, User: cmd.User, TimeoutSeconds: cmd.TimeoutSeconds,
+		Command: cmd.Command, Args: args, Env: cmd.Env, SecretEnv: cmd.SecretEnv, WorkingDir: cmd.WorkingDir, User: cmd.User, TimeoutSeconds: cmd.TimeoutSeconds,
 		CreatedAt: now(),
 	}
 }
@@ -450,6 +453,9 @@ func (s *Service) CreateJob(ctx context.Context, ownerID string, req client.Crea
 	for i, c := range req.Commands {
 		cmds[i] = model.JobCommand(c)
 		if err := s.validateCommand(fmt.Sprintf("commands[%d].", i), cmds[i]); err != nil {
+			return nil, nil, err
+		}
+		if err := s.checkSecretEnv(ctx, ownerID, fmt.Sprintf("commands[%d].", i), cmds[i]); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
+	"github.com/aetherium/aetherium/internal/secrets"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/tools"
 )
@@ -63,6 +64,8 @@ type Service struct {
 	limits Limits
 	log    *slog.Logger
 	tools  *tools.Catalog
+	// secrets holds the owners' secrets; nil when no secrets key is configured.
+	secrets *secrets.Manager
 }
 
 // Option configures a Service.

@@ -11,6 +11,7 @@ import (
 	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
+	"github.com/aetherium/aetherium/internal/secrets"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/internal/vmm"
@@ -283,22 +284,34 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 	if vm.Status != model.VMRunning || vm.WorkerID != w.cfg.ID {
 		return w.failExecution(ctx, e, fmt.Sprintf("vm %s is %s", vm.ID, vm.Status))
 	}
+	// Secrets are resolved before the command is marked running: a database blip is retried, a missing secret
+	// fails the execution without running it.
+	env, scrub, reason, err := w.resolveSecrets(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	if reason != "" {
+		return w.failExecution(ctx, e, reason)
+	}
 	e, err = w.cfg.Store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
 		if x.Status != model.ExecutionPending {
 			return queue.Permanent(fmt.Errorf("execution %s is already %s", x.ID, x.Status))
 		}
 		x.Status, x.StartedAt, x.WorkerID = model.ExecutionRunning, utcNow(), w.cfg.ID
+		// A running execution is never run again, so credential-like env values are needed no more: the agent
+		// gets them from env above, and the row keeps the mask.
+		x.Env = secrets.MaskEnv(x.Env)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	req := agent.ExecRequest{
-		Argv: append([]string{e.Command}, e.Args...), Env: e.Env, WorkingDir: e.WorkingDir, User: e.User,
+		Argv: append([]string{e.Command}, e.Args...), Env: env, WorkingDir: e.WorkingDir, User: e.User,
 		Timeout: time.Duration(e.TimeoutSeconds) * time.Second, MaxOutputBytes: w.cfg.MaxOutputBytes,
 	}
 	// The output streams to live readers as it comes (execOutput) and is kept, up to the cap, for the row.
-	out := w.newExecOutput(ctx, e)
+	out := w.newExecOutput(ctx, e, scrub)
 	res, err := w.cfg.Backend.ExecuteStream(ctx, vm.ID, req, out.writer(0), out.writer(1))
 	out.finish()
 	if err != nil {
@@ -355,6 +368,9 @@ func (w *Worker) failExecution(ctx context.Context, e *model.Execution, reason s
 // failExecutionWithOutput fails e with reason, keeping the output it printed before it failed (out may be nil),
 // and announces its end to live readers.
 func (w *Worker) failExecutionWithOutput(ctx context.Context, e *model.Execution, reason string, out *execOutput) (*model.Execution, error) {
+	if out != nil {
+		reason = out.scrub.String(reason)
+	}
 	e, err := w.cfg.Store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
 		x.Status, x.Error, x.CompletedAt = model.ExecutionFailed, reason, utcNow()
 		if x.StartedAt != nil {
@@ -427,6 +443,9 @@ func (w *Worker) handleJob(ctx context.Context, t *model.Task) (json.RawMessage,
 	}
 	job, uerr := w.cfg.Store.Jobs().Update(context.WithoutCancel(ctx), job.ID, func(j *model.Job) error {
 		j.Status, j.Error, j.CompletedAt = status, reason, utcNow()
+		for i := range j.Commands {
+			j.Commands[i].Env = secrets.MaskEnv(j.Commands[i].Env) // no command of a finished job runs again
+		}
 		return nil
 	})
 	if uerr != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/model"
+	"github.com/aetherium/aetherium/internal/secrets"
 	"github.com/aetherium/aetherium/internal/task"
 )
 
@@ -28,6 +29,10 @@ type execOutput struct {
 	ctx   context.Context
 	exec  *model.Execution
 	topic string
+	// scrub masks secret values (nil: none); scrubbing[i] holds back the end of stream i that may be the start
+	// of one, guarded by mu.
+	scrub     *secrets.Scrubber
+	scrubbing [2]*secrets.Stream
 
 	mu      sync.Mutex // guards streams and dirty
 	streams [2]outStream
@@ -50,10 +55,13 @@ type outStream struct {
 }
 
 // newExecOutput starts the publishing and saving of e's output; finish stops it.
-func (w *Worker) newExecOutput(ctx context.Context, e *model.Execution) *execOutput {
+func (w *Worker) newExecOutput(ctx context.Context, e *model.Execution, scrub *secrets.Scrubber) *execOutput {
 	o := &execOutput{
 		w: w, ctx: ctx, exec: e, topic: task.ExecutionOutputTopic(e.ID),
-		kick: make(chan struct{}, 1), stop: make(chan struct{}),
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), scrub: scrub,
+	}
+	if !scrub.Empty() {
+		o.scrubbing = [2]*secrets.Stream{scrub.Stream(), scrub.Stream()}
 	}
 	if w.cfg.Events != nil {
 		o.wg.Add(1)
@@ -73,24 +81,40 @@ type streamWriter struct {
 }
 
 func (sw streamWriter) Write(p []byte) (int, error) {
+	n := len(p)
 	o := sw.o
 	o.mu.Lock()
-	st := &o.streams[sw.i]
+	if s := o.scrubbing[sw.i]; s != nil {
+		// Everything downstream (live chunks, offsets, totals, the stored copy) sees the scrubbed bytes only.
+		p = s.Write(p)
+	}
+	full := o.add(sw.i, p)
+	o.mu.Unlock()
+	o.publishSoon(full)
+	return n, nil
+}
+
+// add appends scrubbed output to stream i and reports whether a live chunk is full. o.mu is held.
+func (o *execOutput) add(i int, p []byte) (full bool) {
+	st := &o.streams[i]
 	st.total += int64(len(p))
 	room := o.w.cfg.MaxOutputBytes - len(st.kept)
-	if room > 0 {
+	if room > 0 && len(p) > 0 {
 		st.kept = append(st.kept, p[:min(room, len(p))]...)
 		o.dirty = true
 	}
 	if len(p) > room && !st.truncated {
 		st.truncated, o.dirty = true, true
 	}
-	full := false
 	if o.w.cfg.Events != nil {
 		st.pending = append(st.pending, p...)
 		full = len(st.pending) >= task.MaxChunkBytes
 	}
-	o.mu.Unlock()
+	return full
+}
+
+// publishSoon has the pending output published: at once when a chunk is full, else by the flusher.
+func (o *execOutput) publishSoon(full bool) {
 	if full {
 		// Published from the writer's goroutine: a command that writes faster than the bus takes is slowed down
 		// (the agent protocol's flow control) instead of piling up output in memory.
@@ -101,7 +125,6 @@ func (sw streamWriter) Write(p []byte) (int, error) {
 		default:
 		}
 	}
-	return len(p), nil
 }
 
 // flusher publishes what was written, at once after a quiet spell and then at most every flushEvery.
@@ -220,6 +243,13 @@ func (o *execOutput) save() {
 func (o *execOutput) finish() {
 	close(o.stop)
 	o.wg.Wait()
+	o.mu.Lock()
+	for i, s := range o.scrubbing {
+		if s != nil {
+			o.add(i, s.Flush()) // what was held back in case a secret began there
+		}
+	}
+	o.mu.Unlock()
 	o.flush()
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/aetherium/aetherium/internal/keyedmutex"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
+	"github.com/aetherium/aetherium/internal/secrets"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/internal/tools"
@@ -51,6 +52,9 @@ type Config struct {
 	// ResyncInterval is how often the store is compared with what the backend really runs (default
 	// DefaultResyncInterval); backend events (vmm.VMEvents) and failed commands trigger a pass sooner.
 	ResyncInterval time.Duration
+	// Secrets resolves the secret_env of executions and scrubs the owner's secrets from their output (secrets.go);
+	// nil: executions with secret_env fail, saying the worker has no secrets key.
+	Secrets *secrets.Manager
 }
 
 // Worker owns the VMs of one host.

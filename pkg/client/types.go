@@ -139,6 +139,7 @@ type ExecuteRequest struct {
 	Command        string            `json:"command"`
 	Args           []string          `json:"args,omitempty"`
 	Env            map[string]string `json:"env,omitempty"`
+	SecretEnv      map[string]string `json:"secret_env,omitempty"` // var -> name of a secret of the caller's, injected at run time
 	WorkingDir     string            `json:"working_dir,omitempty"`
 	User           string            `json:"user,omitempty"`
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
@@ -161,7 +162,8 @@ type Execution struct {
 	Status          string            `json:"status"`
 	Command         string            `json:"command"`
 	Args            []string          `json:"args"`
-	Env             map[string]string `json:"env,omitempty"`
+	Env             map[string]string `json:"env,omitempty"`        // values of credential-like names shown as "***"
+	SecretEnv       map[string]string `json:"secret_env,omitempty"` // var -> secret name (never a value)
 	WorkingDir      string            `json:"working_dir,omitempty"`
 	User            string            `json:"user,omitempty"`
 	ExitCode        *int              `json:"exit_code"`
@@ -216,6 +218,7 @@ type JobCommand struct {
 	Command        string            `json:"command"`
 	Args           []string          `json:"args,omitempty"`
 	Env            map[string]string `json:"env,omitempty"`
+	SecretEnv      map[string]string `json:"secret_env,omitempty"`
 	WorkingDir     string            `json:"working_dir,omitempty"`
 	User           string            `json:"user,omitempty"`
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
@@ -464,4 +467,22 @@ type ShellMessage struct {
 	DurationMS *int64 `json:"duration_ms,omitempty"`
 	Code       string `json:"code,omitempty"`
 	Message    string `json:"message,omitempty"`
+}
+
+// PutSecretRequest is the body of PUT /api/v1/secrets/{name}.
+type PutSecretRequest struct {
+	Value string `json:"value"`
+}
+
+// Secret describes one of the caller's secrets. No answer of the API ever carries a secret's value.
+type Secret struct {
+	Name       string     `json:"name"`
+	CreatedAt  time.Time  `json:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	LastUsedAt *time.Time `json:"last_used_at"`
+}
+
+// SecretList answers GET /api/v1/secrets.
+type SecretList struct {
+	Secrets []Secret `json:"secrets"`
 }

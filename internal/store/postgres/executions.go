@@ -18,15 +18,15 @@ type executionStore struct{ s *Store }
 const executionCols = `id::text, owner_id, vm_id::text, COALESCE(job_id::text, ''), COALESCE(task_id::text, ''), seq,
 	status, command, args, env, working_dir, timeout_seconds, exit_code, stdout, stderr, stdout_truncated,
 	stderr_truncated, timed_out, error, worker_id, created_at, started_at, completed_at, duration_ms, run_as,
-	peak_memory_kb`
+	peak_memory_kb, secret_env`
 
 func scanExecution(row pgx.Row) (*model.Execution, error) {
 	var e model.Execution
-	var args, env, stdout, stderr []byte
+	var args, env, secretEnv, stdout, stderr []byte
 	err := row.Scan(&e.ID, &e.OwnerID, &e.VMID, &e.JobID, &e.TaskID, &e.Seq, (*string)(&e.Status), &e.Command, &args,
 		&env, &e.WorkingDir, &e.TimeoutSeconds, &e.ExitCode, &stdout, &stderr, &e.StdoutTruncated,
 		&e.StderrTruncated, &e.TimedOut, &e.Error, &e.WorkerID, &e.CreatedAt, &e.StartedAt, &e.CompletedAt,
-		&e.DurationMS, &e.User, &e.PeakMemoryKB)
+		&e.DurationMS, &e.User, &e.PeakMemoryKB, &secretEnv)
 	if err != nil {
 		return nil, err
 	}
@@ -36,6 +36,9 @@ func scanExecution(row pgx.Row) (*model.Execution, error) {
 	if e.Env, err = prep.UnmarshalMap(env); err != nil {
 		return nil, fmt.Errorf("execution %s: env: %w", e.ID, err)
 	}
+	if e.SecretEnv, err = prep.UnmarshalMap(secretEnv); err != nil {
+		return nil, fmt.Errorf("execution %s: secret_env: %w", e.ID, err)
+	}
 	e.Stdout = string(stdout)
 	e.Stderr = string(stderr)
 	e.CreatedAt = prep.Time(e.CreatedAt)
@@ -44,33 +47,37 @@ func scanExecution(row pgx.Row) (*model.Execution, error) {
 	return &e, nil
 }
 
-func executionDocs(e *model.Execution) (args, env []byte, err error) {
+func executionDocs(e *model.Execution) (args, env, secretEnv []byte, err error) {
 	if args, err = prep.MarshalStrings(e.Args); err != nil {
-		return nil, nil, prep.Invalid("execution args: %v", err)
+		return nil, nil, nil, prep.Invalid("execution args: %v", err)
 	}
 	if env, err = prep.MarshalMap(e.Env); err != nil {
-		return nil, nil, prep.Invalid("execution env: %v", err)
+		return nil, nil, nil, prep.Invalid("execution env: %v", err)
 	}
-	return args, env, nil
+	if secretEnv, err = prep.MarshalMap(e.SecretEnv); err != nil {
+		return nil, nil, nil, prep.Invalid("execution secret_env: %v", err)
+	}
+	return args, env, secretEnv, nil
 }
 
 func (es executionStore) Create(ctx context.Context, e *model.Execution) error {
 	if err := prep.NewExecution(e, prep.Now()); err != nil {
 		return err
 	}
-	args, env, err := executionDocs(e)
+	args, env, secretEnv, err := executionDocs(e)
 	if err != nil {
 		return err
 	}
 	_, err = es.s.pool.Exec(ctx, `INSERT INTO executions (id, owner_id, vm_id, job_id, task_id, seq, status, command,
 		args, env, working_dir, timeout_seconds, exit_code, stdout, stderr, stdout_truncated, stderr_truncated,
-		timed_out, error, worker_id, created_at, started_at, completed_at, duration_ms, run_as, peak_memory_kb)
+		timed_out, error, worker_id, created_at, started_at, completed_at, duration_ms, run_as, peak_memory_kb,
+		secret_env)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-		$23, $24, $25, $26)`,
+		$23, $24, $25, $26, $27)`,
 		e.ID, e.OwnerID, e.VMID, nullUUID(e.JobID), nullUUID(e.TaskID), e.Seq, string(e.Status), e.Command,
 		nullJSON(args), nullJSON(env), e.WorkingDir, e.TimeoutSeconds, e.ExitCode, []byte(e.Stdout),
 		[]byte(e.Stderr), e.StdoutTruncated, e.StderrTruncated, e.TimedOut, e.Error, e.WorkerID, e.CreatedAt,
-		e.StartedAt, e.CompletedAt, e.DurationMS, e.User, e.PeakMemoryKB)
+		e.StartedAt, e.CompletedAt, e.DurationMS, e.User, e.PeakMemoryKB, nullJSON(secretEnv))
 	if _, ok := uniqueViolation(err); ok {
 		return fmt.Errorf("execution %s already exists: %w", e.ID, model.ErrConflict)
 	}
@@ -117,7 +124,7 @@ func (es executionStore) Update(ctx context.Context, id string, fn func(e *model
 		if err := prep.UpdatedExecution(before, e); err != nil {
 			return err
 		}
-		args, env, err := executionDocs(e)
+		args, env, secretEnv, err := executionDocs(e)
 		if err != nil {
 			return err
 		}
@@ -125,12 +132,12 @@ func (es executionStore) Update(ctx context.Context, id string, fn func(e *model
 			status = $7, command = $8, args = $9, env = $10, working_dir = $11, timeout_seconds = $12,
 			exit_code = $13, stdout = $14, stderr = $15, stdout_truncated = $16, stderr_truncated = $17,
 			timed_out = $18, error = $19, worker_id = $20, started_at = $21, completed_at = $22, duration_ms = $23,
-			run_as = $24, peak_memory_kb = $25
+			run_as = $24, peak_memory_kb = $25, secret_env = $26
 			WHERE id = $1`,
 			e.ID, e.OwnerID, e.VMID, nullUUID(e.JobID), nullUUID(e.TaskID), e.Seq, string(e.Status), e.Command,
 			nullJSON(args), nullJSON(env), e.WorkingDir, e.TimeoutSeconds, e.ExitCode, []byte(e.Stdout),
 			[]byte(e.Stderr), e.StdoutTruncated, e.StderrTruncated, e.TimedOut, e.Error, e.WorkerID, e.StartedAt,
-			e.CompletedAt, e.DurationMS, e.User, e.PeakMemoryKB)
+			e.CompletedAt, e.DurationMS, e.User, e.PeakMemoryKB, nullJSON(secretEnv))
 		if err != nil {
 			return dbErr("update execution", err)
 		}

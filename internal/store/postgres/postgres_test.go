@@ -36,7 +36,8 @@ func TestConformance(t *testing.T) {
 	dbURL := base.Pool().Config().ConnString()
 	storetest.Run(t, func(t *testing.T) store.Store {
 		if _, err := base.Pool().Exec(t.Context(), `DELETE FROM vms; DELETE FROM tasks; DELETE FROM jobs;
-			DELETE FROM executions; DELETE FROM workers; DELETE FROM api_keys; DELETE FROM idempotency_keys`); err != nil {
+			DELETE FROM executions; DELETE FROM workers; DELETE FROM api_keys; DELETE FROM idempotency_keys;
+			DELETE FROM secrets; DELETE FROM secret_key_checks`); err != nil {
 			t.Fatalf("empty the tables: %v", err)
 		}
 		st, err := postgres.Open(t.Context(), dbURL)

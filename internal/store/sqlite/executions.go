@@ -15,7 +15,7 @@ type executionStore struct{ s *Store }
 
 const executionCols = `id, owner_id, vm_id, job_id, task_id, seq, status, command, args, env, working_dir,
 	timeout_seconds, exit_code, stdout, stderr, stdout_truncated, stderr_truncated, timed_out, error, worker_id,
-	created_at, started_at, completed_at, duration_ms, run_as, peak_memory_kb`
+	created_at, started_at, completed_at, duration_ms, run_as, peak_memory_kb, secret_env`
 
 // executionSelect and executionUpdate are the read and the write of Update.
 const (
@@ -23,19 +23,20 @@ const (
 	executionUpdate = `UPDATE executions SET owner_id = ?, vm_id = ?, job_id = ?, task_id = ?, seq = ?,
 	status = ?, command = ?, args = ?, env = ?, working_dir = ?, timeout_seconds = ?, exit_code = ?,
 	stdout = ?, stderr = ?, stdout_truncated = ?, stderr_truncated = ?, timed_out = ?, error = ?,
-	worker_id = ?, started_at = ?, completed_at = ?, duration_ms = ?, run_as = ?, peak_memory_kb = ? WHERE id = ?`
+	worker_id = ?, started_at = ?, completed_at = ?, duration_ms = ?, run_as = ?, peak_memory_kb = ?, secret_env = ?
+	WHERE id = ?`
 )
 
 func scanExecution(row scanner) (*model.Execution, error) {
 	var e model.Execution
-	var jobID, taskID, args, env, started, completed sql.NullString
+	var jobID, taskID, args, env, secretEnv, started, completed sql.NullString
 	var created string
 	var stdout, stderr []byte
 	var exitCode sql.NullInt64
 	var duration, peak sql.NullInt64
 	err := row.Scan(&e.ID, &e.OwnerID, &e.VMID, &jobID, &taskID, &e.Seq, (*string)(&e.Status), &e.Command, &args,
 		&env, &e.WorkingDir, &e.TimeoutSeconds, &exitCode, &stdout, &stderr, &e.StdoutTruncated, &e.StderrTruncated,
-		&e.TimedOut, &e.Error, &e.WorkerID, &created, &started, &completed, &duration, &e.User, &peak)
+		&e.TimedOut, &e.Error, &e.WorkerID, &created, &started, &completed, &duration, &e.User, &peak, &secretEnv)
 	if err != nil {
 		return nil, err
 	}
@@ -59,6 +60,9 @@ func scanExecution(row scanner) (*model.Execution, error) {
 	if e.Env, err = prep.UnmarshalMap(docBytes(env)); err != nil {
 		return nil, fmt.Errorf("execution %s: env: %w", e.ID, err)
 	}
+	if e.SecretEnv, err = prep.UnmarshalMap(docBytes(secretEnv)); err != nil {
+		return nil, fmt.Errorf("execution %s: secret_env: %w", e.ID, err)
+	}
 	if e.CreatedAt, err = parseTS(created); err != nil {
 		return nil, err
 	}
@@ -71,14 +75,17 @@ func scanExecution(row scanner) (*model.Execution, error) {
 	return &e, nil
 }
 
-func executionDocs(e *model.Execution) (args, env []byte, err error) {
+func executionDocs(e *model.Execution) (args, env, secretEnv []byte, err error) {
 	if args, err = prep.MarshalStrings(e.Args); err != nil {
-		return nil, nil, prep.Invalid("execution args: %v", err)
+		return nil, nil, nil, prep.Invalid("execution args: %v", err)
 	}
 	if env, err = prep.MarshalMap(e.Env); err != nil {
-		return nil, nil, prep.Invalid("execution env: %v", err)
+		return nil, nil, nil, prep.Invalid("execution env: %v", err)
 	}
-	return args, env, nil
+	if secretEnv, err = prep.MarshalMap(e.SecretEnv); err != nil {
+		return nil, nil, nil, prep.Invalid("execution secret_env: %v", err)
+	}
+	return args, env, secretEnv, nil
 }
 
 func nullInt[T int | int64](p *T) any {
@@ -92,16 +99,16 @@ func (es executionStore) Create(ctx context.Context, e *model.Execution) error {
 	if err := prep.NewExecution(e, prep.Now()); err != nil {
 		return err
 	}
-	args, env, err := executionDocs(e)
+	args, env, secretEnv, err := executionDocs(e)
 	if err != nil {
 		return err
 	}
 	_, err = es.s.exec(ctx, `INSERT INTO executions (`+executionCols+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		e.ID, e.OwnerID, e.VMID, nullText(e.JobID), nullText(e.TaskID), e.Seq, string(e.Status), e.Command,
 		nullText(args), nullText(env), e.WorkingDir, e.TimeoutSeconds, nullInt(e.ExitCode), blob(e.Stdout),
 		blob(e.Stderr), e.StdoutTruncated, e.StderrTruncated, e.TimedOut, e.Error, e.WorkerID, ts(e.CreatedAt),
-		tsPtr(e.StartedAt), tsPtr(e.CompletedAt), nullInt(e.DurationMS), e.User, nullInt(e.PeakMemoryKB))
+		tsPtr(e.StartedAt), tsPtr(e.CompletedAt), nullInt(e.DurationMS), e.User, nullInt(e.PeakMemoryKB), nullText(secretEnv))
 	if _, _, ok := uniqueViolation(err); ok {
 		return fmt.Errorf("execution %s already exists: %w", e.ID, model.ErrConflict)
 	}
@@ -147,7 +154,7 @@ func (es executionStore) Update(ctx context.Context, id string, fn func(e *model
 		if err := prep.UpdatedExecution(before, e); err != nil {
 			return err
 		}
-		args, env, err := executionDocs(e)
+		args, env, secretEnv, err := executionDocs(e)
 		if err != nil {
 			return err
 		}
@@ -155,7 +162,8 @@ func (es executionStore) Update(ctx context.Context, id string, fn func(e *model
 			e.OwnerID, e.VMID, nullText(e.JobID), nullText(e.TaskID), e.Seq, string(e.Status), e.Command,
 			nullText(args), nullText(env), e.WorkingDir, e.TimeoutSeconds, nullInt(e.ExitCode), blob(e.Stdout),
 			blob(e.Stderr), e.StdoutTruncated, e.StderrTruncated, e.TimedOut, e.Error, e.WorkerID,
-			tsPtr(e.StartedAt), tsPtr(e.CompletedAt), nullInt(e.DurationMS), e.User, nullInt(e.PeakMemoryKB), e.ID)
+			tsPtr(e.StartedAt), tsPtr(e.CompletedAt), nullInt(e.DurationMS), e.User, nullInt(e.PeakMemoryKB),
+			nullText(secretEnv), e.ID)
 		if err != nil {
 			return dbErr("update execution", err)
 		}

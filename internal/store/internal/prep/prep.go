@@ -416,6 +416,9 @@ func checkJob(j *model.Job) error {
 		if err := checkMap(what+" env", c.Env); err != nil {
 			return err
 		}
+		if err := checkMap(what+" secret_env", c.SecretEnv); err != nil {
+			return err
+		}
 	}
 	if s := j.VMSpec; s != nil {
 		if err := checkText("job vm spec", s.Name, s.Image); err != nil {
@@ -431,6 +434,7 @@ func checkJob(j *model.Job) error {
 	for i := range j.Commands {
 		j.Commands[i].Args = normSlice(j.Commands[i].Args)
 		j.Commands[i].Env = normMap(j.Commands[i].Env)
+		j.Commands[i].SecretEnv = normMap(j.Commands[i].SecretEnv)
 	}
 	if j.VMSpec != nil {
 		j.VMSpec.Metadata = normMap(j.VMSpec.Metadata)
@@ -500,9 +504,13 @@ func checkExecution(e *model.Execution) error {
 	if err := checkMap("execution env", e.Env); err != nil {
 		return err
 	}
+	if err := checkMap("execution secret_env", e.SecretEnv); err != nil {
+		return err
+	}
 	e.Error = clean(e.Error)
 	e.Args = normSlice(e.Args)
 	e.Env = normMap(e.Env)
+	e.SecretEnv = normMap(e.SecretEnv)
 	e.CreatedAt = Time(e.CreatedAt)
 	e.StartedAt = TimePtr(e.StartedAt)
 	e.CompletedAt = TimePtr(e.CompletedAt)
