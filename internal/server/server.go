@@ -102,6 +102,8 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		wapiSrv *http.Server
 		wapiLn  net.Listener
 		apiURL  string
+		cp      *credProxy
+		cpSrv   *http.Server
 	)
 	if roles.Worker {
 		backend, err := openBackend(ctx, cfg, st, log)
@@ -109,6 +111,13 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			return err
 		}
 		defer backend.Close()
+		if cp, err = openCredProxy(cfg, st, backendNetwork(backend), nil, log); err != nil {
+			return err
+		}
+		if cp != nil {
+			defer cp.ln.Close()
+			cpSrv = newHTTPServer(cp.proxy, log, reqCtx, ReadHeaderTimeout)
+		}
 		// The worker API serves the interactive operations on this host's VMs; gateways (this process's too, in
 		// serve) proxy to the URL the worker advertises in its heartbeat.
 		wh, err := workerapi.New(workerapi.Config{Agents: backend, Token: token, Logger: log})
@@ -131,6 +140,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		w, err = worker.New(worker.Config{
 			ID: cfg.WorkerID, Store: st, Queue: q, Backend: backend, Logger: log,
 			MaxOutputBytes: cfg.MaxOutput, Capacity: cfg.Concurrency, Events: bus, APIURL: apiURL, Tools: installer,
+			ProxyEnv: cp.proxyEnv(),
 		})
 		if err != nil {
 			return err
@@ -169,7 +179,11 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			return fmt.Errorf("start worker: %w", err)
 		}
 	}
-	httpErr := make(chan error, 2)
+	httpErr := make(chan error, 3)
+	if cpSrv != nil {
+		cp.serve(cpSrv, httpErr)
+		log.Info("credential proxy listening", "addr", cp.ln.Addr().String())
+	}
 	if wapiSrv != nil {
 		go func() { httpErr <- fmt.Errorf("worker api: %w", wapiSrv.Serve(wapiLn)) }()
 		log.Info("worker api listening", "addr", wapiLn.Addr().String(), "url", apiURL)
@@ -224,6 +238,13 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		// After the API: a gateway in this process may still be proxying to it.
 		if err := wapiSrv.Shutdown(sctx); err != nil {
 			werr = fmt.Errorf("worker api shutdown: %w", err)
+		}
+	}
+	if cpSrv != nil {
+		// Model streams can outlast any grace period; those still open when it ends are cut (the agent retries).
+		if err := cpSrv.Shutdown(sctx); err != nil {
+			log.Warn("credential proxy: requests still open at the end of the grace period are cut", "err", err)
+			_ = cpSrv.Close()
 		}
 	}
 	wg.Wait()

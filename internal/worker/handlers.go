@@ -282,6 +282,10 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 	if vm.Status != model.VMRunning || vm.WorkerID != w.cfg.ID {
 		return w.failExecution(ctx, e, fmt.Sprintf("vm %s is %s", vm.ID, vm.Status))
 	}
+	env, err := w.execEnv(ctx, vm, e.Env)
+	if err != nil {
+		return w.failExecution(ctx, e, fmt.Sprintf("not run: %v", err))
+	}
 	e, err = w.cfg.Store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
 		if x.Status != model.ExecutionPending {
 			return queue.Permanent(fmt.Errorf("execution %s is already %s", x.ID, x.Status))
@@ -293,7 +297,7 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 		return nil, err
 	}
 	req := agent.ExecRequest{
-		Argv: append([]string{e.Command}, e.Args...), Env: e.Env, WorkingDir: e.WorkingDir, User: e.User,
+		Argv: append([]string{e.Command}, e.Args...), Env: env, WorkingDir: e.WorkingDir, User: e.User,
 		Timeout: time.Duration(e.TimeoutSeconds) * time.Second, MaxOutputBytes: w.cfg.MaxOutputBytes,
 	}
 	// The output streams to live readers as it comes (execOutput) and is kept, up to the cap, for the row.

@@ -48,6 +48,9 @@ type Config struct {
 	// Tools installs the tools a VM asks for that its template lacks (nil: such VMs fail to create) and reports
 	// what every new VM has.
 	Tools *tools.Installer
+	// ProxyEnv gives the executions that ask for it (ModelProxyEnv) the credential proxy's settings; nil: this
+	// worker has no proxy and such executions fail.
+	ProxyEnv ProxyEnvFunc
 }
 
 // Worker owns the VMs of one host.
