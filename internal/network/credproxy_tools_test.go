@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,8 +64,9 @@ func (g *testGuest) mustEnv(t testing.TB, what string, env map[string]string, co
 // TestGuestCredProxyTools is the credential proxy from inside a real VM of the default template (git, node): with
 // only the environment the worker gives an execution (credproxy.GuestEnv), the guest clones a repository through
 // the proxy from a git server that wants the owner's credential, pushes a branch to it, and streams a Messages
-// API response with node's fetch; and neither credential is anywhere the guest can read it: not in any process's
-// environment, not in git's configuration or the clone, not under /root, /etc, /tmp or /run.
+// API response with node's fetch, and claude-code answers a prompt headless (claude -p); and neither credential is anywhere the guest can read it: not in any process's
+// environment, not in git's configuration or the clone, not under /root (claude's own files), /etc, /tmp or
+// /run.
 func TestGuestCredProxyTools(t *testing.T) {
 	tmpl := os.Getenv("AETHERIUM_TEST_TOOLS_TEMPLATE")
 	if tmpl == "" {
@@ -107,16 +109,34 @@ func TestGuestCredProxyTools(t *testing.T) {
 			Env: []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1", "REMOTE_USER=git"}}).ServeHTTP(w, r)
 	}))
 	defer gitSrv.Close()
+	var modelPaths []string
+	var modelMu sync.Mutex
 	modelSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		modelMu.Lock()
+		modelPaths = append(modelPaths, r.Method+" "+r.URL.Path)
+		modelMu.Unlock()
 		if r.Header.Get("X-Api-Key") != toolsModelKey {
 			http.Error(w, `{"type":"error","error":{"type":"authentication_error","message":"bad key"}}`, 401)
 			return
 		}
+		if !strings.HasSuffix(r.URL.Path, "/v1/messages") {
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, `{"input_tokens":5}`)
+			return
+		}
+		if !strings.Contains(string(body), `"stream":true`) {
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, `{"id":"m0","type":"message","role":"assistant","model":"claude-test","content":[{"type":"text","text":"streamed-through-proxy"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":9}}`)
+			return
+		}
 		w.Header().Set("Content-Type", "text/event-stream")
 		for _, e := range []string{
-			`event: message_start` + "\n" + `data: {"type":"message_start","message":{"id":"m","type":"message","role":"assistant","content":[],"model":"claude-test","usage":{"input_tokens":12,"output_tokens":1}}}`,
+			`event: message_start` + "\n" + `data: {"type":"message_start","message":{"id":"m","type":"message","role":"assistant","content":[],"model":"claude-test","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}}`,
+			`event: content_block_start` + "\n" + `data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}`,
 			`event: content_block_delta` + "\n" + `data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"streamed-through-proxy"}}`,
-			`event: message_delta` + "\n" + `data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}`,
+			`event: content_block_stop` + "\n" + `data: {"type":"content_block_stop","index":0}`,
+			`event: message_delta` + "\n" + `data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":9}}`,
 			`event: message_stop` + "\n" + `data: {"type":"message_stop"}`,
 		} {
 			io.WriteString(w, e+"\n\n")
@@ -169,6 +189,16 @@ func TestGuestCredProxyTools(t *testing.T) {
 	u := usage.Totals(func(u credproxy.Usage) bool { return u.RunID == "run-1" })
 	if u.InputTokens != 12 || u.OutputTokens != 9 {
 		t.Fatalf("usage of run-1: %+v", u)
+	}
+
+	// claude-code headless, the way runs will start it: its model calls go through the proxy with the token only.
+	before := len(usage.Records())
+	out, code := g.shEnv(t, env, `cd /root/repo && timeout 170 claude -p "say hi" --output-format text 2>&1 </dev/null`)
+	modelMu.Lock()
+	paths := append([]string(nil), modelPaths...)
+	modelMu.Unlock()
+	if code != 0 || !strings.Contains(out, "streamed-through-proxy") || len(usage.Records()) <= before {
+		t.Fatalf("claude -p through the proxy exited %d:\n%s\nthe upstream saw %v", code, out, paths)
 	}
 
 	// Where a credential could be: every process's environment (a command of the same execution env runs while
