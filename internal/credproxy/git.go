@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -94,6 +95,13 @@ func (p *Proxy) serveGit(w http.ResponseWriter, r *http.Request, c caller, rest 
 		query = url.Values{"service": {service}}.Encode()
 	}
 	if endpoint == "git-receive-pack" {
+		if r.ContentLength > p.cfg.MaxGitPush {
+			// Refused before the upstream sees any of it (git sends small pushes with a length, large ones
+			// chunked: those are cut at the limit below).
+			writeError(w, http.StatusRequestEntityTooLarge, "request_too_large",
+				fmt.Sprintf("push over %d bytes", p.cfg.MaxGitPush))
+			return
+		}
 		r.Body = http.MaxBytesReader(w, r.Body, p.cfg.MaxGitPush)
 	}
 	rp := &httputil.ReverseProxy{
@@ -143,6 +151,7 @@ func (p *Proxy) serveGit(w http.ResponseWriter, r *http.Request, c caller, rest 
 				writeError(w, http.StatusBadGateway, "api_error", "git host "+hostName+" unreachable")
 			}
 		},
+		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 	}
 	p.log.Info("git", "vm_id", c.vm.ID, "run_id", c.grant.RunID, "repo", full, "service", service)
 	rp.ServeHTTP(w, r)

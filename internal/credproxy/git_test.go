@@ -2,6 +2,7 @@ package credproxy
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/base64"
 	"io"
 	"net"
@@ -34,6 +35,15 @@ func (g *gitUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "auth required", http.StatusUnauthorized)
 		return
 	}
+	// git-http-backend spins when its input ends early (a push the proxy cut at its limit), so the test server
+	// takes the whole body first and refuses a truncated one, as a real server would.
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, "truncated request body", http.StatusBadRequest)
+		return
+	}
+	r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+	r.Header.Del("Transfer-Encoding")
 	backend := filepath.Join(gitExecPath(), "git-http-backend")
 	h := &cgi.Handler{Path: backend, Env: []string{"GIT_PROJECT_ROOT=" + g.root, "GIT_HTTP_EXPORT_ALL=1",
 		"REMOTE_USER=git"}}
@@ -259,4 +269,63 @@ func TestGit(t *testing.T) {
 			t.Fatalf("the upstream got Authorization %q, want the owner's basic credential only", a)
 		}
 	}
+}
+
+// TestGitLimits: a fetch over MaxGitFetch is cut and a push over MaxGitPush refused (413), each beside the same
+// operation under the limit.
+func TestGitLimits(t *testing.T) {
+	requireGit(t)
+	root, work := t.TempDir(), t.TempDir()
+	bare := filepath.Join(root, "org", "repo.git")
+	mustGit(t, work, nil, "init", "-q", "--bare", "-b", "main", bare)
+	mustGit(t, bare, nil, "config", "http.receivepack", "true")
+	seed := filepath.Join(work, "seed")
+	mustGit(t, work, nil, "init", "-q", "-b", "main", seed)
+	big := make([]byte, 300<<10)
+	_, _ = rand.Read(big) // incompressible: the pack is as large as the file
+	if err := os.WriteFile(filepath.Join(seed, "BIG"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustGit(t, seed, nil, "add", "BIG")
+	mustGit(t, seed, nil, "commit", "-q", "-m", "big")
+	mustGit(t, seed, nil, "push", "-q", bare, "main")
+	upSrv := httptest.NewServer(&gitUpstream{root: root})
+	defer upSrv.Close()
+	limited := func(push, fetch int64) (string, []string) {
+		f := newFixture(t, func(c *Config) {
+			c.GitHosts = map[string]GitHost{"git.test": {URL: upSrv.URL, Secret: "GIT_TOKEN", Username: "git"}}
+			c.MaxGitPush, c.MaxGitFetch = push, fetch
+		})
+		via := forwarder(t, vmAIP, strings.TrimPrefix(f.url, "http://"))
+		var env []string
+		for k, v := range GuestEnv("http://"+via, f.tokA) {
+			env = append(env, k+"="+v)
+		}
+		return "http://" + via + "/git/git.test/org/repo.git", env
+	}
+	url, env := limited(100<<10, 100<<10)
+	if out, err := runGit(t, work, env, "clone", "-q", url, "small-fetch"); err == nil {
+		t.Fatalf("a 300 KiB clone passed a 100 KiB fetch limit: %s", out)
+	}
+	url, env = limited(100<<10, 10<<20)
+	clone := filepath.Join(work, "clone")
+	mustGit(t, work, env, "clone", "-q", url, clone)
+	_, _ = rand.Read(big)
+	if err := os.WriteFile(filepath.Join(clone, "BIG2"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustGit(t, clone, env, "add", "BIG2")
+	mustGit(t, clone, env, "commit", "-q", "-m", "big2")
+	out, err := runGit(t, clone, env, "push", "-q", "origin", "HEAD:refs/heads/big")
+	if err == nil || !strings.Contains(out, "413") {
+		t.Fatalf("a 300 KiB push passed a 100 KiB push limit (or not with 413): %v %s", err, out)
+	}
+	// Over git's post buffer, the push is sent chunked: the proxy cuts it at the limit.
+	out, err = runGit(t, clone, env, "-c", "http.postBuffer=65536", "push", "-q", "origin", "HEAD:refs/heads/big")
+	if err == nil || !strings.Contains(out, "413") {
+		t.Fatalf("a chunked 300 KiB push passed a 100 KiB push limit (or not with 413): %v %s", err, out)
+	}
+	url, env = limited(10<<20, 10<<20)
+	mustGit(t, clone, env, "remote", "set-url", "origin", url)
+	mustGit(t, clone, env, "push", "-q", "origin", "HEAD:refs/heads/big")
 }
