@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/aetherium/aetherium/internal/model"
 )
 
 // BenchmarkStream measures one streamed Messages response (the eight events of sseEvents, flushed one by one)
@@ -36,4 +38,13 @@ func BenchmarkStream(b *testing.B) {
 	}
 	b.Run("direct", func(b *testing.B) { run(b, up.URL+"/v1/messages", "") })
 	b.Run("proxy", func(b *testing.B) { run(b, f.url+"/anthropic/v1/messages", f.tokA) })
+	// As a worker runs it: the VM is looked up in the store (SQLite here) on every request.
+	st := sqliteStore(b)
+	vm := runningVM(b, st, "bench", "w1", &model.VMNetwork{IP: vmAIP})
+	fs := newFixture(b, func(c *Config) { c.AnthropicUpstream = up.URL; c.VMs = StoreVMs(st.VMs(), "w1") })
+	tok, err := fs.p.Token(Grant{VMID: vm.ID})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("proxy-sqlite", func(b *testing.B) { run(b, fs.url+"/anthropic/v1/messages", tok) })
 }

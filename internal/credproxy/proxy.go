@@ -215,7 +215,13 @@ type caller struct {
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c, status, msg := p.authenticate(r)
 	if status != 0 {
-		p.log.Info("refused", "status", status, "remote", r.RemoteAddr, "path", r.URL.Path, "why", msg)
+		// A token used from another VM's address is worth a warning (a leaked token); the rest is the guest's
+		// own business and would let it fill the log.
+		level := slog.LevelDebug
+		if status == http.StatusForbidden {
+			level = slog.LevelWarn
+		}
+		p.log.Log(r.Context(), level, "refused", "status", status, "remote", r.RemoteAddr, "path", r.URL.Path, "why", msg)
 		if status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="aetherium credential proxy"`)
 		}
@@ -307,8 +313,8 @@ func missingSecret(w http.ResponseWriter, name string) {
 		fmt.Sprintf("owner has no %s secret: aetherium secret set %s", name, name))
 }
 
-// hopHeaders are removed from what goes upstream besides what ReverseProxy removes itself: the guest's
-// credentials (the proxy token), cookies, and anything that would tell the upstream where to send answers.
+// guestOnlyHeaders are removed from what goes upstream, besides the hop-by-hop headers ReverseProxy removes
+// itself: the guest's credentials (the proxy token, or a key of its own), cookies, and forwarding headers.
 var guestOnlyHeaders = []string{"Authorization", "X-Api-Key", "Cookie", "Proxy-Authorization", "Forwarded",
 	"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-Ip"}
 

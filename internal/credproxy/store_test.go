@@ -14,29 +14,8 @@ import (
 // address, and die when it is deleted, runs elsewhere, or is unknown.
 func TestStoreVMs(t *testing.T) {
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db.sqlite"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	mk := func(name, worker string, net *model.VMNetwork) *model.VM {
-		vm := &model.VM{OwnerID: "alice", Name: name, Status: model.VMPending, VCPUCount: 1, MemoryMB: 128}
-		if err := st.VMs().Create(ctx, vm); err != nil {
-			t.Fatal(err)
-		}
-		for _, s := range []model.VMStatus{model.VMCreating, model.VMRunning} {
-			if _, err := st.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
-				v.Status, v.WorkerID, v.Network = s, worker, net
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return vm
-	}
+	st := sqliteStore(t)
+	mk := func(name, worker string, net *model.VMNetwork) *model.VM { return runningVM(t, st, name, worker, net) }
 	here := mk("here", "w1", &model.VMNetwork{IP: "172.16.0.7"})
 	elsewhere := mk("elsewhere", "w2", &model.VMNetwork{IP: "172.16.0.8"})
 	nonet := mk("nonet", "w1", nil)
@@ -56,4 +35,37 @@ func TestStoreVMs(t *testing.T) {
 	if _, err := src.ProxyVM(ctx, here.ID); !errors.Is(err, ErrVMGone) {
 		t.Fatalf("a vm being deleted: %v, want ErrVMGone", err)
 	}
+}
+
+func sqliteStore(t testing.TB) *sqlite.Store {
+	t.Helper()
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db.sqlite"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// runningVM stores a VM of owner alice running on worker with net.
+func runningVM(t testing.TB, st *sqlite.Store, name, worker string, net *model.VMNetwork) *model.VM {
+	t.Helper()
+	ctx := context.Background()
+	vm := &model.VM{OwnerID: "alice", Name: name, Status: model.VMPending, VCPUCount: 1, MemoryMB: 128}
+	if err := st.VMs().Create(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []model.VMStatus{model.VMCreating, model.VMRunning} {
+		if _, err := st.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
+			v.Status, v.WorkerID, v.Network = s, worker, net
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return vm
 }
