@@ -100,9 +100,11 @@ func (s signer) issue(g Grant) (string, error) {
 	if g.VMID == "" {
 		return "", errors.New("credential proxy token: no vm id")
 	}
+	repos := make([]string, len(g.GitRepos))
 	for i, r := range g.GitRepos {
-		g.GitRepos[i] = normalizeRepo(r)
+		repos[i] = normalizeRepo(r)
 	}
+	g.GitRepos = repos
 	b, err := json.Marshal(g)
 	if err != nil {
 		return "", err

@@ -62,9 +62,9 @@ func openCredProxy(cfg config.Config, st store.Store, net_ *network.Manager, sec
 	return &credProxy{proxy: p, ln: ln, base: base}, nil
 }
 
-// env is the worker's ProxyEnv: the settings and per-VM token an execution of vm gets when it asks for them.
-func (c *credProxy) env(_ context.Context, vm *model.VM) (map[string]string, error) {
-	tok, err := c.proxy.Token(credproxy.Grant{VMID: vm.ID})
+// env is the worker's ProxyEnv: the settings and token (for vm and req) an execution gets when it asks for them.
+func (c *credProxy) env(_ context.Context, vm *model.VM, req worker.ProxyRequest) (map[string]string, error) {
+	tok, err := c.proxy.Token(credproxy.Grant{VMID: vm.ID, RunID: req.RunID, GitRepos: req.GitRepos, GitPush: req.GitPush})
 	if err != nil {
 		return nil, err
 	}

@@ -282,7 +282,7 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 	if vm.Status != model.VMRunning || vm.WorkerID != w.cfg.ID {
 		return w.failExecution(ctx, e, fmt.Sprintf("vm %s is %s", vm.ID, vm.Status))
 	}
-	env, err := w.execEnv(ctx, vm, e.Env)
+	env, err := w.execEnv(ctx, vm, e)
 	if err != nil {
 		return w.failExecution(ctx, e, fmt.Sprintf("not run: %v", err))
 	}

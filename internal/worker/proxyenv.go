@@ -16,35 +16,71 @@ import (
 // win, and a request that configures git itself (GIT_CONFIG_COUNT) keeps its git configuration.
 const ModelProxyEnv = "AETHERIUM_MODEL_PROXY"
 
-// ProxyEnvFunc returns the environment that points VM vm at the worker's credential proxy.
-type ProxyEnvFunc func(ctx context.Context, vm *model.VM) (map[string]string, error)
+// With ModelProxyEnv, GitReposEnv lists the repositories (comma-separated "github.com/org/repo") the execution's
+// token may fetch through the proxy, and GitPushEnv=1 lets it push to them. The owner grants its own VM access
+// with its own credential; the guest cannot widen the grant (the token is signed). Both are removed too.
+const (
+	GitReposEnv = "AETHERIUM_GIT_REPOS"
+	GitPushEnv  = "AETHERIUM_GIT_PUSH"
+)
+
+// maxGitRepos bounds a grant (the token carries it).
+const maxGitRepos = 64
+
+// ProxyRequest is what an execution asks of the credential proxy: its usage is attributed to RunID (the
+// execution's id for a plain execution), and its token allows GitRepos (and pushes to them with GitPush).
+type ProxyRequest struct {
+	RunID    string
+	GitRepos []string
+	GitPush  bool
+}
+
+// ProxyEnvFunc returns the environment that points VM vm at the worker's credential proxy with a token for req.
+type ProxyEnvFunc func(ctx context.Context, vm *model.VM, req ProxyRequest) (map[string]string, error)
 
 var errNoProxy = errors.New("this worker has no credential proxy (it needs a microVM backend with network on and " +
 	"credproxy_port set)")
 
-// execEnv is the environment an execution of vm runs with: env, with the proxy's settings when it asks for them.
-func (w *Worker) execEnv(ctx context.Context, vm *model.VM, env map[string]string) (map[string]string, error) {
+// execEnv is the environment execution e of vm runs with: its env, with the proxy's settings when it asks for them.
+func (w *Worker) execEnv(ctx context.Context, vm *model.VM, e *model.Execution) (map[string]string, error) {
+	env := e.Env
 	v, ok := env[ModelProxyEnv]
 	if !ok {
 		return env, nil
 	}
 	out := make(map[string]string, len(env)+8)
 	for k, x := range env {
-		if k != ModelProxyEnv {
+		if k != ModelProxyEnv && k != GitReposEnv && k != GitPushEnv {
 			out[k] = x
 		}
 	}
-	switch strings.ToLower(v) {
-	case "1", "true":
-	case "", "0", "false":
+	on, err := flag(ModelProxyEnv, v)
+	if err != nil {
+		return nil, err
+	}
+	if !on {
 		return out, nil
-	default:
-		return nil, fmt.Errorf("%s=%q: want 1 or 0", ModelProxyEnv, v)
+	}
+	req := ProxyRequest{RunID: e.ID}
+	for _, r := range strings.Split(env[GitReposEnv], ",") {
+		if r = strings.TrimSpace(r); r == "" {
+			continue
+		}
+		if strings.Count(strings.Trim(r, "/"), "/") < 2 || strings.ContainsAny(r, " @?#") {
+			return nil, fmt.Errorf("%s: %q is not a repository like github.com/org/repo", GitReposEnv, r)
+		}
+		req.GitRepos = append(req.GitRepos, r)
+	}
+	if len(req.GitRepos) > maxGitRepos {
+		return nil, fmt.Errorf("%s: more than %d repositories", GitReposEnv, maxGitRepos)
+	}
+	if req.GitPush, err = flag(GitPushEnv, env[GitPushEnv]); err != nil {
+		return nil, err
 	}
 	if w.cfg.ProxyEnv == nil {
 		return nil, errNoProxy
 	}
-	penv, err := w.cfg.ProxyEnv(ctx, vm)
+	penv, err := w.cfg.ProxyEnv(ctx, vm, req)
 	if err != nil {
 		return nil, fmt.Errorf("credential proxy settings: %w", err)
 	}
@@ -56,4 +92,15 @@ func (w *Worker) execEnv(ctx context.Context, vm *model.VM, env map[string]strin
 		out[k] = x
 	}
 	return out, nil
+}
+
+// flag reads an on/off variable: 1 or true, 0, false or empty.
+func flag(name, v string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "1", "true":
+		return true, nil
+	case "", "0", "false":
+		return false, nil
+	}
+	return false, fmt.Errorf("%s=%q: want 1 or 0", name, v)
 }

@@ -14,10 +14,10 @@ import (
 // settings ProxyEnv gives its VM, which are not stored with the execution; the request's own variables win; without
 // the marker nothing is added; on a worker without a proxy such an execution fails, not run, with the reason.
 func TestModelProxyEnv(t *testing.T) {
-	var asked []string
+	var asked []worker.ProxyRequest
 	r := newRigWith(t, func(c *worker.Config) {
-		c.ProxyEnv = func(_ context.Context, vm *model.VM) (map[string]string, error) {
-			asked = append(asked, vm.ID)
+		c.ProxyEnv = func(_ context.Context, vm *model.VM, req worker.ProxyRequest) (map[string]string, error) {
+			asked = append(asked, req)
 			return map[string]string{"ANTHROPIC_AUTH_TOKEN": "tok-" + vm.ID, "ANTHROPIC_BASE_URL": "http://gw/anthropic"}, nil
 		}
 	})
@@ -26,7 +26,7 @@ func TestModelProxyEnv(t *testing.T) {
 	run := func(env map[string]string) *model.Execution {
 		t.Helper()
 		e, tk, err := r.svc.Execute(ctx, r.owner, vm.ID, client.ExecuteRequest{Command: "sh", Env: env, Args: []string{"-c",
-			`echo "token=$ANTHROPIC_AUTH_TOKEN url=$ANTHROPIC_BASE_URL marker=${AETHERIUM_MODEL_PROXY-unset}"`}})
+			`echo "token=$ANTHROPIC_AUTH_TOKEN url=$ANTHROPIC_BASE_URL marker=${AETHERIUM_MODEL_PROXY-unset}${AETHERIUM_GIT_REPOS-}${AETHERIUM_GIT_PUSH-}"`}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,8 +52,18 @@ func TestModelProxyEnv(t *testing.T) {
 	if e = run(nil); e.Stdout != "token= url= marker=unset\n" {
 		t.Fatalf("without the marker: stdout %q", e.Stdout)
 	}
-	if len(asked) != 2 {
-		t.Fatalf("ProxyEnv asked %d times, want 2", len(asked))
+	e = run(map[string]string{worker.ModelProxyEnv: "1", worker.GitReposEnv: "github.com/org/a, github.com/org/b",
+		worker.GitPushEnv: "1"})
+	if want := "token=tok-" + vm.ID + " url=http://gw/anthropic marker=unset\n"; e.Stdout != want {
+		t.Fatalf("with git: stdout %q, want %q (error %q)", e.Stdout, want, e.Error)
+	}
+	if len(asked) != 3 || asked[0].RunID == "" || asked[0].GitRepos != nil || asked[0].GitPush ||
+		asked[2].RunID != e.ID || !asked[2].GitPush || strings.Join(asked[2].GitRepos, " ") != "github.com/org/a github.com/org/b" {
+		t.Fatalf("ProxyEnv asked %+v", asked)
+	}
+	if e = run(map[string]string{worker.ModelProxyEnv: "1", worker.GitReposEnv: "org/repo"}); e.Status != model.ExecutionFailed ||
+		!strings.Contains(e.Error, "not a repository") || e.StartedAt != nil {
+		t.Fatalf("a bad repository: %s %q", e.Status, e.Error)
 	}
 
 	plain := newRig(t)
