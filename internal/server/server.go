@@ -240,14 +240,15 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			werr = fmt.Errorf("worker api shutdown: %w", err)
 		}
 	}
+	wg.Wait()
 	if cpSrv != nil {
-		// Model streams can outlast any grace period; those still open when it ends are cut (the agent retries).
+		// Only once the worker has drained: the commands it lets finish may still call their models. Streams still
+		// open at the end of the grace period are cut.
 		if err := cpSrv.Shutdown(sctx); err != nil {
 			log.Warn("credential proxy: requests still open at the end of the grace period are cut", "err", err)
 			_ = cpSrv.Close()
 		}
 	}
-	wg.Wait()
 	errs = append(errs, herr, werr)
 	return errors.Join(errs...)
 }
