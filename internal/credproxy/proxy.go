@@ -353,6 +353,9 @@ func (p *Proxy) serveModel(w http.ResponseWriter, r *http.Request, c caller, pro
 			for _, h := range guestOnlyHeaders {
 				pr.Out.Header.Del(h)
 			}
+			// Without the guest's Accept-Encoding the transport asks for gzip itself and hands over the body
+			// decoded, so the usage reader always reads plain JSON and events.
+			pr.Out.Header.Del("Accept-Encoding")
 			if provider == "openai" {
 				pr.Out.Header.Set("Authorization", "Bearer "+key)
 			} else {

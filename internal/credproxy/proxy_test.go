@@ -2,6 +2,7 @@ package credproxy
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -321,6 +322,32 @@ func TestAnthropicJSON(t *testing.T) {
 	}
 	if tot := f.usage.Totals(func(u Usage) bool { return u.RunID == "run-vm-b" }); tot.InputTokens != 11 {
 		t.Fatalf("run totals %+v", tot)
+	}
+}
+
+// TestGzipUpstream: an upstream that compresses when asked still has its usage read, and the guest gets the body
+// decoded, whatever Accept-Encoding it sent.
+func TestGzipUpstream(t *testing.T) {
+	upSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		body := `{"type":"message","model":"claude-x","usage":{"input_tokens":21,"output_tokens":2}}`
+		if !strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+			io.WriteString(w, body)
+			return
+		}
+		w.Header().Set("Content-Encoding", "gzip")
+		zw := gzip.NewWriter(w)
+		io.WriteString(zw, body)
+		zw.Close()
+	}))
+	defer upSrv.Close()
+	f := newFixture(t, func(c *Config) { c.AnthropicUpstream = upSrv.URL })
+	resp := f.do(t, vmAIP, "POST", "/anthropic/v1/messages", f.tokA, `{}`, map[string]string{"Accept-Encoding": "gzip, br"})
+	if body := readAll(t, resp); resp.StatusCode != 200 || !strings.Contains(body, `"input_tokens":21`) {
+		t.Fatalf("status %d, encoding %q: %q", resp.StatusCode, resp.Header.Get("Content-Encoding"), body)
+	}
+	if u := waitUsage(t, f.usage, 1)[0]; u.InputTokens != 21 || u.OutputTokens != 2 {
+		t.Fatalf("usage %+v", u)
 	}
 }
 
