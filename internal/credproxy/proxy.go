@@ -318,6 +318,32 @@ func missingSecret(w http.ResponseWriter, name string) {
 var guestOnlyHeaders = []string{"Authorization", "X-Api-Key", "Cookie", "Proxy-Authorization", "Forwarded",
 	"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-Ip"}
 
+// modelEndpoints are the requests the proxy forwards, as "METHOD /path" ("/*" matches one more segment): what
+// agents need to talk to a model, and nothing that reads or changes the owner's account (files, batches, admin
+// APIs, stored responses), which the owner's key would otherwise open to the guest.
+var modelEndpoints = map[string][]string{
+	"anthropic": {"POST /v1/messages", "POST /v1/messages/count_tokens", "GET /v1/models", "GET /v1/models/*"},
+	"openai": {"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses", "POST /v1/embeddings",
+		"GET /v1/models", "GET /v1/models/*"},
+}
+
+func modelEndpoint(provider, method, path string) bool {
+	for _, e := range modelEndpoints[provider] {
+		m, p, _ := strings.Cut(e, " ")
+		if m != method {
+			continue
+		}
+		if prefix, ok := strings.CutSuffix(p, "/*"); ok {
+			if seg, ok := strings.CutPrefix(path, prefix+"/"); ok && seg != "" && !strings.Contains(seg, "/") {
+				return true
+			}
+		} else if path == p {
+			return true
+		}
+	}
+	return false
+}
+
 // serveModel forwards a model API request with the owner's key and records its usage.
 func (p *Proxy) serveModel(w http.ResponseWriter, r *http.Request, c caller, provider, rest string) {
 	base, secretName := p.anthropic, AnthropicKeySecret
@@ -329,6 +355,11 @@ func (p *Proxy) serveModel(w http.ResponseWriter, r *http.Request, c caller, pro
 	}
 	if strings.Contains(rest, "..") || strings.Contains(rest, "//") {
 		writeError(w, http.StatusBadRequest, "invalid_request_error", "bad path")
+		return
+	}
+	if !modelEndpoint(provider, r.Method, rest) {
+		writeError(w, http.StatusForbidden, "permission_error", fmt.Sprintf("%s %s is not forwarded: the proxy "+
+			"serves the model endpoints only (%s)", r.Method, rest, strings.Join(modelEndpoints[provider], ", ")))
 		return
 	}
 	key, missing, err := p.secret(r.Context(), c.vm.OwnerID, secretName)

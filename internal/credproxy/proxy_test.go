@@ -398,6 +398,16 @@ func TestAuth(t *testing.T) {
 		}
 	}
 	check("own token from own address", vmAIP, f.tokA, 200, "data")
+	for _, path := range []string{"/anthropic/v1/files", "/anthropic/v1/messages/batches", "/anthropic/v1/organizations/me",
+		"/anthropic/v1/models/a/b", "/openai/v1/files", "/openai/v1/responses/resp_1"} {
+		resp := f.do(t, vmAIP, "GET", path, f.tokA, "", nil)
+		if body := readAll(t, resp); resp.StatusCode != 403 || !strings.Contains(body, "model endpoints only") {
+			t.Errorf("GET %s: %d %s, want 403", path, resp.StatusCode, body)
+		}
+	}
+	if resp := f.do(t, vmAIP, "GET", "/anthropic/v1/models/claude-x", f.tokA, "", nil); resp.StatusCode != 200 {
+		t.Errorf("GET a model: %d", resp.StatusCode)
+	}
 	check("vm b's token from its address", vmBIP, f.tokB, 200, "data")
 	check("vm a's token from vm b's address", vmBIP, f.tokA, 403, "belongs to another vm")
 	check("vm b's token from vm a's address", vmAIP, f.tokB, 403, "belongs to another vm")
@@ -414,8 +424,8 @@ func TestAuth(t *testing.T) {
 	check("the other vm still works", vmBIP, f.tokB, 200, "data")
 	mu.Lock()
 	defer mu.Unlock()
-	if hits != 3 {
-		t.Fatalf("the upstream got %d requests, want 3 (only the accepted ones)", hits)
+	if hits != 4 {
+		t.Fatalf("the upstream got %d requests, want 4 (only the accepted ones)", hits)
 	}
 }
 
