@@ -81,6 +81,12 @@ type Config struct {
 	JailerCgroups       string `yaml:"jailer_cgroups"`
 	JailerNetNS         string `yaml:"jailer_netns"`
 
+	// The worker's credential proxy (internal/credproxy): the port on the bridge's gateway address where guests
+	// reach it (0: off), and the upstreams it forwards model API requests to.
+	CredProxyPort     int    `yaml:"credproxy_port"`
+	ModelUpstreamURL  string `yaml:"model_upstream_url"`
+	OpenAIUpstreamURL string `yaml:"openai_upstream_url"`
+
 	// DebugListen, when set, serves net/http/pprof (goroutines, heap, CPU profiles) on this loopback address.
 	DebugListen string `yaml:"debug_listen"`
 
@@ -188,6 +194,9 @@ var settings = []setting{
 	{"secrets_key", "key that seals owners' secrets, 32 bytes in base64 (openssl rand -base64 32); every gateway and worker needs the same one (prefer secrets_key_file or the env: flags show in the process list; default: <data_dir>/secrets-key, which serve creates)", str(func(c *Config) *string { return &c.SecretsKey })},
 	{"secrets_key_file", "file holding the secrets key (mode 0600)", str(func(c *Config) *string { return &c.SecretsKeyFile })},
 	{"secrets_old_keys", "earlier secrets keys, comma-separated base64, still opening secrets during a rotation (see `aetherium secret rotate-key`)", str(func(c *Config) *string { return &c.SecretsOldKeys })},
+	{"credproxy_port", "TCP port of the worker's credential proxy on the VM bridge's gateway address, reachable from the worker's microVMs only (0: off; needs network)", integer(func(c *Config) *int { return &c.CredProxyPort })},
+	{"model_upstream_url", "where the credential proxy sends the VMs' Anthropic API requests (a corporate gateway, say)", str(func(c *Config) *string { return &c.ModelUpstreamURL })},
+	{"openai_upstream_url", "where the credential proxy sends the VMs' OpenAI-compatible API requests", str(func(c *Config) *string { return &c.OpenAIUpstreamURL })},
 	{"debug_listen", "loopback address (127.0.0.1:PORT) serving Go's pprof profiles at /debug/pprof/ (empty: off)", str(func(c *Config) *string { return &c.DebugListen })},
 }
 
@@ -208,6 +217,7 @@ func Defaults() Config {
 		QEMUAccel: "auto", Network: "auto", NetworkCIDR: "172.16.0.0/24", DiskMB: 8192, NetworkBridge: "aetherium0", DockerNet: "none", ReadyWait: 60 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
 		WorkerAPIListen: "127.0.0.1:0",
 		JailerUID:       DefaultJailerID, JailerGID: DefaultJailerID, JailerCgroupVersion: 2,
+		CredProxyPort: 8091, ModelUpstreamURL: "https://api.anthropic.com", OpenAIUpstreamURL: "https://api.openai.com",
 	}
 }
 
@@ -426,6 +436,14 @@ func (c *Config) normalize() error {
 	if c.WorkerAPIURL != "" {
 		if u, err := url.Parse(c.WorkerAPIURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
 			bad("worker_api_url", "must be http://HOST:PORT or https://... (got %q)", c.WorkerAPIURL)
+		}
+	}
+	if c.CredProxyPort < 0 || c.CredProxyPort > 65535 || c.CredProxyPort == 53 {
+		bad("credproxy_port", "must be a TCP port other than 53, or 0 for off (got %d)", c.CredProxyPort)
+	}
+	for _, s := range []struct{ key, v string }{{"model_upstream_url", c.ModelUpstreamURL}, {"openai_upstream_url", c.OpenAIUpstreamURL}} {
+		if u, err := url.Parse(s.v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" {
+			bad(s.key, "must be an http(s) URL without credentials or query, such as https://api.anthropic.com (got %q)", s.v)
 		}
 	}
 	if c.DebugListen != "" && !loopbackAddr(c.DebugListen) {

@@ -58,6 +58,9 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 		{"bad listen flag", "", nil, []string{"--listen", "nowhere"}, "listen"},
 		{"bad database url", "", nil, []string{"--database-url", "mysql://x"}, "database_url"},
 		{"bad redis url", "", nil, []string{"--redis-url", "http://x"}, "redis_url"},
+		{"bad credproxy port", "", nil, []string{"--credproxy-port", "70000"}, "credproxy_port"},
+		{"model upstream with credentials", "", map[string]string{"AETHERIUM_MODEL_UPSTREAM_URL": "https://u:p@gw.corp"}, nil, "model_upstream_url"},
+		{"bad openai upstream", "openai_upstream_url: ftp://x\n", nil, nil, "openai_upstream_url"},
 		{"bad backend", "", nil, []string{"--backend", "vmware"}, "backend"},
 		{"bad qemu accel", "", nil, []string{"--qemu-accel", "hvf"}, "qemu_accel"},
 		{"bad worker id", "", nil, []string{"--worker-id", "no spaces"}, "worker_id"},
@@ -142,5 +145,23 @@ func TestShutdownVMs(t *testing.T) {
 	}
 	if _, err = load(t, "", map[string]string{"AETHERIUM_SHUTDOWN_VMS": "maybe"}); err == nil || !strings.Contains(err.Error(), "AETHERIUM_SHUTDOWN_VMS") {
 		t.Fatalf("a bad value: %v, want an error naming AETHERIUM_SHUTDOWN_VMS", err)
+	}
+}
+
+func TestCredProxySettings(t *testing.T) {
+	c, err := load(t, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.CredProxyPort != 8091 || c.ModelUpstreamURL != "https://api.anthropic.com" || c.OpenAIUpstreamURL != "https://api.openai.com" {
+		t.Fatalf("defaults: port %d, %q, %q", c.CredProxyPort, c.ModelUpstreamURL, c.OpenAIUpstreamURL)
+	}
+	c, err = load(t, "model_upstream_url: https://llm.corp.example/anthropic\n",
+		map[string]string{"AETHERIUM_CREDPROXY_PORT": "0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.CredProxyPort != 0 || c.ModelUpstreamURL != "https://llm.corp.example/anthropic" {
+		t.Fatalf("got port %d, %q", c.CredProxyPort, c.ModelUpstreamURL)
 	}
 }

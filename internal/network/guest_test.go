@@ -113,13 +113,19 @@ type testGuest struct {
 // TAP is) and waits for its agent.
 func bootGuest(t testing.TB, host *netNS, att Attachment) *testGuest {
 	t.Helper()
+	return bootGuestFrom(t, host, att, guestRootfs, "qemu64,+arat", 256)
+}
+
+// bootGuestFrom is bootGuest from another root filesystem template, CPU model and memory size.
+func bootGuestFrom(t testing.TB, host *netNS, att Attachment, rootfs, cpu string, memMB int) *testGuest {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "aeg-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	disk := filepath.Join(dir, "disk.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", guestRootfs, disk).CombinedOutput(); err != nil {
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", rootfs, disk).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img: %v: %s", err, out)
 	}
 	sock := filepath.Join(dir, "agent.sock")
@@ -129,8 +135,8 @@ func bootGuest(t testing.TB, host *netNS, att Attachment) *testGuest {
 		"tsc_early_khz=" + strconv.Itoa(tscKHzForTCG), "tsc=reliable", KernelArgs(att)}, " ") + " -- --init"
 	args := []string{"netns", "exec", host.name, "qemu-system-x86_64",
 		"-name", "aetherium-nettest-" + att.VMID,
-		"-M", "microvm,x-option-roms=off", "-accel", "tcg,tb-size=64", "-cpu", "qemu64,+arat",
-		"-m", "256", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-M", "microvm,x-option-roms=off", "-accel", "tcg,tb-size=64", "-cpu", cpu,
+		"-m", strconv.Itoa(memMB), "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-chardev", "file,id=console,path=" + filepath.Join(dir, "console.log"), "-serial", "chardev:console",
 		"-kernel", guestKernel, "-append", cmdline,
 		"-drive", "id=root,if=none,format=qcow2,file=" + disk + ",discard=unmap",

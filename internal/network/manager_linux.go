@@ -42,6 +42,11 @@ type Config struct {
 	DisableDNSForwarder bool
 	// AllowHostPorts are services on the gateway address guests may reach, besides DNS and ICMP echo.
 	AllowHostPorts []HostPort
+	// GuestOnlyPorts are TCP ports on the gateway address that this bridge's guests may reach and nothing else
+	// may: connections to them from any other interface (the uplink, loopback: host processes) are dropped. The
+	// worker's credential proxy listens there; it tells its guests apart by their source addresses, which the
+	// anti-spoofing rules pin to each TAP.
+	GuestOnlyPorts []uint16
 	// Leases stores the address leases. Required.
 	Leases store.LeaseStore
 	// Scope names the lease pool. Default: "<hostname>/<CIDR>", so that the workers of one host share it.
@@ -123,6 +128,11 @@ func New(cfg Config) (*Manager, error) {
 	for _, hp := range cfg.AllowHostPorts {
 		if (hp.Proto != "tcp" && hp.Proto != "udp") || hp.Port == 0 {
 			return nil, fmt.Errorf("%w: allowed host port %s/%d: want tcp or udp and a port", ErrInvalid, hp.Proto, hp.Port)
+		}
+	}
+	for _, p := range cfg.GuestOnlyPorts {
+		if p == 0 || p == 53 {
+			return nil, fmt.Errorf("%w: guest-only port %d: want a TCP port other than 53", ErrInvalid, p)
 		}
 	}
 	for _, d := range cfg.GuestDNS {
@@ -251,7 +261,7 @@ func (m *Manager) setup(ctx context.Context) error {
 		return fmt.Errorf("network setup: nftables: %w", err)
 	}
 	spec := baseSpec{bridge: m.cfg.Bridge, gateway: m.gw, cidr: m.cfg.CIDR, uplink: uplink,
-		dns: !m.cfg.DisableDNSForwarder, hostPorts: m.cfg.AllowHostPorts}
+		dns: !m.cfg.DisableDNSForwarder, hostPorts: m.cfg.AllowHostPorts, guestOnlyPorts: m.cfg.GuestOnlyPorts}
 	if err := addBase(cc, spec); err != nil {
 		return fmt.Errorf("network setup: %w", err)
 	}

@@ -154,6 +154,8 @@ type baseSpec struct {
 	uplink    string
 	dns       bool // the forwarder runs: guests may query the gateway on port 53
 	hostPorts []HostPort
+	// guestOnlyPorts are TCP ports of the gateway address open to the guests and closed to everything else.
+	guestOnlyPorts []uint16
 }
 
 // addBase queues the base objects: the tables, the shared sets and maps (created, never flushed: other managers'
@@ -204,8 +206,16 @@ func addBase(cc *nftables.Conn, b baseSpec) error {
 
 	// Guests to the host itself (any of its addresses).
 	in := base(inetTable, chainInput, nftables.ChainHookInput, nftables.ChainPriorityFilter, nftables.ChainTypeFilter)
+	for _, p := range b.guestOnlyPorts {
+		// Before anything accepts: from any interface but the bridge, the gateway's guest-only ports are closed.
+		rule(in, cat(one(meta(expr.MetaKeyIIFNAME), neq(ifname(br))), ipv4(), one(ipDaddr(), eq(gw)),
+			l4proto(unix.IPPROTO_TCP), dport(p), one(verdict(expr.VerdictDrop))))
+	}
 	rule(in, cat(iif(br), establishedRelated, one(verdict(expr.VerdictAccept))))
 	toGW := cat(iif(br), ipv4(), one(ipDaddr(), eq(gw)))
+	for _, p := range b.guestOnlyPorts {
+		rule(in, cat(toGW, l4proto(unix.IPPROTO_TCP), dport(p), one(verdict(expr.VerdictAccept))))
+	}
 	if b.dns {
 		rule(in, cat(toGW, l4proto(unix.IPPROTO_UDP), dport(53), one(verdict(expr.VerdictAccept))))
 		rule(in, cat(toGW, l4proto(unix.IPPROTO_TCP), dport(53), one(verdict(expr.VerdictAccept))))

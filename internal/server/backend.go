@@ -193,8 +193,12 @@ func openNetwork(ctx context.Context, cfg config.Config, st store.Store, log *sl
 	if err != nil {
 		return nil, fmt.Errorf("network_cidr: %w", err)
 	}
-	m, err := network.New(network.Config{Bridge: cfg.NetworkBridge, CIDR: cidr, Leases: st.Leases(),
-		Owner: cfg.WorkerID, Logger: log})
+	ncfg := network.Config{Bridge: cfg.NetworkBridge, CIDR: cidr, Leases: st.Leases(), Owner: cfg.WorkerID, Logger: log}
+	if cfg.CredProxyPort > 0 {
+		// The credential proxy's port on the gateway: open to the guests, closed to everything else.
+		ncfg.GuestOnlyPorts = []uint16{uint16(cfg.CredProxyPort)}
+	}
+	m, err := network.New(ncfg)
 	if err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}

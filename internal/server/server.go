@@ -22,6 +22,7 @@ import (
 	"github.com/aetherium/aetherium/internal/api"
 	"github.com/aetherium/aetherium/internal/auth"
 	"github.com/aetherium/aetherium/internal/config"
+	"github.com/aetherium/aetherium/internal/credproxy"
 	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/events/inproc"
 	"github.com/aetherium/aetherium/internal/events/redisbus"
@@ -107,6 +108,8 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		wapiSrv *http.Server
 		wapiLn  net.Listener
 		apiURL  string
+		cp      *credProxy
+		cpSrv   *http.Server
 	)
 	if roles.Worker {
 		backend, err := openBackend(ctx, cfg, st, log)
@@ -114,6 +117,19 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			return err
 		}
 		defer backend.Close()
+		// The proxy reads owners' secrets through the secrets manager; without a secrets key it answers every
+		// request that needs one with a clear 502 (a nil *Manager must not become a non-nil interface).
+		var secretSource credproxy.SecretSource
+		if sm != nil {
+			secretSource = sm
+		}
+		if cp, err = openCredProxy(cfg, st, backendNetwork(backend), secretSource, log); err != nil {
+			return err
+		}
+		if cp != nil {
+			defer cp.ln.Close()
+			cpSrv = newHTTPServer(cp.proxy, log, reqCtx, ReadHeaderTimeout)
+		}
 		// The worker API serves the interactive operations on this host's VMs; gateways (this process's too, in
 		// serve) proxy to the URL the worker advertises in its heartbeat.
 		wh, err := workerapi.New(workerapi.Config{Agents: backend, Token: token, Logger: log})
@@ -136,7 +152,8 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		w, err = worker.New(worker.Config{
 			ID: cfg.WorkerID, Store: st, Queue: q, Backend: backend, Logger: log,
 			MaxOutputBytes: cfg.MaxOutput, Capacity: cfg.Concurrency, Events: bus, APIURL: apiURL, Tools: installer,
-			Secrets: sm,
+			Secrets:  sm,
+			ProxyEnv: cp.proxyEnv(),
 		})
 		if err != nil {
 			return err
@@ -175,7 +192,11 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			return fmt.Errorf("start worker: %w", err)
 		}
 	}
-	httpErr := make(chan error, 2)
+	httpErr := make(chan error, 3)
+	if cpSrv != nil {
+		cp.serve(cpSrv, httpErr)
+		log.Info("credential proxy listening", "addr", cp.ln.Addr().String())
+	}
 	if wapiSrv != nil {
 		go func() { httpErr <- fmt.Errorf("worker api: %w", wapiSrv.Serve(wapiLn)) }()
 		log.Info("worker api listening", "addr", wapiLn.Addr().String(), "url", apiURL)
@@ -233,6 +254,14 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		}
 	}
 	wg.Wait()
+	if cpSrv != nil {
+		// Only once the worker has drained: the commands it lets finish may still call their models. Streams still
+		// open at the end of the grace period are cut.
+		if err := cpSrv.Shutdown(sctx); err != nil {
+			log.Warn("credential proxy: requests still open at the end of the grace period are cut", "err", err)
+			_ = cpSrv.Close()
+		}
+	}
 	errs = append(errs, herr, werr)
 	return errors.Join(errs...)
 }

@@ -293,6 +293,10 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 	if reason != "" {
 		return w.failExecution(ctx, e, reason)
 	}
+	// Then the credential proxy's settings, for an execution that asks for them (proxyenv.go).
+	if env, err = w.execEnv(ctx, vm, e, env); err != nil {
+		return w.failExecution(ctx, e, fmt.Sprintf("not run: %v", err))
+	}
 	e, err = w.cfg.Store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
 		if x.Status != model.ExecutionPending {
 			return queue.Permanent(fmt.Errorf("execution %s is already %s", x.ID, x.Status))

@@ -55,6 +55,9 @@ type Config struct {
 	// Secrets resolves the secret_env of executions and scrubs the owner's secrets from their output (secrets.go);
 	// nil: executions with secret_env fail, saying the worker has no secrets key.
 	Secrets *secrets.Manager
+	// ProxyEnv gives the executions that ask for it (ModelProxyEnv) the credential proxy's settings; nil: this
+	// worker has no proxy and such executions fail.
+	ProxyEnv ProxyEnvFunc
 }
 
 // Worker owns the VMs of one host.
