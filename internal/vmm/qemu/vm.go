@@ -391,8 +391,10 @@ func (b *Backend) alive(st *vmState) bool {
 	b.mu.Lock()
 	p := b.procs[st.ID]
 	b.mu.Unlock()
-	if p != nil && p.PID == st.PID && p.Exited() {
-		return false
+	if p != nil && p.PID == st.PID {
+		// Our own child: its pid cannot be reused before we reap it, and its command line may not be readable yet
+		// just after exec (the kernel ends the close-on-exec wait of os/exec before it sets up the arguments).
+		return !p.Exited()
 	}
 	return b.ours(st)
 }

@@ -26,8 +26,19 @@ func TestStartDetached(t *testing.T) {
 			t.Fatalf("%+v: process group of %d is %d (%v), want its own", opts, p.PID, pgid, err)
 		}
 		start, _, err := StartTime(p.PID)
-		if err != nil || !Owned(p.PID, start, func(args []string) bool { return len(args) == 3 && args[0] == "sh" }) {
-			t.Fatalf("%+v: the started process is not recognised: %v", opts, err)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The kernel lets a parent see the end of exec (the close-on-exec pipe os/exec waits on) a moment before
+		// the new program's arguments are readable in /proc/<pid>/cmdline: look again for a little while.
+		isSh := func(args []string) bool { return len(args) == 3 && args[0] == "sh" }
+		recognised := false
+		for deadline := time.Now().Add(5 * time.Second); !recognised && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			recognised = Owned(p.PID, start, isSh)
+		}
+		if !recognised {
+			args, _ := Cmdline(p.PID)
+			t.Fatalf("%+v: the started process is not recognised (cmdline %q)", opts, args)
 		}
 		if err := KillGroup(p.PID); err != nil {
 			t.Fatal(err)
