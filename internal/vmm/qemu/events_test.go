@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/vmm"
 )
 
@@ -147,4 +148,29 @@ func TestAdoptedGuestKilledIsAnEvent(t *testing.T) {
 	if err := b2.DeleteVM(ctx, "adopted"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestGuestPanicIsAnEventWithTheConsole: a guest whose kernel panics (its init, the agent, crashed) makes QEMU exit
+// on its own (panic=-1, -no-reboot): the event says so with the panic from the console.
+func TestGuestPanicIsAnEventWithTheConsole(t *testing.T) {
+	b, _ := newBackend(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	evs := b.Events(ctx)
+	bootSmall(t, b, "panicky")
+	// A SIGSEGV sent to a Go program crashes it; the kernel panics when init exits.
+	ectx, ecancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err := b.ExecuteCommand(ectx, "panicky", agent.ExecRequest{Argv: []string{"sh", "-c", "kill -SEGV 1"}})
+	ecancel()
+	t.Logf("the crashing command: %v", err)
+	var ev vmm.Event
+	select {
+	case ev = <-evs:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no event after the guest's init crashed")
+	}
+	if ev.VMID != "panicky" || !strings.Contains(ev.Detail, "exit status 0") || !strings.Contains(ev.Detail, "guest kernel panic: \"Kernel panic - not syncing: Attempted to kill init!") {
+		t.Fatalf("event %+v, want QEMU's clean exit and the guest's panic", ev)
+	}
+	t.Logf("event: %s", ev.Detail)
 }

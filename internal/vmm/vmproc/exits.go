@@ -231,27 +231,42 @@ func (w *ExitWatcher) unsupported(err error) {
 // maxConsoleLine bounds the console line LastConsoleLine returns.
 const maxConsoleLine = 200
 
-// LastConsoleLine returns the last line the guest wrote to its console log since the last start marker
-// (markerPrefix, the line the backend writes before each start), quoted, as "last console line: %q"; "" when it
-// wrote nothing. The console is the guest's, so the line is cut short and quoted: it may hold anything.
+// kernelPanic is how a Linux guest's panic message begins; the lines after it (a stack dump, "Kernel Offset")
+// say less about why.
+const kernelPanic = "Kernel panic - not syncing"
+
+// LastConsoleLine sums up how a guest's console ended since the last start marker (markerPrefix, the line the
+// backend writes before each start): its kernel's panic message as `guest kernel panic: "..."` when it panicked,
+// else its last line as `last console line: "..."`; "" when it wrote nothing. The console is the guest's, so the
+// line is cut short and quoted: it may hold anything.
 func LastConsoleLine(path, markerPrefix string) string {
-	tail, err := consoleTail(path, 4<<10)
+	tail, err := consoleTail(path, 16<<10)
 	if err != nil {
 		return ""
 	}
 	lines := strings.Split(tail, "\n")
+	var last string
 	for i := len(lines) - 1; i >= 0; i-- {
 		l := strings.TrimSpace(strings.TrimRight(lines[i], "\r"))
 		if strings.HasPrefix(l, markerPrefix) {
-			return ""
+			break
 		}
-		if strings.IndexFunc(l, func(r rune) bool { return !unicode.IsSpace(r) && unicode.IsPrint(r) }) < 0 {
-			continue
+		if j := strings.Index(l, kernelPanic); j >= 0 {
+			return fmt.Sprintf("guest kernel panic: %q", clip(l[j:]))
 		}
-		if r := []rune(l); len(r) > maxConsoleLine {
-			l = string(r[:maxConsoleLine]) + "…"
+		if last == "" && strings.IndexFunc(l, func(r rune) bool { return !unicode.IsSpace(r) && unicode.IsPrint(r) }) >= 0 {
+			last = l
 		}
-		return fmt.Sprintf("last console line: %q", l)
 	}
-	return ""
+	if last == "" {
+		return ""
+	}
+	return fmt.Sprintf("last console line: %q", clip(last))
+}
+
+func clip(l string) string {
+	if r := []rune(l); len(r) > maxConsoleLine {
+		return string(r[:maxConsoleLine]) + "…"
+	}
+	return l
 }

@@ -235,8 +235,8 @@ func TestExitWatcher(t *testing.T) {
 		got[ev.VMID] = ev
 	}
 	want := map[string]string{
-		"child":   "test process " + strconv.Itoa(p.PID) + " exited (signal: killed); last console line: \"Kernel panic - not syncing: \\x1b[31mOops\"",
-		"adopted": "test process " + strconv.Itoa(pid) + " exited; last console line: \"Kernel panic - not syncing: \\x1b[31mOops\"",
+		"child":   "test process " + strconv.Itoa(p.PID) + " exited (signal: killed); guest kernel panic: \"Kernel panic - not syncing: \\x1b[31mOops\"",
+		"adopted": "test process " + strconv.Itoa(pid) + " exited; guest kernel panic: \"Kernel panic - not syncing: \\x1b[31mOops\"",
 	}
 	for id, d := range want {
 		if ev := got[id]; ev.State != vmm.StateStopped || ev.Detail != d {
@@ -283,6 +283,10 @@ func TestLastConsoleLine(t *testing.T) {
 		{"boot 1\n--- aetherium: start ---\n  \n", ""},
 		{"--- aetherium: start ---\nhello\nworld\r\n\n", `last console line: "world"`},
 		{"x\n" + strings.Repeat("é", 300) + "\n", `last console line: "` + strings.Repeat("é", maxConsoleLine) + `…"`},
+		{"--- aetherium: start ---\n[    4.8] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000200\n" +
+			"[    4.9] CPU: 0 PID: 1\n[    4.9] Kernel Offset: disabled\n",
+			`guest kernel panic: "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000200"`},
+		{"[ 1.0] Kernel panic - not syncing: old boot\n--- aetherium: start ---\nfine\n", `last console line: "fine"`},
 	} {
 		if err := os.WriteFile(p, []byte(c.log), 0o600); err != nil {
 			t.Fatal(err)
