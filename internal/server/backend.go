@@ -17,6 +17,7 @@ import (
 	"github.com/aetherium/aetherium/internal/image"
 	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/store"
+	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/vmm/docker"
 	"github.com/aetherium/aetherium/internal/vmm/firecracker"
 	"github.com/aetherium/aetherium/internal/vmm/qemu"
@@ -128,7 +129,7 @@ func openFirecracker(ctx context.Context, cfg config.Config, st store.Store, log
 	if net == nil {
 		return b, nil
 	}
-	return &withNetwork{vmBackend: b, net: net}, nil
+	return wrapNetwork(b, net), nil
 }
 
 func openQEMU(ctx context.Context, cfg config.Config, st store.Store, log *slog.Logger) (vmBackend, error) {
@@ -165,7 +166,7 @@ func openQEMU(ctx context.Context, cfg config.Config, st store.Store, log *slog.
 	if net == nil {
 		return b, nil
 	}
-	return &withNetwork{vmBackend: b, net: net}, nil
+	return wrapNetwork(b, net), nil
 }
 
 // withNetwork closes the network manager with its backend (the network itself stays up for the VMs).
@@ -175,6 +176,24 @@ type withNetwork struct {
 }
 
 func (w *withNetwork) Close() error { return errors.Join(w.vmBackend.Close(), w.net.Close()) }
+
+// withNetworkEvents is withNetwork for a backend that reports VM events (vmm.VMEvents): the embedded interface
+// would hide them from the worker's type assertion.
+type withNetworkEvents struct {
+	*withNetwork
+	events vmm.VMEvents
+}
+
+func (w withNetworkEvents) Events(ctx context.Context) <-chan vmm.Event { return w.events.Events(ctx) }
+
+// wrapNetwork wraps b so that closing it closes net too, keeping b's optional interfaces visible.
+func wrapNetwork(b vmBackend, net *network.Manager) vmBackend {
+	w := &withNetwork{vmBackend: b, net: net}
+	if ev, ok := b.(vmm.VMEvents); ok {
+		return withNetworkEvents{withNetwork: w, events: ev}
+	}
+	return w
+}
 
 // openNetwork sets up the host network of microVMs: with network "auto" only when running as root (and quietly
 // without it otherwise), with "on" or fail.

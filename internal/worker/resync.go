@@ -69,6 +69,7 @@ func (w *Worker) resyncLoop(ctx context.Context) {
 		if subscribe {
 			evC, subscribe = src.Events(ctx), false
 		}
+		var suspect string
 		select {
 		case <-ctx.Done():
 			return
@@ -81,8 +82,9 @@ func (w *Worker) resyncLoop(ctx context.Context) {
 				continue
 			}
 			w.log.Debug("backend vm event", "vm_id", ev.VMID, "state", ev.State, "detail", ev.Detail)
+			suspect = ev.VMID
 		}
-		err := w.resync(ctx, false)
+		err := w.resync(ctx, false, suspect)
 		if ctx.Err() != nil {
 			return
 		}
@@ -111,7 +113,7 @@ func (w *Worker) logResync(err error) {
 
 // Reconcile makes the store agree with the backend, at start: see resync. It returns what it could not do; the
 // resync loop keeps trying, so a caller logs it rather than giving up.
-func (w *Worker) Reconcile(ctx context.Context) error { return w.resync(ctx, true) }
+func (w *Worker) Reconcile(ctx context.Context) error { return w.resync(ctx, true, "") }
 
 // resync makes the store agree with the backend:
 //   - a VM the store says runs here that the backend no longer runs is marked failed with the backend's reason,
@@ -126,7 +128,11 @@ func (w *Worker) Reconcile(ctx context.Context) error { return w.resync(ctx, tru
 // looked up again before it is removed, since its creation may have begun after the list was read. A backend
 // that fails to list marks nothing failed. A deletion that fails is logged and tried again later, with backoff:
 // one VM that cannot be removed never stops the others, the worker, or its start.
-func (w *Worker) resync(ctx context.Context, restarted bool) error {
+//
+// suspect is the VM a backend event named, if any: its state is asked of the backend directly even when the
+// listing says it runs, since a listing may lag behind the event (Docker 20.10 publishes a container's die before
+// its list view has it stopped).
+func (w *Worker) resync(ctx context.Context, restarted bool, suspect string) error {
 	w.rs.mu.Lock()
 	defer w.rs.mu.Unlock()
 	vms, err := w.listOwnVMs(ctx)
@@ -151,7 +157,7 @@ func (w *Worker) resync(ctx context.Context, restarted bool) error {
 		case model.VMCreating, model.VMStopping:
 			err = w.reconcileInFlight(ctx, vm, restarted)
 		case model.VMRunning:
-			if in == nil || in.State != vmm.StateRunning {
+			if in == nil || in.State != vmm.StateRunning || vm.ID == suspect {
 				err = w.vmLost(ctx, vm, in, restarted)
 			}
 		case model.VMFailed:

@@ -147,6 +147,45 @@ func TestResyncOnBackendEvent(t *testing.T) {
 	t.Logf("failed %s after the event: %s", took.Round(time.Millisecond), got.Error)
 }
 
+// TestDockerDieEventFailsTheVMAtOnce: end to end on the real Docker backend, whose engine events the worker
+// subscribes to: a container killed behind the worker's back is marked failed, with the exit status, long before
+// the periodic pass (a minute away here, so only the event can explain it), and its container removed.
+func TestDockerDieEventFailsTheVMAtOnce(t *testing.T) {
+	r := newRigWith(t, func(c *worker.Config) { c.ResyncInterval = time.Minute })
+	if _, ok := any(r.backend).(vmm.VMEvents); !ok {
+		t.Fatal("the docker backend reports no vm events")
+	}
+	vm := r.createVM("evented-for-real")
+	sub, err := r.bus.Subscribe(context.Background(), worker.VMTopic(vm.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	killed := time.Now()
+	dockerKill(t, vm.ID)
+	// Well inside the minute: nothing but the event makes the worker look before then.
+	got, _ := r.waitVM(vm.ID, 20*time.Second, func(v *model.VM) bool { return v.Status != model.VMRunning })
+	if got.Status != model.VMFailed || !strings.Contains(got.Error, "137") {
+		t.Fatalf("killed vm: status=%s error=%q; want failed with the exit status", got.Status, got.Error)
+	}
+	t.Logf("killed vm marked failed %s after the kill began: %s", time.Since(killed).Round(time.Millisecond), got.Error)
+	select {
+	case ev := <-sub.C():
+		if ev.Type != worker.EventVMFailed || ev.Subject != vm.ID {
+			t.Fatalf("event: %+v", ev)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no vm.failed event")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for containerExists(t, vm.ID) {
+		if time.Now().After(deadline) {
+			t.Fatal("the dead vm's container was not removed")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // TestResyncMarksNothingWhileTheBackendCannotList: a backend that fails to list marks no VM failed, and the
 // worker still starts; once the backend answers again, the dead VM is found.
 func TestResyncMarksNothingWhileTheBackendCannotList(t *testing.T) {

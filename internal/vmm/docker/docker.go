@@ -109,9 +109,14 @@ type Backend struct {
 	mu     sync.Mutex
 	agents map[string]*agentclient.Client // per-VM agent clients, keyed by VM id
 	closed bool
+
+	ev eventState // Events
 }
 
-var _ vmm.Orchestrator = (*Backend)(nil)
+var (
+	_ vmm.Orchestrator = (*Backend)(nil)
+	_ vmm.VMEvents     = (*Backend)(nil)
+)
 
 // New validates cfg, connects to the Docker engine named by the environment (DOCKER_HOST etc., default the local
 // socket) and checks that it answers.
@@ -135,6 +140,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		maxCPUs:  info.NCPU,
 		baseLock: make(chan struct{}, 1),
 		agents:   make(map[string]*agentclient.Client),
+		ev:       eventState{done: make(chan struct{})},
 	}
 	if err := os.MkdirAll(b.vmsDir(), 0o700); err != nil {
 		_ = cli.Close()
@@ -228,8 +234,8 @@ func (b *Backend) Health(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the agent clients and the engine client. The containers keep running: they belong to the store's
-// VMs, not to this process. Closing a closed Backend does nothing.
+// Close closes the agent clients, the event subscriptions and the engine client. The containers keep running:
+// they belong to the store's VMs, not to this process. Closing a closed Backend does nothing.
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -240,6 +246,7 @@ func (b *Backend) Close() error {
 	b.agents = make(map[string]*agentclient.Client)
 	b.closed = true
 	b.mu.Unlock()
+	close(b.ev.done)
 	var errs []error
 	for id, c := range agents {
 		if err := c.Close(); err != nil {

@@ -241,6 +241,7 @@ func (b *Backend) StartVM(ctx context.Context, id string) error {
 	}()
 
 	start := time.Now()
+	b.unexpectDie(id) // a stop before this start is over: the next die is news
 	if err := b.cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
 		if cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("docker backend: start vm %s: %w", id, vmm.ErrNotFound)
@@ -270,6 +271,7 @@ func (b *Backend) startFailure(ctx context.Context, id, containerID string, wait
 			id, exitDetail(c.State), logs)
 	}
 	timeout := b.cfg.ReadyTimeout
+	b.expectDie(id)
 	if err := b.cli.ContainerStop(dctx, containerID, container.StopOptions{Timeout: ptr(0)}); err != nil {
 		b.log.Warn("stop container after failed start", "vm_id", id, "err", err)
 	}
@@ -319,6 +321,9 @@ func (b *Backend) StopVM(ctx context.Context, id string) error {
 	}
 	b.closeAgent(id)
 	timeout := int(b.cfg.StopTimeout.Round(time.Second) / time.Second)
+	if c.State != nil && c.State.Running {
+		b.expectDie(id)
+	}
 	if err := b.cli.ContainerStop(ctx, c.ID, container.StopOptions{Timeout: &timeout}); err != nil {
 		if cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("docker backend: stop vm %s: %w", id, vmm.ErrNotFound)
@@ -342,6 +347,9 @@ func (b *Backend) DeleteVM(ctx context.Context, id string) error {
 	case err != nil:
 		return err
 	default:
+		if c.State != nil && c.State.Running {
+			b.expectDie(id)
+		}
 		err := b.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
 		if err != nil && !cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("docker backend: remove container of vm %s: %w", id, err)

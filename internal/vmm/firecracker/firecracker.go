@@ -129,8 +129,9 @@ type Backend struct {
 	// canonicalizes them: the jail is <chrootBase>/<base name of execFile>/<id>/root (set when jailed).
 	execFile, chrootBase string
 
-	vmLocks keyedmutex.Map // serialise the operations on one VM
-	boots   vmproc.Boots   // lets a delete cancel a start
+	vmLocks keyedmutex.Map      // serialise the operations on one VM
+	boots   vmproc.Boots        // lets a delete cancel a start
+	exits   *vmproc.ExitWatcher // tells the worker when a firecracker exits on its own (vmm.VMEvents)
 
 	mu     sync.Mutex
 	agents map[string]*agentclient.Client
@@ -138,7 +139,13 @@ type Backend struct {
 	closed bool
 }
 
-var _ vmm.Orchestrator = (*Backend)(nil)
+var (
+	_ vmm.Orchestrator = (*Backend)(nil)
+	_ vmm.VMEvents     = (*Backend)(nil)
+)
+
+// consoleMarker begins the line written to the console log before each boot.
+const consoleMarker = "--- aetherium:"
 
 // New validates cfg, prepares DataDir and adopts the firecracker processes that still run for this worker's VMs
 // (a previous worker process started them; they run detached and outlive it). It does not need the firecracker
@@ -153,6 +160,9 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		agents: make(map[string]*agentclient.Client),
 		procs:  make(map[string]*vmproc.Process),
 	}
+	b.exits = vmproc.NewExitWatcher("firecracker", b.log, func(id string) string {
+		return vmproc.LastConsoleLine(filepath.Join(b.vmDir(id), consoleFile), consoleMarker)
+	})
 	if err := os.MkdirAll(b.vmsDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("firecracker backend: create data dir: %w", err)
 	}
@@ -332,9 +342,15 @@ func KVMAvailable() error {
 	return f.Close()
 }
 
-// Close closes the agent clients. The firecracker processes keep running: they belong to the store's VMs, and the
-// next backend on this DataDir adopts them (unless DieWithWorker, when they die with this process).
+// Events implements vmm.VMEvents: an event when a firecracker this backend started or adopted exits on its own
+// (crashed, killed behind the worker's back, its guest powered off or panicked), never for a stop or delete.
+func (b *Backend) Events(ctx context.Context) <-chan vmm.Event { return b.exits.Events(ctx) }
+
+// Close closes the agent clients and ends the event subscriptions. The firecracker processes keep running: they
+// belong to the store's VMs, and the next backend on this DataDir adopts them (unless DieWithWorker, when they
+// die with this process).
 func (b *Backend) Close() error {
+	b.exits.Close()
 	b.mu.Lock()
 	agents := b.agents
 	b.agents = make(map[string]*agentclient.Client)

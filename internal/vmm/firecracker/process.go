@@ -66,6 +66,7 @@ func (b *Backend) adopt(ctx context.Context) error {
 			}
 			cancel()
 			api.http.CloseIdleConnections()
+			b.watch(st)
 			b.log.Info("adopted running vm", "vm_id", st.ID, "pid", st.PID)
 		} else {
 			st.Detail = fmt.Sprintf("firecracker process %d is gone: it crashed or was killed while no worker "+
@@ -92,6 +93,18 @@ func (b *Backend) alive(st *vmState) bool {
 		return !p.Exited()
 	}
 	return isOurs(st)
+}
+
+// watch has the exit watcher report VM st's firecracker when it exits on its own: through its Wait when this
+// backend started it, through a pidfd when it was adopted.
+func (b *Backend) watch(st *vmState) {
+	b.mu.Lock()
+	p := b.procs[st.ID]
+	b.mu.Unlock()
+	if p != nil && p.PID != st.PID {
+		p = nil
+	}
+	b.exits.Watch(st.ID, st.PID, st.PIDStart, p)
 }
 
 // exitWatch returns a channel closed when VM st's process ends: the child's own when this backend started it,

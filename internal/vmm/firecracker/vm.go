@@ -306,6 +306,7 @@ func (b *Backend) boot(parent context.Context, id, what string, steps bootSteps)
 			}
 			return fmt.Errorf("firecracker backend: %s vm %s: running, but its agent does not answer: %w", what, id, err)
 		}
+		b.watch(st)
 		return nil
 	}
 	b.closeAgent(id)
@@ -331,7 +332,7 @@ func (b *Backend) boot(parent context.Context, id, what string, steps bootSteps)
 	if err != nil {
 		return fmt.Errorf("firecracker backend: %s vm %s: open console log: %w", what, id, err)
 	}
-	fmt.Fprintf(console, "\n--- aetherium: %s at %s ---\n", what, time.Now().UTC().Format(time.RFC3339Nano))
+	fmt.Fprintf(console, "\n%s %s at %s ---\n", consoleMarker, what, time.Now().UTC().Format(time.RFC3339Nano))
 	start := time.Now()
 	p, err := b.launch(st, console)
 	_ = console.Close() // the child has its own descriptor
@@ -382,6 +383,7 @@ func (b *Backend) boot(parent context.Context, id, what string, steps bootSteps)
 		}
 		return b.bootFailure(ctx, st, what, err)
 	}
+	b.watch(st)
 	b.log.Info("vm started", "vm_id", id, "how", what, "agent_version", info.Version,
 		"ready_in", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -397,6 +399,7 @@ func causeOr(ctx context.Context, err error) error {
 
 // bootFailure kills what boot started and explains, with the console's last output.
 func (b *Backend) bootFailure(ctx context.Context, st *vmState, what string, cause error) error {
+	b.exits.Forget(st.ID)
 	b.closeAgent(st.ID)
 	if err := b.kill(ctx, st); err != nil {
 		b.log.Warn("kill firecracker after failed start", "vm_id", st.ID, "err", err)
@@ -462,6 +465,7 @@ func (b *Backend) StopVM(ctx context.Context, id string) error {
 
 func (b *Backend) stop(ctx context.Context, st *vmState) (string, error) {
 	defer b.closeAgent(st.ID)
+	b.exits.Forget(st.ID) // a deliberate stop: its end is no event
 	how := "already stopped"
 	if b.alive(st) {
 		how = b.shutdown(ctx, st)
@@ -512,6 +516,7 @@ func (b *Backend) DeleteVM(ctx context.Context, id string) error {
 	defer deleted()
 	unlock := b.lockVM(id)
 	defer unlock()
+	b.exits.Forget(id)
 	b.closeAgent(id)
 	st, err := b.loadState(id)
 	switch {
@@ -588,7 +593,10 @@ func (b *Backend) instance(st *vmState) *vmm.Instance {
 		b.mu.Lock()
 		p := b.procs[st.ID]
 		b.mu.Unlock()
+		watched, ok := b.exits.Detail(st.ID, st.PID, st.PIDStart)
 		switch {
+		case ok:
+			inst.Detail = watched // how it ended, with the console's last line
 		case p != nil && p.PID == st.PID && p.Exited():
 			inst.Detail = p.ExitDetail("firecracker")
 		case st.PID != 0:

@@ -58,6 +58,9 @@ const (
 	qcowDiskName = "disk.qcow2"
 )
 
+// consoleMarker begins the line written to the console log before each start.
+const consoleMarker = "--- aetherium:"
+
 // maxSunPath is the longest Unix socket path Linux accepts with its terminating NUL.
 const maxSunPath = 107
 
@@ -123,8 +126,9 @@ type Backend struct {
 	accel string // kvm or tcg, decided in New
 	why   string // why that accelerator
 
-	vmLocks keyedmutex.Map // serialise the operations on one VM
-	boots   vmproc.Boots   // lets a delete cancel a start
+	vmLocks keyedmutex.Map      // serialise the operations on one VM
+	boots   vmproc.Boots        // lets a delete cancel a start
+	exits   *vmproc.ExitWatcher // tells the worker when a QEMU exits on its own (vmm.VMEvents)
 
 	mu     sync.Mutex
 	agents map[string]*agentConn
@@ -132,7 +136,10 @@ type Backend struct {
 	closed bool
 }
 
-var _ vmm.Orchestrator = (*Backend)(nil)
+var (
+	_ vmm.Orchestrator = (*Backend)(nil)
+	_ vmm.VMEvents     = (*Backend)(nil)
+)
 
 // agentConn is a VM's agent client and the multiplexed session under it.
 type agentConn struct {
@@ -153,6 +160,9 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		agents: make(map[string]*agentConn),
 		procs:  make(map[string]*vmproc.Process),
 	}
+	b.exits = vmproc.NewExitWatcher("qemu", b.log, func(id string) string {
+		return vmproc.LastConsoleLine(filepath.Join(b.vmDir(id), consoleFile), consoleMarker)
+	})
 	if err := os.MkdirAll(b.vmsDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("qemu backend: create data dir: %w", err)
 	}
@@ -310,9 +320,15 @@ func (b *Backend) Health(context.Context) error {
 	return nil
 }
 
-// Close closes the agent sessions. QEMU processes keep running: they belong to the store's VMs, and the next
-// backend on this DataDir adopts them (unless DieWithWorker, when they die with this process).
+// Events implements vmm.VMEvents: an event when a QEMU this backend started or adopted exits on its own (crashed,
+// killed behind the worker's back, its guest powered off or panicked), never for a stop or delete of the VM.
+func (b *Backend) Events(ctx context.Context) <-chan vmm.Event { return b.exits.Events(ctx) }
+
+// Close closes the agent sessions and ends the event subscriptions. QEMU processes keep running: they belong to
+// the store's VMs, and the next backend on this DataDir adopts them (unless DieWithWorker, when they die with
+// this process).
 func (b *Backend) Close() error {
+	b.exits.Close()
 	b.mu.Lock()
 	agents := b.agents
 	b.agents = make(map[string]*agentConn)

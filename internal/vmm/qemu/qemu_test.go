@@ -415,6 +415,7 @@ func TestWorkerKilledGuestsAreAdopted(t *testing.T) {
 	b, _ := newBackendAt(t, dir, testInstallation)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	evs := b.Events(ctx)
 	inst, err := b.GetVMStatus(ctx, "crash")
 	if err != nil || inst.State != vmm.StateRunning {
 		t.Fatalf("after the worker died: %+v, %v; want running", inst, err)
@@ -455,6 +456,15 @@ func TestWorkerKilledGuestsAreAdopted(t *testing.T) {
 	}
 	if f := qemuOf(dir); len(f) != 1 || f[0].PID != rep.QEMUPID {
 		t.Fatalf("QEMU processes of the data directory: %+v, want only %d", f, rep.QEMUPID)
+	}
+	// Killed behind its back, the adopted QEMU (no child of this process: its parent was the dead worker) is
+	// reported at once.
+	if err := syscall.Kill(rep.QEMUPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	ev := expectEvent(t, evs, "crash")
+	if want := "qemu process " + strconv.Itoa(rep.QEMUPID) + " exited"; !strings.HasPrefix(ev.Detail, want) {
+		t.Fatalf("detail %q, want it to begin %q", ev.Detail, want)
 	}
 	if err := b.DeleteVM(ctx, "crash"); err != nil {
 		t.Fatal(err)

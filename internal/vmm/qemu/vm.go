@@ -399,6 +399,18 @@ func (b *Backend) alive(st *vmState) bool {
 	return b.ours(st)
 }
 
+// watch has the exit watcher report VM st's QEMU when it exits on its own: through its Wait when this backend
+// started it, through a pidfd when it was adopted.
+func (b *Backend) watch(st *vmState) {
+	b.mu.Lock()
+	p := b.procs[st.ID]
+	b.mu.Unlock()
+	if p != nil && p.PID != st.PID {
+		p = nil
+	}
+	b.exits.Watch(st.ID, st.PID, st.PIDStart, p)
+}
+
 // waitExit waits until VM st's QEMU has ended, or ctx ends.
 func (b *Backend) waitExit(ctx context.Context, st *vmState) error {
 	b.mu.Lock()
@@ -459,6 +471,7 @@ func (b *Backend) StartVM(parent context.Context, id string) error {
 			}
 			return fmt.Errorf("qemu backend: start vm %s: running, but its agent does not answer: %w", id, err)
 		}
+		b.watch(st)
 		return nil
 	}
 	st.InstallationID = b.cfg.InstallationID // a VM made before installations had ids gets this one's
@@ -471,7 +484,7 @@ func (b *Backend) StartVM(parent context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("qemu backend: start vm %s: open console log: %w", id, err)
 	}
-	fmt.Fprintf(console, "\n--- aetherium: start (%s) at %s ---\n", b.accel, time.Now().UTC().Format(time.RFC3339Nano))
+	fmt.Fprintf(console, "\n%s start (%s) at %s ---\n", consoleMarker, b.accel, time.Now().UTC().Format(time.RFC3339Nano))
 	start := time.Now()
 	cmd := b.command(st)
 	cmd.Stdout, cmd.Stderr = console, console // QEMU's own complaints land beside the guest's console
@@ -516,6 +529,7 @@ func (b *Backend) StartVM(parent context.Context, id string) error {
 		}
 		return b.bootFailure(ctx, st, err)
 	}
+	b.watch(st)
 	b.log.Info("vm started", "vm_id", id, "accel", b.accel, "agent_version", info.Version,
 		"ready_in", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -523,6 +537,7 @@ func (b *Backend) StartVM(parent context.Context, id string) error {
 
 // bootFailure kills what StartVM started and explains, with the console's last output.
 func (b *Backend) bootFailure(ctx context.Context, st *vmState, cause error) error {
+	b.exits.Forget(st.ID)
 	b.closeAgent(st.ID)
 	if err := b.kill(ctx, st); err != nil {
 		b.log.Warn("kill qemu after failed start", "vm_id", st.ID, "err", err)
@@ -551,6 +566,7 @@ func (b *Backend) StopVM(ctx context.Context, id string) error {
 		return err
 	}
 	defer b.closeAgent(id)
+	b.exits.Forget(id) // a deliberate stop: its end is no event
 	how := "already stopped"
 	if b.alive(st) {
 		how = b.shutdown(ctx, st)
@@ -602,6 +618,7 @@ func (b *Backend) DeleteVM(ctx context.Context, id string) error {
 	defer deleted()
 	unlock := b.lockVM(id)
 	defer unlock()
+	b.exits.Forget(id)
 	b.closeAgent(id)
 	st, err := b.loadState(id)
 	switch {
@@ -671,7 +688,10 @@ func (b *Backend) instance(st *vmState) *vmm.Instance {
 		b.mu.Lock()
 		p := b.procs[st.ID]
 		b.mu.Unlock()
+		watched, ok := b.exits.Detail(st.ID, st.PID, st.PIDStart)
 		switch {
+		case ok:
+			inst.Detail = watched // how it ended, with the console's last line
 		case p != nil && p.PID == st.PID && p.Exited():
 			inst.Detail = p.ExitDetail("qemu")
 		case st.PID != 0:
@@ -789,6 +809,7 @@ func (b *Backend) adopt(ctx context.Context) error {
 				b.log.Warn("adopted qemu does not answer on its QMP socket", "vm_id", st.ID, "pid", st.PID, "err", err)
 			}
 			cancel()
+			b.watch(st)
 			b.log.Info("adopted running vm", "vm_id", st.ID, "pid", st.PID)
 		} else {
 			st.Detail = fmt.Sprintf("qemu process %d is gone: it crashed or was killed while no worker watched it, "+

@@ -65,14 +65,26 @@ func RemoveFiles(paths ...string) error {
 
 // ConsoleTail returns the last max bytes of a console log, cut to whole lines, or a note saying why not.
 func ConsoleTail(path string, max int64) string {
+	s, err := consoleTail(path, max)
+	if err != nil {
+		return fmt.Sprintf("(%v)", err)
+	}
+	if strings.TrimSpace(s) == "" {
+		return "(no output)"
+	}
+	return s
+}
+
+// consoleTail returns the last max bytes of a console log, cut to whole lines.
+func consoleTail(path string, max int64) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Sprintf("(console log unavailable: %v)", err)
+		return "", fmt.Errorf("console log unavailable: %w", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return fmt.Sprintf("(console log unavailable: %v)", err)
+		return "", fmt.Errorf("console log unavailable: %w", err)
 	}
 	off := st.Size() - max
 	if off < 0 {
@@ -80,7 +92,7 @@ func ConsoleTail(path string, max int64) string {
 	}
 	data, err := io.ReadAll(io.NewSectionReader(f, off, st.Size()-off))
 	if err != nil {
-		return fmt.Sprintf("(reading console log: %v)", err)
+		return "", fmt.Errorf("reading console log: %w", err)
 	}
 	s := string(data)
 	if off > 0 {
@@ -88,11 +100,7 @@ func ConsoleTail(path string, max int64) string {
 			s = s[i+1:]
 		}
 	}
-	s = strings.TrimRight(s, "\n")
-	if strings.TrimSpace(s) == "" {
-		return "(no output)"
-	}
-	return s
+	return strings.TrimRight(s, "\n"), nil
 }
 
 // Hostname turns a VM name into a valid host name (RFC 1123 label), falling back to one made from the id.
