@@ -294,12 +294,7 @@ func (w *Worker) failInterruptedExecutions(ctx context.Context) error {
 				return err
 			}
 		}
-		if _, err := w.cfg.Store.Tasks().Update(ctx, t.ID, func(x *model.Task) error {
-			if x.Status == model.TaskProcessing && x.WorkerID == w.cfg.ID {
-				x.Status, x.Error, x.CompletedAt = model.TaskFailed, reason, utcNow()
-			}
-			return nil
-		}); err != nil {
+		if err := w.failOwnTask(ctx, t.ID, reason); err != nil {
 			return err
 		}
 		w.log.Warn("failed interrupted execution", "task_id", t.ID, "execution_id", p.ExecutionID)
@@ -338,16 +333,23 @@ func (w *Worker) settleInterruptedJob(ctx context.Context, t *model.Task) error 
 			return err
 		}
 	}
-	if _, err := w.cfg.Store.Tasks().Update(ctx, t.ID, func(x *model.Task) error {
-		if x.Status == model.TaskProcessing && x.WorkerID == w.cfg.ID {
-			x.Status, x.Error, x.CompletedAt = model.TaskFailed, reason, utcNow()
-		}
-		return nil
-	}); err != nil {
+	if err := w.failOwnTask(ctx, t.ID, reason); err != nil {
 		return err
 	}
 	w.log.Warn("failed a job interrupted on its last attempt", "job_id", job.ID, "task_id", t.ID)
 	return nil
+}
+
+// failOwnTask fails task id with reason if this worker still holds it (processing here); otherwise it leaves the
+// row as it is.
+func (w *Worker) failOwnTask(ctx context.Context, id, reason string) error {
+	_, err := w.cfg.Store.Tasks().Update(ctx, id, func(x *model.Task) error {
+		if x.Status == model.TaskProcessing && x.WorkerID == w.cfg.ID {
+			x.Status, x.Error, x.CompletedAt = model.TaskFailed, reason, utcNow()
+		}
+		return nil
+	})
+	return err
 }
 
 func (w *Worker) listOwnVMs(ctx context.Context) ([]*model.VM, error) {
