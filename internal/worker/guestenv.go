@@ -115,10 +115,10 @@ func readCAFile(path string) ([][]byte, error) {
 	return certs, nil
 }
 
-// env is what g adds to the environment of vm's executions (and its shells): the proxy settings in both cases,
+// Env is what g adds to the environment of vm's executions (and its shells): the proxy settings in both cases,
 // with localhost and vm's gateway (where the worker's credential proxy listens) never proxied, and
 // NODE_EXTRA_CA_CERTS.
-func (g *GuestSetup) env(vm *model.VM) map[string]string {
+func (g *GuestSetup) Env(vm *model.VM) map[string]string {
 	out := map[string]string{}
 	if g == nil {
 		return out
@@ -161,7 +161,7 @@ func containsHost(list, h string) bool {
 // guestExecEnv lays the guest setup's environment under env: what the execution sets itself wins (both cases are
 // one setting: an execution that sets https_proxy keeps it and gets no HTTPS_PROXY of ours).
 func (w *Worker) guestExecEnv(vm *model.VM, env map[string]string) map[string]string {
-	add := w.cfg.Guest.env(vm)
+	add := w.cfg.Guest.Env(vm)
 	if len(add) == 0 {
 		return env
 	}
@@ -191,14 +191,25 @@ func (w *Worker) setupGuest(ctx context.Context, vm *model.VM) error {
 	if err != nil {
 		return fmt.Errorf("reach the agent to set up the guest: %w", err)
 	}
+	return InstallGuestSetup(ctx, c, g, vm, func(err error) {
+		w.log.Warn("write the guest's shell environment", "vm_id", vm.ID, "err", err)
+	})
+}
+
+// InstallGuestSetup installs g into the guest of vm behind c (see setupGuest); the failure of the best-effort part,
+// the shell environment files, goes to warn.
+func InstallGuestSetup(ctx context.Context, c *agentclient.Client, g *GuestSetup, vm *model.VM, warn func(error)) error {
+	if g == nil {
+		return nil
+	}
 	if len(g.CACerts) > 0 {
 		if err := installGuestCAs(ctx, c, g.CACerts); err != nil {
 			return fmt.Errorf("install the extra CA certificates: %w", err)
 		}
 	}
-	if env := g.env(vm); len(env) > 0 {
-		if err := writeGuestShellEnv(ctx, c, env); err != nil {
-			w.log.Warn("write the guest's shell environment", "vm_id", vm.ID, "err", err)
+	if env := g.Env(vm); len(env) > 0 {
+		if err := writeGuestShellEnv(ctx, c, env); err != nil && warn != nil {
+			warn(err)
 		}
 	}
 	return nil

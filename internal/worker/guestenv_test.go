@@ -92,9 +92,7 @@ func TestGuestSetupInstallsCAsAndProxyEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var w *worker.Worker
 	r := newRigWith(t, func(c *worker.Config) { c.Guest = g })
-	w = r.w
 	vm := r.createVM("guestca")
 	ctx := context.Background()
 	run := func(env map[string]string, script string) *model.Execution {
@@ -140,8 +138,12 @@ func TestGuestSetupInstallsCAsAndProxyEnv(t *testing.T) {
 
 	// Again on the same VM (a retried create): nothing is added twice, and a bundle's own content stays.
 	run(nil, `printf 'TEMPLATE-CAS' > /etc/ssl/certs/ca-certificates.crt; echo OTHER=1 >> /etc/environment`)
+	ac, err := r.backend.Agent(ctx, vm.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < 2; i++ {
-		if err := w.SetupGuest(ctx, vm); err != nil {
+		if err := worker.InstallGuestSetup(ctx, ac, g, vm, func(err error) { t.Errorf("shell environment: %v", err) }); err != nil {
 			t.Fatal(err)
 		}
 	}
