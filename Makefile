@@ -15,7 +15,7 @@ build:
 # unchanged; about a minute otherwise).
 images: build
 	bin/aetherium image kernel build
-	bin/aetherium image build --from-debian --tools git,node,npm,bun,claude-code --name default
+	bin/aetherium image build --from-debian --tools git,node,npm,bun,claude-code,curl --name default
 
 run:
 	bash scripts/setup.sh

@@ -30,7 +30,7 @@ AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image kernel build
 echo "== default template with tools (Debian + git, node, npm, bun, claude-code; downloads cached in ci-data)"
 build_log=$(mktemp)
 AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image build --from-debian \
-  --tools git,node,npm,bun,claude-code --name default 2>&1 | tee "$build_log" | grep -v '^ *debootstrap' || true
+  --tools git,node,npm,bun,claude-code,curl --name default 2>&1 | tee "$build_log" | grep -v '^ *debootstrap' || true
 template=$(grep -o '/var/cache/aetherium/ci-data/images/default/[^ ]*/rootfs.ext4' "$build_log" | tail -1)
 rm -f "$build_log"
 if [ -z "$template" ] || [ ! -f "$template" ]; then echo "the default template was not built"; exit 1; fi

@@ -87,6 +87,14 @@ type Config struct {
 	ModelUpstreamURL  string `yaml:"model_upstream_url"`
 	OpenAIUpstreamURL string `yaml:"openai_upstream_url"`
 
+	// What every guest of a worker gets at start, for hosts behind a TLS-inspecting proxy: extra CA certificates
+	// (comma-separated host paths of PEM files) installed into its trust store, and proxy settings in the
+	// environment of its executions (internal/worker/guestenv.go).
+	GuestCAFiles    string `yaml:"guest_ca_files"`
+	GuestHTTPProxy  string `yaml:"guest_http_proxy"`
+	GuestHTTPSProxy string `yaml:"guest_https_proxy"`
+	GuestNoProxy    string `yaml:"guest_no_proxy"`
+
 	// DebugListen, when set, serves net/http/pprof (goroutines, heap, CPU profiles) on this loopback address.
 	DebugListen string `yaml:"debug_listen"`
 
@@ -197,6 +205,10 @@ var settings = []setting{
 	{"credproxy_port", "TCP port of the worker's credential proxy on the VM bridge's gateway address, reachable from the worker's microVMs only (0: off; needs network)", integer(func(c *Config) *int { return &c.CredProxyPort })},
 	{"model_upstream_url", "where the credential proxy sends the VMs' Anthropic API requests (a corporate gateway, say)", str(func(c *Config) *string { return &c.ModelUpstreamURL })},
 	{"openai_upstream_url", "where the credential proxy sends the VMs' OpenAI-compatible API requests", str(func(c *Config) *string { return &c.OpenAIUpstreamURL })},
+	{"guest_ca_files", "PEM files (comma-separated host paths) of extra CA certificates every guest trusts: added to its system bundle, and NODE_EXTRA_CA_CERTS for Node.js and Bun (for hosts behind a TLS-inspecting proxy)", str(func(c *Config) *string { return &c.GuestCAFiles })},
+	{"guest_http_proxy", "HTTP_PROXY (and http_proxy) of every execution in the guests, unless it sets its own; also in the guests' /etc/environment", str(func(c *Config) *string { return &c.GuestHTTPProxy })},
+	{"guest_https_proxy", "HTTPS_PROXY (and https_proxy) of every execution in the guests, unless it sets its own", str(func(c *Config) *string { return &c.GuestHTTPSProxy })},
+	{"guest_no_proxy", "NO_PROXY of every execution in the guests (localhost and the VM's gateway, where the credential proxy is, are always added when a proxy is set)", str(func(c *Config) *string { return &c.GuestNoProxy })},
 	{"debug_listen", "loopback address (127.0.0.1:PORT) serving Go's pprof profiles at /debug/pprof/ (empty: off)", str(func(c *Config) *string { return &c.DebugListen })},
 }
 
@@ -446,6 +458,22 @@ func (c *Config) normalize() error {
 			bad(s.key, "must be an http(s) URL without credentials or query, such as https://api.anthropic.com (got %q)", s.v)
 		}
 	}
+	for _, f := range c.GuestCAFileList() {
+		if !filepath.IsAbs(f) {
+			bad("guest_ca_files", "must be absolute paths of PEM files, comma-separated (got %q)", f)
+		}
+	}
+	for _, s := range []struct{ key, v string }{{"guest_http_proxy", c.GuestHTTPProxy}, {"guest_https_proxy", c.GuestHTTPSProxy}} {
+		if s.v == "" {
+			continue
+		}
+		if u, err := url.Parse(s.v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.ContainsAny(s.v, " \t\r\n\"'") {
+			bad(s.key, "must be an http(s) URL such as http://proxy.corp:3128 (got %q)", redactURL(s.v))
+		}
+	}
+	if strings.ContainsAny(c.GuestNoProxy, " \t\r\n\"'") {
+		bad("guest_no_proxy", "must be comma-separated hosts, domains or networks without spaces or quotes (got %q)", c.GuestNoProxy)
+	}
 	if c.DebugListen != "" && !loopbackAddr(c.DebugListen) {
 		bad("debug_listen", "must be a loopback host:port such as 127.0.0.1:6060: profiles show the process's internals (got %q)", c.DebugListen)
 	}
@@ -467,6 +495,17 @@ func (c *Config) normalize() error {
 		bad("cluster_token", "must have at least %d characters (use a random one, e.g. openssl rand -hex 32)", MinClusterTokenLen)
 	}
 	return errors.Join(errs...)
+}
+
+// GuestCAFileList returns the paths of guest_ca_files.
+func (c Config) GuestCAFileList() []string {
+	var out []string
+	for _, f := range strings.Split(c.GuestCAFiles, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // loopbackAddr reports whether addr is host:port with a loopback IP literal as host (a name could resolve elsewhere).
@@ -516,6 +555,12 @@ func (c Config) Redacted() string {
 	}
 	if cc.SecretsOldKeys != "" {
 		cc.SecretsOldKeys = "xxxxx"
+	}
+	if cc.GuestHTTPProxy != "" {
+		cc.GuestHTTPProxy = redactURL(c.GuestHTTPProxy)
+	}
+	if cc.GuestHTTPSProxy != "" {
+		cc.GuestHTTPSProxy = redactURL(c.GuestHTTPSProxy)
 	}
 	var buf bytes.Buffer
 	_ = yaml.NewEncoder(&buf).Encode(cc)

@@ -68,6 +68,10 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 		{"nested yaml", "listen:\n  a: b\n", nil, nil, "single value"},
 		{"debug listen off loopback", "", nil, []string{"--debug-listen", "0.0.0.0:6060"}, "debug_listen"},
 		{"debug listen by name", "", nil, []string{"--debug-listen", "localhost:6060"}, "debug_listen"},
+		{"relative guest ca file", "guest_ca_files: /etc/corp.pem, corp.pem\n", nil, nil, "guest_ca_files"},
+		{"guest proxy not a url", "", map[string]string{"AETHERIUM_GUEST_HTTPS_PROXY": "proxy.corp:3128"}, nil, "guest_https_proxy"},
+		{"guest proxy socks", "", nil, []string{"--guest-http-proxy", "socks5://p:1080"}, "guest_http_proxy"},
+		{"guest no proxy with a space", "", nil, []string{"--guest-no-proxy", "a, b"}, "guest_no_proxy"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -81,14 +85,31 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 
 func TestRedactedHidesPasswords(t *testing.T) {
 	c, err := load(t, "", nil, "--database-url", "postgres://u:secret@db/x?password=qsecret", "--redis-url", "redis://:hunter2@r:6379/0",
-		"--secrets-key", "c2VjcmV0cy1rZXktMzItYnl0ZXMtbG9uZy0tLS0tLS0=", "--secrets-old-keys", "b2xkLWtleQ==")
+		"--secrets-key", "c2VjcmV0cy1rZXktMzItYnl0ZXMtbG9uZy0tLS0tLS0=", "--secrets-old-keys", "b2xkLWtleQ==",
+		"--guest-https-proxy", "http://me:proxypass@proxy.corp:3128")
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := c.Redacted()
 	if strings.Contains(r, ":secret@") || strings.Contains(r, "qsecret") || strings.Contains(r, "hunter2") ||
-		strings.Contains(r, "c2VjcmV0cy1r") || strings.Contains(r, "b2xkLWtleQ") {
+		strings.Contains(r, "c2VjcmV0cy1r") || strings.Contains(r, "b2xkLWtleQ") || strings.Contains(r, "proxypass") {
 		t.Fatalf("redacted config leaks a password:\n%s", r)
+	}
+}
+
+// TestGuestSettings: the guest CA files and proxy settings are read as given; no setting means none.
+func TestGuestSettings(t *testing.T) {
+	c, err := load(t, "guest_ca_files: \" /etc/corp/a.pem,,/etc/corp/b.pem \"\nguest_no_proxy: .corp.example,10.0.0.0/8\n",
+		map[string]string{"AETHERIUM_GUEST_HTTP_PROXY": "http://proxy.corp:3128"}, "--guest-https-proxy", "https://proxy.corp:3129")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.GuestCAFileList(), " "); got != "/etc/corp/a.pem /etc/corp/b.pem" || c.GuestHTTPProxy != "http://proxy.corp:3128" ||
+		c.GuestHTTPSProxy != "https://proxy.corp:3129" || c.GuestNoProxy != ".corp.example,10.0.0.0/8" {
+		t.Fatalf("got files %q, proxies %q %q %q", got, c.GuestHTTPProxy, c.GuestHTTPSProxy, c.GuestNoProxy)
+	}
+	if c, err = load(t, "", nil); err != nil || c.GuestCAFileList() != nil || c.GuestHTTPProxy != "" || c.GuestHTTPSProxy != "" {
+		t.Fatalf("defaults: %+v %v", c, err)
 	}
 }
 

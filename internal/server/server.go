@@ -149,11 +149,17 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		if err != nil {
 			return fmt.Errorf("tool installer: %w", err)
 		}
+		guest, err := worker.LoadGuestSetup(worker.GuestOptions{CAFiles: cfg.GuestCAFileList(), HTTPProxy: cfg.GuestHTTPProxy,
+			HTTPSProxy: cfg.GuestHTTPSProxy, NoProxy: cfg.GuestNoProxy})
+		if err != nil {
+			return fmt.Errorf("guest_ca_files: %w", err)
+		}
 		w, err = worker.New(worker.Config{
 			ID: cfg.WorkerID, Store: st, Queue: q, Backend: backend, Logger: log,
 			MaxOutputBytes: cfg.MaxOutput, Capacity: cfg.Concurrency, Events: bus, APIURL: apiURL, Tools: installer,
 			Secrets:  sm,
 			ProxyEnv: cp.proxyEnv(),
+			Guest:    guest,
 		})
 		if err != nil {
 			return err

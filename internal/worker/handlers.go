@@ -94,6 +94,9 @@ func (w *Worker) createVM(ctx context.Context, vmID string, last bool, tl *toolL
 	if err == nil {
 		err = w.cfg.Backend.StartVM(ctx, vm.ID)
 	}
+	if err == nil {
+		err = w.setupGuest(ctx, vm) // CA certificates and proxy settings (guestenv.go)
+	}
 	var installed map[string]string
 	if err == nil {
 		installed, err = w.provisionTools(ctx, vm, tl)
@@ -297,6 +300,7 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 	if env, err = w.execEnv(ctx, vm, e, env); err != nil {
 		return w.failExecution(ctx, e, fmt.Sprintf("not run: %v", err))
 	}
+	env = w.guestExecEnv(vm, env) // the host's proxy settings and extra CAs (guestenv.go)
 	e, err = w.cfg.Store.Executions().Update(ctx, e.ID, func(x *model.Execution) error {
 		if x.Status != model.ExecutionPending {
 			return queue.Permanent(fmt.Errorf("execution %s is already %s", x.ID, x.Status))

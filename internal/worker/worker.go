@@ -58,6 +58,9 @@ type Config struct {
 	// ProxyEnv gives the executions that ask for it (ModelProxyEnv) the credential proxy's settings; nil: this
 	// worker has no proxy and such executions fail.
 	ProxyEnv ProxyEnvFunc
+	// Guest is what every VM gets at start and every execution in its environment: extra CA certificates and
+	// proxy settings (guestenv.go, LoadGuestSetup); nil: nothing.
+	Guest *GuestSetup
 }
 
 // Worker owns the VMs of one host.

@@ -11,7 +11,7 @@ import (
 	"github.com/aetherium/aetherium/pkg/client"
 )
 
-// TestMicroVMTools: a VM from the default template (git, node, npm, bun and claude-code baked in; built by
+// TestMicroVMTools: a VM from the default template (git, node, npm, bun, claude-code and curl baked in; built by
 // scripts/test.sh, path in AETHERIUM_TEST_TOOLS_TEMPLATE) runs all of them through the REST API; a VM that asks
 // for a tool the template lacks gets it installed at create, without network; an unknown tool is refused and
 // leaves nothing.
@@ -30,17 +30,17 @@ func TestMicroVMTools(t *testing.T) {
 	defer cancel()
 
 	start := time.Now()
-	vm, err := c.CreateVMAndWait(ctx, client.CreateVMRequest{Name: "baked", MemoryMB: 1024, Tools: []string{"git", "node", "bun", "claude-code"}})
+	vm, err := c.CreateVMAndWait(ctx, client.CreateVMRequest{Name: "baked", MemoryMB: 1024, Tools: []string{"git", "node", "bun", "claude-code", "curl"}})
 	if err != nil || vm.Status != "running" {
 		t.Fatalf("create from the default template: %+v %v", vm, err)
 	}
 	baked := time.Since(start)
-	for _, tool := range []string{"git", "node", "npm", "bun", "claude-code"} {
+	for _, tool := range []string{"git", "node", "npm", "bun", "claude-code", "curl"} {
 		if vm.InstalledTools[tool] == "" {
 			t.Errorf("installed_tools lacks %s: %v", tool, vm.InstalledTools)
 		}
 	}
-	for _, cmd := range [][]string{{"git", "--version"}, {"node", "--version"}, {"npm", "--version"}, {"bun", "--version"}, {"claude", "--version"}} {
+	for _, cmd := range [][]string{{"git", "--version"}, {"node", "--version"}, {"npm", "--version"}, {"bun", "--version"}, {"claude", "--version"}, {"curl", "--version"}} {
 		e, err := c.ExecAndWait(ctx, vm.ID, client.ExecuteRequest{Command: cmd[0], Args: cmd[1:]})
 		if err != nil || e.ExitCode == nil || *e.ExitCode != 0 {
 			t.Fatalf("%v: %+v %v", cmd, e, err)
