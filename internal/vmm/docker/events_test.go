@@ -9,38 +9,11 @@ import (
 
 	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/vmm"
+	"github.com/aetherium/aetherium/internal/vmm/vmmtest/eventcheck"
 )
 
 // eventWithin bounds how soon the engine's die reaches a subscriber.
 const eventWithin = 5 * time.Second
-
-func expectEvent(t *testing.T, c <-chan vmm.Event, id string) vmm.Event {
-	t.Helper()
-	start := time.Now()
-	select {
-	case ev, ok := <-c:
-		if !ok {
-			t.Fatal("events channel closed")
-		}
-		if ev.VMID != id || ev.State != vmm.StateStopped {
-			t.Fatalf("event %+v, want vm %s stopped", ev, id)
-		}
-		t.Logf("event after %s: %s", time.Since(start).Round(time.Millisecond), ev.Detail)
-		return ev
-	case <-time.After(eventWithin):
-		t.Fatalf("no event for vm %s within %s", id, eventWithin)
-	}
-	return vmm.Event{}
-}
-
-func expectNoEvent(t *testing.T, c <-chan vmm.Event, what string) {
-	t.Helper()
-	select {
-	case ev, ok := <-c:
-		t.Fatalf("%s: event %+v (open %v)", what, ev, ok)
-	case <-time.After(time.Second):
-	}
-}
 
 // TestKilledContainerIsAnEvent: a container killed behind the backend's back (through the engine) is an event with
 // the VM's id and exit code; the backend's own stop and delete are none, nor is the death of another worker's
@@ -59,7 +32,7 @@ func TestKilledContainerIsAnEvent(t *testing.T) {
 	if err := other.b.StartVM(ctx, stranger); err != nil {
 		t.Fatal(err)
 	}
-	expectNoEvent(t, evs, "running containers")
+	eventcheck.None(t, evs, "running containers", time.Second)
 
 	if err := engine.ContainerKill(ctx, containerName(stranger), "KILL"); err != nil {
 		t.Fatal(err)
@@ -67,14 +40,14 @@ func TestKilledContainerIsAnEvent(t *testing.T) {
 	if err := engine.ContainerKill(ctx, containerName(id), "KILL"); err != nil {
 		t.Fatal(err)
 	}
-	ev := expectEvent(t, evs, id) // not the stranger's
+	ev := eventcheck.Expect(t, evs, id, eventWithin) // not the stranger's
 	if ev.Detail != "container died, exit code 137 (signal 9)" {
 		t.Fatalf("detail %q", ev.Detail)
 	}
 	if inst, err := e.b.GetVMStatus(ctx, id); err != nil || inst.State != vmm.StateStopped {
 		t.Fatalf("status after the kill: %+v %v", inst, err)
 	}
-	expectNoEvent(t, evs, "after the kill")
+	eventcheck.None(t, evs, "after the kill", time.Second)
 
 	if err := e.b.StartVM(ctx, id); err != nil {
 		t.Fatal(err)
@@ -82,14 +55,14 @@ func TestKilledContainerIsAnEvent(t *testing.T) {
 	if err := e.b.StopVM(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	expectNoEvent(t, evs, "StopVM")
+	eventcheck.None(t, evs, "StopVM", time.Second)
 	if err := e.b.StartVM(ctx, id); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.b.DeleteVM(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	expectNoEvent(t, evs, "DeleteVM")
+	eventcheck.None(t, evs, "DeleteVM", time.Second)
 	if err := e.b.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +91,7 @@ func TestOOMKilledContainerIsAnEvent(t *testing.T) {
 	_, err := e.b.ExecuteCommand(ctx, id, agent.ExecRequest{Argv: []string{"sh", "-c",
 		"echo 1000 > /proc/1/oom_score_adj && dd if=/dev/zero of=/dev/null bs=256M count=1"}})
 	t.Logf("the hog's command: %v", err)
-	ev := expectEvent(t, evs, id)
+	ev := eventcheck.Expect(t, evs, id, eventWithin)
 	if !strings.Contains(ev.Detail, "OOM killed") {
 		t.Fatalf("detail %q, want the OOM kill", ev.Detail)
 	}

@@ -11,38 +11,11 @@ import (
 	"time"
 
 	"github.com/aetherium/aetherium/internal/vmm"
+	"github.com/aetherium/aetherium/internal/vmm/vmmtest/eventcheck"
 )
 
 // eventWithin is how soon a VM's exit must be reported: the worker promises 10 s, the watch itself takes far less.
 const eventWithin = 2 * time.Second
-
-func expectEvent(t *testing.T, c <-chan vmm.Event, id string) vmm.Event {
-	t.Helper()
-	start := time.Now()
-	select {
-	case ev, ok := <-c:
-		if !ok {
-			t.Fatal("events channel closed")
-		}
-		if ev.VMID != id || ev.State != vmm.StateStopped {
-			t.Fatalf("event %+v, want vm %s stopped", ev, id)
-		}
-		t.Logf("event after %s: %s", time.Since(start).Round(time.Millisecond), ev.Detail)
-		return ev
-	case <-time.After(eventWithin):
-		t.Fatalf("no event for vm %s within %s", id, eventWithin)
-	}
-	return vmm.Event{}
-}
-
-func expectNoEvent(t *testing.T, c <-chan vmm.Event, what string) {
-	t.Helper()
-	select {
-	case ev, ok := <-c:
-		t.Fatalf("%s: event %+v (open %v)", what, ev, ok)
-	case <-time.After(500 * time.Millisecond):
-	}
-}
 
 // TestKilledVMIsAnEvent: a VM whose firecracker is killed behind the backend's back is reported within 2 s with
 // its id and wait status, and GetVMStatus says the same; the backend's own stop and delete are no event, and
@@ -67,11 +40,11 @@ func TestKilledVMIsAnEvent(t *testing.T) {
 		return st
 	}
 	st := start()
-	expectNoEvent(t, evs, "a running vm")
+	eventcheck.None(t, evs, "a running vm", 500*time.Millisecond)
 	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	ev := expectEvent(t, evs, "vm-ev")
+	ev := eventcheck.Expect(t, evs, "vm-ev", eventWithin)
 	if want := "firecracker process " + strconv.Itoa(st.PID) + " exited (signal: killed)"; !strings.HasPrefix(ev.Detail, want) {
 		t.Fatalf("detail %q, want it to begin %q", ev.Detail, want)
 	}
@@ -84,13 +57,13 @@ func TestKilledVMIsAnEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGone(t, st.PID)
-	expectNoEvent(t, evs, "StopVM")
+	eventcheck.None(t, evs, "StopVM", 500*time.Millisecond)
 	st = start()
 	if err := b.DeleteVM(ctx, "vm-ev"); err != nil {
 		t.Fatal(err)
 	}
 	waitGone(t, st.PID)
-	expectNoEvent(t, evs, "DeleteVM")
+	eventcheck.None(t, evs, "DeleteVM", 500*time.Millisecond)
 	_ = b.Close()
 	if _, ok := <-evs; ok {
 		t.Fatal("an event after Close")
@@ -110,11 +83,11 @@ func TestAdoptedVMKilledIsAnEvent(t *testing.T) {
 	if inst, err := b.GetVMStatus(ctx, "vm-restart"); err != nil || inst.State != vmm.StateRunning {
 		t.Fatalf("after adoption: %+v %v", inst, err)
 	}
-	expectNoEvent(t, evs, "an adopted vm that runs")
+	eventcheck.None(t, evs, "an adopted vm that runs", 500*time.Millisecond)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	ev := expectEvent(t, evs, "vm-restart")
+	ev := eventcheck.Expect(t, evs, "vm-restart", eventWithin)
 	if want := "firecracker process " + strconv.Itoa(pid) + " exited"; !strings.HasPrefix(ev.Detail, want) {
 		t.Fatalf("detail %q, want it to begin %q", ev.Detail, want)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/vmm"
+	"github.com/aetherium/aetherium/internal/vmm/vmmtest/eventcheck"
 )
 
 // eventWithin is how soon a VM's exit must be reported: the worker promises 10 s, the watch itself takes far less.
@@ -42,38 +43,6 @@ func startAgain(t *testing.T, b *Backend, id string) *vmState {
 	return st
 }
 
-// expectEvent waits eventWithin for an event of VM id and returns it.
-func expectEvent(t *testing.T, c <-chan vmm.Event, id string) vmm.Event {
-	t.Helper()
-	start := time.Now()
-	select {
-	case ev, ok := <-c:
-		if !ok {
-			t.Fatal("events channel closed")
-		}
-		if ev.VMID != id || ev.State != vmm.StateStopped {
-			t.Fatalf("event %+v, want vm %s stopped", ev, id)
-		}
-		t.Logf("event after %s: %s", time.Since(start).Round(time.Millisecond), ev.Detail)
-		return ev
-	case <-time.After(eventWithin):
-		t.Fatalf("no event for vm %s within %s", id, eventWithin)
-	}
-	return vmm.Event{}
-}
-
-func expectNoEvent(t *testing.T, c <-chan vmm.Event, what string) {
-	t.Helper()
-	select {
-	case ev, ok := <-c:
-		if ok {
-			t.Fatalf("%s: event %+v", what, ev)
-		}
-		t.Fatalf("%s: events channel closed", what)
-	case <-time.After(time.Second):
-	}
-}
-
 // TestKilledGuestIsAnEvent: a guest whose QEMU is killed behind the backend's back is reported within 2 s with
 // its id and the wait status, and GetVMStatus says the same; the backend's own stop and delete are no event.
 func TestKilledGuestIsAnEvent(t *testing.T) {
@@ -82,12 +51,12 @@ func TestKilledGuestIsAnEvent(t *testing.T) {
 	defer cancel()
 	evs := b.Events(ctx)
 	st := bootSmall(t, b, "victim")
-	expectNoEvent(t, evs, "a running guest")
+	eventcheck.None(t, evs, "a running guest", time.Second)
 
 	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	ev := expectEvent(t, evs, "victim")
+	ev := eventcheck.Expect(t, evs, "victim", eventWithin)
 	want := "qemu process " + strconv.Itoa(st.PID) + " exited (signal: killed)"
 	if !strings.HasPrefix(ev.Detail, want) {
 		t.Fatalf("detail %q, want it to begin %q", ev.Detail, want)
@@ -102,12 +71,12 @@ func TestKilledGuestIsAnEvent(t *testing.T) {
 	if err := b.StopVM(ctx, "victim"); err != nil {
 		t.Fatal(err)
 	}
-	expectNoEvent(t, evs, "StopVM")
+	eventcheck.None(t, evs, "StopVM", time.Second)
 	startAgain(t, b, "victim")
 	if err := b.DeleteVM(ctx, "victim"); err != nil {
 		t.Fatal(err)
 	}
-	expectNoEvent(t, evs, "DeleteVM")
+	eventcheck.None(t, evs, "DeleteVM", time.Second)
 }
 
 // TestAdoptedGuestKilledIsAnEvent: a backend that adopted a running guest from a closed one (the QEMU is not
@@ -134,11 +103,11 @@ func TestAdoptedGuestKilledIsAnEvent(t *testing.T) {
 	if inst, err := b2.GetVMStatus(ctx, "adopted"); err != nil || inst.State != vmm.StateRunning {
 		t.Fatalf("after adoption: %+v %v", inst, err)
 	}
-	expectNoEvent(t, evs2, "an adopted guest that runs")
+	eventcheck.None(t, evs2, "an adopted guest that runs", time.Second)
 	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	ev := expectEvent(t, evs2, "adopted")
+	ev := eventcheck.Expect(t, evs2, "adopted", eventWithin)
 	if want := "qemu process " + strconv.Itoa(st.PID) + " exited"; !strings.HasPrefix(ev.Detail, want) {
 		t.Fatalf("detail %q, want it to begin %q", ev.Detail, want)
 	}

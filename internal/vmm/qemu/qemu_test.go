@@ -25,6 +25,7 @@ import (
 
 	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/vmm"
+	"github.com/aetherium/aetherium/internal/vmm/vmmtest/eventcheck"
 	"github.com/aetherium/aetherium/internal/vmm/vmproc"
 )
 
@@ -462,7 +463,7 @@ func TestWorkerKilledGuestsAreAdopted(t *testing.T) {
 	if err := syscall.Kill(rep.QEMUPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	ev := expectEvent(t, evs, "crash")
+	ev := eventcheck.Expect(t, evs, "crash", eventWithin)
 	if want := "qemu process " + strconv.Itoa(rep.QEMUPID) + " exited"; !strings.HasPrefix(ev.Detail, want) {
 		t.Fatalf("detail %q, want it to begin %q", ev.Detail, want)
 	}
