@@ -61,13 +61,10 @@ func (g *testGuest) mustEnv(t testing.TB, what string, env map[string]string, co
 	return out
 }
 
-// TestGuestCredProxyTools is the credential proxy from inside a real VM of the default template (git, node): with
-// only the environment the worker gives an execution (credproxy.GuestEnv), the guest clones a repository through
-// the proxy from a git server that wants the owner's credential, pushes a branch to it, and streams a Messages
-// API response with node's fetch, and claude-code answers a prompt headless (claude -p); and neither credential is anywhere the guest can read it: not in any process's
-// environment, not in git's configuration or the clone, not under /root (claude's own files), /etc, /tmp or
-// /run.
-func TestGuestCredProxyTools(t *testing.T) {
+// requireToolsTemplate returns the default template with tools (AETHERIUM_TEST_TOOLS_TEMPLATE, which scripts/test.sh
+// builds), skipping loudly without it (failing under AETHERIUM_REQUIRE_SERVICES=1).
+func requireToolsTemplate(t *testing.T) string {
+	t.Helper()
 	tmpl := os.Getenv("AETHERIUM_TEST_TOOLS_TEMPLATE")
 	if tmpl == "" {
 		if requireServices() {
@@ -75,6 +72,17 @@ func TestGuestCredProxyTools(t *testing.T) {
 		}
 		t.Skip("SKIPPED: AETHERIUM_TEST_TOOLS_TEMPLATE (the default template with git and node) is unset")
 	}
+	return tmpl
+}
+
+// TestGuestCredProxyTools is the credential proxy from inside a real VM of the default template (git, node): with
+// only the environment the worker gives an execution (credproxy.GuestEnv), the guest clones a repository through
+// the proxy from a git server that wants the owner's credential, pushes a branch to it, and streams a Messages
+// API response with node's fetch, and claude-code answers a prompt headless (claude -p); and neither credential is anywhere the guest can read it: not in any process's
+// environment, not in git's configuration or the clone, not under /root (claude's own files), /etc, /tmp or
+// /run.
+func TestGuestCredProxyTools(t *testing.T) {
+	tmpl := requireToolsTemplate(t)
 	requireGuests(t)
 	topo := newTopology(t)
 	st := sqliteStore(t)

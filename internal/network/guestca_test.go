@@ -111,13 +111,7 @@ func testPKI(t *testing.T, names ...string) ([]byte, tls.Certificate) {
 // "self-signed certificate in certificate chain"; once the worker has installed the CA, both work through the
 // proxy with nothing but the environment the worker gives executions.
 func TestGuestCAAndProxySettings(t *testing.T) {
-	tmpl := os.Getenv("AETHERIUM_TEST_TOOLS_TEMPLATE")
-	if tmpl == "" {
-		if requireServices() {
-			t.Fatal("AETHERIUM_REQUIRE_SERVICES=1 but AETHERIUM_TEST_TOOLS_TEMPLATE (the default template, made by scripts/test.sh) is unset")
-		}
-		t.Skip("SKIPPED: AETHERIUM_TEST_TOOLS_TEMPLATE (the default template with git and node) is unset")
-	}
+	tmpl := requireToolsTemplate(t)
 	requireGuests(t)
 	topo := newTopology(t)
 	st := sqliteStore(t)
