@@ -126,6 +126,7 @@ const (
 	TaskVMTools   TaskType = "vm:tools"
 	TaskVMDelete  TaskType = "vm:delete"
 	TaskJobRun    TaskType = "job:run"
+	TaskRunAgent  TaskType = "run:agent"
 )
 
 // TaskStatus is where a task is in its life.

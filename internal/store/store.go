@@ -20,6 +20,7 @@ type Store interface {
 	Leases() LeaseStore
 	Idempotency() IdempotencyStore
 	Secrets() SecretStore
+	Runs() RunStore
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	Close() error
@@ -137,4 +138,35 @@ type LeaseStore interface {
 	Release(ctx context.Context, scope, vmID string) error
 	// List returns the leases of scope, ordered by address.
 	List(ctx context.Context, scope string) ([]*Lease, error)
+}
+
+// RunFilter selects runs. Empty fields match everything.
+type RunFilter struct {
+	OwnerID  string
+	VMID     string
+	Statuses []model.RunStatus
+	// RepoURL matches runs of that repository URL exactly.
+	RepoURL string
+	Page    Page
+}
+
+// RunStore persists agent runs, their transcripts and their diffs.
+type RunStore interface {
+	// Create inserts r (its Spec is stored as one document). CreatedAt/UpdatedAt are set when zero.
+	Create(ctx context.Context, r *model.Run) error
+	// Get returns the run or an error wrapping model.ErrNotFound.
+	Get(ctx context.Context, id string) (*model.Run, error)
+	// Update reads the run, lets fn change it and writes it back atomically. An error from fn aborts the update.
+	// A run that is Done cannot change status again (model.ErrInvalidTransition).
+	Update(ctx context.Context, id string, fn func(r *model.Run) error) (*model.Run, error)
+	// List returns runs newest first.
+	List(ctx context.Context, f RunFilter) ([]*model.Run, error)
+	// SetDiff stores the run's patch (replacing an earlier one); Diff returns it, empty when none was stored.
+	SetDiff(ctx context.Context, id string, diff []byte) error
+	Diff(ctx context.Context, id string) ([]byte, error)
+	// AppendEvents adds events to the run's transcript atomically, numbering them after the run's last event
+	// (their Seq and, when zero, Time are set in place). The run must exist (model.ErrNotFound).
+	AppendEvents(ctx context.Context, runID string, events []*model.RunEvent) error
+	// Events returns up to limit events with Seq > after, in order (limit <= 0: 500; capped at 5000).
+	Events(ctx context.Context, runID string, after int64, limit int) ([]*model.RunEvent, error)
 }
