@@ -86,6 +86,11 @@ type Config struct {
 	CredProxyPort     int    `yaml:"credproxy_port"`
 	ModelUpstreamURL  string `yaml:"model_upstream_url"`
 	OpenAIUpstreamURL string `yaml:"openai_upstream_url"`
+	// GitHosts adds git servers the credential proxy forwards to, besides github.com and gitlab.com:
+	// comma-separated "name=url|secret|username" entries (see GitHostList).
+	GitHosts string `yaml:"git_hosts"`
+	// AgentCatalog is a YAML file of agents added to the built-in catalog (internal/agents).
+	AgentCatalog string `yaml:"agent_catalog"`
 
 	// What every guest of a worker gets at start, for hosts behind a TLS-inspecting proxy: extra CA certificates
 	// (comma-separated host paths of PEM files) installed into its trust store, and proxy settings in the
@@ -181,6 +186,8 @@ var settings = []setting{
 	{"network_cidr", "IPv4 network of the VMs on each host (the bridge has its first address)", str(func(c *Config) *string { return &c.NetworkCIDR })},
 	{"network_bridge", "name of the host bridge the VMs' TAP devices join", str(func(c *Config) *string { return &c.NetworkBridge })},
 	{"vm_disk_mb", "least size of a microVM's disk in MiB (sparse: space is used as the guest writes; the agent grows the filesystem)", integer(func(c *Config) *int { return &c.DiskMB })},
+	{"agent_catalog", "YAML file of coding agents added to the built-in catalog (claude-code), for runs (see docs/runs.md)", str(func(c *Config) *string { return &c.AgentCatalog })},
+	{"git_hosts", "git servers the credential proxy forwards runs' clones and pushes to, besides github.com and gitlab.com: comma-separated name=url|secret|username (e.g. git.corp.example=https://git.corp.example|GITEA_TOKEN|oauth2)", str(func(c *Config) *string { return &c.GitHosts })},
 	{"tool_catalog", "YAML tool catalog replacing the built-in one (see `aetherium image tools`)", str(func(c *Config) *string { return &c.ToolCatalog })},
 	{"npm_registry", "npm registry the tools of kind npm come from", str(func(c *Config) *string { return &c.NPMRegistry })},
 	{"debian_mirror", "Debian mirror the host downloads Debian tools from, for running VMs", str(func(c *Config) *string { return &c.DebianMirror })},
@@ -458,6 +465,9 @@ func (c *Config) normalize() error {
 			bad(s.key, "must be an http(s) URL without credentials or query, such as https://api.anthropic.com (got %q)", s.v)
 		}
 	}
+	if _, err := c.GitHostList(); err != nil {
+		bad("git_hosts", "%v", err)
+	}
 	for _, f := range c.GuestCAFileList() {
 		if !filepath.IsAbs(f) {
 			bad("guest_ca_files", "must be absolute paths of PEM files, comma-separated (got %q)", f)
@@ -583,4 +593,58 @@ func redactURL(s string) string {
 		u.RawQuery = q.Encode()
 	}
 	return u.String()
+}
+
+// GitHost is a git server of git_hosts.
+type GitHost struct {
+	Name     string // the host name in repository URLs (https://<name>/org/repo)
+	URL      string // where the credential proxy sends its requests (http or https)
+	Secret   string // the owner's secret with the token
+	Username string // sent with the token in basic auth
+}
+
+var (
+	gitHostNameRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+	gitSecretNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
+	gitUsernameRE   = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+)
+
+// GitHostList parses git_hosts: comma-separated "name=url|secret|username" entries (username default "git").
+func (c Config) GitHostList() ([]GitHost, error) {
+	var out []GitHost
+	seen := map[string]bool{}
+	for _, e := range strings.Split(c.GitHosts, ",") {
+		if e = strings.TrimSpace(e); e == "" {
+			continue
+		}
+		name, rest, ok := strings.Cut(e, "=")
+		parts := strings.Split(rest, "|")
+		if !ok || len(parts) < 2 || len(parts) > 3 {
+			return nil, fmt.Errorf("entry %q: want name=url|secret|username", e)
+		}
+		h := GitHost{Name: strings.ToLower(strings.TrimSpace(name)), URL: strings.TrimSpace(parts[0]),
+			Secret: strings.TrimSpace(parts[1]), Username: "git"}
+		if len(parts) == 3 {
+			h.Username = strings.TrimSpace(parts[2])
+		}
+		if len(h.Name) > 253 || !gitHostNameRE.MatchString(h.Name) {
+			return nil, fmt.Errorf("entry %q: %q is not a host name", e, h.Name)
+		}
+		if u, err := url.Parse(h.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+			u.User != nil || u.RawQuery != "" {
+			return nil, fmt.Errorf("entry %q: %q is not an http(s) URL without credentials or query", e, h.URL)
+		}
+		if !gitSecretNameRE.MatchString(h.Secret) {
+			return nil, fmt.Errorf("entry %q: %q is not a secret name", e, h.Secret)
+		}
+		if !gitUsernameRE.MatchString(h.Username) {
+			return nil, fmt.Errorf("entry %q: %q is not a user name", e, h.Username)
+		}
+		if seen[h.Name] {
+			return nil, fmt.Errorf("host %s is given twice", h.Name)
+		}
+		seen[h.Name] = true
+		out = append(out, h)
+	}
+	return out, nil
 }

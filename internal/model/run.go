@@ -74,6 +74,10 @@ type RunSpec struct {
 	KeepVM bool     `json:"keep_vm,omitempty"`
 	Push   *RunPush `json:"push,omitempty"`
 	Tools  []string `json:"tools,omitempty"` // tools the run's VM must have besides the agent's own
+	// GitProxy says the repository is fetched (and pushed) through the worker's credential proxy with the owner's
+	// secret GitSecret; otherwise the guest clones it anonymously over HTTPS. Decided when the run is created.
+	GitProxy  bool   `json:"git_proxy,omitempty"`
+	GitSecret string `json:"git_secret,omitempty"`
 }
 
 // RunUsage is what a run's model requests consumed, as the model API reported it to the credential proxy (never

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/aetherium/aetherium/internal/agents"
 	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
@@ -66,6 +67,10 @@ type Service struct {
 	tools  *tools.Catalog
 	// secrets holds the owners' secrets; nil when no secrets key is configured.
 	secrets *secrets.Manager
+	// agents is the catalog runs start agents from; gitHosts maps the credential proxy's git hosts to the secret
+	// each uses by default.
+	agents   *agents.Catalog
+	gitHosts map[string]string
 }
 
 // Option configures a Service.
@@ -79,7 +84,8 @@ func WithToolCatalog(c *tools.Catalog) Option { return func(s *Service) { s.tool
 
 // New returns a Service over its dependencies.
 func New(st store.Store, q queue.Queue, bus events.Bus, limits Limits, opts ...Option) *Service {
-	s := &Service{store: st, queue: q, bus: bus, limits: limits, log: slog.Default(), tools: tools.Default()}
+	s := &Service{store: st, queue: q, bus: bus, limits: limits, log: slog.Default(), tools: tools.Default(),
+		agents: agents.Default(), gitHosts: map[string]string{"github.com": "GITHUB_TOKEN", "gitlab.com": "GITLAB_TOKEN"}}
 	for _, o := range opts {
 		o(s)
 	}
