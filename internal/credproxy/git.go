@@ -80,14 +80,18 @@ func (p *Proxy) serveGit(w http.ResponseWriter, r *http.Request, c caller, rest 
 			fmt.Sprintf("this vm's token does not allow pushing to %s", normalizeRepo(full)))
 		return
 	}
-	cred, missing, err := p.secret(r.Context(), c.vm.OwnerID, host.Secret)
+	secretName := host.Secret
+	if c.grant.GitSecret != "" {
+		secretName = c.grant.GitSecret // the run's own repo.credentials_secret
+	}
+	cred, missing, err := p.secret(r.Context(), c.vm.OwnerID, secretName)
 	if missing {
-		missingSecret(w, host.Secret)
+		missingSecret(w, secretName)
 		return
 	}
 	if err != nil {
-		p.log.Error("read secret", "vm_id", c.vm.ID, "secret", host.Secret, "err", err)
-		writeError(w, http.StatusBadGateway, "api_error", "cannot read the owner's "+host.Secret+" secret now")
+		p.log.Error("read secret", "vm_id", c.vm.ID, "secret", secretName, "err", err)
+		writeError(w, http.StatusBadGateway, "api_error", "cannot read the owner's "+secretName+" secret now")
 		return
 	}
 	query := ""
@@ -132,7 +136,7 @@ func (p *Proxy) serveGit(w http.ResponseWriter, r *http.Request, c caller, rest 
 			case resp.StatusCode >= 300 && resp.StatusCode < 400:
 				return fmt.Errorf("%w: %s answered %d (a redirect is not followed)", errGitUpstream, hostName, resp.StatusCode)
 			case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-				return fmt.Errorf("%w: %s refused the owner's %s (%d)", errGitUpstream, hostName, host.Secret, resp.StatusCode)
+				return fmt.Errorf("%w: %s refused the owner's %s (%d)", errGitUpstream, hostName, secretName, resp.StatusCode)
 			}
 			resp.Body = &limitedBody{rc: resp.Body, left: p.cfg.MaxGitFetch}
 			return nil

@@ -73,6 +73,9 @@ type Grant struct {
 	GitRepos []string `json:"repos,omitempty"`
 	// GitPush lets the token push to GitRepos.
 	GitPush bool `json:"push,omitempty"`
+	// GitSecret, when set, names the owner's secret the proxy authenticates git requests with, instead of the git
+	// host's own (a run's repo.credentials_secret). A name, never a value: the guest may read its token's claims.
+	GitSecret string `json:"git_secret,omitempty"`
 }
 
 // normalizeRepo is the form repositories are compared in: lower case, no scheme, no ".git", no slashes around.

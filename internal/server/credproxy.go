@@ -64,7 +64,8 @@ func openCredProxy(cfg config.Config, st store.Store, net_ *network.Manager, sec
 
 // env is the worker's ProxyEnv: the settings and token (for vm and req) an execution gets when it asks for them.
 func (c *credProxy) env(_ context.Context, vm *model.VM, req worker.ProxyRequest) (map[string]string, error) {
-	tok, err := c.proxy.Token(credproxy.Grant{VMID: vm.ID, RunID: req.RunID, GitRepos: req.GitRepos, GitPush: req.GitPush})
+	tok, err := c.proxy.Token(credproxy.Grant{VMID: vm.ID, RunID: req.RunID, GitRepos: req.GitRepos, GitPush: req.GitPush,
+		GitSecret: req.GitSecret})
 	if err != nil {
 		return nil, err
 	}

@@ -455,6 +455,9 @@ func AppendRunEvents(ctx context.Context, st store.Store, bus events.Bus, r *mod
 	if err := st.Runs().AppendEvents(ctx, r.ID, evs); err != nil {
 		return err
 	}
+	if bus == nil {
+		return nil
+	}
 	data, _ := json.Marshal(map[string]int64{"seq": evs[len(evs)-1].Seq})
 	_ = bus.Publish(ctx, RunTopic(r.ID), events.Event{Type: EventRunEvents, Subject: r.ID, OwnerID: r.OwnerID, Data: data, Time: now()})
 	return nil

@@ -33,6 +33,8 @@ type ProxyRequest struct {
 	RunID    string
 	GitRepos []string
 	GitPush  bool
+	// GitSecret names the owner's secret for git requests instead of the host's own (a run's credentials_secret).
+	GitSecret string
 }
 
 // ProxyEnvFunc returns the environment that points VM vm at the worker's credential proxy with a token for req.

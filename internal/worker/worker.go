@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aetherium/aetherium/internal/agents"
 	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/keyedmutex"
 	"github.com/aetherium/aetherium/internal/model"
@@ -49,6 +50,8 @@ type Config struct {
 	// Tools installs the tools a VM asks for that its template lacks (nil: such VMs fail to create) and reports
 	// what every new VM has.
 	Tools *tools.Installer
+	// Agents is the catalog runs start their agents from (default agents.Default()).
+	Agents *agents.Catalog
 	// ResyncInterval is how often the store is compared with what the backend really runs (default
 	// DefaultResyncInterval); backend events (vmm.VMEvents) and failed commands trigger a pass sooner.
 	ResyncInterval time.Duration
@@ -124,6 +127,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.cfg.Queue.RegisterHandler(model.TaskVMDelete, w.handleDelete)
 	w.cfg.Queue.RegisterHandler(model.TaskVMTools, w.handleTools)
 	w.cfg.Queue.RegisterHandler(model.TaskJobRun, w.handleJob)
+	w.cfg.Queue.RegisterHandler(model.TaskRunAgent, w.handleRun)
 	if err := w.cfg.Queue.Start(ctx); err != nil {
 		return fmt.Errorf("start queue: %w", err)
 	}
