@@ -168,6 +168,13 @@ func (s *server) routes() {
 			r.Get("/executions/{id}/stream", s.streamExecution)
 			r.Get("/tasks/{id}", s.getTask)
 			r.Post("/jobs", s.createJob)
+			r.Post("/runs", s.createRun)
+			r.Get("/runs", s.listRuns)
+			r.Get("/runs/{id}", s.getRun)
+			r.Get("/runs/{id}/diff", s.runDiff)
+			r.Get("/runs/{id}/stream", s.streamRun)
+			r.Post("/runs/{id}/cancel", s.cancelRun)
+			r.Get("/agents", s.listAgents)
 			r.Get("/jobs/{id}", s.getJob)
 
 			// Interactive operations, proxied to the worker hosting the VM (interactive.go).

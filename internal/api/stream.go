@@ -172,6 +172,23 @@ func (sw *sseWriter) event(name string, v any) error {
 	return sw.send()
 }
 
+// idEvent writes an event with an id (what a client sends back as Last-Event-ID to resume after it).
+func (sw *sseWriter) idEvent(id, name string, v any) error {
+	sw.buf.Reset()
+	sw.buf.WriteString("id: ")
+	sw.buf.WriteString(id)
+	sw.buf.WriteString("\nevent: ")
+	sw.buf.WriteString(name)
+	sw.buf.WriteString("\ndata: ")
+	enc := json.NewEncoder(&sw.buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return fmt.Errorf("encode %s event: %w", name, err)
+	}
+	sw.buf.WriteByte('\n')
+	return sw.send()
+}
+
 func (sw *sseWriter) comment(text string) error {
 	sw.buf.Reset()
 	sw.buf.WriteString(": ")

@@ -36,7 +36,7 @@ func (noSecrets) Secret(context.Context, string, string) (string, error) { retur
 // address; nil when the worker has none (no network, or credproxy_port 0). secrets is nil on a worker without the
 // secrets key: every request that needs a secret then gets a clear 502.
 func openCredProxy(cfg config.Config, st store.Store, net_ *network.Manager, secrets credproxy.SecretSource,
-	log *slog.Logger) (*credProxy, error) {
+	gitHosts map[string]credproxy.GitHost, log *slog.Logger) (*credProxy, error) {
 	if net_ == nil || cfg.CredProxyPort == 0 {
 		return nil, nil
 	}
@@ -47,10 +47,10 @@ func openCredProxy(cfg config.Config, st store.Store, net_ *network.Manager, sec
 	if secrets == nil {
 		secrets = noSecrets{}
 	}
-	// Usage is logged per response ("model usage"); a store-backed UsageSink comes with runs.
+	// Usage is logged per response ("model usage") and added to the run it is for (runUsage).
 	p, err := credproxy.New(credproxy.Config{Key: key, VMs: credproxy.StoreVMs(st.VMs(), cfg.WorkerID),
 		Secrets: secrets, AnthropicUpstream: cfg.ModelUpstreamURL, OpenAIUpstream: cfg.OpenAIUpstreamURL,
-		Logger: log})
+		GitHosts: gitHosts, Usage: runUsage{runs: st.Runs(), log: log}, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -92,3 +92,61 @@ func backendNetwork(b vmBackend) *network.Manager {
 func (c *credProxy) serve(srv *http.Server, errs chan<- error) {
 	go func() { errs <- fmt.Errorf("credential proxy: %w", srv.Serve(c.ln)) }()
 }
+
+// gitHostsOf is the credential proxy's git hosts: github.com and gitlab.com, and those of git_hosts.
+func gitHostsOf(cfg config.Config) (map[string]credproxy.GitHost, error) {
+	extra, err := cfg.GitHostList()
+	if err != nil {
+		return nil, fmt.Errorf("git_hosts: %w", err)
+	}
+	hosts := credproxy.DefaultGitHosts()
+	for _, h := range extra {
+		hosts[h.Name] = credproxy.GitHost{URL: h.URL, Secret: h.Secret, Username: h.Username}
+	}
+	return hosts, nil
+}
+
+// gitHostSecrets maps each git host to the secret it uses by default, for the task layer's checks.
+func gitHostSecrets(hosts map[string]credproxy.GitHost) map[string]string {
+	out := make(map[string]string, len(hosts))
+	for name, h := range hosts {
+		out[name] = h.Secret
+	}
+	return out
+}
+
+// runUsage adds the usage of each model response to the run its token was issued for (a plain execution's
+// token names the execution, which is no run: its usage is only logged).
+type runUsage struct {
+	runs store.RunStore
+	log  *slog.Logger
+}
+
+func (u runUsage) Record(ctx context.Context, x credproxy.Usage) {
+	if x.RunID == "" {
+		return
+	}
+	_, err := u.runs.Update(context.WithoutCancel(ctx), x.RunID, func(r *model.Run) error {
+		if r.VMID != x.VMID || r.OwnerID != x.OwnerID {
+			return errNotThisRun // a token of another VM cannot bill this run
+		}
+		r.Usage.Requests++
+		r.Usage.InputTokens += x.InputTokens
+		r.Usage.OutputTokens += x.OutputTokens
+		r.Usage.CacheCreationInputTokens += x.CacheCreationInputTokens
+		r.Usage.CacheReadInputTokens += x.CacheReadInputTokens
+		if cost, ok := credproxy.CostUSD(x); ok {
+			total := cost
+			if r.Usage.CostUSD != nil {
+				total += *r.Usage.CostUSD
+			}
+			r.Usage.CostUSD = &total
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, model.ErrNotFound) && !errors.Is(err, errNotThisRun) {
+		u.log.Warn("could not add model usage to its run", "run_id", x.RunID, "err", err)
+	}
+}
+
+var errNotThisRun = errors.New("usage is not of this run")

@@ -19,6 +19,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/aetherium/aetherium/internal/agents"
 	"github.com/aetherium/aetherium/internal/api"
 	"github.com/aetherium/aetherium/internal/auth"
 	"github.com/aetherium/aetherium/internal/config"
@@ -103,6 +104,15 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		}
 	}
 
+	agentCatalog, err := agents.Load(cfg.AgentCatalog)
+	if err != nil {
+		return fmt.Errorf("agent_catalog: %w", err)
+	}
+	gitHosts, err := gitHostsOf(cfg)
+	if err != nil {
+		return err
+	}
+
 	var (
 		w       *worker.Worker
 		wapiSrv *http.Server
@@ -123,7 +133,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		if sm != nil {
 			secretSource = sm
 		}
-		if cp, err = openCredProxy(cfg, st, backendNetwork(backend), secretSource, log); err != nil {
+		if cp, err = openCredProxy(cfg, st, backendNetwork(backend), secretSource, gitHosts, log); err != nil {
 			return err
 		}
 		if cp != nil {
@@ -160,6 +170,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			Secrets:  sm,
 			ProxyEnv: cp.proxyEnv(),
 			Guest:    guest,
+			Agents:   agentCatalog,
 		})
 		if err != nil {
 			return err
@@ -180,7 +191,8 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		limits := task.DefaultLimits()
 		limits.MaxRetries = cfg.MaxRetries
 		limits.MaxOutputBytes = cfg.MaxOutput
-		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog), task.WithSecrets(sm))
+		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog), task.WithSecrets(sm),
+			task.WithAgents(agentCatalog), task.WithGitHosts(gitHostSecrets(gitHosts)))
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
 			ClusterToken: token, Idempotency: st.Idempotency()})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
