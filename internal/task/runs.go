@@ -359,7 +359,53 @@ func (s *Service) GetRun(ctx context.Context, ownerID, id string) (*model.Run, e
 	if r.OwnerID != ownerID {
 		return nil, notFound("run", id)
 	}
-	return r, nil
+	return s.reapLostRun(ctx, r), nil
+}
+
+// runWorkerLostAfter is how long a run's worker may be silent before the run is taken to be lost with it. A
+// worker that restarts sooner fails the run itself (its task comes back to it).
+func (s *Service) runWorkerLostAfter() time.Duration { return 4 * s.limits.WorkerStaleAfter }
+
+// reapLostRun fails a run whose worker has stopped sending heartbeats: nothing else would end it, and its readers
+// would wait forever. It is checked whenever the run is read.
+func (s *Service) reapLostRun(ctx context.Context, r *model.Run) *model.Run {
+	if r.Status.Done() || r.WorkerID == "" {
+		return r
+	}
+	w, err := s.store.Workers().Get(ctx, r.WorkerID)
+	if err != nil && !errors.Is(err, model.ErrNotFound) {
+		return r
+	}
+	var reason string
+	switch {
+	case errors.Is(err, model.ErrNotFound):
+		reason = fmt.Sprintf("its worker %s is not registered", r.WorkerID)
+	case w.Status != "active":
+		reason = fmt.Sprintf("its worker %s stopped", r.WorkerID)
+	case time.Since(w.LastHeartbeat) > s.runWorkerLostAfter():
+		reason = fmt.Sprintf("its worker %s was lost (no heartbeat for %s)", r.WorkerID, time.Since(w.LastHeartbeat).Round(time.Second))
+	default:
+		return r
+	}
+	if w != nil && w.Status != "active" && time.Since(w.LastHeartbeat) < s.runWorkerLostAfter() {
+		return r // stopped for a restart a moment ago: it takes its task back
+	}
+	failed, err := s.store.Runs().Update(ctx, r.ID, func(x *model.Run) error {
+		if x.Status.Done() || x.WorkerID != r.WorkerID {
+			return errRaced
+		}
+		x.Status, x.CompletedAt = model.RunFailed, ptr(now())
+		x.Error = "lost: " + reason + " while the run was " + string(r.Status) + "; a started agent is never started again"
+		return nil
+	})
+	if err != nil {
+		return r
+	}
+	s.log.Warn("run failed: its worker is lost", "run_id", r.ID, "worker_id", r.WorkerID)
+	if err := s.AppendRunEvents(ctx, failed, &model.RunEvent{Type: model.RunEventEnd, Data: EndData(failed)}); err != nil {
+		s.log.Warn("could not record the end of a lost run", "run_id", r.ID, "err", err)
+	}
+	return failed
 }
 
 // ListRuns lists the owner's runs, newest first.
@@ -380,6 +426,9 @@ func (s *Service) ListRuns(ctx context.Context, ownerID string, f store.RunFilte
 	runs, err := s.store.Runs().List(ctx, f)
 	if err != nil {
 		return nil, "", err
+	}
+	for i, r := range runs {
+		runs[i] = s.reapLostRun(ctx, r)
 	}
 	next := ""
 	if len(runs) == page.Limit {
@@ -518,7 +567,10 @@ func (s *Service) StreamRun(ctx context.Context, ownerID, id string, opts RunStr
 		} else if idle++; idle%3 == 0 {
 			// Every few quiet polls, make sure the run has not ended without its end event (a run ended by a path
 			// that could not write it): then say so and stop.
-			if r, err = s.store.Runs().Get(ctx, id); err == nil && r.Status.Done() {
+			if r, err = s.store.Runs().Get(ctx, id); err == nil {
+				r = s.reapLostRun(ctx, r)
+			}
+			if err == nil && r.Status.Done() {
 				if evs, err := s.store.Runs().Events(ctx, id, after, 1); err == nil && len(evs) == 0 {
 					return fn(&model.RunEvent{RunID: id, Seq: after + 1, Type: model.RunEventEnd, Data: EndData(r), Time: now()})
 				}

@@ -77,9 +77,9 @@ func (w *Worker) handleRun(ctx context.Context, t *model.Task) (json.RawMessage,
 	}
 	switch {
 	case run.Status.Done():
-		if run.Status == model.RunCancelled && run.Spec.VMSpec != nil {
-			w.forgetRunVM(ctx, run) // cancelled before it started: its VM was never made
-		}
+		// Ended without this worker: cancelled before it started (its VM was never made), or failed as lost by
+		// a gateway while this worker was away. What the run made goes either way.
+		w.cleanupRunVM(ctx, run)
 		return result(run)
 	case run.Status == model.RunRunning:
 		r := w.finishRun(ctx, run, model.RunFailed, "interrupted: the worker stopped while the agent was running; a started agent is never started again", nil)
