@@ -35,6 +35,8 @@ type ProxyRequest struct {
 	GitPush  bool
 	// GitSecret names the owner's secret for git requests instead of the host's own (a run's credentials_secret).
 	GitSecret string
+	// PushRefs, with GitPush, are the only refs a push may update (a run's own branch); empty: any.
+	PushRefs []string
 }
 
 // ProxyEnvFunc returns the environment that points VM vm at the worker's credential proxy with a token for req.

@@ -457,6 +457,9 @@ func (g *runGuest) proxyEnv(ctx context.Context, push bool) (map[string]string, 
 	req := ProxyRequest{RunID: g.run.ID}
 	if g.run.Spec.GitProxy {
 		req.GitRepos, req.GitPush, req.GitSecret = []string{g.repo.Key()}, push, g.run.Spec.GitSecret
+		if push {
+			req.PushRefs = []string{"refs/heads/" + g.pushBranch()} // the run's own branch, nothing else
+		}
 	}
 	env, err := g.w.cfg.ProxyEnv(ctx, g.vm, req)
 	if err != nil {
