@@ -155,8 +155,17 @@ func (w *Worker) runAgent(ctx context.Context, t *model.Task, run *model.Run) (*
 	if err != nil {
 		return nil, err
 	}
-	tr := w.newTranscript(ctx, run)
-	defer tr.close()
+	// The environment: the run's own, its secrets, the worker's guest settings. The scrubber knows every secret
+	// of the owner, so none of them is stored or streamed from the agent's output.
+	env, scrub, reason, err := w.resolveSecrets(ctx, &model.Execution{OwnerID: run.OwnerID, Env: run.Spec.Env, SecretEnv: run.Spec.SecretEnv})
+	if err != nil {
+		return nil, err
+	}
+	if reason != "" {
+		return nil, queue.Permanent(errors.New(reason))
+	}
+	tr := w.newTranscript(ctx, run, scrub)
+	defer tr.close() // before any end event: finishRun appends it after the transcript's last
 
 	// The VM: made for the run, or the one it was given.
 	if run.Spec.VMSpec != nil {
@@ -179,16 +188,6 @@ func (w *Worker) runAgent(ctx context.Context, t *model.Task, run *model.Run) (*
 		return nil, queue.Permanent(fmt.Errorf("vm %s is %s", vm.ID, vm.Status))
 	}
 
-	// The environment: the run's own, its secrets, the worker's guest settings. The scrubber knows every secret
-	// of the owner, so none of them is stored or streamed from the agent's output.
-	env, scrub, reason, err := w.resolveSecrets(ctx, &model.Execution{OwnerID: run.OwnerID, Env: run.Spec.Env, SecretEnv: run.Spec.SecretEnv})
-	if err != nil {
-		return nil, err
-	}
-	if reason != "" {
-		return nil, queue.Permanent(errors.New(reason))
-	}
-	tr.scrub = scrub
 	repo, err := gitrepo.Parse(run.Spec.Repo.URL)
 	if err != nil {
 		return nil, queue.Permanent(err)
@@ -204,12 +203,18 @@ func (w *Worker) runAgent(ctx context.Context, t *model.Task, run *model.Run) (*
 
 	// Preparation: the guest user and the clone. A failure here is the repository's or the guest's, not the
 	// infrastructure's: it is reported, not retried (the VM itself was made above, with retries).
-	pctx, cancelPrep := context.WithTimeout(ctx, runPrepTimeout)
+	pctx, cancelPrep := context.WithTimeoutCause(ctx, runPrepTimeout, errors.New("preparation timed out"))
 	defer cancelPrep()
+	pctx, cancelClone := context.WithCancelCause(pctx)
+	stopPrepWatch := w.watchRunCancel(pctx, run, func() { cancelClone(errRunCancelled) })
 	tr.status("preparing", "cloning "+run.Spec.Repo.URL+refSuffix(run.Spec.Repo.Ref))
 	base, err := rg.prepare(pctx, fetchEnv)
+	stopPrepWatch()
 	if err != nil {
-		if ctx.Err() != nil {
+		switch {
+		case errors.Is(context.Cause(pctx), errRunCancelled):
+			return nil, errRunCancelled
+		case ctx.Err() != nil:
 			return nil, ctx.Err()
 		}
 		return nil, queue.Permanent(err)
@@ -231,7 +236,7 @@ func (w *Worker) runAgent(ctx context.Context, t *model.Task, run *model.Run) (*
 	if err != nil {
 		return nil, err
 	}
-	tr.run = run
+	tr.setRun(run)
 	tr.status("running", "agent "+ag.Name+" started")
 	log.Info("agent started", "agent", ag.Name, "base_commit", base)
 
@@ -293,7 +298,9 @@ func (w *Worker) runAgent(ctx context.Context, t *model.Task, run *model.Run) (*
 
 	// Results: push (only work that completed), then what changed. A step that fails is reported in the run's
 	// error, never hides the agent's result.
-	alive := execErr == nil || cancelled || res != nil
+	// The steps after the agent need its VM: skip them when the agent's exec broke (the VM may be gone) or the
+	// worker is stopping (they would hold its shutdown).
+	alive := (execErr == nil || cancelled) && ctx.Err() == nil
 	if alive && status == model.RunCompleted && run.Spec.Push != nil {
 		tr.status("pushing", "pushing branch "+rg.pushBranch())
 		if err := rg.push(sctx); err != nil {
@@ -312,8 +319,8 @@ func (w *Worker) runAgent(ctx context.Context, t *model.Task, run *model.Run) (*
 			}
 		}
 	}
-	r := w.finishRun(context.WithoutCancel(ctx), run, status, reason, &result)
 	tr.close()
+	r := w.finishRun(context.WithoutCancel(ctx), run, status, reason, &result)
 	w.cleanupRunVM(context.WithoutCancel(ctx), r)
 	log.Info("run ended", "status", r.Status, "error", r.Error)
 	return r, nil

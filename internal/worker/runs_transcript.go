@@ -35,8 +35,9 @@ type transcript struct {
 	done    chan struct{}
 }
 
-func (w *Worker) newTranscript(ctx context.Context, run *model.Run) *transcript {
-	t := &transcript{w: w, ctx: context.WithoutCancel(ctx), run: run, kick: make(chan struct{}, 1), done: make(chan struct{})}
+func (w *Worker) newTranscript(ctx context.Context, run *model.Run, scrub *secrets.Scrubber) *transcript {
+	t := &transcript{w: w, ctx: context.WithoutCancel(ctx), run: run, scrub: scrub, kick: make(chan struct{}, 1),
+		done: make(chan struct{})}
 	go t.loop()
 	return t
 }
@@ -117,6 +118,13 @@ func (t *transcript) text(typ, s string) {
 func (t *transcript) status(status, message string) {
 	b, _ := json.Marshal(map[string]string{"status": status, "message": t.scrub.String(message)})
 	t.add(model.RunEventStatus, b)
+}
+
+// setRun updates the run the events are announced with.
+func (t *transcript) setRun(r *model.Run) {
+	t.mu.Lock()
+	t.run = r
+	t.mu.Unlock()
 }
 
 // close stores what is pending and stops; later events are ignored.
