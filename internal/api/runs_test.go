@@ -22,7 +22,7 @@ func (e *testEnv) putSecret(t *testing.T, key, name, value string) {
 }
 
 // counts is how many rows of each kind the store holds, to show that refused requests change nothing.
-func (e *testEnv) counts(t *testing.T) string {
+func (e *testEnv) runCounts(t *testing.T) string {
 	t.Helper()
 	ctx := context.Background()
 	runs, err := e.st.Runs().List(ctx, store.RunFilter{Page: store.Page{Limit: 500}})
@@ -43,7 +43,7 @@ func (e *testEnv) counts(t *testing.T) string {
 func TestCreateRunRefusesBadInput(t *testing.T) {
 	e := newEnv(t, nil)
 	e.putSecret(t, e.keyA, "ANTHROPIC_API_KEY", "sk-ant-test")
-	before := e.counts(t)
+	before := e.runCounts(t)
 	ok := `"repo":{"url":"https://github.com/org/repo"},"prompt":"fix it"`
 	for _, c := range []struct {
 		name, body string
@@ -78,7 +78,7 @@ func TestCreateRunRefusesBadInput(t *testing.T) {
 			t.Errorf("%s: %d %s, want %d %s mentioning %q", c.name, r.status, r.body, c.status, c.code, c.want)
 		}
 	}
-	if after := e.counts(t); after != before {
+	if after := e.runCounts(t); after != before {
 		t.Fatalf("refused requests changed the store: %s -> %s", before, after)
 	}
 	// Without the model key the default agent cannot run: refused, naming the secret.

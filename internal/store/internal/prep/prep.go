@@ -697,3 +697,124 @@ func UnmarshalVMExtra(b []byte, vm *model.VM) error {
 	}
 	return nil
 }
+
+// ---- Runs
+
+// NewRun fills the defaults of a run about to be created and checks it.
+func NewRun(r *model.Run, now time.Time) error {
+	if r == nil {
+		return Invalid("nil run")
+	}
+	if err := newID("run", &r.ID); err != nil {
+		return err
+	}
+	if r.Status == "" {
+		r.Status = model.RunPending
+	}
+	if r.CreatedAt.IsZero() {
+		r.CreatedAt = now
+	}
+	if r.UpdatedAt.IsZero() {
+		r.UpdatedAt = now
+	}
+	return checkRun(r)
+}
+
+// UpdatedRun checks a run that an Update callback changed from before: an ended run keeps its status.
+func UpdatedRun(before model.Run, r *model.Run, now time.Time) error {
+	if r.ID != before.ID {
+		return Invalid("run id cannot change (%q to %q)", before.ID, r.ID)
+	}
+	if before.Status.Done() && r.Status != before.Status {
+		return fmt.Errorf("%w: run %s is %s and cannot become %s", model.ErrInvalidTransition, r.ID, before.Status, r.Status)
+	}
+	r.CreatedAt = before.CreatedAt
+	r.UpdatedAt = now
+	return checkRun(r)
+}
+
+func checkRun(r *model.Run) error {
+	if !r.Status.Valid() {
+		return Invalid("unknown run status %q", r.Status)
+	}
+	if r.OwnerID == "" {
+		return Invalid("run owner is required")
+	}
+	if r.Spec.Repo.URL == "" || r.Spec.Agent == "" {
+		return Invalid("run repo url and agent are required")
+	}
+	if err := ref("run vm_id", &r.VMID); err != nil {
+		return err
+	}
+	if err := ref("run task_id", &r.TaskID); err != nil {
+		return err
+	}
+	sp := &r.Spec
+	if err := checkText("run", r.OwnerID, r.WorkerID, sp.Repo.URL, sp.Repo.Ref, sp.Repo.CredentialsSecret, sp.Prompt,
+		sp.Agent, sp.Model, sp.GitSecret); err != nil {
+		return err
+	}
+	if err := checkText("run tools", sp.Tools...); err != nil {
+		return err
+	}
+	if err := checkMap("run env", sp.Env); err != nil {
+		return err
+	}
+	if err := checkMap("run secret_env", sp.SecretEnv); err != nil {
+		return err
+	}
+	r.Error = clean(r.Error)
+	sp.Env, sp.SecretEnv, sp.Tools = normMap(sp.Env), normMap(sp.SecretEnv), normSlice(sp.Tools)
+	if sp.VMSpec != nil {
+		if err := checkText("run vm spec", sp.VMSpec.Name, sp.VMSpec.Image); err != nil {
+			return err
+		}
+		sp.VMSpec.Metadata = normMap(cleanMap(sp.VMSpec.Metadata))
+		sp.VMSpec.Tools = normSlice(sp.VMSpec.Tools)
+	}
+	if res := r.Result; res != nil {
+		// What the agent printed is free-form text from the guest: kept, made storable.
+		res.Text, res.Subtype, res.StderrTail, res.PushedBranch = clean(res.Text), clean(res.Subtype), clean(res.StderrTail), clean(res.PushedBranch)
+		for i := range res.Commits {
+			res.Commits[i].Subject = clean(res.Commits[i].Subject)
+		}
+		if len(res.Commits) == 0 {
+			res.Commits = nil
+		}
+	}
+	r.CreatedAt = Time(r.CreatedAt)
+	r.UpdatedAt = Time(r.UpdatedAt)
+	r.StartedAt = TimePtr(r.StartedAt)
+	r.CompletedAt = TimePtr(r.CompletedAt)
+	return nil
+}
+
+// RunEvents checks events about to be appended to a run's transcript, filling their run id and time.
+func RunEvents(runID string, evs []*model.RunEvent, now time.Time) error {
+	for _, e := range evs {
+		if e == nil {
+			return Invalid("nil run event")
+		}
+		if e.Type == "" || len(e.Type) > 32 || !TextOK(e.Type) {
+			return Invalid("run event type %q must be 1-32 characters", e.Type)
+		}
+		if !json.Valid(e.Data) {
+			return Invalid("run event data is not valid json")
+		}
+		e.Data = cleanJSON(e.Data)
+		e.RunID = runID
+		if e.Time.IsZero() {
+			e.Time = now
+		}
+		e.Time = Time(e.Time)
+	}
+	return nil
+}
+
+// EventsLimit is the number of events an Events call returns: 500 by default, at most 5000.
+func EventsLimit(limit int) int {
+	if limit <= 0 {
+		return 500
+	}
+	return min(limit, 5000)
+}
