@@ -61,7 +61,7 @@ func TestCreateRunRefusesBadInput(t *testing.T) {
 		{"timeout too long", `{` + ok + `,"timeout_seconds":86401}`, 422, client.CodeValidation, "timeout_seconds"},
 		{"negative timeout", `{` + ok + `,"timeout_seconds":-1}`, 422, client.CodeValidation, "timeout_seconds"},
 		{"max turns", `{` + ok + `,"max_turns":100000}`, 422, client.CodeValidation, "max_turns"},
-		{"missing secret_env secret", `{` + ok + `,"secret_env":{"NPM_TOKEN":"NPM"}}`, 422, client.CodeValidation, `"NPM"`},
+		{"missing secret_env secret", `{` + ok + `,"secret_env":{"NPM_TOKEN":"NPM"}}`, 422, client.CodeValidation, `secret \"NPM\" does not exist`},
 		{"model key in env", `{` + ok + `,"env":{"ANTHROPIC_API_KEY":"sk-x"}}`, 422, client.CodeValidation, "credential proxy"},
 		{"proxy variable in env", `{` + ok + `,"env":{"AETHERIUM_MODEL_PROXY":"1"}}`, 422, client.CodeValidation, "AETHERIUM_MODEL_PROXY"},
 		{"push to an unknown host", `{"repo":{"url":"https://git.example.org/a/b"},"prompt":"x","push":{}}`, 422, client.CodeValidation, "git_hosts"},
