@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -73,10 +74,22 @@ func (a *app) flagError(cmd *cobra.Command, err error) error {
 	if n == "run" && cmd.HasParent() && cmd.Parent().Name() != "job" {
 		n = "" // the agent run takes no remote command
 	}
+	if p := cmd.Parent(); p != nil && p.Name() == "run" && p.HasParent() && p.Parent().Name() != "job" &&
+		strings.Contains(err.Error(), "unknown flag") && p.Flags().Lookup(strings.TrimPrefix(flagName(err), "--")) != nil {
+		// `run --repo URL get`: the prompt was taken for the subcommand.
+		err = fmt.Errorf("%w (a prompt that is a subcommand's name goes after --: %s --repo URL -- %s)", err, p.CommandPath(), cmd.Name())
+	}
 	if n == "exec" || n == "run" || n == "shell" || n == "spawn" {
 		err = fmt.Errorf("%w (put the remote command after --)", err)
 	}
 	return a.usageError(cmd, err)
+}
+
+// flagName is the flag an "unknown flag: --x" error names.
+func flagName(err error) string {
+	_, name, _ := strings.Cut(err.Error(), "unknown flag: ")
+	name, _, _ = strings.Cut(name, " ")
+	return name
 }
 
 // report prints err as one line and turns it into the *ExitError main honours.

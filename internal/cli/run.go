@@ -82,7 +82,8 @@ agent's words, "→" for each tool it calls and "←" for what the tool answered
 JSON lines instead. At the end come the run's status, turns, usage, changes and where to find the diff.
 
 The prompt is the argument, or --prompt-file FILE (- for stdin). A prompt that is exactly the name of a
-subcommand (get, list, diff, cancel, logs, agents) must follow -- or come from --prompt-file.
+subcommand (get, list, diff, cancel, logs, agents) must follow -- or come from --prompt-file. Here --timeout is
+the agent's time limit (a duration or seconds), not the CLI's deadline as in the other commands.
 
 The model key (secret ANTHROPIC_API_KEY) and git tokens (GITHUB_TOKEN for github.com) never enter the VM: the
 worker's credential proxy uses them on the agent's behalf. --branch or --push push the work as a branch once the

@@ -216,7 +216,15 @@ func TestRunUsageErrors(t *testing.T) {
 	if n := len(e.srv.Requests()); n != 0 {
 		t.Errorf("usage errors sent %d requests", n)
 	}
-	r := e.run("run")
+	// A prompt that is a subcommand's name is taken for the subcommand: the error says what to do.
+	// (`run --repo URL list` even works: it lists the repository's runs.)
+	r := e.run("run", "--repo", repoURL, "cancel")
+	want := "error: unknown flag: --repo (a prompt that is a subcommand's name goes after --: aetherium run --repo URL -- cancel)\n" +
+		"Run 'aetherium run cancel --help' for usage.\n"
+	if r.code != 2 || r.stderr != want {
+		t.Errorf("subcommand as prompt: %s", r)
+	}
+	r = e.run("run")
 	wantCode(t, r, 0)
 	if !strings.Contains(r.stdout, "Available Commands:") || !strings.Contains(r.stdout, "--prompt-file") {
 		t.Errorf("bare run: %s", r)

@@ -1,6 +1,7 @@
 package fakeapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -460,8 +461,11 @@ func (s *Server) streamRun(w http.ResponseWriter, r *http.Request, id string) {
 		changed := s.runChanged
 		s.mu.Unlock()
 		for _, e := range pending {
-			b, _ := json.Marshal(e)
-			frame := fmt.Sprintf("id: %d\nevent: %s\ndata: %s\n\n", e.Seq, e.Type, b)
+			var b bytes.Buffer // as the server encodes it: no HTML escaping, one line
+			enc := json.NewEncoder(&b)
+			enc.SetEscapeHTML(false)
+			_ = enc.Encode(e)
+			frame := fmt.Sprintf("id: %d\nevent: %s\ndata: %s\n", e.Seq, e.Type, b.Bytes())
 			if limit > 0 && sent == limit {
 				// Half an event, then the connection is cut: the client must drop it and resume before it.
 				_, _ = fmt.Fprint(w, frame[:len(frame)/2])
