@@ -334,6 +334,9 @@ func TestRunExitCodes(t *testing.T) {
 		e.srv.SetRunPlan(func(r client.Run) fakeapi.RunPlan {
 			p := fakeapi.DefaultRunPlan(r)
 			p.Status, p.Error = tc.status, tc.err
+			if tc.status == "failed" { // the agent's own verdict
+				p.Steps[len(p.Steps)-1].Data = json.RawMessage(`{"type":"result","subtype":"error_max_turns","is_error":true,"num_turns":50,"result":"Ran out of turns."}`)
+			}
 			return p
 		})
 		for _, args := range [][]string{{"run", "--repo", repoURL, "x"}, {"run", "--repo", repoURL, "--json", "x"}} {
@@ -351,6 +354,9 @@ func TestRunExitCodes(t *testing.T) {
 			}
 			if args[3] != "--json" {
 				wantFields(t, r.stdout, "Status", tc.status, "Error", tc.err)
+				if tc.status == "failed" {
+					wantLines(t, r.stdout, "", "── result: error (error_max_turns) ──", "Ran out of turns.", "· failed: "+tc.err)
+				}
 			}
 		}
 	}
