@@ -277,9 +277,14 @@ func TestOpenAPISchemasMatchWireTypes(t *testing.T) {
 		"SignalRequest": client.SignalRequest{}, "ShellMessage": client.ShellMessage{},
 		"EgressPolicy": client.EgressPolicy{}, "VMNetwork": client.VMNetwork{}, "AddToolsRequest": client.AddToolsRequest{},
 		"PutSecretRequest": client.PutSecretRequest{}, "Secret": client.Secret{}, "SecretList": client.SecretList{},
+		// Runs. RunVM embeds CreateVMRequest (its schema lists both); RunAccepted's run is a pointer never null.
+		"CreateRunRequest": client.CreateRunRequest{}, "RunRepo": client.RunRepo{}, "RunPush": client.RunPush{},
+		"RunUsage": client.RunUsage{}, "DiffStat": client.DiffStat{}, "RunCommit": client.RunCommit{},
+		"RunResult": client.RunResult{}, "Run": client.Run{}, "RunList": client.RunList{}, "RunEvent": client.RunEvent{},
+		"RunEnd": client.RunEnd{}, "Agent": client.Agent{},
 	}
 	requests := []string{"CreateVMRequest", "ExecuteRequest", "CreateJobRequest", "JobCommand", "MkdirRequest",
-		"StartProcessRequest", "SignalRequest", "PutSecretRequest"}
+		"StartProcessRequest", "SignalRequest", "PutSecretRequest", "CreateRunRequest", "RunPush"}
 	schemas := loadDoc(t).Components.Schemas
 	for name, v := range types {
 		sc, ok := schemas[name]

@@ -1,4 +1,4 @@
-// Package cli implements Aetherium's client commands (vm, task, job, secret) as cobra commands over the Go SDK in
+// Package cli implements Aetherium's client commands (vm, task, job, secret, run, agents) as cobra commands over the Go SDK in
 // pkg/client. cmd/aetherium mounts them under its root command:
 //
 //	for _, c := range cli.NewClientCommands(cli.StdStreams()) {
@@ -16,7 +16,8 @@
 //
 // Exit codes: 0 success; 1 an error (API, network, failed task); 2 bad usage (flags, arguments). `vm exec` and
 // `job run` pass the command's own exit code through, so their own failures use 125 (as docker does) to stand apart
-// from the command's, and a command killed by its timeout gives 124 (as timeout(1) does).
+// from the command's, and a command killed by its timeout gives 124 (as timeout(1) does). `run` gives 1 for a run
+// that failed or was cancelled, and 130 when Ctrl-C stopped following it (the run goes on).
 //
 // Settings come from persistent flags, then the environment: --server (AETHERIUM_SERVER, default
 // http://127.0.0.1:8080), --api-key (AETHERIUM_API_KEY), --api-key-file (AETHERIUM_API_KEY_FILE), --json (print
@@ -79,6 +80,9 @@ func WithAPIKeyHint(s string) Option { return func(a *app) { a.keyHint = s } }
 // WithTerminal forces whether stderr counts as a terminal (progress display); by default it is detected.
 func WithTerminal(isTTY bool) Option { return func(a *app) { a.tty = &isTTY } }
 
+// WithInterrupt replaces the process's SIGINT, which `run` listens to while it follows a run, e.g. in tests.
+func WithInterrupt(ch <-chan os.Signal) Option { return func(a *app) { a.interrupt = ch } }
+
 // WithClientOptions adds options to the SDK client the commands build.
 func WithClientOptions(opts ...client.Option) Option {
 	return func(a *app) { a.clientOpts = append(a.clientOpts, opts...) }
@@ -93,6 +97,7 @@ type app struct {
 	keyHint    string
 	tty        *bool
 	clientOpts []client.Option
+	interrupt  <-chan os.Signal // Ctrl-C while a run is followed; nil: the process's SIGINT
 
 	server     string
 	apiKey     string
@@ -106,7 +111,7 @@ type app struct {
 	prog      string
 }
 
-// NewClientCommands returns the client commands: vm, task, job and secret.
+// NewClientCommands returns the client commands: vm, task, job, secret, run and agents.
 func NewClientCommands(streams IOStreams, opts ...Option) []*cobra.Command {
 	a := &app{
 		streams:   streams,
@@ -129,7 +134,7 @@ func NewClientCommands(streams IOStreams, opts ...Option) []*cobra.Command {
 	if a.httpClient == nil {
 		a.httpClient = defaultHTTPClient()
 	}
-	cmds := []*cobra.Command{a.vmCommand(), a.taskCommand(), a.jobCommand(), a.secretCommand()}
+	cmds := []*cobra.Command{a.vmCommand(), a.taskCommand(), a.jobCommand(), a.secretCommand(), a.runCommand(), a.agentsCommand()}
 	for _, c := range cmds {
 		a.addPersistentFlags(c)
 		c.SetIn(a.streams.In)
@@ -273,11 +278,16 @@ func (a *app) readKeyFile(path string) (string, error) {
 	return key, nil
 }
 
-func (a *app) isTTY() bool {
+func (a *app) isTTY() bool { return a.isTerminal(a.streams.ErrOut) }
+
+// outIsTTY reports whether stdout is a terminal (a run's transcript dims its lesser lines there).
+func (a *app) outIsTTY() bool { return a.isTerminal(a.streams.Out) }
+
+func (a *app) isTerminal(w io.Writer) bool {
 	if a.tty != nil {
 		return *a.tty
 	}
-	f, ok := a.streams.ErrOut.(interface{ Fd() uintptr })
+	f, ok := w.(interface{ Fd() uintptr })
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -16,10 +17,11 @@ import (
 
 // Exit codes other than a command's own.
 const (
-	exitFailure    = 1
-	exitUsage      = 2
-	exitTimeout    = 124 // a command killed by its timeout, as timeout(1) reports it
-	exitOwnFailure = 125 // vm exec / job run failed themselves, as docker run reports it
+	exitFailure     = 1
+	exitUsage       = 2
+	exitTimeout     = 124 // a command killed by its timeout, as timeout(1) reports it
+	exitOwnFailure  = 125 // vm exec / job run failed themselves, as docker run reports it
+	exitInterrupted = 130 // Ctrl-C while following a run, as a shell reports a command ended by SIGINT
 )
 
 // ExitError asks main to exit with Code. The commands have already printed whatever the user needs to see (their
@@ -68,10 +70,26 @@ func (a *app) usageError(cmd *cobra.Command, err error) error {
 // flagError reports a flag that does not parse. An unknown flag after the VM of `vm exec` is most likely the
 // remote command's own flag, hence the hint.
 func (a *app) flagError(cmd *cobra.Command, err error) error {
-	if n := cmd.Name(); n == "exec" || n == "run" || n == "shell" || n == "spawn" {
+	n := cmd.Name()
+	if n == "run" && cmd.HasParent() && cmd.Parent().Name() != "job" {
+		n = "" // the agent run takes no remote command
+	}
+	if p := cmd.Parent(); p != nil && p.Name() == "run" && p.HasParent() && p.Parent().Name() != "job" &&
+		strings.Contains(err.Error(), "unknown flag") && p.Flags().Lookup(strings.TrimPrefix(flagName(err), "--")) != nil {
+		// `run --repo URL get`: the prompt was taken for the subcommand.
+		err = fmt.Errorf("%w (a prompt that is a subcommand's name goes after --: %s --repo URL -- %s)", err, p.CommandPath(), cmd.Name())
+	}
+	if n == "exec" || n == "run" || n == "shell" || n == "spawn" {
 		err = fmt.Errorf("%w (put the remote command after --)", err)
 	}
 	return a.usageError(cmd, err)
+}
+
+// flagName is the flag an "unknown flag: --x" error names.
+func flagName(err error) string {
+	_, name, _ := strings.Cut(err.Error(), "unknown flag: ")
+	name, _, _ = strings.Cut(name, " ")
+	return name
 }
 
 // report prints err as one line and turns it into the *ExitError main honours.

@@ -6,6 +6,7 @@
 // then finishes. With ?wait= a mutating call answers with the finished result when Steps is 0 and 202 otherwise,
 // as if the wait's deadline had passed first. Commands are not run: a tiny interpreter (see run) gives their output.
 // GET /executions/{id}/stream finishes the execution at once and sends its output and end as server-sent events.
+// Agent runs (runs.go) play a scripted transcript, streamed live with event ids.
 package fakeapi
 
 import (
@@ -59,6 +60,13 @@ type Server struct {
 	execs    map[string]*client.Execution
 	jobs     map[string]*client.Job
 	requests []Request
+
+	runs        map[string]*runState
+	runOrder    []string
+	runPlan     func(client.Run) RunPlan
+	runChanged  chan struct{} // closed (and replaced) whenever a run event is appended
+	secrets     []string
+	streamBreak int
 }
 
 type taskState struct {
@@ -76,6 +84,10 @@ func New(key string) *Server {
 		tasks:    map[string]*taskState{},
 		execs:    map[string]*client.Execution{},
 		jobs:     map[string]*client.Job{},
+
+		runs:       map[string]*runState{},
+		runChanged: make(chan struct{}),
+		secrets:    []string{"ANTHROPIC_API_KEY"},
 	}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s
@@ -196,8 +208,16 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if len(parts) == 3 && parts[0] == "runs" && parts[2] == "stream" && r.Method == http.MethodGet {
+		s.streamRun(w, r, parts[1]) // takes the lock itself: it waits for events
+		return
+	}
+
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.serveRuns(w, r, parts) {
+		return
+	}
 	switch {
 	case len(parts) == 1 && parts[0] == "vms" && r.Method == http.MethodPost:
 		s.createVM(w, r, wait)
