@@ -106,7 +106,7 @@ func backendChecks(ctx context.Context, cfg config.Config, log *slog.Logger) []C
 			cfg.InstallationID = id
 		}
 	}
-	backend, err := openBackend(bctx, cfg, nil, log)
+	backend, err := openBackend(bctx, cfg, nil, nil, log)
 	name := cfg.Backend
 	if err == nil {
 		name = backend.Name()
