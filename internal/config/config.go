@@ -241,7 +241,7 @@ func Defaults() Config {
 		LogLevel: "info", LogFormat: "text", Concurrency: 10, Backend: "auto", Busybox: "/bin/busybox",
 		QEMUAccel: "auto", Network: "auto", NetworkCIDR: "172.16.0.0/24", DiskMB: 8192, NetworkBridge: "aetherium0", DockerNet: "none", ReadyWait: 60 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
 		WorkerAPIListen: "127.0.0.1:0", MetricsListen: DefaultMetricsListen,
-		JailerUID:       DefaultJailerID, JailerGID: DefaultJailerID, JailerCgroupVersion: 2,
+		JailerUID: DefaultJailerID, JailerGID: DefaultJailerID, JailerCgroupVersion: 2,
 		CredProxyPort: 8091, ModelUpstreamURL: "https://api.anthropic.com", OpenAIUpstreamURL: "https://api.openai.com",
 	}
 }

@@ -16,16 +16,16 @@ import (
 	"github.com/aetherium/aetherium/internal/metrics"
 )
 
-// startMetrics serves ms at GET /metrics on addr, behind token when it is set. An empty addr (or a nil ms) serves
-// nothing. The returned function stops the server. A listen address that is not loopback, without a token, is
+// startMetrics serves ms at GET /metrics on addr, behind token when it is set, and returns the address it listens
+// on and a function that stops it. An empty addr (or a nil ms) serves nothing. A listen address that is not loopback, without a token, is
 // allowed (a private network may be enough) but logged as a warning: the metrics show what the installation does.
-func startMetrics(addr, token string, ms *metrics.Set, log *slog.Logger) (stop func(), err error) {
+func startMetrics(addr, token string, ms *metrics.Set, log *slog.Logger) (stop func(), bound string, err error) {
 	if addr == "" || ms == nil {
-		return func() {}, nil
+		return func() {}, "", nil
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics_listen %s: %w (is another aetherium process on this host using it? give "+
+		return nil, "", fmt.Errorf("metrics_listen %s: %w (is another aetherium process on this host using it? give "+
 			"each its own metrics_listen, or set it to off)", addr, err)
 	}
 	if token == "" && !isLoopback(addr) {
@@ -44,7 +44,7 @@ func startMetrics(addr, token string, ms *metrics.Set, log *slog.Logger) (stop f
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)
-	}, nil
+	}, ln.Addr().String(), nil
 }
 
 // metricsHandler serves metrics at GET /metrics only, requiring Authorization: Bearer <token> when token is set.

@@ -85,7 +85,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 	}
 	// Served from the start and stopped after everything else, so a scrape sees the shutdown too; the collectors
 	// registered below are read at scrape time.
-	stopMetrics, err := startMetrics(cfg.MetricsListen, cfg.MetricsToken, ms, log)
+	stopMetrics, _, err := startMetrics(cfg.MetricsListen, cfg.MetricsToken, ms, log)
 	if err != nil {
 		return err
 	}
