@@ -376,3 +376,20 @@ func TestNilSetRecordsNothing(t *testing.T) {
 	ms.Worker().TransportError("docker", metrics.OpExec)
 	ms.Webhooks().Delivery("github", metrics.WebhookError)
 }
+
+// BenchmarkRecordRequest is what the API's middleware adds to a request: one counter and one histogram.
+func BenchmarkRecordRequest(b *testing.B) {
+	h := metrics.New("bench").HTTP()
+	for b.Loop() {
+		h.Observe("/api/v1/vms/{id}/execute", "POST", 200, 3*time.Millisecond)
+	}
+}
+
+// BenchmarkRecordTask is what the queue's observer adds to a delivery.
+func BenchmarkRecordTask(b *testing.B) {
+	tm := metrics.New("bench").Tasks()
+	task := &model.Task{Type: model.TaskVMExecute, CreatedAt: time.Now()}
+	for b.Loop() {
+		tm.TaskRan(task, time.Now(), time.Millisecond, queue.Completed)
+	}
+}

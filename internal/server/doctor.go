@@ -87,6 +87,11 @@ func Doctor(ctx context.Context, cfg config.Config, roles Roles, log *slog.Logge
 		add("api listen address", probeListen(cfg.Listen), cfg.Listen, "free the port or choose another with --listen")
 	}
 
+	if cfg.MetricsListen != "" {
+		add("metrics listen address", probeListen(cfg.MetricsListen), cfg.MetricsListen,
+			"free the port, give each aetherium process on this host its own --metrics-listen, or set it to off")
+	}
+
 	if roles.Worker {
 		checks = append(checks, backendChecks(ctx, cfg, log)...)
 		checks = append(checks, firecrackerChecks(ctx, cfg, defaultFirecrackerHost())...)
