@@ -241,3 +241,84 @@ func minus(a, b []string) []string {
 	}
 	return out
 }
+
+// TestMetricsOfGatewayAndWorker: in the production topology (PostgreSQL, Redis) the gateway and the worker each
+// serve their own page: the gateway counts the API and what it enqueued, the worker what it ran.
+func TestMetricsOfGatewayAndWorker(t *testing.T) {
+	requireDocker(t)
+	dbURL := newPostgresDB(t)
+	redisURL := flushRedis(t)
+	common := []string{
+		"AETHERIUM_DATABASE_URL=" + dbURL, "AETHERIUM_REDIS_URL=" + redisURL,
+		"AETHERIUM_AGENT_BINARY=" + filepath.Join(binDir, "aetherium-agent"), "AETHERIUM_LOG_LEVEL=info",
+		"AETHERIUM_CLUSTER_TOKEN=" + e2eClusterToken, "AETHERIUM_BACKEND=docker", "AETHERIUM_NETWORK=off",
+		"AETHERIUM_METRICS_TOKEN=" + metricsToken,
+	}
+	key, errOut, code := runCLI(t, append(common, "AETHERIUM_DATA_DIR="+t.TempDir()), "apikey", "create", "--name", "e2e")
+	if code != 0 {
+		t.Fatalf("apikey create: %s", errOut)
+	}
+	addr, gwMetrics, wMetrics := freePort(t), freePort(t), freePort(t)
+	gw := start(t, "gateway", append(common, "AETHERIUM_DATA_DIR="+t.TempDir(), "AETHERIUM_LISTEN="+addr,
+		"AETHERIUM_METRICS_LISTEN="+gwMetrics), "gateway")
+	const workerID = "e2e-metrics-w1"
+	removeWorkerContainers(t, workerID)
+	start(t, workerID, append(common, "AETHERIUM_DATA_DIR="+t.TempDir(), "AETHERIUM_WORKER_ID="+workerID,
+		"AETHERIUM_METRICS_LISTEN="+wMetrics), "worker")
+	waitHTTP(t, addr, gw)
+	c := newClient(t, addr, strings.TrimSpace(key))
+	waitReady(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	acc, done, err := c.CreateVMWait(ctx, client.CreateVMRequest{Name: "split"}, 2*time.Minute)
+	if err != nil || !done || acc.VM.Status != "running" {
+		t.Fatalf("create: done=%v err=%v %+v", done, err, acc)
+	}
+	if ex, done, err := c.ExecuteWait(ctx, acc.VM.ID, client.ExecuteRequest{Command: "true"}, time.Minute); err != nil || !done || ex.Execution.ExitCode == nil {
+		t.Fatalf("exec: done=%v err=%v", done, err)
+	}
+
+	w := scrapeUntil(t, "http://"+wMetrics+"/metrics", "the worker's two tasks", func(s metricstest.Scrape) bool {
+		return s.Value("aetherium_tasks_processed_total", nil) >= 2
+	})
+	g := metricstest.Get(t, "http://"+gwMetrics+"/metrics", metricsToken)
+	for _, c := range []struct {
+		page string
+		s    metricstest.Scrape
+		name string
+		l    L
+		want float64
+	}{
+		{"worker", w, "aetherium_tasks_processed_total", L{"type": "vm:create", "result": "completed"}, 1},
+		{"worker", w, "aetherium_tasks_processed_total", L{"type": "vm:execute", "result": "completed"}, 1},
+		{"worker", w, "aetherium_tasks_processed_total", nil, 2},
+		{"worker", w, "aetherium_tasks_enqueued_total", nil, 0},
+		{"worker", w, "aetherium_http_requests_total", nil, 0},
+		{"worker", w, "aetherium_vms", L{"state": "running", "backend": "docker"}, 1},
+		{"gateway", g, "aetherium_tasks_enqueued_total", L{"type": "vm:create"}, 1},
+		{"gateway", g, "aetherium_tasks_enqueued_total", L{"type": "vm:execute"}, 1},
+		{"gateway", g, "aetherium_tasks_enqueued_total", nil, 2},
+		{"gateway", g, "aetherium_tasks_processed_total", nil, 0},
+		{"gateway", g, "aetherium_http_requests_total", L{"route": "/api/v1/vms", "method": "POST", "code": "201"}, 1},
+		{"gateway", g, "aetherium_http_requests_total", L{"route": "/api/v1/vms/{id}/execute", "method": "POST", "code": "200"}, 1},
+	} {
+		if got := c.s.Value(c.name, c.l); got != c.want {
+			t.Errorf("%s page: %s%v = %v, want %v", c.page, c.name, c.l, got, c.want)
+		}
+	}
+	if n := w.Count("aetherium_exec_round_trip_seconds", L{"backend": "docker"}); n != 1 {
+		t.Errorf("worker page: %d exec round trips, want 1", n)
+	}
+	if n := g.Count("aetherium_exec_round_trip_seconds", nil); n != 0 {
+		t.Errorf("gateway page: %d exec round trips, want 0 (it runs nothing)", n)
+	}
+	if _, ok := g["aetherium_vms"]; ok {
+		t.Error("gateway page has the VM gauge of a worker")
+	}
+	// Both see the same Redis queues.
+	for _, s := range []metricstest.Scrape{g, w} {
+		if !slices.Contains(s.LabelValues("aetherium_queue_tasks", "queue"), "default") {
+			t.Errorf("no depth of the default queue: %v", s.LabelValues("aetherium_queue_tasks", "queue"))
+		}
+	}
+}
