@@ -17,7 +17,6 @@ import (
 	"github.com/aetherium/aetherium/internal/metrics"
 	"github.com/aetherium/aetherium/internal/metrics/metricstest"
 	"github.com/aetherium/aetherium/internal/model"
-	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/queue/embedded"
 	"github.com/aetherium/aetherium/internal/store"
@@ -250,35 +249,17 @@ func TestVMStatesAreReadAtScrape(t *testing.T) {
 	}
 }
 
-// attacher stands in for the network manager, which needs root and a network namespace (internal/network tests
-// it); what is under test here is the counting around it.
-type attacher struct{ fail bool }
-
-func (a attacher) Attach(_ context.Context, vmID string, _ network.Policy) (network.Attachment, error) {
-	if a.fail {
-		return network.Attachment{}, errors.New("no address left")
-	}
-	return network.Attachment{VMID: vmID}, nil
-}
-func (a attacher) Detach(context.Context, string) error { return nil }
-func (attacher) Reconcile(context.Context, []string) error {
-	return nil
-}
-
 // TestRecordingKeepsSeriesBounded drives every recording function with a hundred distinct VMs and tasks: values
 // move, series do not, and no id reaches a label.
 func TestRecordingKeepsSeriesBounded(t *testing.T) {
 	ms := metrics.New("v1.2.3")
-	ok := ms.Network().WrapAttacher(attacher{})
-	bad := ms.Network().WrapAttacher(attacher{fail: true})
 	var ids []string
 	round := func() {
 		id := uuid.NewString()
 		ids = append(ids, id)
-		ctx := context.Background()
-		_, _ = ok.Attach(ctx, id, network.Policy{})
-		_, _ = bad.Attach(ctx, id, network.Policy{})
-		_ = ok.Detach(ctx, id)
+		ms.Network().Attached(nil)
+		ms.Network().Attached(errors.New("no address left"))
+		ms.Network().Detached(nil)
 		w := ms.Worker()
 		w.ObserveBoot("docker", 300*time.Millisecond)
 		w.ObserveReady("docker", time.Second)
@@ -358,10 +339,6 @@ func TestNilSetRecordsNothing(t *testing.T) {
 	if ms.Tasks().Observer() != nil {
 		t.Fatal("a nil Tasks is a non-nil observer")
 	}
-	a := attacher{}
-	if got := ms.Network().WrapAttacher(a); got != network.Attacher(a) {
-		t.Fatal("a nil Network wrapped the attacher")
-	}
 	if err := ms.Tasks().WatchQueue(q); err != nil {
 		t.Fatal(err)
 	}
@@ -375,6 +352,8 @@ func TestNilSetRecordsNothing(t *testing.T) {
 	ms.Worker().ObserveExec("docker", time.Second)
 	ms.Worker().TransportError("docker", metrics.OpExec)
 	ms.Webhooks().Delivery("github", metrics.WebhookError)
+	ms.Network().Attached(nil)
+	ms.Network().Detached(errors.New("gone"))
 }
 
 // BenchmarkRecordRequest is what the API's middleware adds to a request: one counter and one histogram.

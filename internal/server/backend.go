@@ -118,7 +118,7 @@ func openFirecracker(ctx context.Context, cfg config.Config, st store.Store, nm 
 		InstallationID: cfg.InstallationID, ReadyTimeout: cfg.ReadyWait, DiskMB: int64(cfg.DiskMB), Logger: log,
 	}
 	if net != nil {
-		fcfg.Network = nm.WrapAttacher(net)
+		fcfg.Network = countAttachments(net, nm)
 	}
 	setJailer(&fcfg, cfg)
 	b, err := firecracker.New(ctx, fcfg)
@@ -156,7 +156,7 @@ func openQEMU(ctx context.Context, cfg config.Config, st store.Store, nm *metric
 		ReadyTimeout: cfg.ReadyWait, DiskMB: int64(cfg.DiskMB), Logger: log,
 	}
 	if net != nil {
-		qcfg.Network = nm.WrapAttacher(net)
+		qcfg.Network = countAttachments(net, nm)
 	}
 	b, err := qemu.New(ctx, qcfg)
 	if err != nil {
@@ -195,6 +195,31 @@ func wrapNetwork(b vmBackend, net *network.Manager) vmBackend {
 		return withNetworkEvents{withNetwork: w, events: ev}
 	}
 	return w
+}
+
+// countAttachments returns a counting its attachments and detachments in nm; a itself when nm is nil.
+func countAttachments(a network.Attacher, nm *metrics.Network) network.Attacher {
+	if nm == nil {
+		return a
+	}
+	return &countingAttacher{Attacher: a, m: nm}
+}
+
+type countingAttacher struct {
+	network.Attacher
+	m *metrics.Network
+}
+
+func (c *countingAttacher) Attach(ctx context.Context, vmID string, policy network.Policy) (network.Attachment, error) {
+	att, err := c.Attacher.Attach(ctx, vmID, policy)
+	c.m.Attached(err)
+	return att, err
+}
+
+func (c *countingAttacher) Detach(ctx context.Context, vmID string) error {
+	err := c.Attacher.Detach(ctx, vmID)
+	c.m.Detached(err)
+	return err
 }
 
 // openNetwork sets up the host network of microVMs: with network "auto" only when running as root (and quietly
