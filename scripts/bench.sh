@@ -17,7 +17,9 @@ run 'CreateToReady' 10x ./internal/vmm/docker/
 run 'ExecTrue' 300x ./internal/vmm/docker/
 run 'RawBoot|CreateToReady' 10x ./internal/vmm/qemu/
 run 'ExecTrue' 100x ./internal/vmm/qemu/
-run 'APIExecWait' 300x ./test/e2e/
+run 'APIExecWait$' 300x ./test/e2e/
+run 'APIExecWaitMetrics' 300x ./test/e2e/
+run 'Record' 1s ./internal/metrics/
 run 'APICreateToReady' 10x ./test/e2e/
 run 'AttachDetach' 100x ./internal/network/
 run 'GuestToGatewayTCP' 1x ./internal/network/

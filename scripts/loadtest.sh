@@ -53,6 +53,8 @@ createdb -h "$PGHOST" -U postgres "$db"
 redis-cli -h 127.0.0.1 -p 6379 -n "$LOAD_REDIS_DB" flushdb >/dev/null
 api_port=$(free_port)
 debug_port=$(free_port)
+gw_metrics_port=$(free_port)
+worker_metrics_port=$(free_port)
 export AETHERIUM_DATABASE_URL="postgres://postgres@$PGHOST:5432/$db?sslmode=disable"
 export AETHERIUM_REDIS_URL="redis://$REDIS_ADDR/$LOAD_REDIS_DB"
 export AETHERIUM_CLUSTER_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -64,14 +66,14 @@ key=$(AETHERIUM_DATA_DIR=$work/cli "$work/aetherium" apikey create --name load 2
 # 700 client connections here and as many on the gateway: raise the soft descriptor limit to the hard one.
 ulimit -Sn "$(ulimit -Hn)"
 AETHERIUM_DATA_DIR=$work/gw AETHERIUM_LISTEN=127.0.0.1:$api_port AETHERIUM_DEBUG_LISTEN=127.0.0.1:$debug_port \
-	"$work/aetherium" gateway >"$work/gateway.log" 2>&1 &
+	AETHERIUM_METRICS_LISTEN=127.0.0.1:$gw_metrics_port "$work/aetherium" gateway >"$work/gateway.log" 2>&1 &
 gw_pid=$!
 pids+=("$gw_pid")
 AETHERIUM_DATA_DIR=$work/w AETHERIUM_WORKER_ID=$worker_id AETHERIUM_CONCURRENCY=$CONCURRENCY \
-	AETHERIUM_WORKER_API_LISTEN=127.0.0.1:0 "$work/aetherium" worker >"$work/worker.log" 2>&1 &
+	AETHERIUM_WORKER_API_LISTEN=127.0.0.1:0 AETHERIUM_METRICS_LISTEN=127.0.0.1:$worker_metrics_port "$work/aetherium" worker >"$work/worker.log" 2>&1 &
 pids+=("$!")
 
-echo "== gateway pid $gw_pid on 127.0.0.1:$api_port (pprof 127.0.0.1:$debug_port), worker $worker_id (docker, concurrency $CONCURRENCY)"
+echo "== gateway pid $gw_pid on 127.0.0.1:$api_port (pprof 127.0.0.1:$debug_port, metrics 127.0.0.1:$gw_metrics_port), worker $worker_id (docker, concurrency $CONCURRENCY, metrics 127.0.0.1:$worker_metrics_port)"
 status=0
 timeout "$TIMEOUT" "$work/load" -api "http://127.0.0.1:$api_port" -key "$key" -debug "127.0.0.1:$debug_port" \
 	-redis "$REDIS_ADDR" -gateway-pid "$gw_pid" -execs "$EXECS" -streams "$STREAMS" || status=$?

@@ -17,6 +17,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/aetherium/aetherium/internal/auth"
+	"github.com/aetherium/aetherium/internal/metrics"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/pkg/client"
@@ -59,6 +60,8 @@ type Config struct {
 	// BodyTimeout bounds the time to receive a JSON request body (default DefaultBodyTimeout). Uploads have their
 	// own idle timeout instead.
 	BodyTimeout time.Duration
+	// Metrics records every request by route pattern, method and status (metrics.go); nil: nothing is recorded.
+	Metrics *metrics.HTTP
 }
 
 // server holds the handler's dependencies; its methods are the route handlers.
@@ -81,6 +84,7 @@ type server struct {
 	idemTTL     time.Duration
 	lastPurge   atomic.Int64
 	bodyTimeout time.Duration
+	metrics     *metrics.HTTP
 }
 
 // New returns the http.Handler of the REST API v1, rooted at /api/v1.
@@ -104,6 +108,7 @@ func newServer(cfg Config) *server {
 		idem:        cfg.Idempotency,
 		idemTTL:     cfg.IdempotencyTTL,
 		bodyTimeout: cfg.BodyTimeout,
+		metrics:     cfg.Metrics,
 	}
 	if s.idemTTL <= 0 {
 		s.idemTTL = IdempotencyTTL
@@ -142,7 +147,11 @@ func (s *server) routes() {
 	s.router = r
 	// Order matters: the request id is known to the access log, and the access log sees the 500 written by the
 	// recoverer. The body limit is set per group, before any handler reads: uploads are streamed without one.
-	r.Use(s.requestID, s.accessLog, s.recoverer)
+	if s.metrics != nil {
+		r.Use(s.requestID, s.accessLog, s.observe, s.recoverer)
+	} else {
+		r.Use(s.requestID, s.accessLog, s.recoverer)
+	}
 	// Set before Route so the /api/v1 sub-router inherits them.
 	r.NotFound(s.notFound)
 	r.MethodNotAllowed(s.methodNotAllowed)
@@ -207,6 +216,7 @@ func (s *server) routes() {
 }
 
 func (s *server) notFound(w http.ResponseWriter, r *http.Request) {
+	markUnmatched(r)
 	s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, "no route for "+r.Method+" "+r.URL.Path)
 }
 
@@ -219,6 +229,7 @@ var allMethods = []string{
 // methodNotAllowed answers 405 with an Allow header. chi only fills Allow in its own default handler, so the
 // allowed methods are found again by matching the path against the router for each method.
 func (s *server) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	markUnmatched(r)
 	path := r.URL.RawPath
 	if path == "" {
 		path = r.URL.Path

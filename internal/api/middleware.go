@@ -30,6 +30,7 @@ type ctxKey int
 const (
 	infoKey ctxKey = iota
 	ownerKey
+	routeMarkKey // metrics.go
 )
 
 // RequestIDHeader carries the request id in both directions.

@@ -102,6 +102,10 @@ type Config struct {
 
 	// DebugListen, when set, serves net/http/pprof (goroutines, heap, CPU profiles) on this loopback address.
 	DebugListen string `yaml:"debug_listen"`
+	// MetricsListen is the address of GET /metrics (Prometheus text format); empty: off. MetricsToken, when set, is
+	// the bearer token a scraper must send.
+	MetricsListen string `yaml:"metrics_listen"`
+	MetricsToken  string `yaml:"metrics_token"`
 
 	// SecretsKey seals owners' secrets (base64 of 32 bytes); SecretsKeyFile, when set, holds it instead. Neither:
 	// serve uses <data_dir>/secrets-key, creating it on first start; gateway and worker use that file if it exists.
@@ -117,6 +121,13 @@ const DefaultJailerID = 10000
 
 // MinClusterTokenLen is the shortest cluster token accepted.
 const MinClusterTokenLen = 16
+
+// MinMetricsTokenLen is the shortest metrics token accepted.
+const MinMetricsTokenLen = 16
+
+// DefaultMetricsListen is where /metrics is served unless configured: loopback, so never public by accident (9464 is
+// also the default port of OpenTelemetry's Prometheus exporters).
+const DefaultMetricsListen = "127.0.0.1:9464"
 
 // setting is one configuration key: its YAML key, environment variable, flag and how to parse it.
 type setting struct {
@@ -217,6 +228,8 @@ var settings = []setting{
 	{"guest_https_proxy", "HTTPS_PROXY (and https_proxy) of every execution in the guests, unless it sets its own", str(func(c *Config) *string { return &c.GuestHTTPSProxy })},
 	{"guest_no_proxy", "NO_PROXY of every execution in the guests (localhost and the VM's gateway, where the credential proxy is, are always added when a proxy is set)", str(func(c *Config) *string { return &c.GuestNoProxy })},
 	{"debug_listen", "loopback address (127.0.0.1:PORT) serving Go's pprof profiles at /debug/pprof/ (empty: off)", str(func(c *Config) *string { return &c.DebugListen })},
+	{"metrics_listen", "address serving Prometheus metrics at /metrics (empty or off: none); give each process on a host its own port, and a metrics_token when it is not loopback", str(func(c *Config) *string { return &c.MetricsListen })},
+	{"metrics_token", "bearer token scrapers must send to /metrics (empty: none; prefer the env: flags show in the process list)", str(func(c *Config) *string { return &c.MetricsToken })},
 }
 
 func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
@@ -234,8 +247,8 @@ func Defaults() Config {
 		DataDir: filepath.Join(home, ".aetherium"), Listen: ":8080", AutoMigrate: true,
 		LogLevel: "info", LogFormat: "text", Concurrency: 10, Backend: "auto", Busybox: "/bin/busybox",
 		QEMUAccel: "auto", Network: "auto", NetworkCIDR: "172.16.0.0/24", DiskMB: 8192, NetworkBridge: "aetherium0", DockerNet: "none", ReadyWait: 60 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
-		WorkerAPIListen: "127.0.0.1:0",
-		JailerUID:       DefaultJailerID, JailerGID: DefaultJailerID, JailerCgroupVersion: 2,
+		WorkerAPIListen: "127.0.0.1:0", MetricsListen: DefaultMetricsListen,
+		JailerUID: DefaultJailerID, JailerGID: DefaultJailerID, JailerCgroupVersion: 2,
 		CredProxyPort: 8091, ModelUpstreamURL: "https://api.anthropic.com", OpenAIUpstreamURL: "https://api.openai.com",
 	}
 }
@@ -487,6 +500,17 @@ func (c *Config) normalize() error {
 	if c.DebugListen != "" && !loopbackAddr(c.DebugListen) {
 		bad("debug_listen", "must be a loopback host:port such as 127.0.0.1:6060: profiles show the process's internals (got %q)", c.DebugListen)
 	}
+	if c.MetricsListen == "off" {
+		c.MetricsListen = "" // the environment cannot say "empty": an empty variable counts as unset
+	}
+	if c.MetricsListen != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsListen); err != nil || port == "" {
+			bad("metrics_listen", "must be host:port such as 127.0.0.1:9464, or off (got %q)", c.MetricsListen)
+		}
+	}
+	if c.MetricsToken != "" && len(c.MetricsToken) < MinMetricsTokenLen {
+		bad("metrics_token", "must have at least %d characters (use a random one, e.g. openssl rand -hex 32)", MinMetricsTokenLen)
+	}
 	switch {
 	case c.ClusterTokenFile != "" && c.ClusterToken != "":
 		bad("cluster_token_file", "set cluster_token or cluster_token_file, not both")
@@ -562,6 +586,9 @@ func (c Config) Redacted() string {
 	}
 	if cc.SecretsKey != "" {
 		cc.SecretsKey = "xxxxx"
+	}
+	if cc.MetricsToken != "" {
+		cc.MetricsToken = "xxxxx"
 	}
 	if cc.SecretsOldKeys != "" {
 		cc.SecretsOldKeys = "xxxxx"

@@ -68,6 +68,9 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 		{"nested yaml", "listen:\n  a: b\n", nil, nil, "single value"},
 		{"debug listen off loopback", "", nil, []string{"--debug-listen", "0.0.0.0:6060"}, "debug_listen"},
 		{"debug listen by name", "", nil, []string{"--debug-listen", "localhost:6060"}, "debug_listen"},
+		{"metrics listen without a port", "", nil, []string{"--metrics-listen", "127.0.0.1"}, "metrics_listen"},
+		{"metrics listen with an empty port", "metrics_listen: \"127.0.0.1:\"\n", nil, nil, "metrics_listen"},
+		{"short metrics token", "", map[string]string{"AETHERIUM_METRICS_TOKEN": "short"}, nil, "metrics_token"},
 		{"relative guest ca file", "guest_ca_files: /etc/corp.pem, corp.pem\n", nil, nil, "guest_ca_files"},
 		{"guest proxy not a url", "", map[string]string{"AETHERIUM_GUEST_HTTPS_PROXY": "proxy.corp:3128"}, nil, "guest_https_proxy"},
 		{"guest proxy socks", "", nil, []string{"--guest-http-proxy", "socks5://p:1080"}, "guest_http_proxy"},
@@ -86,14 +89,48 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 func TestRedactedHidesPasswords(t *testing.T) {
 	c, err := load(t, "", nil, "--database-url", "postgres://u:secret@db/x?password=qsecret", "--redis-url", "redis://:hunter2@r:6379/0",
 		"--secrets-key", "c2VjcmV0cy1rZXktMzItYnl0ZXMtbG9uZy0tLS0tLS0=", "--secrets-old-keys", "b2xkLWtleQ==",
-		"--guest-https-proxy", "http://me:proxypass@proxy.corp:3128")
+		"--guest-https-proxy", "http://me:proxypass@proxy.corp:3128", "--metrics-token", "metrics-token-0123456789")
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := c.Redacted()
 	if strings.Contains(r, ":secret@") || strings.Contains(r, "qsecret") || strings.Contains(r, "hunter2") ||
-		strings.Contains(r, "c2VjcmV0cy1r") || strings.Contains(r, "b2xkLWtleQ") || strings.Contains(r, "proxypass") {
+		strings.Contains(r, "c2VjcmV0cy1r") || strings.Contains(r, "b2xkLWtleQ") || strings.Contains(r, "proxypass") ||
+		strings.Contains(r, "metrics-token-0123456789") {
 		t.Fatalf("redacted config leaks a password:\n%s", r)
+	}
+}
+
+// TestMetricsSettings: metrics are on by default on loopback; every source can move them or turn them off (the
+// environment with "off", since an empty variable counts as unset), and any address is accepted.
+func TestMetricsSettings(t *testing.T) {
+	for _, c := range []struct {
+		name, file string
+		env        map[string]string
+		args       []string
+		want       string
+	}{
+		{"default", "", nil, nil, DefaultMetricsListen},
+		{"file", "metrics_listen: 127.0.0.1:9500\n", nil, nil, "127.0.0.1:9500"},
+		{"file off by empty", "metrics_listen: \"\"\n", nil, nil, ""},
+		{"env over file", "metrics_listen: 127.0.0.1:9500\n", map[string]string{"AETHERIUM_METRICS_LISTEN": "0.0.0.0:9464"}, nil, "0.0.0.0:9464"},
+		{"env off", "", map[string]string{"AETHERIUM_METRICS_LISTEN": "off"}, nil, ""},
+		{"flag over env", "", map[string]string{"AETHERIUM_METRICS_LISTEN": "off"}, []string{"--metrics-listen", ":9464"}, ":9464"},
+		{"flag off by empty", "", nil, []string{"--metrics-listen="}, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := load(t, c.file, c.env, c.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.MetricsListen != c.want {
+				t.Fatalf("metrics_listen = %q, want %q", cfg.MetricsListen, c.want)
+			}
+		})
+	}
+	cfg, err := load(t, "", map[string]string{"AETHERIUM_METRICS_TOKEN": "0123456789abcdef"})
+	if err != nil || cfg.MetricsToken != "0123456789abcdef" {
+		t.Fatalf("token from env: %q %v", cfg.MetricsToken, err)
 	}
 }
 

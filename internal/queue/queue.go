@@ -69,6 +69,14 @@ type Options struct {
 	Concurrency int
 	// RetryDelay gives the wait before retry n (1-based). Default: exponential from 1 s, capped at 1 min, with jitter.
 	RetryDelay func(n int, err error) time.Duration
+	// Observer, when set, is told how every delivery whose handler ran ended (metrics).
+	Observer Observer
+}
+
+// Observer learns of every delivery whose handler ran: the task as begun, when its handler started, how long it
+// took and how the delivery ended. It is called on the worker's goroutine and must be quick.
+type Observer interface {
+	TaskRan(t *model.Task, started time.Time, took time.Duration, outcome OutcomeKind)
 }
 
 // PermanentError marks a failure that retrying cannot fix (bad input, a VM that no longer exists).

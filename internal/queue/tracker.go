@@ -379,6 +379,8 @@ type Runner struct {
 	// Granularity, when set, rounds retry times up to a multiple of it: a broker that schedules with coarse
 	// timestamps (asynq: whole seconds) then neither runs a retry before its delay nor disagrees with the row.
 	Granularity time.Duration
+	// Observer, when set, is told how every delivery whose handler ran ended (Options.Observer).
+	Observer Observer
 }
 
 // errInterruptedLastAttempt fails a task whose last attempt was lost with its worker (asynq redelivers it once
@@ -419,7 +421,19 @@ func (r *Runner) Run(ctx context.Context, d Delivery) Outcome {
 	if !ok {
 		return r.fail(ctx, d, Permanent(fmt.Errorf("no handler registered for task type %q", t.Type)))
 	}
+	started := time.Now()
 	result, herr := call(ctx, tr.log, h, t)
+	took := time.Since(started)
+	o := r.settle(ctx, d, t, result, herr)
+	if r.Observer != nil {
+		r.Observer.TaskRan(t, started, took, o.Kind)
+	}
+	return o
+}
+
+// settle records how the handler's run of delivery d ended and returns the outcome.
+func (r *Runner) settle(ctx context.Context, d Delivery, t *model.Task, result json.RawMessage, herr error) Outcome {
+	tr := r.Tracker
 	if herr == nil {
 		// A failed write is logged by write; the work is done and running it again would be worse than a stale row.
 		err := r.write(ctx, d, "complete", func(c context.Context) error { return tr.Succeed(c, d.TaskID, result) })

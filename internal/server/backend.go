@@ -15,6 +15,7 @@ import (
 
 	"github.com/aetherium/aetherium/internal/config"
 	"github.com/aetherium/aetherium/internal/image"
+	"github.com/aetherium/aetherium/internal/metrics"
 	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/vmm"
@@ -28,23 +29,24 @@ const DefaultImageName = "default"
 
 // openBackend builds the configured VM backend; "auto" tries firecracker, then qemu, then docker, and logs which
 // one it took and why it passed over the others.
-// The store holds the network's address leases; with a nil store (doctor) VMs get no network.
-func openBackend(ctx context.Context, cfg config.Config, st store.Store, log *slog.Logger) (vmBackend, error) {
+// The store holds the network's address leases; with a nil store (doctor) VMs get no network. nm counts the VMs'
+// network attachments and detachments (nil: none).
+func openBackend(ctx context.Context, cfg config.Config, st store.Store, nm *metrics.Network, log *slog.Logger) (vmBackend, error) {
 	switch cfg.Backend {
 	case "firecracker":
-		return openFirecracker(ctx, cfg, st, log)
+		return openFirecracker(ctx, cfg, st, nm, log)
 	case "qemu":
-		return openQEMU(ctx, cfg, st, log)
+		return openQEMU(ctx, cfg, st, nm, log)
 	case "docker":
 		return openDocker(ctx, cfg, log)
 	case "auto":
-		return openAuto(ctx, cfg, st, log)
+		return openAuto(ctx, cfg, st, nm, log)
 	default:
 		return nil, fmt.Errorf("unknown backend %q", cfg.Backend)
 	}
 }
 
-func openAuto(ctx context.Context, cfg config.Config, st store.Store, log *slog.Logger) (vmBackend, error) {
+func openAuto(ctx context.Context, cfg config.Config, st store.Store, nm *metrics.Network, log *slog.Logger) (vmBackend, error) {
 	var skipped []string
 	try := func(name string, open func() (vmBackend, error)) vmBackend {
 		b, err := open()
@@ -58,8 +60,8 @@ func openAuto(ctx context.Context, cfg config.Config, st store.Store, log *slog.
 		name string
 		open func() (vmBackend, error)
 	}{
-		{"firecracker", func() (vmBackend, error) { return autoFirecracker(ctx, cfg, st, log) }},
-		{"qemu", func() (vmBackend, error) { return openQEMU(ctx, cfg, st, log) }},
+		{"firecracker", func() (vmBackend, error) { return autoFirecracker(ctx, cfg, st, nm, log) }},
+		{"qemu", func() (vmBackend, error) { return openQEMU(ctx, cfg, st, nm, log) }},
 		{"docker", func() (vmBackend, error) { return openDocker(ctx, cfg, log) }},
 	} {
 		if b := try(c.name, c.open); b != nil {
@@ -72,7 +74,7 @@ func openAuto(ctx context.Context, cfg config.Config, st store.Store, log *slog.
 
 // autoFirecracker opens firecracker only where it would really run guests: its binary is installed and a probe
 // guest boots under KVM (with QEMU, which is how the host can be tested without a Firecracker-specific probe).
-func autoFirecracker(ctx context.Context, cfg config.Config, st store.Store, log *slog.Logger) (vmBackend, error) {
+func autoFirecracker(ctx context.Context, cfg config.Config, st store.Store, nm *metrics.Network, log *slog.Logger) (vmBackend, error) {
 	bin := cfg.FirecrackerBin
 	if bin == "" {
 		p, err := exec.LookPath("firecracker")
@@ -98,10 +100,10 @@ func autoFirecracker(ctx context.Context, cfg config.Config, st store.Store, log
 		}
 	}
 	cfg.FirecrackerBin = bin
-	return openFirecracker(ctx, cfg, st, log)
+	return openFirecracker(ctx, cfg, st, nm, log)
 }
 
-func openFirecracker(ctx context.Context, cfg config.Config, st store.Store, log *slog.Logger) (vmBackend, error) {
+func openFirecracker(ctx context.Context, cfg config.Config, st store.Store, nm *metrics.Network, log *slog.Logger) (vmBackend, error) {
 	kernel, rootfs, err := guestImages(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("firecracker backend: %w", err)
@@ -116,7 +118,7 @@ func openFirecracker(ctx context.Context, cfg config.Config, st store.Store, log
 		InstallationID: cfg.InstallationID, ReadyTimeout: cfg.ReadyWait, DiskMB: int64(cfg.DiskMB), Logger: log,
 	}
 	if net != nil {
-		fcfg.Network = net
+		fcfg.Network = countAttachments(net, nm)
 	}
 	setJailer(&fcfg, cfg)
 	b, err := firecracker.New(ctx, fcfg)
@@ -132,7 +134,7 @@ func openFirecracker(ctx context.Context, cfg config.Config, st store.Store, log
 	return wrapNetwork(b, net), nil
 }
 
-func openQEMU(ctx context.Context, cfg config.Config, st store.Store, log *slog.Logger) (vmBackend, error) {
+func openQEMU(ctx context.Context, cfg config.Config, st store.Store, nm *metrics.Network, log *slog.Logger) (vmBackend, error) {
 	bin := cfg.QEMUBin
 	if bin == "" {
 		bin = qemu.DefaultBinary
@@ -154,7 +156,7 @@ func openQEMU(ctx context.Context, cfg config.Config, st store.Store, log *slog.
 		ReadyTimeout: cfg.ReadyWait, DiskMB: int64(cfg.DiskMB), Logger: log,
 	}
 	if net != nil {
-		qcfg.Network = net
+		qcfg.Network = countAttachments(net, nm)
 	}
 	b, err := qemu.New(ctx, qcfg)
 	if err != nil {
@@ -193,6 +195,31 @@ func wrapNetwork(b vmBackend, net *network.Manager) vmBackend {
 		return withNetworkEvents{withNetwork: w, events: ev}
 	}
 	return w
+}
+
+// countAttachments returns a counting its attachments and detachments in nm; a itself when nm is nil.
+func countAttachments(a network.Attacher, nm *metrics.Network) network.Attacher {
+	if nm == nil {
+		return a
+	}
+	return &countingAttacher{Attacher: a, m: nm}
+}
+
+type countingAttacher struct {
+	network.Attacher
+	m *metrics.Network
+}
+
+func (c *countingAttacher) Attach(ctx context.Context, vmID string, policy network.Policy) (network.Attachment, error) {
+	att, err := c.Attacher.Attach(ctx, vmID, policy)
+	c.m.Attached(err)
+	return att, err
+}
+
+func (c *countingAttacher) Detach(ctx context.Context, vmID string) error {
+	err := c.Attacher.Detach(ctx, vmID)
+	c.m.Detached(err)
+	return err
 }
 
 // openNetwork sets up the host network of microVMs: with network "auto" only when running as root (and quietly

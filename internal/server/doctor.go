@@ -87,6 +87,11 @@ func Doctor(ctx context.Context, cfg config.Config, roles Roles, log *slog.Logge
 		add("api listen address", probeListen(cfg.Listen), cfg.Listen, "free the port or choose another with --listen")
 	}
 
+	if cfg.MetricsListen != "" {
+		add("metrics listen address", probeListen(cfg.MetricsListen), cfg.MetricsListen,
+			"free the port, give each aetherium process on this host its own --metrics-listen, or set it to off")
+	}
+
 	if roles.Worker {
 		checks = append(checks, backendChecks(ctx, cfg, log)...)
 		checks = append(checks, firecrackerChecks(ctx, cfg, defaultFirecrackerHost())...)
@@ -106,7 +111,7 @@ func backendChecks(ctx context.Context, cfg config.Config, log *slog.Logger) []C
 			cfg.InstallationID = id
 		}
 	}
-	backend, err := openBackend(bctx, cfg, nil, log)
+	backend, err := openBackend(bctx, cfg, nil, nil, log)
 	name := cfg.Backend
 	if err == nil {
 		name = backend.Name()

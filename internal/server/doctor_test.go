@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,7 +47,13 @@ func TestDoctorReportsWhatFailsAndHowToFixIt(t *testing.T) {
 	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
 	cfg := doctorConfig(t,
+		"--metrics-listen", taken.Addr().String(), // another process has it
 		"--data-dir", filepath.Join(blocker, "data"), // a file stands where the directory should be
 		"--database-url", "sqlite://"+filepath.Join(dir, "db.sqlite"),
 		"--redis-url", "redis://127.0.0.1:1/0", // nothing listens on port 1
@@ -58,7 +65,7 @@ func TestDoctorReportsWhatFailsAndHowToFixIt(t *testing.T) {
 	checks := byName(Doctor(context.Background(), cfg, Roles{API: true, Worker: true}, slog.Default()))
 	for name, want := range map[string]CheckStatus{
 		"data directory": CheckFail, "database": CheckOK, "redis": CheckFail, "api listen address": CheckOK,
-		"vm backend (docker)": CheckFail,
+		"vm backend (docker)": CheckFail, "metrics listen address": CheckFail,
 	} {
 		c, ok := checks[name]
 		if !ok {

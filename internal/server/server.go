@@ -27,6 +27,7 @@ import (
 	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/events/inproc"
 	"github.com/aetherium/aetherium/internal/events/redisbus"
+	"github.com/aetherium/aetherium/internal/metrics"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/queue/asynqq"
 	"github.com/aetherium/aetherium/internal/queue/embedded"
@@ -77,14 +78,31 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		return err
 	}
 	defer stopDebug()
+	// One registry for the whole process (serve: the gateway's and the worker's metrics together), handed to what
+	// records; nil when metrics_listen is off, and then nothing records.
+	var ms *metrics.Set
+	if cfg.MetricsListen != "" {
+		ms = metrics.New(version)
+	}
+	// Served from the start and stopped after everything else, so a scrape sees the shutdown too; the collectors
+	// registered below are read at scrape time.
+	stopMetrics, _, err := startMetrics(cfg.MetricsListen, cfg.MetricsToken, ms, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	bus, err := openBus(cfg, log)
 	if err != nil {
 		return err
 	}
 	defer bus.Close()
 
-	q, err := openQueue(cfg, roles, st, bus, log)
+	q, err := openQueue(cfg, roles, st, bus, ms.Tasks().Observer(), log)
 	if err != nil {
+		return err
+	}
+	q = ms.Tasks().WrapQueue(q)
+	if err := ms.Tasks().WatchQueue(q); err != nil {
 		return err
 	}
 
@@ -122,11 +140,14 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		cpSrv   *http.Server
 	)
 	if roles.Worker {
-		backend, err := openBackend(ctx, cfg, st, log)
+		backend, err := openBackend(ctx, cfg, st, ms.Network(), log)
 		if err != nil {
 			return err
 		}
 		defer backend.Close()
+		if err := ms.Worker().WatchVMs(st.VMs(), cfg.WorkerID, backend.Name()); err != nil {
+			return err
+		}
 		// The proxy reads owners' secrets through the secrets manager; without a secrets key it answers every
 		// request that needs one with a clear 502 (a nil *Manager must not become a non-nil interface).
 		var secretSource credproxy.SecretSource
@@ -171,6 +192,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			ProxyEnv: cp.proxyEnv(),
 			Guest:    guest,
 			Agents:   agentCatalog,
+			Metrics:  ms.Worker(),
 		})
 		if err != nil {
 			return err
@@ -194,7 +216,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog), task.WithSecrets(sm),
 			task.WithAgents(agentCatalog), task.WithGitHosts(gitHostSecrets(gitHosts)))
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
-			ClusterToken: token, Idempotency: st.Idempotency()})
+			ClusterToken: token, Idempotency: st.Idempotency(), Metrics: ms.HTTP()})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
@@ -378,8 +400,8 @@ func openBus(cfg config.Config, log *slog.Logger) (events.Bus, error) {
 	return redisbus.New(redis.NewClient(opt), redisbus.WithLogger(log)), nil
 }
 
-func openQueue(cfg config.Config, roles Roles, st store.Store, bus events.Bus, log *slog.Logger) (queue.Queue, error) {
-	opts := queue.Options{WorkerID: cfg.WorkerID, Concurrency: cfg.Concurrency}
+func openQueue(cfg config.Config, roles Roles, st store.Store, bus events.Bus, obs queue.Observer, log *slog.Logger) (queue.Queue, error) {
+	opts := queue.Options{WorkerID: cfg.WorkerID, Concurrency: cfg.Concurrency, Observer: obs}
 	if cfg.RedisURL == "" {
 		if !(roles.API && roles.Worker) {
 			return nil, errors.New("redis_url is required: the in-process queue only works when gateway and worker share a process (aetherium serve)")

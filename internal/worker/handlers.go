@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/aetherium/aetherium/internal/agent"
+	agentclient "github.com/aetherium/aetherium/internal/agent/client"
+	"github.com/aetherium/aetherium/internal/metrics"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/secrets"
@@ -92,7 +94,10 @@ func (w *Worker) createVM(ctx context.Context, vmID string, last bool, tl *toolL
 		Egress: egress,
 	})
 	if err == nil {
-		err = w.cfg.Backend.StartVM(ctx, vm.ID)
+		bootStart := time.Now()
+		if err = w.cfg.Backend.StartVM(ctx, vm.ID); err == nil {
+			w.cfg.Metrics.ObserveBoot(w.cfg.Backend.Name(), time.Since(bootStart))
+		}
 	}
 	if err == nil {
 		err = w.setupGuest(ctx, vm) // CA certificates and proxy settings (guestenv.go)
@@ -145,7 +150,9 @@ func (w *Worker) createVM(ctx context.Context, vmID string, last bool, tl *toolL
 	if err != nil {
 		return nil, err
 	}
-	log.Info("vm running", "took_ms", time.Since(start).Milliseconds())
+	took := time.Since(start)
+	w.cfg.Metrics.ObserveReady(w.cfg.Backend.Name(), took)
+	log.Info("vm running", "took_ms", took.Milliseconds())
 	return vm, nil
 }
 
@@ -320,16 +327,22 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 	}
 	// The output streams to live readers as it comes (execOutput) and is kept, up to the cap, for the row.
 	out := w.newExecOutput(ctx, e, scrub)
+	execStart := time.Now()
 	res, err := w.cfg.Backend.ExecuteStream(ctx, vm.ID, req, out.writer(0), out.writer(1))
+	execTook := time.Since(execStart)
 	out.finish()
 	if err != nil {
 		// The command may or may not have started: never run it again. Say what happened instead.
 		if ctx.Err() != nil {
 			return w.failExecutionWithOutput(context.WithoutCancel(ctx), e, "interrupted: the worker stopped while the command was running; it is not run twice", out)
 		}
+		if isTransportError(err) {
+			w.cfg.Metrics.TransportError(w.cfg.Backend.Name(), metrics.OpExec)
+		}
 		w.Kick() // the VM may have died: let the resync loop look now
 		return w.failExecutionWithOutput(ctx, e, fmt.Sprintf("could not run the command: %v", err), out)
 	}
+	w.cfg.Metrics.ObserveExec(w.cfg.Backend.Name(), execTook)
 	out.fillResult(res)
 	// The command ran: its result must not be lost to a database blip, or the retry would find the execution
 	// "running" and report it interrupted. Keep trying for a while, even past the task's cancellation.
@@ -342,6 +355,13 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 	// Announced only now, so that a reader told of the end finds the final row.
 	w.announceEnd(ctx, e, out)
 	return e, nil
+}
+
+// isTransportError reports whether a call to the agent failed on the way (no agent, a broken connection, no answer in
+// time) rather than being answered with an error. A command that ran and failed is a result, never an error.
+func isTransportError(err error) bool {
+	var answered *agentclient.Error
+	return errors.Is(err, agentclient.ErrUnavailable) || !errors.As(err, &answered)
 }
 
 func (w *Worker) saveResult(ctx context.Context, id string, res *agent.ExecResult) (*model.Execution, error) {

@@ -18,6 +18,7 @@ import (
 	"github.com/aetherium/aetherium/internal/agents"
 	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/keyedmutex"
+	"github.com/aetherium/aetherium/internal/metrics"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/secrets"
@@ -64,6 +65,8 @@ type Config struct {
 	// Guest is what every VM gets at start and every execution in its environment: extra CA certificates and
 	// proxy settings (guestenv.go, LoadGuestSetup); nil: nothing.
 	Guest *GuestSetup
+	// Metrics records boot and create-to-ready times, exec round trips and agent transport errors; nil: nothing.
+	Metrics *metrics.Worker
 }
 
 // Worker owns the VMs of one host.

@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
 	"sort"
 	"testing"
@@ -44,8 +46,46 @@ func BenchmarkAPICreateToReady(b *testing.B) {
 	}
 }
 
-// serveBench starts `aetherium serve` on the given backend for a benchmark.
-func serveBench(b *testing.B, backend string) *client.Client {
+// BenchmarkAPIExecWaitMetrics is BenchmarkAPIExecWait on Docker with metrics off and on, for their overhead. With
+// them on, a scraper reads /metrics every second meanwhile (Prometheus scrapes every 15 s or so: this is the
+// worse case), so the cost of the collectors that read the store and the queue at scrape time is in it too.
+func BenchmarkAPIExecWaitMetrics(b *testing.B) {
+	b.Run("off", func(b *testing.B) { benchExecWait(b, serveBench(b, "docker", "AETHERIUM_METRICS_LISTEN=off")) })
+	b.Run("on", func(b *testing.B) {
+		maddr := freePort(b)
+		c := serveBench(b, "docker", "AETHERIUM_METRICS_LISTEN="+maddr)
+		ctx, cancel := context.WithCancel(context.Background())
+		scraped := make(chan int)
+		go func() {
+			n := 0
+			defer func() { scraped <- n }()
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				resp, err := http.Get("http://" + maddr + "/metrics")
+				if err != nil {
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					n++
+				}
+			}
+		}()
+		benchExecWait(b, c)
+		cancel()
+		b.ReportMetric(float64(<-scraped), "scrapes")
+	})
+}
+
+// serveBench starts `aetherium serve` on the given backend for a benchmark, with extra environment.
+func serveBench(b *testing.B, backend string, extra ...string) *client.Client {
 	var env []string
 	switch backend {
 	case "docker":
@@ -56,7 +96,7 @@ func serveBench(b *testing.B, backend string) *client.Client {
 	}
 	dataDir := shortDir(b)
 	addr := freePort(b)
-	p := start(b, "serve", append(serveEnv(dataDir, addr, "AETHERIUM_WORKER_ID=e2e-bench", "AETHERIUM_LOG_LEVEL=warn"), env...), "serve")
+	p := start(b, "serve", append(append(serveEnv(dataDir, addr, "AETHERIUM_WORKER_ID=e2e-bench", "AETHERIUM_LOG_LEVEL=warn"), env...), extra...), "serve")
 	waitHTTP(b, addr, p)
 	c := newClient(b, addr, readLine(b, filepath.Join(dataDir, "admin-api-key")))
 	waitReady(b, c)

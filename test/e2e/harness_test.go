@@ -114,7 +114,9 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 func start(t testing.TB, name string, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, "aetherium"), args...)
-	cmd.Env = append(os.Environ(), env...)
+	// Metrics are off unless a test asks for them: processes started side by side would all want the default
+	// metrics port (a later AETHERIUM_METRICS_LISTEN in env wins).
+	cmd.Env = append(append(os.Environ(), "AETHERIUM_METRICS_LISTEN=off"), env...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -205,6 +205,7 @@ func New(redisOpt asynq.RedisConnOpt, tasks store.TaskStore, bus events.Bus, opt
 		Aborting:   q.aborting.Load,
 		// asynq stores retry and process-at times in whole seconds and moves a task once that second has begun.
 		Granularity: time.Second,
+		Observer:    opts.Observer,
 	}
 	return q, nil
 }

@@ -122,6 +122,7 @@ func New(tasks store.TaskStore, bus events.Bus, opts queue.Options, log *slog.Lo
 		Handler:    q.handler,
 		RetryDelay: opts.RetryDelay,
 		Aborting:   q.aborting.Load,
+		Observer:   opts.Observer,
 	}
 	return q
 }
