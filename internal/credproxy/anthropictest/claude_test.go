@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -52,7 +53,7 @@ type claudeRun struct {
 
 // runClaude runs claude -p in a fresh git repository with its model API at url. Under root it sets IS_SANDBOX=1,
 // which is what lets root use --dangerously-skip-permissions (claude refuses it otherwise).
-func runClaude(t *testing.T, dir, url string, maxTurns string) *claudeRun {
+func runClaude(t *testing.T, dir, url string, maxTurns string, env ...string) *claudeRun {
 	t.Helper()
 	bin := claudeBin(t)
 	home := t.TempDir()
@@ -66,6 +67,7 @@ func runClaude(t *testing.T, dir, url string, maxTurns string) *claudeRun {
 	if os.Geteuid() == 0 {
 		cmd.Env = append(cmd.Env, "IS_SANDBOX=1")
 	}
+	cmd.Env = append(cmd.Env, env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -182,5 +184,50 @@ func TestClaudeCode(t *testing.T) {
 	}
 	if n, _ := res["num_turns"].(float64); n < 3 {
 		t.Errorf("num_turns %v, want 3 or more", res["num_turns"])
+	}
+}
+
+// TestClaudeCodeMaxTurns: claude stops after --max-turns model turns although the script asks for more tools.
+func TestClaudeCodeMaxTurns(t *testing.T) {
+	claudeBin(t)
+	dir := newRepo(t)
+	bash := func(cmd string) Turn { return Turn{Blocks: []Block{ToolUse("Bash", map[string]any{"command": cmd})}} }
+	srv := New(Script{Turns: []Turn{bash("echo 1 >> n.txt"), bash("echo 2 >> n.txt"), bash("echo 3 >> n.txt"), {Blocks: []Block{Text("done")}}}})
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	run := runClaude(t, dir, hs.URL, "2")
+	defer logRequests(t, srv)
+	res := run.result(t)
+	t.Logf("exit %d, result: %v", run.code, res)
+	if b, _ := os.ReadFile(filepath.Join(dir, "n.txt")); string(b) != "1\n2\n" {
+		t.Errorf("n.txt = %q, want two commands run", b)
+	}
+	if res["subtype"] != "error_max_turns" || res["is_error"] != true || run.code == 0 {
+		t.Errorf("exit %d, subtype %v, is_error %v; want error_max_turns", run.code, res["subtype"], res["is_error"])
+	}
+}
+
+// TestClaudeCodeAPIError: a model API that refuses (400, 401) or fails (500) ends the run with an error result
+// and exit 1. claude retries even a 401 (10 times by default, with backoff: three minutes); CLAUDE_CODE_MAX_RETRIES
+// bounds that.
+func TestClaudeCodeAPIError(t *testing.T) {
+	claudeBin(t)
+	for _, status := range []int{400, 401, 500} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			dir := newRepo(t)
+			srv := New(Script{Turns: []Turn{{Status: status}}})
+			hs := httptest.NewServer(srv)
+			defer hs.Close()
+			run := runClaude(t, dir, hs.URL, "3", "CLAUDE_CODE_MAX_RETRIES=1")
+			defer logRequests(t, srv)
+			res := run.result(t)
+			t.Logf("exit %d, %d requests, result: %v", run.code, len(srv.Requests()), res)
+			// The subtype stays "success": an API error shows in is_error, terminal_reason and api_error_status.
+			if run.code != 1 || res["is_error"] != true || res["terminal_reason"] != "api_error" ||
+				res["api_error_status"] != float64(status) {
+				t.Errorf("exit %d, is_error %v, terminal_reason %v, api_error_status %v: want a failed run",
+					run.code, res["is_error"], res["terminal_reason"], res["api_error_status"])
+			}
+		})
 	}
 }
