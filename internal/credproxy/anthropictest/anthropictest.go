@@ -135,6 +135,7 @@ type Server struct {
 	script Script
 
 	mu       sync.Mutex
+	vars     map[string]string
 	reqs     []Request
 	seq      int
 	first    chan struct{}
@@ -153,6 +154,42 @@ func New(script Script) *Server {
 		script.Model = "claude-sonnet-4-5"
 	}
 	return &Server{script: script, first: make(chan struct{})}
+}
+
+// Set makes every later answer replace placeholder with value in its text and tool inputs: a script can name
+// what is only known once the agent runs (its working directory, say). In tool inputs the value is JSON-escaped.
+func (s *Server) Set(placeholder, value string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.vars == nil {
+		s.vars = map[string]string{}
+	}
+	s.vars[placeholder] = value
+}
+
+// substitute returns blocks with the placeholders of Set replaced.
+func (s *Server) substitute(blocks []Block) []Block {
+	s.mu.Lock()
+	vars := make(map[string]string, len(s.vars))
+	for k, v := range s.vars {
+		vars[k] = v
+	}
+	s.mu.Unlock()
+	if len(vars) == 0 {
+		return blocks
+	}
+	out := make([]Block, len(blocks))
+	for i, b := range blocks {
+		for k, v := range vars {
+			b.Text = strings.ReplaceAll(b.Text, k, v)
+			if len(b.Input) > 0 {
+				esc, _ := json.Marshal(v)
+				b.Input = json.RawMessage(strings.ReplaceAll(string(b.Input), k, string(esc[1:len(esc)-1])))
+			}
+		}
+		out[i] = b
+	}
+	return out
 }
 
 // FirstMessage is closed when the first POST /v1/messages arrives (before it is answered).
@@ -309,12 +346,13 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, body []byte, i
 	if usage == (Usage{}) {
 		usage = s.script.Usage
 	}
-	msg := s.message(req.Model, turn.Blocks, usage)
+	blocks := s.substitute(turn.Blocks)
+	msg := s.message(req.Model, blocks, usage)
 	if !req.Stream {
 		writeJSON(w, http.StatusOK, msg)
 		return
 	}
-	s.stream(w, r, msg, turn.Blocks, usage)
+	s.stream(w, r, msg, blocks, usage)
 }
 
 // message is the complete (non-streamed) answer.
