@@ -4,6 +4,7 @@ package server
 
 import (
 	"context"
+	"github.com/aetherium/aetherium/internal/network"
 	"testing"
 
 	"github.com/aetherium/aetherium/internal/vmm"
@@ -35,5 +36,18 @@ func TestNetworkWrapperKeepsEvents(t *testing.T) {
 	}
 	if _, ok := wrapNetwork(plainBackend{}, nil).(vmm.VMEvents); ok {
 		t.Fatal("a backend without events claims them once wrapped")
+	}
+}
+
+// TestBackendNetworkSeesEveryWrapper: the credential proxy finds the network of a backend that reports VM events
+// too (qemu and firecracker are wrapped in withNetworkEvents); missing it turned the proxy off on those backends.
+func TestBackendNetworkSeesEveryWrapper(t *testing.T) {
+	m := &network.Manager{}
+	plain := &withNetwork{net: m}
+	if backendNetwork(plain) != m || backendNetwork(withNetworkEvents{withNetwork: plain}) != m {
+		t.Fatal("backendNetwork misses a wrapped backend's network")
+	}
+	if backendNetwork(nil) != nil {
+		t.Fatal("a backend without a network has one")
 	}
 }

@@ -82,7 +82,10 @@ func (c *credProxy) proxyEnv() worker.ProxyEnvFunc {
 
 // backendNetwork is the network manager of a microVM backend, nil for one without a network.
 func backendNetwork(b vmBackend) *network.Manager {
-	if w, ok := b.(*withNetwork); ok {
+	switch w := b.(type) {
+	case *withNetwork:
+		return w.net
+	case withNetworkEvents: // the same, for a backend that reports VM events (qemu, firecracker)
 		return w.net
 	}
 	return nil

@@ -113,7 +113,13 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 
 func start(t testing.TB, name string, env []string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "aetherium"), args...)
+	return startArgv(t, name, env, append([]string{filepath.Join(binDir, "aetherium")}, args...))
+}
+
+// startArgv is start for any command line (a server inside a network namespace, say).
+func startArgv(t testing.TB, name string, env []string, argv []string) *proc {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
 	// Metrics are off unless a test asks for them: processes started side by side would all want the default
 	// metrics port (a later AETHERIUM_METRICS_LISTEN in env wins).
 	cmd.Env = append(append(os.Environ(), "AETHERIUM_METRICS_LISTEN=off"), env...)
