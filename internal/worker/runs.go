@@ -310,7 +310,9 @@ func (w *Worker) runAgent(ctx context.Context, t *model.Task, run *model.Run) (*
 			tr.status("pushing", "pushed branch "+result.PushedBranch)
 		}
 	}
-	if alive {
+	// A cancelled run ends now: what the agent changed is not read (it would hold the cancel for as long as git
+	// takes in the guest), and its VM is kept or deleted as asked.
+	if alive && !cancelled {
 		if err := rg.collect(sctx, base, &result); err != nil {
 			log.Warn("could not collect the run's changes", "err", err)
 			if reason == "" {
@@ -608,11 +610,14 @@ func truncate(s string, n int) string {
 }
 
 // killScript kills every process of the run: those whose environment names it (its agent and everything the
-// agent started, even in a session of its own), whatever their user.
-const killScript = `for p in /proc/[0-9]*; do
-  pid=${p#/proc/}
-  [ "$pid" = "$$" ] && continue
-  if tr '\0' '\n' < "$p/environ" 2>/dev/null | grep -qx "AETHERIUM_RUN_ID=$RUN_KILL"; then kill -KILL "$pid" 2>/dev/null || true; fi
+// agent started, even in a session of its own, as claude-code's Bash tool does), whatever their user. One grep
+// reads every environment: a fork per process is slow on an emulated CPU. Processes that appear meanwhile (a
+// fork of one just killed) are caught by a second pass.
+const killScript = `for pass in 1 2; do
+  for f in $(grep -l -z -x -F "AETHERIUM_RUN_ID=$RUN_KILL" /proc/[0-9]*/environ 2>/dev/null); do
+    pid=${f#/proc/}; pid=${pid%/environ}
+    [ "$pid" = "$$" ] || kill -KILL "$pid" 2>/dev/null || true
+  done
 done
 exit 0
 `
