@@ -6,6 +6,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/aetherium/aetherium/internal/network"
 	"github.com/aetherium/aetherium/internal/vmm"
 )
 
@@ -35,5 +36,20 @@ func TestNetworkWrapperKeepsEvents(t *testing.T) {
 	}
 	if _, ok := wrapNetwork(plainBackend{}, nil).(vmm.VMEvents); ok {
 		t.Fatal("a backend without events claims them once wrapped")
+	}
+}
+
+// TestBackendNetworkSeesThroughEvents: the credential proxy finds the network manager of a backend with VM
+// events (qemu, firecracker) as well as of one without; it found none for the first, so no QEMU worker had a proxy.
+func TestBackendNetworkSeesThroughEvents(t *testing.T) {
+	m := &network.Manager{}
+	if got := backendNetwork(wrapNetwork(evBackend{c: make(chan vmm.Event)}, m)); got != m {
+		t.Errorf("backend with events: network %p, want %p", got, m)
+	}
+	if got := backendNetwork(wrapNetwork(plainBackend{}, m)); got != m {
+		t.Errorf("backend without events: network %p, want %p", got, m)
+	}
+	if got := backendNetwork(plainBackend{}); got != nil {
+		t.Errorf("unwrapped backend: network %p, want nil", got)
 	}
 }

@@ -79,9 +79,13 @@ func (c *credProxy) proxyEnv() worker.ProxyEnvFunc {
 	return c.env
 }
 
-// backendNetwork is the network manager of a microVM backend, nil for one without a network.
+// backendNetwork is the network manager of a microVM backend, nil for one without a network. QEMU and
+// Firecracker report VM events, so theirs is wrapped as withNetworkEvents.
 func backendNetwork(b vmBackend) *network.Manager {
-	if w, ok := b.(*withNetwork); ok {
+	switch w := b.(type) {
+	case *withNetwork:
+		return w.net
+	case withNetworkEvents:
 		return w.net
 	}
 	return nil
