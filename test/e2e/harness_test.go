@@ -113,7 +113,13 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 
 func start(t testing.TB, name string, env []string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "aetherium"), args...)
+	return startCmd(t, name, exec.Command(filepath.Join(binDir, "aetherium"), args...), env)
+}
+
+// startCmd starts cmd (an aetherium process, possibly through a wrapper such as nsenter that execs it) with env
+// added to this process's, and stops it when the test ends.
+func startCmd(t testing.TB, name string, cmd *exec.Cmd, env []string) *proc {
+	t.Helper()
 	cmd.Env = append(os.Environ(), env...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
