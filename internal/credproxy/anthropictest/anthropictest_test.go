@@ -3,7 +3,9 @@ package anthropictest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -257,6 +259,35 @@ func TestHold(t *testing.T) {
 	resp := <-got
 	defer resp.Body.Close()
 	if events := readSSE(t, resp.Body); len(events) != 14 {
+		t.Errorf("%d events after release", len(events))
+	}
+}
+
+// TestHoldCancelled: a client that gives up on a held turn ends its request; the hold stays for the next one.
+func TestHoldCancelled(t *testing.T) {
+	h := NewHold()
+	script := testScript()
+	script.Turns[0].Hold = h
+	hs := httptest.NewServer(New(script))
+	defer hs.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, hs.URL+"/v1/messages", strings.NewReader(loopBody(0, true)))
+		req.Header.Set("x-api-key", "k")
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errs <- err
+	}()
+	<-h.Reached()
+	cancel()
+	if err := <-errs; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled request: %v", err)
+	}
+	h.Release()
+	if events := readSSE(t, post(t, hs.URL+"/v1/messages", "k", loopBody(0, true)).Body); len(events) != 14 {
 		t.Errorf("%d events after release", len(events))
 	}
 }

@@ -185,6 +185,12 @@ func TestClaudeCode(t *testing.T) {
 	if res["subtype"] != "success" || res["is_error"] != false || res["result"] != "All done." {
 		t.Errorf("result %v", res)
 	}
+	// claude sums the usage of its model calls: input from message_start, output from message_delta.
+	u, _ := res["usage"].(map[string]any)
+	want := 2*DefaultUsage.InputTokens + 7
+	if u["input_tokens"] != float64(want) || u["output_tokens"] != float64(2*DefaultUsage.OutputTokens+3) || u["cache_read_input_tokens"] != 50.0 {
+		t.Errorf("result usage %v, want input %d, output %d, cache reads 50", u, want, 2*DefaultUsage.OutputTokens+3)
+	}
 	if n, _ := res["num_turns"].(float64); n < 3 {
 		t.Errorf("num_turns %v, want 3 or more", res["num_turns"])
 	}
