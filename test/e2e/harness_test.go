@@ -113,13 +113,13 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 
 func start(t testing.TB, name string, env []string, args ...string) *proc {
 	t.Helper()
-	return startArgv(t, name, env, append([]string{filepath.Join(binDir, "aetherium")}, args...))
+	return startCmd(t, name, exec.Command(filepath.Join(binDir, "aetherium"), args...), env)
 }
 
-// startArgv is start for any command line (a server inside a network namespace, say).
-func startArgv(t testing.TB, name string, env []string, argv []string) *proc {
+// startCmd starts cmd (an aetherium process, possibly through a wrapper such as nsenter that execs it) with env
+// added to this process's, and stops it when the test ends.
+func startCmd(t testing.TB, name string, cmd *exec.Cmd, env []string) *proc {
 	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
 	// Metrics are off unless a test asks for them: processes started side by side would all want the default
 	// metrics port (a later AETHERIUM_METRICS_LISTEN in env wins).
 	cmd.Env = append(append(os.Environ(), "AETHERIUM_METRICS_LISTEN=off"), env...)

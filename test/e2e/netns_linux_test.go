@@ -7,103 +7,146 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"testing"
-	"time"
-
-	"github.com/aetherium/aetherium/internal/vmm/vmproc"
-	"github.com/aetherium/aetherium/pkg/client"
 )
 
-// A network namespace of its own for a server whose microVMs have networking: the worker makes its bridge,
-// TAPs and nftables tables there, so the machine's own interfaces and firewall are never touched. A veth pair
-// links it to the test: the test listens on the host side (upstreams the worker's credential proxy reaches) and
-// calls the API on the namespace side.
+// netNS is a network namespace of a test, joined to the host's by a veth pair: the host side HostIP/30, the
+// namespace side NSIP/30 with the default route through HostIP. A server started in it (serveInNetNS) builds its
+// VM bridge, TAPs and nftables tables there, and leaves this machine's own interfaces and firewall alone; the
+// test reaches it at NSIP, and it reaches servers the test runs on HostIP (a scripted model API, a git server).
 type netNS struct {
-	name     string
-	hostIP   string // the test's side of the link
-	nsIP     string // the server's side
-	hostLink string
+	Name   string
+	HostIP string
+	NSIP   string
 }
 
-var netnsSeq atomic.Int32
+// Path is the namespace's file, for nsenter --net.
+func (n *netNS) Path() string { return "/run/netns/" + n.Name }
 
-// newNetNS makes the namespace and its link, and removes them when the test ends. It needs root and iproute2.
-func newNetNS(t *testing.T) *netNS {
+// newNetNS makes a fresh namespace with its veth pair, or skips (fails under AETHERIUM_REQUIRE_SERVICES=1) when
+// this process cannot (it needs root and iproute2). Everything is removed when the test ends, failed or not:
+// deleting the namespace deletes its veth end, which deletes the pair.
+func newNetNS(t testing.TB) *netNS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		requireService(t, "root (network namespaces)", false, "not root")
+	_, ipErr := exec.LookPath("ip")
+	_, nsenterErr := exec.LookPath("nsenter")
+	requireService(t, "network namespaces", os.Geteuid() == 0 && ipErr == nil && nsenterErr == nil,
+		fmt.Sprintf("need root, ip (iproute2) and nsenter (util-linux): euid %d, %v, %v", os.Geteuid(), ipErr, nsenterErr))
+	id := make([]byte, 3)
+	if _, err := rand.Read(id); err != nil {
+		t.Fatal(err)
 	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		requireService(t, "iproute2's ip (network namespaces)", false, err.Error())
+	suffix := hex.EncodeToString(id)
+	n := &netNS{Name: "aee-" + suffix}
+	sub, err := freeSubnet()
+	if err != nil {
+		t.Fatal(err)
 	}
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	n := int(netnsSeq.Add(1))
-	sub := int(b[0])%200 + 20 // 10.252.<sub>.<4n>/30: unlikely to meet another test's
-	ns := &netNS{name: "ae-e2e-" + hex.EncodeToString(b), hostLink: "aee" + hex.EncodeToString(b),
-		hostIP: fmt.Sprintf("10.252.%d.%d", sub, 4*n+1), nsIP: fmt.Sprintf("10.252.%d.%d", sub, 4*n+2)}
+	n.HostIP, n.NSIP = fmt.Sprintf("10.251.%d.1", sub), fmt.Sprintf("10.251.%d.2", sub)
+	hostIf, nsIf := "aeeh"+suffix, "aeen"+suffix
 	run := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	run("netns", "add", ns.name)
+	run("netns", "add", n.Name)
 	t.Cleanup(func() {
-		_ = exec.Command("ip", "link", "del", ns.hostLink).Run()
-		_ = exec.Command("ip", "netns", "del", ns.name).Run()
+		// Deleting the veth's host end is enough when the namespace survives (a process still in it); the
+		// namespace goes when its last process does.
+		_ = exec.Command("ip", "link", "del", hostIf).Run()
+		if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
+			t.Errorf("remove network namespace %s: %v\n%s", n.Name, err, out)
+		}
 	})
-	run("link", "add", ns.hostLink, "type", "veth", "peer", "name", "eth-e2e", "netns", ns.name)
-	run("addr", "add", ns.hostIP+"/30", "dev", ns.hostLink)
-	run("link", "set", ns.hostLink, "up")
-	run("-n", ns.name, "addr", "add", ns.nsIP+"/30", "dev", "eth-e2e")
-	run("-n", ns.name, "link", "set", "eth-e2e", "up")
-	run("-n", ns.name, "link", "set", "lo", "up")
-	run("-n", ns.name, "route", "add", "default", "via", ns.hostIP)
-	return ns
+	run("link", "add", hostIf, "type", "veth", "peer", "name", nsIf, "netns", n.Name)
+	run("addr", "add", n.HostIP+"/30", "dev", hostIf)
+	run("link", "set", hostIf, "up")
+	run("-n", n.Name, "link", "set", "lo", "up")
+	run("-n", n.Name, "addr", "add", n.NSIP+"/30", "dev", nsIf)
+	run("-n", n.Name, "link", "set", nsIf, "up")
+	run("-n", n.Name, "route", "add", "default", "via", n.HostIP)
+	return n
 }
 
-// listen opens a TCP listener on the test's side of the link.
-func (ns *netNS) listen(t *testing.T) net.Listener {
+// freeSubnet picks a 10.251.<n>.0/30 no interface of this host uses (other tests may run beside this one).
+func freeSubnet() (int, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return 0, fmt.Errorf("list addresses: %w", err)
+	}
+	used := map[int]bool{}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok {
+			if ip4 := ipn.IP.To4(); ip4 != nil && ip4[0] == 10 && ip4[1] == 251 {
+				used[int(ip4[2])] = true
+			}
+		}
+	}
+	b := make([]byte, 1)
+	for range 64 {
+		if _, err := rand.Read(b); err != nil {
+			return 0, err
+		}
+		if !used[int(b[0])] {
+			return int(b[0]), nil
+		}
+	}
+	return 0, fmt.Errorf("no free 10.251.x.0/30 subnet")
+}
+
+// listenHost listens on the host side of the veth, for upstream servers that serve in the namespace reaches.
+func (n *netNS) listenHost(t testing.TB) net.Listener {
 	t.Helper()
-	ln, err := net.Listen("tcp4", ns.hostIP+":0")
+	l, err := net.Listen("tcp", n.HostIP+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	return ln
+	return l
 }
 
-// nsServer is serve running inside a namespace.
-type nsServer struct {
-	p       *proc
-	dataDir string
-	addr    string
-	client  *client.Client
-}
-
-// serve starts `aetherium serve` in the namespace with networking on and env (the guests' settings), waits until
-// it is ready, and stops it (and checks that no guest is left) when the test ends.
-func (ns *netNS) serve(t *testing.T, env ...string) *nsServer {
+// serveHost serves h on the host side of the veth and returns its base URL.
+func (n *netNS) serveHost(t testing.TB, h http.Handler) string {
 	t.Helper()
-	s := &nsServer{dataDir: shortDir(t), addr: ns.nsIP + ":8080"}
-	env = append(serveEnv(s.dataDir, s.addr, "AETHERIUM_WORKER_ID=e2e-netns-"+ns.name), env...)
-	env = append(env, "AETHERIUM_NETWORK=on", "AETHERIUM_SHUTDOWN_VMS=true")
-	s.p = startArgv(t, "serve in "+ns.name, env, []string{"ip", "netns", "exec", ns.name, filepath.Join(binDir, "aetherium"), "serve"})
-	t.Cleanup(func() {
-		s.p.stop(syscall.SIGTERM, 60*time.Second)
-		for _, f := range guestsUnder(s.dataDir) {
-			_ = vmproc.KillGroup(f.PID)
+	l := n.listenHost(t)
+	srv := &http.Server{Handler: h}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + l.Addr().String()
+}
+
+// serveInNetNS starts aetherium serve in the namespace with the microVM backend and its network on (env is
+// added last and wins), listening on the namespace's side of the veth, and returns the API address and the
+// process. The data directory is dataDir.
+func serveInNetNS(t testing.TB, n *netNS, dataDir, workerID string, env ...string) (string, *proc) {
+	t.Helper()
+	addr := net.JoinHostPort(n.NSIP, "8080")
+	full := append(serveEnv(dataDir, addr, "AETHERIUM_WORKER_ID="+workerID), requireGuests(t)...)
+	full = append(full, "AETHERIUM_NETWORK=on")
+	full = append(full, env...)
+	cmd := exec.Command("nsenter", "--net="+n.Path(), "--", filepath.Join(binDir, "aetherium"), "serve")
+	p := startCmd(t, "serve in "+n.Name, cmd, full)
+	waitHTTP(t, addr, p)
+	return addr, p
+}
+
+// tapsIn lists the TAP (and TUN) devices of the namespace.
+func (n *netNS) tapsIn(t testing.TB) []string {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", n.Name, "-o", "link", "show", "type", "tun").CombinedOutput()
+	if err != nil {
+		t.Fatalf("list TAPs in %s: %v\n%s", n.Name, err, out)
+	}
+	var names []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			names = append(names, strings.TrimSuffix(f[1], ":"))
 		}
-	})
-	waitHTTP(t, s.addr, s.p)
-	s.client = newClient(t, s.addr, readLine(t, filepath.Join(s.dataDir, "admin-api-key")))
-	waitReady(t, s.client)
-	return s
+	}
+	return names
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,7 +137,7 @@ func guestSh(t *testing.T, c *client.Client, vmID, script string, env map[string
 // upstream saw the owner's key and nothing in the guest holds it; another VM cannot use the run's VM's token; and a
 // cancelled run ends with no agent process left.
 func TestRunAgentOnRepository(t *testing.T) {
-	env := requireGuests(t)
+	var env []string
 	tmpl := os.Getenv("AETHERIUM_TEST_TOOLS_TEMPLATE")
 	requireService(t, "the default template with tools (AETHERIUM_TEST_TOOLS_TEMPLATE, made by scripts/test.sh)", tmpl != "", "unset")
 	ns := newNetNS(t)
@@ -152,9 +153,9 @@ func TestRunAgentOnRepository(t *testing.T) {
 	// One upstream for the test's runs: each run gets the script the test makes active for it.
 	var active atomic.Pointer[anthropictest.Server]
 	active.Store(model)
-	modelLn := ns.listen(t)
+	modelLn := ns.listenHost(t)
 	startModel(t, modelLn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { active.Load().ServeHTTP(w, r) }))
-	gitLn := ns.listen(t)
+	gitLn := ns.listenHost(t)
 	git := newGitServer(t, gitLn)
 
 	// The model's upstream and the git host are on the host side of the namespace's link: the proxy reaches them
@@ -162,8 +163,14 @@ func TestRunAgentOnRepository(t *testing.T) {
 	env = append(env, "AETHERIUM_ROOTFS_PATH="+tmpl,
 		"AETHERIUM_MODEL_UPSTREAM_URL=http://"+modelLn.Addr().String(),
 		"AETHERIUM_GIT_HOSTS=git.test=http://"+gitLn.Addr().String()+"|GITHUB_TOKEN|x-access-token")
-	srv := ns.serve(t, env...)
-	c := srv.client
+	dataDir := shortDir(t)
+	addr, p := serveInNetNS(t, ns, dataDir, "e2e-runs", append(env, "AETHERIUM_SHUTDOWN_VMS=true")...)
+	t.Cleanup(func() {
+		p.stop(syscall.SIGTERM, 60*time.Second)
+		assertNoGuests(t, dataDir)
+	})
+	c := newClient(t, addr, readLine(t, filepath.Join(dataDir, "admin-api-key")))
+	waitReady(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	for name, v := range map[string]string{"ANTHROPIC_API_KEY": runModelKey, "GITHUB_TOKEN": runGitToken} {

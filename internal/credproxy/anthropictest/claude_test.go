@@ -5,12 +5,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -182,6 +185,12 @@ func TestClaudeCode(t *testing.T) {
 	if res["subtype"] != "success" || res["is_error"] != false || res["result"] != "All done." {
 		t.Errorf("result %v", res)
 	}
+	// claude sums the usage of its model calls: input from message_start, output from message_delta.
+	u, _ := res["usage"].(map[string]any)
+	want := 2*DefaultUsage.InputTokens + 7
+	if u["input_tokens"] != float64(want) || u["output_tokens"] != float64(2*DefaultUsage.OutputTokens+3) || u["cache_read_input_tokens"] != 50.0 {
+		t.Errorf("result usage %v, want input %d, output %d, cache reads 50", u, want, 2*DefaultUsage.OutputTokens+3)
+	}
 	if n, _ := res["num_turns"].(float64); n < 3 {
 		t.Errorf("num_turns %v, want 3 or more", res["num_turns"])
 	}
@@ -231,3 +240,124 @@ func TestClaudeCodeAPIError(t *testing.T) {
 		})
 	}
 }
+
+// procStat is a process's group and session, from /proc/<pid>/stat.
+func procStat(pid int) (pgid, sid int, ok bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, false
+	}
+	// The command name (field 2) may hold spaces; the fields after its closing parenthesis are fixed.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 4 {
+		return 0, 0, false
+	}
+	pgid, _ = strconv.Atoi(f[2])
+	sid, _ = strconv.Atoi(f[3])
+	return pgid, sid, true
+}
+
+// pidsRunning lists the processes whose command line contains marker.
+func pidsRunning(marker string) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if bytes.Contains(bytes.ReplaceAll(b, []byte{0}, []byte{' '}), []byte(marker)) {
+			if _, _, ok := procStat(pid); ok {
+				out = append(out, pid)
+			}
+		}
+	}
+	return out
+}
+
+// TestClaudeCodeKill: claude runs each Bash tool command in a session of its own (setsid: the shell's pgid and
+// sid are its pid), so SIGKILL to claude's process group leaves the command running, reparented. What does end
+// everything is a PID namespace: claude under `unshare --pid --fork --kill-child`, killed, takes every process
+// of the namespace with it (the kernel kills them when the namespace's init dies).
+func TestClaudeCodeKill(t *testing.T) {
+	bin := claudeBin(t)
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPED: unshare --pid needs root")
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("SKIPPED: no unshare (util-linux)")
+	}
+	dir := newRepo(t)
+	// claude's Bash tool refuses a plain long sleep; tail waits as long, and its interval makes the marker.
+	marker := fmt.Sprintf("tail -f /dev/null -s 7.%d", os.Getpid())
+	srv := New(Script{Turns: []Turn{{Blocks: []Block{ToolUse("Bash", map[string]any{"command": marker + " ; echo after"})}},
+		{Blocks: []Block{Text("done")}}}})
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	cmd := exec.Command(unshare, "--pid", "--fork", "--kill-child", bin, "-p", "wait", "--output-format", "stream-json",
+		"--verbose", "--dangerously-skip-permissions")
+	cmd.Dir = dir
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "ANTHROPIC_BASE_URL=" + hs.URL, "ANTHROPIC_API_KEY=x",
+		"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1", "IS_SANDBOX=1"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var stdout syncBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stdout
+	defer func() {
+		if t.Failed() {
+			logRequests(t, srv)
+			t.Logf("claude's output:\n%s", stdout.String())
+		}
+	}()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		for _, p := range pidsRunning(marker) {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+	})
+	var tails []int
+	for deadline := time.Now().Add(time.Minute); len(tails) == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the Bash command did not start within a minute")
+		}
+		tails = pidsRunning(marker)
+	}
+	group, _, _ := procStat(cmd.Process.Pid)
+	for _, p := range tails {
+		pg, sid, _ := procStat(p)
+		t.Logf("claude's group %d; %q pid %d pgid %d sid %d", group, marker, p, pg, sid)
+		if pg == group {
+			t.Errorf("the Bash command runs in claude's process group %d: claude no longer makes a session per command", pg)
+		}
+	}
+	killed := time.Now()
+	if err := syscall.Kill(cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	for deadline := time.Now().Add(10 * time.Second); len(pidsRunning(marker)) > 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%q still runs 10 s after SIGKILL of the PID namespace's parent", marker)
+		}
+	}
+	t.Logf("the Bash command was gone %v after SIGKILL of unshare", time.Since(killed))
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
