@@ -200,6 +200,12 @@ func TestRunAgentOnRepository(t *testing.T) {
 		}
 	}()
 	evs, end := runTranscript(t, c, run.ID)
+	// Where the time went (the transcript's status events and the agent's first and last events).
+	for _, e := range evs {
+		if e.Type == "status" || e.Type == "end" {
+			t.Logf("%8s  %s %s", e.Time.Sub(posted).Round(100*time.Millisecond), e.Type, e.Data)
+		}
+	}
 	run, err = c.GetRun(ctx, run.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -299,7 +305,10 @@ func TestRunAgentOnRepository(t *testing.T) {
 		t.Fatal(err)
 	}
 	evs, end = runTranscript(t, c, acc.Run.ID)
-	t.Logf("cancel -> run ended: %s", time.Since(cancelled).Round(time.Millisecond))
+	t.Logf("cancel -> run ended (end event read): %s", time.Since(cancelled).Round(time.Millisecond))
+	if r, err := c.GetRun(ctx, acc.Run.ID); err == nil && r.CompletedAt != nil {
+		t.Logf("cancel -> run marked cancelled: %s", r.CompletedAt.Sub(cancelled).Round(time.Millisecond))
+	}
 	if end.Status != "cancelled" {
 		t.Fatalf("cancelled run ended %s:\n%s", end.Status, dumpEvents(evs))
 	}
