@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -37,7 +38,7 @@ type gitServer struct {
 	srv  *httptest.Server
 }
 
-func newGitServer(t *testing.T, ln net.Listener) *gitServer {
+func newGitServer(t testing.TB, ln net.Listener) *gitServer {
 	t.Helper()
 	g := &gitServer{root: t.TempDir()}
 	g.bare = filepath.Join(g.root, "org", "repo.git")
@@ -84,7 +85,7 @@ func (g *gitServer) git(t *testing.T, args ...string) (string, error) {
 }
 
 // startModel serves a scripted Anthropic API on ln.
-func startModel(t *testing.T, ln net.Listener, s http.Handler) {
+func startModel(t testing.TB, ln net.Listener, s http.Handler) {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(s)
 	srv.Listener.Close()
@@ -94,7 +95,7 @@ func startModel(t *testing.T, ln net.Listener, s http.Handler) {
 }
 
 // runTranscript follows a run's stream to its end and returns every event.
-func runTranscript(t *testing.T, c *client.Client, id string) ([]client.RunEvent, *client.RunEnd) {
+func runTranscript(t testing.TB, c *client.Client, id string) ([]client.RunEvent, *client.RunEnd) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
@@ -137,11 +138,8 @@ func guestSh(t *testing.T, c *client.Client, vmID, script string, env map[string
 // upstream saw the owner's key and nothing in the guest holds it; another VM cannot use the run's VM's token; and a
 // cancelled run ends with no agent process left.
 func TestRunAgentOnRepository(t *testing.T) {
-	var env []string
-	tmpl := os.Getenv("AETHERIUM_TEST_TOOLS_TEMPLATE")
-	requireService(t, "the default template with tools (AETHERIUM_TEST_TOOLS_TEMPLATE, made by scripts/test.sh)", tmpl != "", "unset")
-	ns := newNetNS(t)
-
+	rig := newRunRig(t)
+	c, git, ctx := rig.c, rig.git, rig.ctx
 	hold := anthropictest.NewHold()
 	model := anthropictest.New(anthropictest.Script{APIKey: runModelKey, Turns: []anthropictest.Turn{
 		{Blocks: []anthropictest.Block{anthropictest.Text("I'll add the notes file."),
@@ -150,34 +148,7 @@ func TestRunAgentOnRepository(t *testing.T) {
 			"command": "echo ran-by-bash > ran.txt && git status --short", "description": "Record that a command ran"})}},
 		{Blocks: []anthropictest.Block{anthropictest.Text("Done: NOTES.md and ran.txt are in place.")}},
 	}})
-	// One upstream for the test's runs: each run gets the script the test makes active for it.
-	var active atomic.Pointer[anthropictest.Server]
-	active.Store(model)
-	modelLn := ns.listenHost(t)
-	startModel(t, modelLn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { active.Load().ServeHTTP(w, r) }))
-	gitLn := ns.listenHost(t)
-	git := newGitServer(t, gitLn)
-
-	// The model's upstream and the git host are on the host side of the namespace's link: the proxy reaches them
-	// from the worker's side; guests cannot.
-	env = append(env, "AETHERIUM_ROOTFS_PATH="+tmpl,
-		"AETHERIUM_MODEL_UPSTREAM_URL=http://"+modelLn.Addr().String(),
-		"AETHERIUM_GIT_HOSTS=git.test=http://"+gitLn.Addr().String()+"|GITHUB_TOKEN|x-access-token")
-	dataDir := shortDir(t)
-	addr, p := serveInNetNS(t, ns, dataDir, "e2e-runs", append(env, "AETHERIUM_SHUTDOWN_VMS=true")...)
-	t.Cleanup(func() {
-		p.stop(syscall.SIGTERM, 60*time.Second)
-		assertNoGuests(t, dataDir)
-	})
-	c := newClient(t, addr, readLine(t, filepath.Join(dataDir, "admin-api-key")))
-	waitReady(t, c)
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
-	defer cancel()
-	for name, v := range map[string]string{"ANTHROPIC_API_KEY": runModelKey, "GITHUB_TOKEN": runGitToken} {
-		if _, _, err := c.PutSecret(ctx, name, v); err != nil {
-			t.Fatal(err)
-		}
-	}
+	rig.model.Store(model)
 
 	// 1. A run that edits the repository and pushes a branch; its VM is kept to be searched afterwards.
 	posted := time.Now()
@@ -288,7 +259,7 @@ func TestRunAgentOnRepository(t *testing.T) {
 	// running in the guest.
 	held := anthropictest.New(anthropictest.Script{APIKey: runModelKey, Turns: []anthropictest.Turn{{Hold: hold,
 		Blocks: []anthropictest.Block{anthropictest.Text("never sent")}}}})
-	active.Store(held)
+	rig.model.Store(held)
 	defer hold.Release()
 	acc, err = c.CreateRun(ctx, client.CreateRunRequest{Repo: client.RunRepo{URL: "https://git.test/org/repo.git"},
 		Prompt: "Wait for the model.", VM: &client.RunVM{ID: run.VMID}})
@@ -327,6 +298,94 @@ func TestRunAgentOnRepository(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// runRig is serve (QEMU guests, networking on) in a network namespace of its own, a real git server with
+// org/repo.git on the host side of its link (git host "git.test" of the credential proxy), and a scripted model
+// API whose script the test chooses run by run; the owner's model key and git token are stored as secrets.
+type runRig struct {
+	c     *client.Client
+	git   *gitServer
+	model *atomic.Pointer[anthropictest.Server]
+	ctx   context.Context
+}
+
+func newRunRig(tb testing.TB) *runRig {
+	tb.Helper()
+	tmpl := os.Getenv("AETHERIUM_TEST_TOOLS_TEMPLATE")
+	requireService(tb, "the default template with tools (AETHERIUM_TEST_TOOLS_TEMPLATE, made by scripts/test.sh)", tmpl != "", "unset")
+	ns := newNetNS(tb)
+	r := &runRig{model: new(atomic.Pointer[anthropictest.Server])}
+	r.model.Store(anthropictest.New(anthropictest.Script{APIKey: runModelKey}))
+	modelLn := ns.listenHost(tb)
+	startModel(tb, modelLn, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { r.model.Load().ServeHTTP(w, req) }))
+	gitLn := ns.listenHost(tb)
+	r.git = newGitServer(tb, gitLn)
+	// The model's upstream and the git host are on the host side of the namespace's link: the proxy reaches them
+	// from the worker's side; guests cannot.
+	env := []string{"AETHERIUM_ROOTFS_PATH=" + tmpl, "AETHERIUM_SHUTDOWN_VMS=true",
+		"AETHERIUM_MODEL_UPSTREAM_URL=http://" + modelLn.Addr().String(),
+		"AETHERIUM_GIT_HOSTS=git.test=http://" + gitLn.Addr().String() + "|GITHUB_TOKEN|x-access-token"}
+	dataDir := shortDir(tb)
+	addr, p := serveInNetNS(tb, ns, dataDir, "e2e-runs", env...)
+	tb.Cleanup(func() {
+		p.stop(syscall.SIGTERM, 60*time.Second)
+		assertNoGuests(tb, dataDir)
+	})
+	r.c = newClient(tb, addr, readLine(tb, filepath.Join(dataDir, "admin-api-key")))
+	waitReady(tb, r.c)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	tb.Cleanup(cancel)
+	r.ctx = ctx
+	for name, v := range map[string]string{"ANTHROPIC_API_KEY": runModelKey, "GITHUB_TOKEN": runGitToken} {
+		if _, _, err := r.c.PutSecret(ctx, name, v); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return r
+}
+
+// BenchmarkRunToFirstModelRequest measures what a user waits for before the agent thinks: from POST /runs to the
+// agent's first model request at the upstream (a new VM of the default template, guest user, clone through the
+// credential proxy, claude-code's start), and the whole run of a one-turn answer. Run with -benchtime=5x.
+func BenchmarkRunToFirstModelRequest(b *testing.B) {
+	rig := newRunRig(b)
+	var first, whole []time.Duration
+	for i := 0; b.Loop(); i++ {
+		model := anthropictest.New(anthropictest.Script{APIKey: runModelKey,
+			Turns: []anthropictest.Turn{{Blocks: []anthropictest.Block{anthropictest.Text("Nothing to do.")}}}})
+		rig.model.Store(model)
+		start := time.Now()
+		acc, err := rig.c.CreateRun(rig.ctx, client.CreateRunRequest{Repo: client.RunRepo{URL: "https://git.test/org/repo.git"},
+			Prompt: "Say that there is nothing to do."})
+		if err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case <-model.FirstMessage():
+			first = append(first, time.Since(start))
+		case <-time.After(10 * time.Minute):
+			b.Fatal("no model request within 10 minutes")
+		}
+		_, end := runTranscript(b, rig.c, acc.Run.ID)
+		if end.Status != "completed" {
+			r, _ := rig.c.GetRun(rig.ctx, acc.Run.ID)
+			b.Fatalf("run %d ended %s: %+v", i, end.Status, r)
+		}
+		whole = append(whole, time.Since(start))
+	}
+	b.ReportMetric(float64(median(first).Milliseconds()), "ms-to-first-model-request-p50")
+	b.ReportMetric(float64(median(whole).Milliseconds()), "ms-whole-run-p50")
+	b.Logf("POST /runs -> first model request: %v; whole run: %v", first, whole)
+}
+
+func median(d []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
 }
 
 func dumpEvents(evs []client.RunEvent) string {
