@@ -48,8 +48,8 @@ func readReceivePackCommands(r io.Reader) ([]refUpdate, []byte, error) {
 		if len(head)+4 > maxPushCommandBytes {
 			return nil, head, fmt.Errorf("%w: over %d bytes of commands", errBadPush, maxPushCommandBytes)
 		}
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			return nil, head, readErr(err)
+		if k, err := io.ReadFull(r, hdr[:]); err != nil {
+			return nil, append(head, hdr[:k]...), readErr(err)
 		}
 		head = append(head, hdr[:]...)
 		n, err := strconv.ParseUint(string(hdr[:]), 16, 16)
@@ -67,8 +67,8 @@ func readReceivePackCommands(r io.Reader) ([]refUpdate, []byte, error) {
 		}
 		start := len(head)
 		head = append(head, make([]byte, n-4)...)
-		if _, err := io.ReadFull(r, head[start:]); err != nil {
-			return nil, head, readErr(err)
+		if k, err := io.ReadFull(r, head[start:]); err != nil {
+			return nil, head[:start+k], readErr(err)
 		}
 		line := head[start:]
 		line = bytes.TrimSuffix(line, []byte("\n"))
