@@ -51,3 +51,4 @@ fuzz FuzzPayloads ./internal/agent/protocol/
 fuzz FuzzCleanPath ./internal/agent/server/
 fuzz FuzzUserDB ./internal/agent/server/
 fuzz FuzzParseMountInfo ./internal/agent/guestinit/
+fuzz FuzzReceivePackCommands ./internal/credproxy/

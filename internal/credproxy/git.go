@@ -22,7 +22,9 @@ import (
 // repo.git/... with basic auth made of the owner's GITHUB_TOKEN secret. Only the three endpoints of the smart
 // protocol are served, only to configured hosts (the guest's path never chooses the server), with an allow-list
 // of request and response headers; redirects are refused (a redirect would send git, and its token, elsewhere),
-// and pushes and fetches are bounded in size. Packs stream through in both directions, never buffered.
+// and pushes and fetches are bounded in size. Packs stream through in both directions, never buffered. A grant
+// with PushRefs has each push's ref update commands read first (receivepack.go): an update of another ref, or a
+// deletion, is refused before the upstream sees any of the request.
 
 // gitPathRE splits /git/<host>/<repo>/<endpoint>: a repository is one or more path segments of safe characters.
 var gitPathRE = regexp.MustCompile(`^([a-z0-9.-]+)/((?:[A-Za-z0-9_.~-]+/)*[A-Za-z0-9_.~-]+)/(info/refs|git-upload-pack|git-receive-pack)$`)
@@ -107,6 +109,10 @@ func (p *Proxy) serveGit(w http.ResponseWriter, r *http.Request, c caller, rest 
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, p.cfg.MaxGitPush)
+		if len(c.grant.PushRefs) > 0 && !checkPushRefs(w, r, c.grant.PushRefs) {
+			p.log.Warn("git push refused", "vm_id", c.vm.ID, "run_id", c.grant.RunID, "repo", full)
+			return
+		}
 	}
 	rp := &httputil.ReverseProxy{
 		Transport:     p.rt,

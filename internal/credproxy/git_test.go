@@ -44,6 +44,7 @@ func (g *gitUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 	r.Header.Del("Transfer-Encoding")
+	r.TransferEncoding = nil
 	backend := filepath.Join(gitExecPath(), "git-http-backend")
 	h := &cgi.Handler{Path: backend, Env: []string{"GIT_PROJECT_ROOT=" + g.root, "GIT_HTTP_EXPORT_ALL=1",
 		"REMOTE_USER=git"}}
@@ -328,4 +329,120 @@ func TestGitLimits(t *testing.T) {
 	url, env = limited(10<<20, 10<<20)
 	mustGit(t, clone, env, "remote", "set-url", "origin", url)
 	mustGit(t, clone, env, "push", "-q", "origin", "HEAD:refs/heads/big")
+}
+
+// TestGitPushRefs: with PushRefs [refs/heads/agent/x], real git pushes that ref (and a pack of some MB of random
+// data to it, which arrives intact), while pushing main, a second ref beside it, a deletion and a tag are
+// refused (403; the proxy's plain-text message names the ref, though git does not print the body of a failed
+// POST), and the upstream's refs do not change.
+func TestGitPushRefs(t *testing.T) {
+	requireGit(t)
+	root, work := t.TempDir(), t.TempDir()
+	bare := filepath.Join(root, "org", "repo.git")
+	mustGit(t, work, nil, "init", "-q", "--bare", "-b", "main", bare)
+	mustGit(t, bare, nil, "config", "http.receivepack", "true")
+	seed := filepath.Join(work, "seed")
+	mustGit(t, work, nil, "init", "-q", "-b", "main", seed)
+	if err := os.WriteFile(filepath.Join(seed, "README"), []byte("hello\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustGit(t, seed, nil, "add", "README")
+	mustGit(t, seed, nil, "commit", "-q", "-m", "first")
+	mustGit(t, seed, nil, "push", "-q", bare, "main")
+	upSrv := httptest.NewServer(&gitUpstream{root: root})
+	defer upSrv.Close()
+	f := newFixture(t, func(c *Config) {
+		c.GitHosts = map[string]GitHost{"git.test": {URL: upSrv.URL, Secret: "GIT_TOKEN", Username: "git"}}
+		c.MaxGitPush = 64 << 20
+	})
+	tok, err := f.p.Token(Grant{VMID: "vm-a", GitRepos: []string{"git.test/org/repo"}, GitPush: true,
+		PushRefs: []string{"refs/heads/agent/x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	via := forwarder(t, vmAIP, strings.TrimPrefix(f.url, "http://"))
+	var env []string
+	for k, v := range GuestEnv("http://"+via, tok) {
+		env = append(env, k+"="+v)
+	}
+	clone := filepath.Join(work, "clone")
+	mustGit(t, work, env, "clone", "-q", "http://"+via+"/git/git.test/org/repo.git", clone)
+	showRef := func() string { return mustGit(t, root, nil, "--git-dir", bare, "show-ref") }
+
+	big := make([]byte, 6<<20)
+	_, _ = rand.Read(big) // incompressible: the pack is some MB
+	if err := os.WriteFile(filepath.Join(clone, "BIG"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustGit(t, clone, env, "add", "BIG")
+	mustGit(t, clone, env, "commit", "-q", "-m", "big")
+	mustGit(t, clone, env, "push", "-q", "origin", "HEAD:refs/heads/agent/x")
+	got := mustGit(t, root, nil, "--git-dir", bare, "cat-file", "blob", "agent/x:BIG")
+	if got != string(big) {
+		t.Fatalf("the pushed BIG upstream is %d bytes and differs from the %d pushed", len(got), len(big))
+	}
+	before := showRef()
+	if !strings.Contains(before, "refs/heads/agent/x") {
+		t.Fatalf("agent/x is not upstream: %s", before)
+	}
+
+	if err := os.WriteFile(filepath.Join(clone, "MORE"), []byte("more\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustGit(t, clone, env, "add", "MORE")
+	mustGit(t, clone, env, "commit", "-q", "-m", "more")
+	mustGit(t, clone, env, "tag", "v1")
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"main", []string{"push", "origin", "HEAD:refs/heads/main"}},
+		{"a second ref", []string{"push", "origin", "HEAD:refs/heads/agent/x", "HEAD:refs/heads/agent/y"}},
+		{"a deletion", []string{"push", "origin", "--delete", "agent/x"}},
+		{"a tag", []string{"push", "origin", "v1"}},
+		{"a ref the allowed one is a prefix of", []string{"push", "origin", "HEAD:refs/heads/agent/xy"}},
+	} {
+		out, err := runGit(t, clone, env, c.args...)
+		if err == nil {
+			t.Errorf("%s: git %s succeeded", c.name, strings.Join(c.args, " "))
+			continue
+		}
+		if !strings.Contains(out, "403") {
+			t.Errorf("%s: not refused with 403: %s", c.name, out)
+		}
+		if after := showRef(); after != before {
+			t.Fatalf("%s changed the upstream's refs:\n%s\nwas\n%s", c.name, after, before)
+		}
+	}
+
+	// The refusal itself, as the proxy sends it: plain text naming the ref.
+	body := pkt(strings.Repeat("0", 40)+" "+strings.Repeat("1", 40)+" refs/heads/main\x00report-status") + "0000"
+	req, _ := http.NewRequest(http.MethodPost, f.url+"/git/git.test/org/repo.git/git-receive-pack", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/x-git-receive-pack-request")
+	resp, err := f.client[vmAIP].Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") ||
+		!strings.Contains(string(msg), "pushing to refs/heads/main is not allowed") {
+		t.Fatalf("refusal: %d %q %q", resp.StatusCode, resp.Header.Get("Content-Type"), msg)
+	}
+	// A compressed push cannot be checked.
+	req, _ = http.NewRequest(http.MethodPost, f.url+"/git/git.test/org/repo.git/git-receive-pack", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Encoding", "gzip")
+	resp, err = f.client[vmAIP].Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnsupportedMediaType {
+		t.Fatalf("a gzip push: %d, want 415", resp.StatusCode)
+	}
+	if after := showRef(); after != before {
+		t.Fatalf("the refused requests changed the upstream's refs:\n%s", after)
+	}
 }

@@ -73,6 +73,10 @@ type Grant struct {
 	GitRepos []string `json:"repos,omitempty"`
 	// GitPush lets the token push to GitRepos.
 	GitPush bool `json:"push,omitempty"`
+	// PushRefs, when set, limits GitPush to updating these full ref names ("refs/heads/aetherium/run-1234abcd"):
+	// a push naming any other ref, or deleting one of these, is refused whole. Empty: any ref (a push granted
+	// explicitly).
+	PushRefs []string `json:"push_refs,omitempty"`
 	// GitSecret, when set, names the owner's secret the proxy authenticates git requests with, instead of the git
 	// host's own (a run's repo.credentials_secret). A name, never a value: the guest may read its token's claims.
 	GitSecret string `json:"git_secret,omitempty"`
