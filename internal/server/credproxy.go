@@ -65,7 +65,7 @@ func openCredProxy(cfg config.Config, st store.Store, net_ *network.Manager, sec
 // env is the worker's ProxyEnv: the settings and token (for vm and req) an execution gets when it asks for them.
 func (c *credProxy) env(_ context.Context, vm *model.VM, req worker.ProxyRequest) (map[string]string, error) {
 	tok, err := c.proxy.Token(credproxy.Grant{VMID: vm.ID, RunID: req.RunID, GitRepos: req.GitRepos, GitPush: req.GitPush,
-		GitSecret: req.GitSecret})
+		GitSecret: req.GitSecret, PushRefs: req.PushRefs})
 	if err != nil {
 		return nil, err
 	}
