@@ -232,6 +232,18 @@ func TestRunAgentOnRepository(t *testing.T) {
 		t.Fatalf("usage %+v for %d model responses", run.Usage, messages)
 	}
 
+	// The CLI shows the same run: its summary and its patch.
+	if out, errOut, code := runCLI(t, rig.cli, "run", "get", run.ID); code != 0 || !strings.Contains(out, "completed") ||
+		!strings.Contains(out, "agent/notes") || !strings.Contains(out, "2 files changed") {
+		t.Fatalf("aetherium run get: %d\n%s%s", code, out, errOut)
+	}
+	if out, errOut, code := runCLI(t, rig.cli, "run", "diff", run.ID); code != 0 || out != string(diff) {
+		t.Fatalf("aetherium run diff: %d (%d bytes, want %d)\n%s", code, len(out), len(diff), errOut)
+	}
+	if out, _, code := runCLI(t, rig.cli, "run", "logs", run.ID); code != 0 || !strings.Contains(out, "→ Write") || !strings.Contains(out, "→ Bash") {
+		t.Fatalf("aetherium run logs: %d\n%s", code, out)
+	}
+
 	// 2. Nothing in the guest holds either credential: not any process's environment, not claude's files, not git's.
 	for _, secret := range []string{runModelKey, runGitToken} {
 		out, _ := guestSh(t, c, run.VMID, fmt.Sprintf(`cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' | grep -c -F %[1]q;
@@ -305,6 +317,7 @@ func TestRunAgentOnRepository(t *testing.T) {
 // API whose script the test chooses run by run; the owner's model key and git token are stored as secrets.
 type runRig struct {
 	c     *client.Client
+	cli   []string // the environment that points the CLI at serve
 	git   *gitServer
 	model *atomic.Pointer[anthropictest.Server]
 	ctx   context.Context
@@ -332,7 +345,9 @@ func newRunRig(tb testing.TB) *runRig {
 		p.stop(syscall.SIGTERM, 60*time.Second)
 		assertNoGuests(tb, dataDir)
 	})
-	r.c = newClient(tb, addr, readLine(tb, filepath.Join(dataDir, "admin-api-key")))
+	key := readLine(tb, filepath.Join(dataDir, "admin-api-key"))
+	r.c = newClient(tb, addr, key)
+	r.cli = []string{"AETHERIUM_API_KEY=" + key, "AETHERIUM_SERVER=http://" + addr}
 	waitReady(tb, r.c)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	tb.Cleanup(cancel)
