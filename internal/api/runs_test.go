@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/store"
@@ -195,5 +196,46 @@ func TestRunStreamReplaysAndResumes(t *testing.T) {
 	}
 	if bad := e.do(req{method: "GET", path: "/api/v1/runs/" + run.ID + "/stream", key: e.keyA, header: map[string]string{"Last-Event-ID": "x"}}); bad.status != 400 {
 		t.Fatalf("bad Last-Event-ID: %d", bad.status)
+	}
+}
+
+// TestRunOfALostWorkerFails: a run whose worker stopped sending heartbeats long ago is failed, with the reason,
+// when it is read; one whose worker is alive is left alone.
+func TestRunOfALostWorkerFails(t *testing.T) {
+	e := newEnv(t, nil)
+	e.putSecret(t, e.keyA, "ANTHROPIC_API_KEY", "sk-ant-test")
+	ctx := context.Background()
+	mk := func(worker string) string {
+		r := e.call("POST", "/api/v1/runs", e.keyA, `{"repo":{"url":"https://github.com/org/repo"},"prompt":"x"}`)
+		id := decodeAs[client.RunAccepted](t, r).Run.ID
+		if _, err := e.st.Runs().Update(ctx, id, func(x *model.Run) error {
+			x.Status, x.WorkerID = model.RunRunning, worker
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	now := time.Now().UTC()
+	for id, beat := range map[string]time.Time{"w-lost": now.Add(-10 * time.Minute), "w-alive": now} {
+		if err := e.st.Workers().Upsert(ctx, &model.Worker{ID: id, Hostname: "h", Backend: "qemu", Status: "active",
+			Capacity: 1, StartedAt: beat, LastHeartbeat: beat}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lost, alive, gone := mk("w-lost"), mk("w-alive"), mk("w-never-registered")
+	for id, want := range map[string]string{lost: "failed", alive: "running", gone: "failed"} {
+		r := decodeAs[client.Run](t, e.call("GET", "/api/v1/runs/"+id, e.keyA, ""))
+		if r.Status != want {
+			t.Fatalf("run on %s: %s (%q), want %s", r.WorkerID, r.Status, r.Error, want)
+		}
+		if want == "failed" && (!strings.Contains(r.Error, "lost") || !strings.Contains(r.Error, r.WorkerID)) {
+			t.Fatalf("reason: %q", r.Error)
+		}
+	}
+	// Its stream ends with the failure.
+	sr := e.call("GET", "/api/v1/runs/"+lost+"/stream", e.keyA, "")
+	if !strings.Contains(string(sr.body), "event: end") || !strings.Contains(string(sr.body), `"failed"`) {
+		t.Fatalf("stream of the lost run:\n%s", sr.body)
 	}
 }
