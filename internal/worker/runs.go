@@ -562,10 +562,12 @@ func (g *runGuest) prepare(ctx context.Context, fetchEnv map[string]string) (bas
 	if g.user == "root" {
 		env["RUN_HOME"] = "/root"
 	}
+	started := time.Now()
 	res, err := g.sh(ctx, "", userScript, env, 64<<10)
 	if err != nil {
 		return "", fmt.Errorf("prepare the guest: %w", err)
 	}
+	userTook := time.Since(started)
 	if res.ExitCode != 0 {
 		return "", stepError("preparing the guest user "+g.user, res)
 	}
@@ -584,6 +586,8 @@ func (g *runGuest) prepare(ctx context.Context, fetchEnv map[string]string) (bas
 		return "", stepError("cloning "+g.run.Spec.Repo.URL+refSuffix(g.run.Spec.Repo.Ref), res)
 	}
 	base = strings.TrimSpace(string(res.Stdout))
+	g.w.log.Info("run prepared", "run_id", g.run.ID, "vm_id", g.vm.ID, "user_ms", userTook.Milliseconds(),
+		"clone_ms", (time.Since(started) - userTook).Milliseconds())
 	if !isSHA(base) {
 		return "", fmt.Errorf("cloning %s: git printed %q, not a commit", g.run.Spec.Repo.URL, truncate(base, 100))
 	}
