@@ -177,6 +177,11 @@ func TestRunAgentOnRepository(t *testing.T) {
 			t.Logf("%8s  %s %s", e.Time.Sub(posted).Round(100*time.Millisecond), e.Type, e.Data)
 		}
 	}
+	for _, l := range strings.Split(rig.serve.out.String(), "\n") {
+		if strings.Contains(l, "run prepared") {
+			t.Logf("serve: %s", l[strings.Index(l, "msg="):])
+		}
+	}
 	run, err = c.GetRun(ctx, run.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -318,6 +323,7 @@ func TestRunAgentOnRepository(t *testing.T) {
 type runRig struct {
 	c     *client.Client
 	cli   []string // the environment that points the CLI at serve
+	serve *proc
 	git   *gitServer
 	model *atomic.Pointer[anthropictest.Server]
 	ctx   context.Context
@@ -341,6 +347,7 @@ func newRunRig(tb testing.TB) *runRig {
 		"AETHERIUM_GIT_HOSTS=git.test=http://" + gitLn.Addr().String() + "|GITHUB_TOKEN|x-access-token"}
 	dataDir := shortDir(tb)
 	addr, p := serveInNetNS(tb, ns, dataDir, "e2e-runs", env...)
+	r.serve = p
 	tb.Cleanup(func() {
 		p.stop(syscall.SIGTERM, 60*time.Second)
 		assertNoGuests(tb, dataDir)
