@@ -40,7 +40,7 @@ AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image list 2>/dev/
   | tail -n +3 | xargs -r -n1 env AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image rm >/dev/null || true
 
 echo "== tests"
-go test -count=1 -timeout 20m -p 2 ./...
+go test -count=1 -timeout 30m -p 2 ./...
 
 echo "== fuzz (short runs of every decoder of untrusted input)"
 # A count of executions, not a duration: with -fuzztime=10s the Go fuzzer's coordinator can fail a clean run with
