@@ -23,6 +23,9 @@ run 'Record' 1s ./internal/metrics/
 run 'APICreateToReady' 10x ./test/e2e/
 run 'AttachDetach' 100x ./internal/network/
 run 'GuestToGatewayTCP' 1x ./internal/network/
+run 'Stream' 2s ./internal/credproxy/
+# One run of 5 agent runs (each boots a VM and starts claude-code: about a minute under TCG); its own p50 metrics.
+COUNT=1 run 'RunToFirstModelRequest' 5x ./test/e2e/
 echo
 echo "median of $COUNT runs:"
 awk '/^pkg: / { pkg = $2; sub(/^github.com\/aetherium\/aetherium\//, "", pkg) }
