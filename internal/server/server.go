@@ -62,6 +62,12 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		return err
 	}
 	cfg.InstallationID = installationID
+	// First, so that everything after logs through the sink too, and deferred first, so it flushes last.
+	logSink, log, closeLogs, err := openLogs(ctx, cfg, roles, log)
+	if err != nil {
+		return fmt.Errorf("loki_url: %w", err)
+	}
+	defer closeLogs()
 	st, err := OpenStore(ctx, cfg, roles.API && cfg.AutoMigrate)
 	if err != nil {
 		return err
@@ -193,6 +199,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			Guest:    guest,
 			Agents:   agentCatalog,
 			Metrics:  ms.Worker(),
+			Logs:     logSink,
 		})
 		if err != nil {
 			return err
