@@ -34,7 +34,7 @@ func victoriaLogsBin(t *testing.T) string {
 	t.Helper()
 	bin := os.Getenv("AETHERIUM_TEST_VICTORIALOGS_BIN")
 	if bin == "" {
-		bin = "/var/cache/aetherium/bin/victoria-logs"
+		bin = "/var/cache/aetherium/bin/victoria-logs-v1.52.2" // where scripts/setup.sh builds it
 	}
 	if _, err := os.Stat(bin); err != nil {
 		msg := fmt.Sprintf("VictoriaLogs is not built (%v): run scripts/setup.sh services, or set AETHERIUM_TEST_VICTORIALOGS_BIN", err)
