@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"context"
+	"strings"
 	"time"
 
 	"github.com/aetherium/aetherium/internal/logs"
@@ -68,4 +69,52 @@ func (o *execOutput) shipLines(entries []logs.Entry) {
 		// Push only enqueues (the Loki sink drops and counts when it cannot keep up): the command is never slowed.
 		_ = o.w.cfg.Logs.Push(context.WithoutCancel(o.ctx), entries...)
 	}
+}
+
+// consoleTailBytes is how much of a VM's console log is shipped when the VM is deleted.
+const consoleTailBytes = 256 << 10
+
+// consoleSource is a backend that keeps a console log per VM (qemu).
+type consoleSource interface {
+	ConsoleLog(id string, max int64) ([]byte, error)
+}
+
+// shipConsole sends the tail of a VM's console log to the log sink as kind "console" entries, best effort, before
+// the backend removes it: so what a VM printed can be looked up after it is gone. The lines are the guest's
+// (hostile) output: they travel as data only, made valid UTF-8.
+func (w *Worker) shipConsole(ctx context.Context, vmID, ownerID string) {
+	src, ok := w.cfg.Backend.(consoleSource)
+	if w.cfg.Logs == nil || !ok {
+		return
+	}
+	data, err := src.ConsoleLog(vmID, consoleTailBytes)
+	if err != nil {
+		w.log.Debug("no console log to ship", "vm_id", vmID, "err", err)
+		return
+	}
+	entries := consoleEntries(data, w.cfg.ID, vmID, ownerID, time.Now())
+	if len(entries) > 0 {
+		_ = w.cfg.Logs.Push(context.WithoutCancel(ctx), entries...)
+	}
+}
+
+// consoleEntries splits console output into entries; the lines have no time of their own, so they get now with
+// one nanosecond between them, which keeps their order in the store.
+func consoleEntries(data []byte, workerID, vmID, ownerID string, now time.Time) []logs.Entry {
+	lines := strings.Split(strings.ToValidUTF8(string(data), "\uFFFD"), "\n")
+	out := make([]logs.Entry, 0, len(lines))
+	start := now.Add(-time.Duration(len(lines)))
+	for i, l := range lines {
+		l = strings.TrimRight(l, "\r")
+		if strings.TrimSpace(l) == "" {
+			continue
+		}
+		if len(l) > maxLogLine {
+			l = l[:maxLogLine]
+		}
+		out = append(out, logs.Entry{Time: start.Add(time.Duration(i)), Line: l,
+			Labels:   logs.Labels{Service: "aetherium", Role: "worker", Worker: workerID, Level: "info", Kind: logs.KindConsole},
+			Metadata: map[string]string{logs.MetaVMID: vmID, logs.MetaOwnerID: ownerID, logs.MetaStream: "console"}})
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/aetherium/aetherium/internal/logs"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/secrets"
+	"github.com/aetherium/aetherium/internal/vmm"
 )
 
 type collectSink struct {
@@ -61,6 +63,35 @@ func TestExecOutputShipsLines(t *testing.T) {
 	for i := range want {
 		if got[i] != want[i] {
 			t.Errorf("line %d: %q, want %q", i, got[i].text[:min(40, len(got[i].text))], want[i].text[:min(40, len(want[i].text))])
+		}
+	}
+}
+
+// consoleBackend is an Orchestrator-less stand-in with a console log: only ConsoleLog is used by shipConsole.
+type consoleBackend struct {
+	vmm.Orchestrator
+	data []byte
+}
+
+func (c consoleBackend) ConsoleLog(id string, max int64) ([]byte, error) { return c.data, nil }
+
+// TestShipConsole: a deleted VM's console (hostile guest bytes: invalid UTF-8, CRs, blank lines) ships as kind
+// console entries in order, with the VM and owner in metadata.
+func TestShipConsole(t *testing.T) {
+	sink := &collectSink{}
+	w := &Worker{cfg: Config{ID: "w1", Logs: sink, Backend: consoleBackend{data: []byte("boot \xff ok\r\n\n[ 1.0] agent up\n--- end")}}}
+	w.log = slog.New(slog.DiscardHandler)
+	w.shipConsole(context.Background(), "vm-1", "owner-1")
+	want := []string{"boot \uFFFD ok", "[ 1.0] agent up", "--- end"}
+	if len(sink.entries) != len(want) {
+		t.Fatalf("%d entries: %+v", len(sink.entries), sink.entries)
+	}
+	for i, e := range sink.entries {
+		if e.Line != want[i] || e.Labels.Kind != logs.KindConsole || e.Metadata[logs.MetaVMID] != "vm-1" || e.Metadata[logs.MetaOwnerID] != "owner-1" {
+			t.Errorf("entry %d: %+v", i, e)
+		}
+		if i > 0 && !e.Time.After(sink.entries[i-1].Time) {
+			t.Errorf("entry %d is not after the one before: order would be lost", i)
 		}
 	}
 }
