@@ -2,11 +2,14 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/aetherium/aetherium/internal/config"
 	"github.com/aetherium/aetherium/internal/logs"
+	"github.com/aetherium/aetherium/internal/model"
+	"github.com/aetherium/aetherium/internal/queue"
 )
 
 // logCloseTimeout bounds the flush of buffered log entries at shutdown.
@@ -58,4 +61,48 @@ func workerLabel(cfg config.Config, r Roles) string {
 		return cfg.WorkerID
 	}
 	return ""
+}
+
+// taskLogObserver ships one "task" entry per delivery whose handler ran (the queue.Runner tells every outcome, on
+// both queues), after telling next (the metrics observer, or nil).
+type taskLogObserver struct {
+	next   queue.Observer
+	sink   logs.Sink
+	labels logs.Labels
+}
+
+// withTaskLogs adds task lifecycle entries to obs when logs go to Loki (stdout keeps its lines as they were).
+func withTaskLogs(obs queue.Observer, sink logs.Sink, cfg config.Config, roles Roles) queue.Observer {
+	if _, ok := sink.(*logs.Loki); !ok {
+		return obs
+	}
+	return taskLogObserver{next: obs, sink: sink,
+		labels: logs.Labels{Service: "aetherium", Role: roleName(roles), Worker: workerLabel(cfg, roles), Kind: logs.KindTask}}
+}
+
+func (o taskLogObserver) TaskRan(t *model.Task, started time.Time, took time.Duration, outcome queue.OutcomeKind) {
+	if o.next != nil {
+		o.next.TaskRan(t, started, took, outcome)
+	}
+	// Push only fails on a closed sink at shutdown; the store keeps the task's outcome in any case.
+	_ = o.sink.Push(context.Background(), taskEntry(o.labels, t, started, took, outcome))
+}
+
+func taskEntry(labels logs.Labels, t *model.Task, started time.Time, took time.Duration, outcome queue.OutcomeKind) logs.Entry {
+	labels.Level = "info"
+	switch outcome {
+	case queue.Failed:
+		labels.Level = "error"
+	case queue.Retrying:
+		labels.Level = "warn"
+	}
+	line := fmt.Sprintf("task %s %s after %s (retries so far: %d)", t.Type, outcome, took.Round(time.Millisecond), t.RetryCount)
+	if t.Error != "" && (outcome == queue.Failed || outcome == queue.Retrying) {
+		line += ": " + t.Error
+	}
+	meta := map[string]string{logs.MetaTaskID: t.ID, logs.MetaOwnerID: t.OwnerID}
+	if t.VMID != "" {
+		meta[logs.MetaVMID] = t.VMID
+	}
+	return logs.Entry{Time: started.Add(took), Line: line, Labels: labels, Metadata: meta}
 }

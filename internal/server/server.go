@@ -103,7 +103,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 	}
 	defer bus.Close()
 
-	q, err := openQueue(cfg, roles, st, bus, ms.Tasks().Observer(), log)
+	q, err := openQueue(cfg, roles, st, bus, withTaskLogs(ms.Tasks().Observer(), logSink, cfg, roles), log)
 	if err != nil {
 		return err
 	}
