@@ -106,3 +106,13 @@ func taskEntry(labels logs.Labels, t *model.Task, started time.Time, took time.D
 	}
 	return logs.Entry{Time: started.Add(took), Line: line, Labels: labels, Metadata: meta}
 }
+
+// logQuerier is what answers the API's log queries: Loki's query_range at loki_url, or nil (the API then answers
+// from the store what it can).
+func logQuerier(cfg config.Config) logs.Querier {
+	if cfg.LokiURL == "" {
+		return nil
+	}
+	return &logs.LokiQuerier{URL: cfg.LokiURL, Tenant: cfg.LokiTenant, Username: cfg.LokiUsername,
+		Password: cfg.LokiPassword, BearerToken: cfg.LokiBearerToken}
+}
