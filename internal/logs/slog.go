@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 )
 
@@ -151,7 +152,8 @@ func levelName(l slog.Level) string {
 // and consoles are logged at debug level, since the store keeps them and stdout is for operators; everything else
 // at the level of its label.
 type Stdout struct {
-	log *slog.Logger
+	log    *slog.Logger
+	closed atomic.Bool
 }
 
 // NewStdout returns a Sink writing to log.
@@ -159,6 +161,9 @@ func NewStdout(log *slog.Logger) *Stdout { return &Stdout{log: log} }
 
 // Push logs each entry.
 func (s *Stdout) Push(ctx context.Context, entries ...Entry) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
 	for _, e := range entries {
 		level := slog.LevelInfo
 		switch {
@@ -185,5 +190,8 @@ func (s *Stdout) Push(ctx context.Context, entries ...Entry) error {
 // Health is always fine: stdout has no backend.
 func (s *Stdout) Health(context.Context) error { return nil }
 
-// Close has nothing to flush.
-func (s *Stdout) Close(context.Context) error { return nil }
+// Close has nothing to flush; later pushes fail, as with every Sink.
+func (s *Stdout) Close(context.Context) error {
+	s.closed.Store(true)
+	return nil
+}
