@@ -247,7 +247,22 @@ func TestLokiServerRestartMidBurst(t *testing.T) {
 		t.Fatalf("with the server down the buffer dropped only %d entries (stats %+v)", st.Dropped, st)
 	}
 	v.start()
-	push(3000)
+	push(3000) // while the sender may still be backing off: the buffer drops what does not fit, and counts it
+	// Recovery: once the queue has drained, chunks that fit the buffer all arrive, and nothing more is dropped.
+	drain := func() {
+		for client.Stats().Queued != 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	drain()
+	droppedBefore, recoveredFrom := client.Stats().Dropped, seq
+	for range 4 {
+		push(bufferEntries / 2)
+		drain()
+	}
+	if d := client.Stats().Dropped; d != droppedBefore {
+		t.Fatalf("after recovery %d more entries were dropped", d-droppedBefore)
+	}
 	n := seq
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -270,5 +285,10 @@ func TestLokiServerRestartMidBurst(t *testing.T) {
 	}
 	if int64(len(seen)) != st.Sent {
 		t.Fatalf("received %d distinct, client counted %d sent", len(seen), st.Sent)
+	}
+	for i := recoveredFrom; i < n; i++ {
+		if seen[strconv.Itoa(i)] == 0 {
+			t.Fatalf("entry %d, pushed after the server was back and the queue drained, did not arrive", i)
+		}
 	}
 }
