@@ -14,6 +14,7 @@ if [ -z "${AETHERIUM_FIRECRACKER_SPEC:-}" ] && [ ! -f ../shared/reference/firecr
 fi
 
 bash scripts/setup.sh services
+export AETHERIUM_TEST_VICTORIALOGS_BIN=/var/cache/aetherium/bin/victoria-logs-v1.52.2   # built by setup.sh (internal/logs)
 
 echo "== gofmt / go vet"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))

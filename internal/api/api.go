@@ -17,6 +17,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/aetherium/aetherium/internal/auth"
+	"github.com/aetherium/aetherium/internal/logs"
 	"github.com/aetherium/aetherium/internal/metrics"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/task"
@@ -62,6 +63,8 @@ type Config struct {
 	BodyTimeout time.Duration
 	// Metrics records every request by route pattern, method and status (metrics.go); nil: nothing is recorded.
 	Metrics *metrics.HTTP
+	// Logs answers GET /logs and /vms/{id}/logs (logs.LokiQuerier); nil: only an execution's stored output is.
+	Logs logs.Querier
 }
 
 // server holds the handler's dependencies; its methods are the route handlers.
@@ -85,6 +88,7 @@ type server struct {
 	lastPurge   atomic.Int64
 	bodyTimeout time.Duration
 	metrics     *metrics.HTTP
+	logs        logs.Querier
 }
 
 // New returns the http.Handler of the REST API v1, rooted at /api/v1.
@@ -109,6 +113,7 @@ func newServer(cfg Config) *server {
 		idemTTL:     cfg.IdempotencyTTL,
 		bodyTimeout: cfg.BodyTimeout,
 		metrics:     cfg.Metrics,
+		logs:        cfg.Logs,
 	}
 	if s.idemTTL <= 0 {
 		s.idemTTL = IdempotencyTTL
@@ -173,6 +178,8 @@ func (s *server) routes() {
 			r.Post("/vms/{id}/execute", s.execute)
 			r.Post("/vms/{id}/tools", s.addTools)
 			r.Get("/vms/{id}/executions", s.listExecutions)
+			r.Get("/vms/{id}/logs", s.vmLogs)
+			r.Get("/logs", s.listLogs)
 			r.Get("/executions/{id}", s.getExecution)
 			r.Get("/executions/{id}/stream", s.streamExecution)
 			r.Get("/tasks/{id}", s.getTask)

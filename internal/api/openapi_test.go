@@ -282,6 +282,7 @@ func TestOpenAPISchemasMatchWireTypes(t *testing.T) {
 		"RunUsage": client.RunUsage{}, "DiffStat": client.DiffStat{}, "RunCommit": client.RunCommit{},
 		"RunResult": client.RunResult{}, "Run": client.Run{}, "RunList": client.RunList{}, "RunEvent": client.RunEvent{},
 		"RunEnd": client.RunEnd{}, "Agent": client.Agent{},
+		"LogEntry": client.LogEntry{}, "LogList": client.LogList{},
 	}
 	requests := []string{"CreateVMRequest", "ExecuteRequest", "CreateJobRequest", "JobCommand", "MkdirRequest",
 		"StartProcessRequest", "SignalRequest", "PutSecretRequest", "CreateRunRequest", "RunPush"}

@@ -106,14 +106,23 @@ func (a *app) vmLogs() *cobra.Command {
 		stderr bool
 	)
 	cmd := &cobra.Command{
-		Use:   "logs VM ID",
-		Short: "Print the output of a background process",
-		Long: `Print what a background process of a VM has written to stdout (or with --stderr, to stderr) and the VM
-still keeps (the last 1 MiB). With -f, keep printing until the process exits.`,
+		Use:   "logs VM [ID]",
+		Short: "Print a VM's console log, or the output of one of its background processes",
+		Long: `With a process ID: print what a background process of a VM has written to stdout (or with --stderr, to
+stderr) and the VM still keeps (the last 1 MiB). With -f, keep printing until the process exits.
+
+With the VM only: print what the VM printed on its console, kept by the server's Loki (setting loki_url) after
+the VM is gone; --since, --until, --limit and -q filter it, and -f keeps polling for more.`,
 	}
+	var console logFlags
+	console.register(cmd, false)
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until the process exits")
 	cmd.Flags().BoolVar(&stderr, "stderr", false, "print stderr instead of stdout")
-	return a.leaf(cmd, cobra.ExactArgs(2), exitFailure, func(ctx context.Context, c *client.Client, _ *cobra.Command, args []string) error {
+	return a.leaf(cmd, cobra.RangeArgs(1, 2), exitFailure, func(ctx context.Context, c *client.Client, _ *cobra.Command, args []string) error {
+		if len(args) == 1 {
+			console.follow = follow
+			return a.vmConsoleLogs(ctx, c, args[0], &console)
+		}
 		id, _, err := resolveVM(ctx, c, args[0])
 		if err != nil {
 			return err

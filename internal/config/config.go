@@ -107,6 +107,16 @@ type Config struct {
 	MetricsListen string `yaml:"metrics_listen"`
 	MetricsToken  string `yaml:"metrics_token"`
 
+	// LokiURL, when set, ships logs (the servers' own, task lifecycle, executions' output, VM consoles) to Loki or a
+	// Loki-compatible store, besides stdout (internal/logs). LokiTenant is sent as X-Scope-OrgID; LokiUsername and
+	// LokiPassword (or LokiPasswordFile) are basic auth, LokiBearerToken bearer auth.
+	LokiURL          string `yaml:"loki_url"`
+	LokiTenant       string `yaml:"loki_tenant"`
+	LokiUsername     string `yaml:"loki_username"`
+	LokiPassword     string `yaml:"loki_password"`
+	LokiPasswordFile string `yaml:"loki_password_file"`
+	LokiBearerToken  string `yaml:"loki_bearer_token"`
+
 	// SecretsKey seals owners' secrets (base64 of 32 bytes); SecretsKeyFile, when set, holds it instead. Neither:
 	// serve uses <data_dir>/secrets-key, creating it on first start; gateway and worker use that file if it exists.
 	SecretsKey     string `yaml:"secrets_key"`
@@ -230,6 +240,12 @@ var settings = []setting{
 	{"debug_listen", "loopback address (127.0.0.1:PORT) serving Go's pprof profiles at /debug/pprof/ (empty: off)", str(func(c *Config) *string { return &c.DebugListen })},
 	{"metrics_listen", "address serving Prometheus metrics at /metrics (empty or off: none); give each process on a host its own port, and a metrics_token when it is not loopback", str(func(c *Config) *string { return &c.MetricsListen })},
 	{"metrics_token", "bearer token scrapers must send to /metrics (empty: none; prefer the env: flags show in the process list)", str(func(c *Config) *string { return &c.MetricsToken })},
+	{"loki_url", "base URL of Loki (http://loki:3100) or a Loki-compatible store (VictoriaLogs: http://vl:9428/insert) that logs are pushed to at /loki/api/v1/push, besides stdout (empty: stdout only)", str(func(c *Config) *string { return &c.LokiURL })},
+	{"loki_tenant", "Loki tenant, sent as X-Scope-OrgID (empty: none)", str(func(c *Config) *string { return &c.LokiTenant })},
+	{"loki_username", "user name of HTTP basic auth to Loki", str(func(c *Config) *string { return &c.LokiUsername })},
+	{"loki_password", "password of HTTP basic auth to Loki (prefer loki_password_file or the env: flags show in the process list)", str(func(c *Config) *string { return &c.LokiPassword })},
+	{"loki_password_file", "file holding the Loki password", str(func(c *Config) *string { return &c.LokiPasswordFile })},
+	{"loki_bearer_token", "bearer token sent to Loki instead of basic auth (prefer the env)", str(func(c *Config) *string { return &c.LokiBearerToken })},
 }
 
 func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
@@ -522,6 +538,7 @@ func (c *Config) normalize() error {
 			c.ClusterToken = strings.TrimSpace(string(b))
 		}
 	}
+	c.validateLoki(bad)
 	if c.SecretsKey != "" && c.SecretsKeyFile != "" {
 		bad("secrets_key_file", "set secrets_key or secrets_key_file, not both")
 	}
@@ -529,6 +546,42 @@ func (c *Config) normalize() error {
 		bad("cluster_token", "must have at least %d characters (use a random one, e.g. openssl rand -hex 32)", MinClusterTokenLen)
 	}
 	return errors.Join(errs...)
+}
+
+// validateLoki checks the loki_* settings and reads loki_password_file.
+func (c *Config) validateLoki(bad func(key, format string, args ...any)) {
+	if c.LokiURL == "" {
+		for _, s := range []struct{ key, v string }{{"loki_tenant", c.LokiTenant}, {"loki_username", c.LokiUsername},
+			{"loki_password", c.LokiPassword}, {"loki_password_file", c.LokiPasswordFile}, {"loki_bearer_token", c.LokiBearerToken}} {
+			if s.v != "" {
+				bad(s.key, "needs loki_url")
+			}
+		}
+		return
+	}
+	if u, err := url.Parse(c.LokiURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" {
+		bad("loki_url", "must be an http(s) base URL without credentials or query, such as http://loki:3100 (got %q)", redactURL(c.LokiURL))
+	}
+	if strings.ContainsAny(c.LokiTenant, " \t\r\n|") {
+		bad("loki_tenant", "must be a tenant id without spaces or '|' (got %q)", c.LokiTenant)
+	}
+	switch {
+	case c.LokiPasswordFile != "" && c.LokiPassword != "":
+		bad("loki_password_file", "set loki_password or loki_password_file, not both")
+	case c.LokiPasswordFile != "":
+		b, err := os.ReadFile(c.LokiPasswordFile)
+		if err != nil {
+			bad("loki_password_file", "%v", err)
+		} else {
+			c.LokiPassword = strings.TrimSpace(string(b))
+		}
+	}
+	if c.LokiPassword != "" && c.LokiUsername == "" {
+		bad("loki_username", "is needed with loki_password")
+	}
+	if c.LokiBearerToken != "" && c.LokiUsername != "" {
+		bad("loki_bearer_token", "set basic auth (loki_username) or a bearer token, not both")
+	}
 }
 
 // GuestCAFileList returns the paths of guest_ca_files.
@@ -592,6 +645,12 @@ func (c Config) Redacted() string {
 	}
 	if cc.SecretsOldKeys != "" {
 		cc.SecretsOldKeys = "xxxxx"
+	}
+	if cc.LokiPassword != "" {
+		cc.LokiPassword = "xxxxx"
+	}
+	if cc.LokiBearerToken != "" {
+		cc.LokiBearerToken = "xxxxx"
 	}
 	if cc.GuestHTTPProxy != "" {
 		cc.GuestHTTPProxy = redactURL(c.GuestHTTPProxy)

@@ -75,6 +75,12 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 		{"guest proxy not a url", "", map[string]string{"AETHERIUM_GUEST_HTTPS_PROXY": "proxy.corp:3128"}, nil, "guest_https_proxy"},
 		{"guest proxy socks", "", nil, []string{"--guest-http-proxy", "socks5://p:1080"}, "guest_http_proxy"},
 		{"guest no proxy with a space", "", nil, []string{"--guest-no-proxy", "a, b"}, "guest_no_proxy"},
+		{"loki url not http", "", map[string]string{"AETHERIUM_LOKI_URL": "loki:3100"}, nil, "loki_url"},
+		{"loki url with credentials", "loki_url: http://u:p@loki:3100\n", nil, nil, "loki_url"},
+		{"loki tenant without url", "", nil, []string{"--loki-tenant", "t1"}, "loki_tenant"},
+		{"loki password without user", "loki_url: http://loki:3100\nloki_password: p\n", nil, nil, "loki_username"},
+		{"loki basic and bearer", "loki_url: http://loki:3100\nloki_username: u\nloki_bearer_token: t\n", nil, nil, "loki_bearer_token"},
+		{"loki password file missing", "loki_url: http://loki:3100\nloki_username: u\nloki_password_file: /nonexistent/pw\n", nil, nil, "loki_password_file"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -221,5 +227,27 @@ func TestCredProxySettings(t *testing.T) {
 	}
 	if c.CredProxyPort != 0 || c.ModelUpstreamURL != "https://llm.corp.example/anthropic" {
 		t.Fatalf("got port %d, %q", c.CredProxyPort, c.ModelUpstreamURL)
+	}
+}
+
+func TestLokiSettings(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	Flags(fs)
+	env := map[string]string{"AETHERIUM_DATA_DIR": dir, "AETHERIUM_LOKI_URL": "https://logs.corp:3100",
+		"AETHERIUM_LOKI_TENANT": "team-a", "AETHERIUM_LOKI_USERNAME": "aeth", "AETHERIUM_LOKI_PASSWORD_FILE": pw}
+	c, err := Load(fs, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.LokiURL != "https://logs.corp:3100" || c.LokiTenant != "team-a" || c.LokiUsername != "aeth" || c.LokiPassword != "s3cret" {
+		t.Fatalf("loki settings %+v", c)
+	}
+	if strings.Contains(c.Redacted(), "s3cret") {
+		t.Fatal("Redacted shows the Loki password")
 	}
 }

@@ -62,6 +62,12 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		return err
 	}
 	cfg.InstallationID = installationID
+	// First, so that everything after logs through the sink too, and deferred first, so it flushes last.
+	logSink, log, closeLogs, err := openLogs(ctx, cfg, roles, log)
+	if err != nil {
+		return fmt.Errorf("loki_url: %w", err)
+	}
+	defer closeLogs()
 	st, err := OpenStore(ctx, cfg, roles.API && cfg.AutoMigrate)
 	if err != nil {
 		return err
@@ -97,7 +103,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 	}
 	defer bus.Close()
 
-	q, err := openQueue(cfg, roles, st, bus, ms.Tasks().Observer(), log)
+	q, err := openQueue(cfg, roles, st, bus, withTaskLogs(ms.Tasks().Observer(), logSink, cfg, roles), log)
 	if err != nil {
 		return err
 	}
@@ -193,6 +199,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			Guest:    guest,
 			Agents:   agentCatalog,
 			Metrics:  ms.Worker(),
+			Logs:     logSink,
 		})
 		if err != nil {
 			return err
@@ -216,7 +223,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog), task.WithSecrets(sm),
 			task.WithAgents(agentCatalog), task.WithGitHosts(gitHostSecrets(gitHosts)))
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
-			ClusterToken: token, Idempotency: st.Idempotency(), Metrics: ms.HTTP()})
+			ClusterToken: token, Idempotency: st.Idempotency(), Metrics: ms.HTTP(), Logs: logQuerier(cfg)})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}

@@ -198,6 +198,7 @@ func (w *Worker) deleteVM(ctx context.Context, vmID string) error {
 		}
 		return err
 	}
+	w.shipConsole(ctx, vm.ID, vm.OwnerID) // before the backend removes the VM's console log
 	if err := w.cfg.Backend.DeleteVM(ctx, vm.ID); err != nil {
 		return fmt.Errorf("delete vm %s from %s backend: %w", vm.ID, w.cfg.Backend.Name(), err)
 	}

@@ -44,6 +44,8 @@ type execOutput struct {
 	kick chan struct{}
 	stop chan struct{}
 	wg   sync.WaitGroup
+
+	partial [2][]byte // unfinished line of each stream, for the log sink (logtee.go); guarded by mu
 }
 
 type outStream struct {
@@ -98,6 +100,7 @@ func (sw streamWriter) Write(p []byte) (int, error) {
 func (o *execOutput) add(i int, p []byte) (full bool) {
 	st := &o.streams[i]
 	st.total += int64(len(p))
+	o.teeLines(i, p)
 	room := o.w.cfg.MaxOutputBytes - len(st.kept)
 	if room > 0 && len(p) > 0 {
 		st.kept = append(st.kept, p[:min(room, len(p))]...)
@@ -249,6 +252,7 @@ func (o *execOutput) finish() {
 			o.add(i, s.Flush()) // what was held back in case a secret began there
 		}
 	}
+	o.teeFlush()
 	o.mu.Unlock()
 	o.flush()
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/aetherium/aetherium/internal/agents"
 	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/keyedmutex"
+	"github.com/aetherium/aetherium/internal/logs"
 	"github.com/aetherium/aetherium/internal/metrics"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
@@ -67,6 +68,8 @@ type Config struct {
 	Guest *GuestSetup
 	// Metrics records boot and create-to-ready times, exec round trips and agent transport errors; nil: nothing.
 	Metrics *metrics.Worker
+	// Logs receives every execution's output, line by line (kind "exec", ids in structured metadata); nil: none.
+	Logs logs.Sink
 }
 
 // Worker owns the VMs of one host.

@@ -32,6 +32,8 @@ const (
 	CodeRateLimited      = "rate_limited"
 	CodeInternal         = "internal_error"
 	CodeUnavailable      = "service_unavailable"
+	// CodeNotImplemented: this server cannot answer that (log queries without a Loki).
+	CodeNotImplemented = "not_implemented"
 	// CodeRequestTimeout (408): the request's body did not arrive in time.
 	CodeRequestTimeout = "request_timeout"
 	// CodeIdempotencyKeyInvalid (400): an Idempotency-Key that is empty, longer than 255 characters, not

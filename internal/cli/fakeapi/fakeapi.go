@@ -67,6 +67,7 @@ type Server struct {
 	runChanged  chan struct{} // closed (and replaced) whenever a run event is appended
 	secrets     []string
 	streamBreak int
+	logs        []client.LogEntry // logs.go
 }
 
 type taskState struct {
@@ -215,7 +216,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.serveRuns(w, r, parts) {
+	if s.serveRuns(w, r, parts) || s.serveLogs(w, r, parts) {
 		return
 	}
 	switch {

@@ -366,3 +366,26 @@ func checkID(id string) error {
 	}
 	return nil
 }
+
+// ConsoleLog returns the last max bytes of a VM's console log (the guest's serial console and QEMU's own
+// messages), for shipping to the log sink before the VM's directory is removed. Guest output: treat as hostile.
+func (b *Backend) ConsoleLog(id string, max int64) ([]byte, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(filepath.Join(b.vmDir(id), consoleFile))
+	if err != nil {
+		return nil, fmt.Errorf("qemu backend: console log of vm %s: %w", id, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if off := fi.Size() - max; off > 0 {
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
+	return io.ReadAll(io.LimitReader(f, max))
+}
