@@ -73,3 +73,4 @@ if [ "$need_services" = "services" ]; then
   redis-cli -h 127.0.0.1 ping >/dev/null || { log "Redis is not reachable on 127.0.0.1:6379"; exit 1; }
   log "PostgreSQL and Redis are up"
 fi
+AETHERIUM_TEST_OCTOKIT_DIR=${AETHERIUM_TEST_OCTOKIT_DIR:-/var/cache/aetherium/npm} "$(dirname "$0")/octokit.sh" >/dev/null  # the GitHub tests' npm packages
