@@ -100,27 +100,30 @@ func (d *Dispatcher) Link(ctx context.Context, integration, source string) (*int
 		CreatedAt: l.CreatedAt}, nil
 }
 
-// StartCommand creates a job in a fresh VM (deleted afterwards): with a repository, a first command clones it
-// into /work/repo (the image needs git) and the second runs the command there with sh -c; without one the
-// command runs alone.
+// checkoutScript is the one execution of a command: it checks the repository ($1, at ref $2) out into
+// /work/repo when the image has git, and then runs the command ($3) there with sh -c. The values are positional
+// parameters, never spliced into the script, so nothing in them is shell syntax. An image without git (the Docker
+// backend's default) runs the command in an empty /work/repo and says so on stderr.
+const checkoutScript = `set -e
+mkdir -p /work/repo
+cd /work/repo
+if [ -n "$1" ]; then
+  if command -v git >/dev/null 2>&1; then
+    if [ -n "$2" ]; then git clone --quiet --depth 1 --branch "$2" -- "$1" . ; else git clone --quiet --depth 1 -- "$1" . ; fi
+  else
+    echo "aetherium: this image has no git; $1 is not checked out" >&2
+  fi
+fi
+exec /bin/sh -c "$3"`
+
+// StartCommand creates a job of one execution in a fresh VM (deleted afterwards): checkoutScript with the
+// repository and the command.
 func (d *Dispatcher) StartCommand(ctx context.Context, owner string, req integrations.CommandRequest) (string, error) {
-	timeout := int(req.Timeout / time.Second)
-	var cmds []client.JobCommand
-	dir := ""
-	if req.RepoURL != "" {
-		clone := []string{"clone", "--depth", "1"}
-		if req.Ref != "" {
-			clone = append(clone, "--branch", req.Ref)
-		}
-		clone = append(clone, "--", req.RepoURL, "/work/repo")
-		cmds = append(cmds, client.JobCommand{Command: "git", Args: clone, TimeoutSeconds: timeout})
-		dir = "/work/repo"
-	}
-	cmds = append(cmds, client.JobCommand{Command: "/bin/sh", Args: []string{"-c", req.Command}, WorkingDir: dir,
-		TimeoutSeconds: timeout})
+	cmd := client.JobCommand{Command: "/bin/sh", Args: []string{"-c", checkoutScript, "aetherium", req.RepoURL, req.Ref,
+		req.Command}, TimeoutSeconds: int(req.Timeout / time.Second)}
 	job, _, err := d.cfg.Service.CreateJob(ctx, owner, client.CreateJobRequest{
 		VM:       &client.CreateVMRequest{Name: "webhook-" + shortID(), Image: d.cfg.Image},
-		Commands: cmds, StopOnError: true, DeleteVMAfter: true,
+		Commands: []client.JobCommand{cmd}, StopOnError: true, DeleteVMAfter: true,
 	})
 	if err != nil {
 		return "", err
