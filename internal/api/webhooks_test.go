@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -159,5 +160,20 @@ func TestIntegrationLinksRoutes(t *testing.T) {
 	}
 	if r := e.call("GET", "/api/v1/integrations/links", "", ""); r.status != http.StatusUnauthorized {
 		t.Fatalf("links without a key: %d, want 401", r.status)
+	}
+}
+
+// BenchmarkWebhookRoute measures a signed delivery from request to 202 (verify, record, queue) on SQLite: what
+// must stay well under the second GitHub and Slack allow.
+func BenchmarkWebhookRoute(b *testing.B) {
+	e := newEnv(b, func(c *Config) { c.Integrations = integrations.NewRegistry(signedHook{max: 1 << 20}) })
+	body := []byte(`{"action":"created","comment":{"body":"/aetherium run echo hi"}}`)
+	sig := hookSig(body)
+	i := 0
+	for b.Loop() {
+		i++
+		if r := e.hook("test", "d-"+strconv.Itoa(i), sig, "", body); r.status != http.StatusAccepted {
+			b.Fatalf("%d %s", r.status, r.body)
+		}
 	}
 }
