@@ -381,7 +381,11 @@ func (w *work) do(ctx context.Context) error {
 	w.updateTracking(ctx, fmt.Sprintf("⏳ running (%s `%s`)", kind, id), "")
 	out, err := w.a.Wait(ctx, link.OwnerID, kind, id)
 	if err != nil {
-		return err // retried; the job or run goes on and is waited for again... by a new trigger only
+		// Not retried: a retry would start the work a second time. The job or run goes on; the report says
+		// where to follow it.
+		w.updateTracking(context.WithoutCancel(ctx), fmt.Sprintf("⚠️ lost track of %s `%s`", kind, id),
+			fmt.Sprintf("Follow it at `GET /api/v1/%ss/%s`.\n", kind, id))
+		return queue.Permanent(fmt.Errorf("wait for %s %s: %w", kind, id, err))
 	}
 	return w.finish(ctx, out, link)
 }
