@@ -87,3 +87,4 @@ if [ "$need_services" = "services" ]; then
   fi
   log "VictoriaLogs $vl_version at $vl_bin"
 fi
+AETHERIUM_TEST_OCTOKIT_DIR=${AETHERIUM_TEST_OCTOKIT_DIR:-/var/cache/aetherium/npm} "$(dirname "$0")/octokit.sh" >/dev/null  # the GitHub tests' npm packages

@@ -41,6 +41,10 @@ AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image list 2>/dev/
   | tail -n +3 | xargs -r -n1 env AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image rm >/dev/null || true
 
 echo "== tests"
+# The GitHub integration's tests read real webhook payloads and GitHub's OpenAPI description from npm packages.
+export AETHERIUM_TEST_OCTOKIT_DIR=${AETHERIUM_TEST_OCTOKIT_DIR:-/var/cache/aetherium/npm}
+AETHERIUM_TEST_OCTOKIT_DIR=$(scripts/octokit.sh)
+export AETHERIUM_TEST_OCTOKIT_DIR
 go test -count=1 -timeout 30m -p 2 ./...
 
 echo "== fuzz (short runs of every decoder of untrusted input)"

@@ -17,6 +17,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/aetherium/aetherium/internal/auth"
+	"github.com/aetherium/aetherium/internal/integrations"
 	"github.com/aetherium/aetherium/internal/logs"
 	"github.com/aetherium/aetherium/internal/metrics"
 	"github.com/aetherium/aetherium/internal/store"
@@ -65,6 +66,8 @@ type Config struct {
 	Metrics *metrics.HTTP
 	// Logs answers GET /logs and /vms/{id}/logs (logs.LokiQuerier); nil: only an execution's stored output is.
 	Logs logs.Querier
+	// Integrations are the webhook receivers of POST /api/v1/webhooks/{integration} (nil: every name is 404).
+	Integrations *integrations.Registry
 }
 
 // server holds the handler's dependencies; its methods are the route handlers.
@@ -89,6 +92,8 @@ type server struct {
 	bodyTimeout time.Duration
 	metrics     *metrics.HTTP
 	logs        logs.Querier
+	// integrations receive webhooks (webhooks.go).
+	integrations *integrations.Registry
 }
 
 // New returns the http.Handler of the REST API v1, rooted at /api/v1.
@@ -114,6 +119,8 @@ func newServer(cfg Config) *server {
 		bodyTimeout: cfg.BodyTimeout,
 		metrics:     cfg.Metrics,
 		logs:        cfg.Logs,
+
+		integrations: cfg.Integrations,
 	}
 	if s.idemTTL <= 0 {
 		s.idemTTL = IdempotencyTTL
@@ -167,6 +174,9 @@ func (s *server) routes() {
 		r.Get("/ready", s.ready)
 		r.Get("/openapi.yaml", s.openAPIYAML)
 		r.Get("/openapi.json", s.openAPIJSON)
+		// Webhooks: authenticated by each integration's own signature, never an API key; the body limit is the
+		// integration's (webhooks.go).
+		r.Post("/webhooks/{integration}", s.webhook)
 
 		r.Group(func(r chi.Router) {
 			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody, s.idempotent)
@@ -211,6 +221,9 @@ func (s *server) routes() {
 			r.Get("/secrets", s.listSecrets)
 			r.Put("/secrets/{name}", s.putSecret)
 			r.Delete("/secrets/{name}", s.deleteSecret)
+			r.Post("/integrations/links", s.createLink)
+			r.Get("/integrations/links", s.listLinks)
+			r.Delete("/integrations/links/{id}", s.deleteLink)
 		})
 		r.Group(func(r chi.Router) {
 			// Streams: a file's bytes of any size and type, and the shell's WebSocket. No body limit, no JSON.

@@ -118,11 +118,19 @@ var webSocketRoutes = []string{"GET /api/v1/vms/{id}/shell"}
 
 // unkeyedRoutes are mutating routes that ignore Idempotency-Key: idempotent by themselves, and keeping a
 // fingerprint of their body would keep a hash of a secret.
-var unkeyedRoutes = []string{"PUT /api/v1/secrets/{name}", "DELETE /api/v1/secrets/{name}"}
+// Links are unique per source: a repeated create is a 409, a repeated delete a 404. Webhooks are deduplicated by
+// the integration's own delivery id.
+var unkeyedRoutes = []string{"PUT /api/v1/secrets/{name}", "DELETE /api/v1/secrets/{name}",
+	"POST /api/v1/integrations/links", "DELETE /api/v1/integrations/links/{id}", "POST /api/v1/webhooks/{integration}"}
+
+// webhookRoutes take the raw body an outside service sends, signed, under the integration's own limit: no JSON
+// checks (415, 422) and no body deadline answer (408).
+var webhookRoutes = []string{"POST /api/v1/webhooks/{integration}"}
 
 // publicRoutes are the routes that need no API key.
 var publicRoutes = []string{
 	"GET /api/v1/health", "GET /api/v1/ready", "GET /api/v1/openapi.yaml", "GET /api/v1/openapi.json",
+	"POST /api/v1/webhooks/{integration}", // signed by the integration, never an API key
 }
 
 // TestOpenAPIOperations checks what each operation must say: its security, the errors every client must expect,
@@ -156,7 +164,9 @@ func TestOpenAPIOperations(t *testing.T) {
 			want = append(want, "404")
 		}
 		if op.RequestBody != nil {
-			if slices.Contains(streamedBodies, name) {
+			if slices.Contains(webhookRoutes, name) {
+				want = append(want, "400", "413")
+			} else if slices.Contains(streamedBodies, name) {
 				// The body is the file itself: any type, any size, so no 413 or 415.
 				want = append(want, "400", "422")
 				if op.RequestBody.Content["application/octet-stream"] == nil {
@@ -187,7 +197,7 @@ func TestOpenAPIOperations(t *testing.T) {
 		if wantIdem := mutating && !slices.Contains(streamedBodies, name) && !slices.Contains(unkeyedRoutes, name); idem != wantIdem {
 			t.Errorf("%s: documents Idempotency-Key %v, want %v", name, idem, wantIdem)
 		}
-		if op.RequestBody != nil && !slices.Contains(streamedBodies, name) {
+		if op.RequestBody != nil && !slices.Contains(streamedBodies, name) && !slices.Contains(webhookRoutes, name) {
 			want = append(want, "408") // the body deadline
 		}
 		for _, code := range want {

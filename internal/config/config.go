@@ -123,6 +123,13 @@ type Config struct {
 	SecretsKeyFile string `yaml:"secrets_key_file"`
 	// SecretsOldKeys are earlier keys (comma-separated base64) that still open secrets during a key rotation.
 	SecretsOldKeys string `yaml:"secrets_old_keys"`
+
+	// The GitHub App of the GitHub integration (internal/integrations/github): the webhook secret turns it on.
+	GitHubWebhookSecret  string `yaml:"github_webhook_secret"`
+	GitHubAppID          string `yaml:"github_app_id"`
+	GitHubClientID       string `yaml:"github_client_id"`
+	GitHubPrivateKeyFile string `yaml:"github_private_key_file"`
+	GitHubAPIURL         string `yaml:"github_api_url"`
 }
 
 // DefaultJailerID is the uid and gid the jailer runs Firecracker as unless configured: not root, and above the
@@ -207,6 +214,11 @@ var settings = []setting{
 	{"network_cidr", "IPv4 network of the VMs on each host (the bridge has its first address)", str(func(c *Config) *string { return &c.NetworkCIDR })},
 	{"network_bridge", "name of the host bridge the VMs' TAP devices join", str(func(c *Config) *string { return &c.NetworkBridge })},
 	{"vm_disk_mb", "least size of a microVM's disk in MiB (sparse: space is used as the guest writes; the agent grows the filesystem)", integer(func(c *Config) *int { return &c.DiskMB })},
+	{"github_webhook_secret", "secret of the GitHub App's webhook; set, it turns the GitHub integration on (POST /api/v1/webhooks/github; prefer the env: flags show in the process list)", str(func(c *Config) *string { return &c.GitHubWebhookSecret })},
+	{"github_app_id", "id of the GitHub App (the JWT's issuer unless github_client_id is set)", str(func(c *Config) *string { return &c.GitHubAppID })},
+	{"github_client_id", "client id of the GitHub App (preferred JWT issuer)", str(func(c *Config) *string { return &c.GitHubClientID })},
+	{"github_private_key_file", "PEM file of the GitHub App's private key (mode 0600)", str(func(c *Config) *string { return &c.GitHubPrivateKeyFile })},
+	{"github_api_url", "GitHub REST API base URL (GitHub Enterprise Server: https://HOST/api/v3)", str(func(c *Config) *string { return &c.GitHubAPIURL })},
 	{"agent_catalog", "YAML file of coding agents added to the built-in catalog (claude-code), for runs (see docs/runs.md)", str(func(c *Config) *string { return &c.AgentCatalog })},
 	{"git_hosts", "git servers the credential proxy forwards runs' clones and pushes to, besides github.com and gitlab.com: comma-separated name=url|secret|username (e.g. git.corp.example=https://git.corp.example|GITEA_TOKEN|oauth2)", str(func(c *Config) *string { return &c.GitHosts })},
 	{"tool_catalog", "YAML tool catalog replacing the built-in one (see `aetherium image tools`)", str(func(c *Config) *string { return &c.ToolCatalog })},
@@ -651,6 +663,9 @@ func (c Config) Redacted() string {
 	}
 	if cc.LokiBearerToken != "" {
 		cc.LokiBearerToken = "xxxxx"
+	}
+	if cc.GitHubWebhookSecret != "" {
+		cc.GitHubWebhookSecret = "xxxxx"
 	}
 	if cc.GuestHTTPProxy != "" {
 		cc.GuestHTTPProxy = redactURL(c.GuestHTTPProxy)

@@ -130,6 +130,7 @@ type Link struct {
 	Commands    bool     // may run commands and jobs
 	Runs        bool     // may start agent runs
 	AllowBots   bool     // bots' comments trigger work too
+	DraftPR     bool     // an agent run's pushed branch gets a draft pull request
 	Notify      []string // notification events sent to this source
 	CreatedAt   time.Time
 }

@@ -127,6 +127,8 @@ const (
 	TaskVMDelete  TaskType = "vm:delete"
 	TaskJobRun    TaskType = "job:run"
 	TaskRunAgent  TaskType = "run:agent"
+	// TaskWebhookProcess handles a recorded webhook delivery (internal/integrations); its payload names the record.
+	TaskWebhookProcess TaskType = "webhook:process"
 )
 
 // TaskStatus is where a task is in its life.

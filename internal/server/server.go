@@ -27,7 +27,9 @@ import (
 	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/events/inproc"
 	"github.com/aetherium/aetherium/internal/events/redisbus"
+	"github.com/aetherium/aetherium/internal/integrations/dispatch"
 	"github.com/aetherium/aetherium/internal/metrics"
+	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/queue/asynqq"
 	"github.com/aetherium/aetherium/internal/queue/embedded"
@@ -206,6 +208,10 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		}
 	}
 
+	registry, err := openIntegrations(cfg, log)
+	if err != nil {
+		return err
+	}
 	var (
 		httpSrv *http.Server
 		ln      net.Listener
@@ -223,7 +229,8 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog), task.WithSecrets(sm),
 			task.WithAgents(agentCatalog), task.WithGitHosts(gitHostSecrets(gitHosts)))
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
-			ClusterToken: token, Idempotency: st.Idempotency(), Metrics: ms.HTTP(), Logs: logQuerier(cfg)})
+			ClusterToken: token, Idempotency: st.Idempotency(), Metrics: ms.HTTP(), Logs: logQuerier(cfg),
+			Integrations: registry})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
@@ -232,6 +239,12 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 
 	// The worker starts last, once nothing else can fail, so an early return never leaves it running.
 	if w != nil {
+		// Webhook deliveries are handled on workers, over a task service of their own (it only stores rows and
+		// queues tasks).
+		wsvc := task.New(st, q, bus, webhookLimits(cfg), task.WithLogger(log), task.WithToolCatalog(catalog),
+			task.WithSecrets(sm), task.WithAgents(agentCatalog), task.WithGitHosts(gitHostSecrets(gitHosts)))
+		q.RegisterHandler(model.TaskWebhookProcess, dispatch.New(dispatch.Config{Service: wsvc, Registry: registry,
+			Logger: log}).Handle)
 		if err := w.Start(ctx); err != nil {
 			if ln != nil {
 				ln.Close()

@@ -21,6 +21,8 @@ type Store interface {
 	Idempotency() IdempotencyStore
 	Secrets() SecretStore
 	Runs() RunStore
+	Webhooks() WebhookStore
+	IntegrationLinks() IntegrationLinkStore
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	Close() error

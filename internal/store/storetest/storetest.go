@@ -50,6 +50,8 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Idempotency", func(t *testing.T) { runIdempotency(t, open) })
 	t.Run("Secrets", func(t *testing.T) { runSecrets(t, open) })
 	t.Run("Runs", func(t *testing.T) { runRuns(t, open) })
+	t.Run("Webhooks", func(t *testing.T) { runWebhooks(t, open) })
+	t.Run("IntegrationLinks", func(t *testing.T) { runIntegrationLinks(t, open) })
 	t.Run("Text", func(t *testing.T) { runText(t, open) })
 	t.Run("Concurrency", func(t *testing.T) { runConcurrency(t, open) })
 }
