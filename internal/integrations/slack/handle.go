@@ -33,7 +33,7 @@ func (s *Slack) Handle(ctx context.Context, d *integrations.Delivery, a integrat
 	if err != nil {
 		return queue.Permanent(fmt.Errorf("slack: slash command body: %w", err))
 	}
-	cmd, err := ParseCommand(form.Get("text"))
+	cmd, err := integrations.ParseChatCommand(form.Get("text"))
 	if err != nil {
 		return queue.Permanent(fmt.Errorf("slack: %w", err))
 	}
@@ -84,7 +84,7 @@ func (s *Slack) Handle(ctx context.Context, d *integrations.Delivery, a integrat
 		}
 		return r.post(ctx, fmt.Sprintf("No job or run %s of this channel's owner.", cmd.ID), false)
 	}
-	return r.post(ctx, helpText, false)
+	return r.post(ctx, integrations.HelpText, false)
 }
 
 // follow reports the start of a job or run, waits for its end and reports that.

@@ -152,12 +152,12 @@ func (s *Slack) Accept(_ context.Context, w *integrations.Webhook) (*integration
 	if form.Get("trigger_id") == "" {
 		return nil, errors.New("slack: slash command without a trigger_id")
 	}
-	cmd, err := ParseCommand(form.Get("text"))
+	cmd, err := integrations.ParseChatCommand(form.Get("text"))
 	if err != nil {
-		return &integrations.Acceptance{Event: EventSlashCommand, Reply: ephemeral(err.Error() + "\n" + helpText)}, nil
+		return &integrations.Acceptance{Event: EventSlashCommand, Reply: ephemeral(err.Error() + "\n" + integrations.HelpText)}, nil
 	}
 	if cmd.Verb == "help" {
-		return &integrations.Acceptance{Event: EventSlashCommand, Reply: ephemeral(helpText)}, nil
+		return &integrations.Acceptance{Event: EventSlashCommand, Reply: ephemeral(integrations.HelpText)}, nil
 	}
 	return &integrations.Acceptance{
 		DeliveryID: form.Get("trigger_id"),
@@ -195,60 +195,4 @@ func acceptEvent(body []byte) (*integrations.Acceptance, error) {
 func ephemeral(text string) *integrations.Reply {
 	b, _ := json.Marshal(map[string]string{"response_type": "ephemeral", "text": text})
 	return &integrations.Reply{Status: http.StatusOK, ContentType: "application/json", Body: b}
-}
-
-const helpText = "Usage:\n" +
-	"• `/aetherium run <command>`: run a shell command in a fresh VM\n" +
-	"• `/aetherium agent <repo> <prompt>`: start an agent run on a repository\n" +
-	"• `/aetherium status <id>`: how a job or run is doing\n" +
-	"• `/aetherium help`: this message"
-
-// Command is a parsed /aetherium text.
-type Command struct {
-	Verb    string // run, agent, status, help
-	Command string // run
-	Repo    string // agent
-	Prompt  string // agent
-	ID      string // status
-}
-
-func (c Command) String() string {
-	switch c.Verb {
-	case "run":
-		return "run " + c.Command
-	case "agent":
-		return "agent " + c.Repo + " " + c.Prompt
-	case "status":
-		return "status " + c.ID
-	}
-	return c.Verb
-}
-
-// ParseCommand parses the text after /aetherium.
-func ParseCommand(text string) (Command, error) {
-	text = strings.TrimSpace(text)
-	verb, rest, _ := strings.Cut(text, " ")
-	rest = strings.TrimSpace(rest)
-	switch strings.ToLower(verb) {
-	case "", "help":
-		return Command{Verb: "help"}, nil
-	case "run":
-		if rest == "" {
-			return Command{}, errors.New("`run` needs a command")
-		}
-		return Command{Verb: "run", Command: rest}, nil
-	case "agent":
-		repo, prompt, _ := strings.Cut(rest, " ")
-		prompt = strings.TrimSpace(prompt)
-		if repo == "" || prompt == "" {
-			return Command{}, errors.New("`agent` needs a repository and a prompt")
-		}
-		return Command{Verb: "agent", Repo: repo, Prompt: prompt}, nil
-	case "status":
-		if rest == "" || strings.ContainsAny(rest, " \t") {
-			return Command{}, errors.New("`status` needs one id")
-		}
-		return Command{Verb: "status", ID: rest}, nil
-	}
-	return Command{}, fmt.Errorf("unknown subcommand %q", verb)
 }
