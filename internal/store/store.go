@@ -21,6 +21,7 @@ type Store interface {
 	Idempotency() IdempotencyStore
 	Secrets() SecretStore
 	Runs() RunStore
+	Notifications() NotificationStore
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	Close() error

@@ -50,6 +50,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Idempotency", func(t *testing.T) { runIdempotency(t, open) })
 	t.Run("Secrets", func(t *testing.T) { runSecrets(t, open) })
 	t.Run("Runs", func(t *testing.T) { runRuns(t, open) })
+	t.Run("Notifications", func(t *testing.T) { runNotifications(t, open) })
 	t.Run("Text", func(t *testing.T) { runText(t, open) })
 	t.Run("Concurrency", func(t *testing.T) { runConcurrency(t, open) })
 }
