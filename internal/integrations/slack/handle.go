@@ -207,8 +207,11 @@ func (s *Slack) Notify(ctx context.Context, n integrations.Notification) error {
 	if n.Destination == "" {
 		return queue.Permanent(errors.New("slack: notification without a channel"))
 	}
-	_, err := s.postMessage(ctx, n.Destination, FormatNotification(n))
-	return err
+	args := map[string]any{"channel": n.Destination, "text": FormatNotification(n)}
+	if n.IdempotencyKey != "" {
+		args["metadata"] = map[string]any{"event_type": "aetherium_notification", "event_payload": map[string]string{"idempotency_key": n.IdempotencyKey, "event": n.Event}}
+	}
+	return s.call(ctx, "chat.postMessage", args, nil)
 }
 
 // FormatNotification renders a notification as Slack mrkdwn.
