@@ -55,6 +55,8 @@ type Config struct {
 	// Idempotency keeps the answers of requests sent with an Idempotency-Key (idempotency.go). Nil: such requests
 	// are refused with 400, never run without the guarantee they ask for.
 	Idempotency store.IdempotencyStore
+	// Notifications keeps notification rules and the outbox (nil: the notification routes answer 503).
+	Notifications store.NotificationStore
 	// IdempotencyTTL is how long a key is kept (default IdempotencyTTL, 24 h).
 	IdempotencyTTL time.Duration
 	// BodyTimeout bounds the time to receive a JSON request body (default DefaultBodyTimeout). Uploads have their
@@ -80,11 +82,13 @@ type server struct {
 	clusterToken string
 	proxy        *httputil.ReverseProxy
 	// idem keeps idempotency keys; lastPurge is when expired ones were last deleted (unix nanoseconds).
-	idem        store.IdempotencyStore
-	idemTTL     time.Duration
-	lastPurge   atomic.Int64
-	bodyTimeout time.Duration
-	metrics     *metrics.HTTP
+	idem store.IdempotencyStore
+	// notifications serves the notification routes (notifications.go).
+	notifications store.NotificationStore
+	idemTTL       time.Duration
+	lastPurge     atomic.Int64
+	bodyTimeout   time.Duration
+	metrics       *metrics.HTTP
 }
 
 // New returns the http.Handler of the REST API v1, rooted at /api/v1.
@@ -105,10 +109,11 @@ func newServer(cfg Config) *server {
 
 		clusterToken: cfg.ClusterToken,
 
-		idem:        cfg.Idempotency,
-		idemTTL:     cfg.IdempotencyTTL,
-		bodyTimeout: cfg.BodyTimeout,
-		metrics:     cfg.Metrics,
+		idem:          cfg.Idempotency,
+		notifications: cfg.Notifications,
+		idemTTL:       cfg.IdempotencyTTL,
+		bodyTimeout:   cfg.BodyTimeout,
+		metrics:       cfg.Metrics,
 	}
 	if s.idemTTL <= 0 {
 		s.idemTTL = IdempotencyTTL
@@ -204,6 +209,10 @@ func (s *server) routes() {
 			r.Get("/secrets", s.listSecrets)
 			r.Put("/secrets/{name}", s.putSecret)
 			r.Delete("/secrets/{name}", s.deleteSecret)
+		})
+		r.Group(func(r chi.Router) {
+			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody, s.idempotent)
+			s.notificationRoutes(r)
 		})
 		r.Group(func(r chi.Router) {
 			// Streams: a file's bytes of any size and type, and the shell's WebSocket. No body limit, no JSON.

@@ -216,7 +216,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog), task.WithSecrets(sm),
 			task.WithAgents(agentCatalog), task.WithGitHosts(gitHostSecrets(gitHosts)))
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
-			ClusterToken: token, Idempotency: st.Idempotency(), Metrics: ms.HTTP()})
+			ClusterToken: token, Idempotency: st.Idempotency(), Notifications: st.Notifications(), Metrics: ms.HTTP()})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
