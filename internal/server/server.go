@@ -221,6 +221,10 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
 		httpSrv = newHTTPServer(handler, log, reqCtx, ReadHeaderTimeout)
+		if err := startNotifications(ctx, cfg, st, bus, log); err != nil {
+			ln.Close()
+			return fmt.Errorf("notifications: %w", err)
+		}
 	}
 
 	// The worker starts last, once nothing else can fail, so an early return never leaves it running.
