@@ -134,7 +134,7 @@ func NewClientCommands(streams IOStreams, opts ...Option) []*cobra.Command {
 	if a.httpClient == nil {
 		a.httpClient = defaultHTTPClient()
 	}
-	cmds := []*cobra.Command{a.vmCommand(), a.taskCommand(), a.jobCommand(), a.secretCommand(), a.runCommand(), a.agentsCommand()}
+	cmds := []*cobra.Command{a.vmCommand(), a.taskCommand(), a.jobCommand(), a.secretCommand(), a.runCommand(), a.agentsCommand(), a.notifyCommand()}
 	for _, c := range cmds {
 		a.addPersistentFlags(c)
 		c.SetIn(a.streams.In)

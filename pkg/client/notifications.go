@@ -1,6 +1,12 @@
 package client
 
-import "time"
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
 
 // NotificationRule sends an owner's events of some kinds to a destination of an integration.
 type NotificationRule struct {
@@ -40,4 +46,47 @@ type Notification struct {
 // NotificationList is the answer of GET /api/v1/notifications.
 type NotificationList struct {
 	Notifications []Notification `json:"notifications"`
+}
+
+// CreateNotificationRule creates a notification rule of the caller's.
+func (c *Client) CreateNotificationRule(ctx context.Context, req CreateNotificationRuleRequest) (*NotificationRule, error) {
+	var out NotificationRule
+	if _, err := c.do(ctx, http.MethodPost, "/notifications/rules", nil, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ListNotificationRules lists the caller's notification rules.
+func (c *Client) ListNotificationRules(ctx context.Context) (*NotificationRuleList, error) {
+	var l NotificationRuleList
+	if _, err := c.do(ctx, http.MethodGet, "/notifications/rules", nil, nil, &l); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
+// DeleteNotificationRule deletes a notification rule of the caller's.
+func (c *Client) DeleteNotificationRule(ctx context.Context, id string) error {
+	_, err := c.do(ctx, http.MethodDelete, "/notifications/rules/"+url.PathEscape(id), nil, nil, nil)
+	return err
+}
+
+// ListNotifications lists the caller's notifications of a status ("" : any).
+func (c *Client) ListNotifications(ctx context.Context, status string) (*NotificationList, error) {
+	var l NotificationList
+	q := url.Values{}
+	if status != "" {
+		q.Set("status", status)
+	}
+	if _, err := c.do(ctx, http.MethodGet, "/notifications", q, nil, &l); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
+// RetryNotification makes a dead notification pending again.
+func (c *Client) RetryNotification(ctx context.Context, seq int64) error {
+	_, err := c.do(ctx, http.MethodPost, "/notifications/"+strconv.FormatInt(seq, 10)+"/retry", nil, nil, nil)
+	return err
 }
