@@ -202,7 +202,14 @@ func render(k string, e events.Event) integrations.Notification {
 // SendDue claims the due notifications (one per destination) and sends them, concurrently across destinations.
 // It returns how many were sent.
 func (d *Dispatcher) SendDue(ctx context.Context) (int, error) {
-	rows, err := d.cfg.Store.Claim(ctx, time.Now(), d.cfg.Lease, d.cfg.Batch)
+	if ctx.Err() != nil {
+		return 0, ctx.Err()
+	}
+	// Not cancelled with ctx: a claim committed in the database whose answer a stop threw away would hold its rows
+	// for a whole lease. Claimed rows are then released (sent, or failed and due again) by send.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	rows, err := d.cfg.Store.Claim(cctx, time.Now(), d.cfg.Lease, d.cfg.Batch)
+	cancel()
 	if err != nil {
 		return 0, err
 	}

@@ -19,8 +19,31 @@ import (
 	"github.com/aetherium/aetherium/internal/integrations/slack"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/store"
+	"github.com/aetherium/aetherium/internal/store/postgres"
 	"github.com/aetherium/aetherium/internal/store/sqlite"
+	"github.com/aetherium/aetherium/internal/store/storetest"
 )
+
+// reopeners give a test a store it can close and open again (a restart), on SQLite and PostgreSQL.
+var reopeners = map[string]func(t *testing.T) func() store.Store{
+	"sqlite": func(t *testing.T) func() store.Store {
+		path := filepath.Join(t.TempDir(), "a.db")
+		return func() store.Store { return openStore(t, path) }
+	},
+	"postgres": func(t *testing.T) func() store.Store {
+		url := storetest.PostgresDatabase(t)
+		return func() store.Store {
+			st, err := postgres.Open(t.Context(), url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Migrate(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			return st
+		}
+	},
+}
 
 func openStore(t *testing.T, path string) *sqlite.Store {
 	t.Helper()
@@ -93,6 +116,12 @@ func (f *flakySlack) delivered() int {
 // TestFaultsAndRestart: the fake Slack answers 500 and 429 for a while; the dispatcher is stopped mid-way and a new
 // one started on the reopened store. Every notification arrives exactly once, in order per channel.
 func TestFaultsAndRestart(t *testing.T) {
+	for _, name := range []string{"sqlite", "postgres"} {
+		t.Run(name, func(t *testing.T) { testFaultsAndRestart(t, reopeners[name](t)) })
+	}
+}
+
+func testFaultsAndRestart(t *testing.T, reopen func() store.Store) {
 	f := &flakySlack{failFor: 60, byChan: map[string][]string{}, seen: map[string]bool{}, faults: map[string]int{}}
 	srv := httptest.NewServer(f)
 	defer srv.Close()
@@ -101,8 +130,7 @@ func TestFaultsAndRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := integrations.NewRegistry(sl)
-	path := filepath.Join(t.TempDir(), "a.db")
-	st := openStore(t, path)
+	st := reopen()
 	channels := []string{"C1", "C2", "C3"}
 	for _, c := range channels {
 		if err := st.Notifications().CreateRule(t.Context(), &store.NotificationRule{OwnerID: "o1", Events: []string{"vm.failed"}, Integration: "slack", Destination: c}); err != nil {
@@ -114,7 +142,7 @@ func TestFaultsAndRestart(t *testing.T) {
 
 	bus := inproc.New()
 	defer bus.Close()
-	start := func(st *sqlite.Store) (context.CancelFunc, chan struct{}) {
+	start := func(st store.Store) (context.CancelFunc, chan struct{}) {
 		d, err := New(Config{Store: st.Notifications(), Bus: bus, Integrations: reg, BaseBackoff: 5 * time.Millisecond, MaxBackoff: 40 * time.Millisecond,
 			Poll: 5 * time.Millisecond, MaxAttempts: 1000, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
@@ -135,19 +163,28 @@ func TestFaultsAndRestart(t *testing.T) {
 		}
 		_ = bus.Publish(t.Context(), "vms", events.Event{Type: "vm.started", Subject: "x", OwnerID: "o1"})
 	}
-	waitFor(t, func() bool { return f.delivered() >= 20 })
+	waitFor(t, func() bool { return f.delivered() >= 20 }, func() string {
+		l, _ := st.Notifications().ListOutbox(t.Context(), "o1", "", 1000)
+		return fmt.Sprintf("%d delivered, %d rows, %d requests", f.delivered(), len(l), f.requests)
+	})
 	stop()
 	<-done
 	mid := f.delivered()
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
-	st = openStore(t, path)
+	// The restarted gateway, and a second one on the same store: they share the rows without breaking the order.
+	st = reopen()
 	defer st.Close()
 	stop, done = start(st)
-	waitFor(t, func() bool { return f.delivered() >= n*len(channels) })
+	st2 := reopen()
+	defer st2.Close()
+	stop2, done2 := start(st2)
+	waitFor(t, func() bool { return f.delivered() >= n*len(channels) }, func() string { return fmt.Sprint(f.delivered()) })
 	stop()
+	stop2()
 	<-done
+	<-done2
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -243,12 +280,16 @@ func TestBackoff(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
+func waitFor(t *testing.T, cond func() bool, state ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 30 s")
+			msg := ""
+			for _, s := range state {
+				msg += " " + s()
+			}
+			t.Fatal("condition not met within 30 s:" + msg)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
