@@ -220,7 +220,7 @@ func (d *Discord) Handle(ctx context.Context, dl *integrations.Delivery, a integ
 	}
 	followup := d.api + "/webhooks/" + url.PathEscape(in.ApplicationID) + "/" + url.PathEscape(in.Token)
 	reply := func(text string) error {
-		return d.send(ctx, http.MethodPatch, followup+"/messages/@original", message{Content: truncate(text, MaxContent)})
+		return d.send(ctx, http.MethodPatch, followup+"/messages/@original", message{Content: truncate(text, MaxContent), AllowedMentions: allowedMentions{Parse: []string{}}})
 	}
 	source := "discord:" + in.ChannelID
 	link, err := a.Link(ctx, d.Name(), source)
