@@ -57,6 +57,8 @@ type Config struct {
 	// Idempotency keeps the answers of requests sent with an Idempotency-Key (idempotency.go). Nil: such requests
 	// are refused with 400, never run without the guarantee they ask for.
 	Idempotency store.IdempotencyStore
+	// Notifications keeps notification rules and the outbox (nil: the notification routes answer 503).
+	Notifications store.NotificationStore
 	// IdempotencyTTL is how long a key is kept (default IdempotencyTTL, 24 h).
 	IdempotencyTTL time.Duration
 	// BodyTimeout bounds the time to receive a JSON request body (default DefaultBodyTimeout). Uploads have their
@@ -94,6 +96,8 @@ type server struct {
 	logs        logs.Querier
 	// integrations receive webhooks (webhooks.go).
 	integrations *integrations.Registry
+	// notifications serves the notification routes (notifications.go).
+	notifications store.NotificationStore
 }
 
 // New returns the http.Handler of the REST API v1, rooted at /api/v1.
@@ -120,7 +124,8 @@ func newServer(cfg Config) *server {
 		metrics:     cfg.Metrics,
 		logs:        cfg.Logs,
 
-		integrations: cfg.Integrations,
+		integrations:  cfg.Integrations,
+		notifications: cfg.Notifications,
 	}
 	if s.idemTTL <= 0 {
 		s.idemTTL = IdempotencyTTL
@@ -224,6 +229,10 @@ func (s *server) routes() {
 			r.Post("/integrations/links", s.createLink)
 			r.Get("/integrations/links", s.listLinks)
 			r.Delete("/integrations/links/{id}", s.deleteLink)
+		})
+		r.Group(func(r chi.Router) {
+			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody, s.idempotent)
+			s.notificationRoutes(r)
 		})
 		r.Group(func(r chi.Router) {
 			// Streams: a file's bytes of any size and type, and the shell's WebSocket. No body limit, no JSON.

@@ -99,7 +99,7 @@ func newEnvOn(t testing.TB, st store.Store, configure func(*Config)) *testEnv {
 	e.keyA, e.ownerA = e.newKey("alice")
 	e.keyB, e.ownerB = e.newKey("bob")
 	cfg := Config{Service: e.svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: "test-1.2.3",
-		Idempotency: st.Idempotency()}
+		Idempotency: st.Idempotency(), Notifications: st.Notifications()}
 	if configure != nil {
 		configure(&cfg)
 	}

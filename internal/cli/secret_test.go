@@ -59,7 +59,7 @@ func newSecretsAPI(t *testing.T) *secretsAPI {
 	if err := st.APIKeys().Create(ctx, k); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log}))
+	srv := httptest.NewServer(api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Notifications: st.Notifications()}))
 	t.Cleanup(srv.Close)
 	return &secretsAPI{url: srv.URL, key: plain, owner: k.OwnerID, m: m}
 }

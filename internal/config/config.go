@@ -106,6 +106,12 @@ type Config struct {
 	// the bearer token a scraper must send.
 	MetricsListen string `yaml:"metrics_listen"`
 	MetricsToken  string `yaml:"metrics_token"`
+	// Slack and Discord (internal/integrations/slack, discord): secrets, never logged (Redacted).
+	SlackSigningSecret string `yaml:"slack_signing_secret"`
+	SlackBotToken      string `yaml:"slack_bot_token"`
+	SlackAppToken      string `yaml:"slack_app_token"`
+	SlackAPIURL        string `yaml:"slack_api_url"`
+	DiscordPublicKey   string `yaml:"discord_public_key"`
 
 	// LokiURL, when set, ships logs (the servers' own, task lifecycle, executions' output, VM consoles) to Loki or a
 	// Loki-compatible store, besides stdout (internal/logs). LokiTenant is sent as X-Scope-OrgID; LokiUsername and
@@ -251,6 +257,11 @@ var settings = []setting{
 	{"guest_no_proxy", "NO_PROXY of every execution in the guests (localhost and the VM's gateway, where the credential proxy is, are always added when a proxy is set)", str(func(c *Config) *string { return &c.GuestNoProxy })},
 	{"debug_listen", "loopback address (127.0.0.1:PORT) serving Go's pprof profiles at /debug/pprof/ (empty: off)", str(func(c *Config) *string { return &c.DebugListen })},
 	{"metrics_listen", "address serving Prometheus metrics at /metrics (empty or off: none); give each process on a host its own port, and a metrics_token when it is not loopback", str(func(c *Config) *string { return &c.MetricsListen })},
+	{"slack_signing_secret", "Slack app's signing secret: verifies /api/v1/webhooks/slack (slash commands, events); empty: Slack off (prefer the env)", str(func(c *Config) *string { return &c.SlackSigningSecret })},
+	{"slack_bot_token", "Slack bot token (xoxb-...): notifications and results through chat.postMessage/chat.update (prefer the env)", str(func(c *Config) *string { return &c.SlackBotToken })},
+	{"slack_app_token", "Slack app-level token (xapp-...) for Socket Mode (not implemented yet; see docs/integrations.md)", str(func(c *Config) *string { return &c.SlackAppToken })},
+	{"slack_api_url", "Slack Web API base (default https://slack.com/api/; a local server in tests, an Enterprise proxy)", str(func(c *Config) *string { return &c.SlackAPIURL })},
+	{"discord_public_key", "Discord application's Ed25519 public key (hex) for the interactions endpoint /api/v1/webhooks/discord; empty: interactions off (webhook notifications need none)", str(func(c *Config) *string { return &c.DiscordPublicKey })},
 	{"metrics_token", "bearer token scrapers must send to /metrics (empty: none; prefer the env: flags show in the process list)", str(func(c *Config) *string { return &c.MetricsToken })},
 	{"loki_url", "base URL of Loki (http://loki:3100) or a Loki-compatible store (VictoriaLogs: http://vl:9428/insert) that logs are pushed to at /loki/api/v1/push, besides stdout (empty: stdout only)", str(func(c *Config) *string { return &c.LokiURL })},
 	{"loki_tenant", "Loki tenant, sent as X-Scope-OrgID (empty: none)", str(func(c *Config) *string { return &c.LokiTenant })},
@@ -654,6 +665,11 @@ func (c Config) Redacted() string {
 	}
 	if cc.MetricsToken != "" {
 		cc.MetricsToken = "xxxxx"
+	}
+	for _, p := range []*string{&cc.SlackSigningSecret, &cc.SlackBotToken, &cc.SlackAppToken} {
+		if *p != "" {
+			*p = "xxxxx"
+		}
 	}
 	if cc.SecretsOldKeys != "" {
 		cc.SecretsOldKeys = "xxxxx"

@@ -101,6 +101,10 @@ type Notification struct {
 	URL         string            // where to see more, when there is such a place
 	Fields      map[string]string // short facts (status, exit code, cost)
 	Time        time.Time
+	// IdempotencyKey is the same for every attempt of one notification (the outbox's key): integrations pass it
+	// on where their service can deduplicate (Slack: message metadata), so a retry after a lost answer is seen
+	// for what it is.
+	IdempotencyKey string
 }
 
 // Actions is what Handle may do in Aetherium: start work for an owner and follow it. The worker provides it

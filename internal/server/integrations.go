@@ -11,7 +11,8 @@ import (
 	"github.com/aetherium/aetherium/internal/task"
 )
 
-// openIntegrations builds the registry of the configured integrations: GitHub when github_webhook_secret is set.
+// openIntegrations builds the registry of the configured integrations: GitHub when github_webhook_secret is set,
+// Slack when slack_signing_secret is, and Discord (whose interactions need discord_public_key).
 func openIntegrations(cfg config.Config, log *slog.Logger) (*integrations.Registry, error) {
 	var in []integrations.Integration
 	if cfg.GitHubWebhookSecret != "" {
@@ -33,7 +34,11 @@ func openIntegrations(cfg config.Config, log *slog.Logger) (*integrations.Regist
 		in = append(in, g)
 		log.Info("integration enabled", "integration", "github", "api_url", gc.APIURL)
 	}
-	return integrations.NewRegistry(in...), nil
+	chat, err := chatIntegrations(cfg, log) // Slack (with its signing secret) and Discord
+	if err != nil {
+		return nil, err
+	}
+	return integrations.NewRegistry(append(in, chat...)...), nil
 }
 
 // webhookLimits are the limits of the workers' task service (the same as the gateway's).

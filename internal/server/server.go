@@ -229,12 +229,16 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog), task.WithSecrets(sm),
 			task.WithAgents(agentCatalog), task.WithGitHosts(gitHostSecrets(gitHosts)))
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
-			ClusterToken: token, Idempotency: st.Idempotency(), Metrics: ms.HTTP(), Logs: logQuerier(cfg),
-			Integrations: registry})
+			ClusterToken: token, Idempotency: st.Idempotency(), Notifications: st.Notifications(), Metrics: ms.HTTP(),
+			Logs: logQuerier(cfg), Integrations: registry})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
 		httpSrv = newHTTPServer(handler, log, reqCtx, ReadHeaderTimeout)
+		if err := startNotifications(ctx, cfg, st, bus, log); err != nil {
+			ln.Close()
+			return fmt.Errorf("notifications: %w", err)
+		}
 	}
 
 	// The worker starts last, once nothing else can fail, so an early return never leaves it running.

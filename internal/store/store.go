@@ -23,6 +23,7 @@ type Store interface {
 	Runs() RunStore
 	Webhooks() WebhookStore
 	IntegrationLinks() IntegrationLinkStore
+	Notifications() NotificationStore
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	Close() error

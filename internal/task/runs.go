@@ -53,6 +53,10 @@ const (
 	EventRunEvents = "run.events"
 	// EventRunCancel asks the worker running the run to stop it.
 	EventRunCancel = "run.cancel"
+	// EventRunFinished, on TopicRuns, says a run ended (Data: its end event's data, client.RunEnd).
+	EventRunFinished = "run.finished"
+	// TopicRuns carries the end of every run.
+	TopicRuns = "runs"
 )
 
 // RunTopic is the topic of one run's transcript notifications and cancels.
@@ -509,6 +513,12 @@ func AppendRunEvents(ctx context.Context, st store.Store, bus events.Bus, r *mod
 	}
 	data, _ := json.Marshal(map[string]int64{"seq": evs[len(evs)-1].Seq})
 	_ = bus.Publish(ctx, RunTopic(r.ID), events.Event{Type: EventRunEvents, Subject: r.ID, OwnerID: r.OwnerID, Data: data, Time: now()})
+	for _, ev := range evs {
+		if ev.Type == model.RunEventEnd {
+			// Every run's end on one topic, for notifications (internal/notify); Data is the end event's.
+			_ = bus.Publish(ctx, TopicRuns, events.Event{Type: EventRunFinished, Subject: r.ID, OwnerID: r.OwnerID, Data: ev.Data, Time: now()})
+		}
+	}
 	return nil
 }
 
