@@ -180,7 +180,14 @@ func testFaultsAndRestart(t *testing.T, reopen func() store.Store) {
 	st2 := reopen()
 	defer st2.Close()
 	stop2, done2 := start(st2)
-	waitFor(t, func() bool { return f.delivered() >= n*len(channels) }, func() string { return fmt.Sprint(f.delivered()) })
+	// Delivered, and recorded as sent: a send that succeeded is marked a moment after the fake sees it.
+	waitFor(t, func() bool {
+		if f.delivered() < n*len(channels) {
+			return false
+		}
+		left, err := st2.Notifications().ListOutbox(t.Context(), "o1", store.OutboxPending, 1000)
+		return err == nil && len(left) == 0
+	}, func() string { return fmt.Sprint(f.delivered()) })
 	stop()
 	stop2()
 	<-done
