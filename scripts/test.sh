@@ -50,10 +50,10 @@ go test -count=1 -timeout 30m -p 2 ./...
 echo "== fuzz (short runs of every decoder of untrusted input)"
 # A count of executions, not a duration: with -fuzztime=10s the Go fuzzer's coordinator can fail a clean run with
 # "context deadline exceeded" when a worker is slow to stop at the deadline (seen here under load).
-fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-300000x}" "$2"; }
+fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-${3:-300000x}}" "$2"; }
 fuzz FuzzReadFrame ./internal/agent/protocol/
 fuzz FuzzPayloads ./internal/agent/protocol/
 fuzz FuzzCleanPath ./internal/agent/server/
 fuzz FuzzUserDB ./internal/agent/server/
 fuzz FuzzParseMountInfo ./internal/agent/guestinit/
-fuzz FuzzReceivePackCommands ./internal/credproxy/
+fuzz FuzzReceivePackCommands ./internal/credproxy/ 50000x # about 1,000 executions a second: its inputs are whole pushes
