@@ -192,7 +192,8 @@ func (w *Worker) runAgent(ctx context.Context, t *model.Task, run *model.Run) (*
 	if err != nil {
 		return nil, queue.Permanent(err)
 	}
-	rg := &runGuest{w: w, vm: vm, run: run, repo: repo, user: ag.User, workspace: runWorkspaces + "/" + run.ID + "/" + repo.Name()}
+	rg := &runGuest{w: w, vm: vm, run: run, repo: repo, user: ag.User, scrub: scrub,
+		workspace: runWorkspaces + "/" + run.ID + "/" + repo.Name()}
 	if rg.user == "" {
 		rg.user = "root"
 	}
@@ -455,6 +456,7 @@ type runGuest struct {
 	repo      gitrepo.Repo
 	user      string
 	workspace string
+	scrub     *secrets.Scrubber // the owner's secrets, resolved once for the run
 }
 
 // proxyEnv is the credential proxy's environment for the run: its model APIs always, its repository when it goes
@@ -709,7 +711,7 @@ func (g *runGuest) collect(ctx context.Context, base string, result *model.RunRe
 		case "commit":
 			sha, subject, _ := strings.Cut(rest, " ")
 			if isSHA(sha) {
-				result.Commits = append(result.Commits, model.RunCommit{SHA: sha, Subject: truncate(g.scrubbed(subject), 500)})
+				result.Commits = append(result.Commits, model.RunCommit{SHA: sha, Subject: truncate(g.scrub.String(subject), 500)})
 			}
 		case "stat":
 			f := strings.SplitN(rest, "\t", 3)
@@ -734,23 +736,9 @@ func (g *runGuest) collect(ctx context.Context, base string, result *model.RunRe
 		return stepError("making the diff", res)
 	}
 	result.DiffTruncated = res.StdoutTruncated
-	diff := g.w.scrubBytes(g.run, res.Stdout)
+	diff := g.scrub.Bytes(res.Stdout)
 	_, err = persist(ctx, g.w.log, func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, g.w.cfg.Store.Runs().SetDiff(ctx, g.run.ID, diff)
 	})
 	return err
-}
-
-func (g *runGuest) scrubbed(s string) string { return string(g.w.scrubBytes(g.run, []byte(s))) }
-
-// scrubBytes removes the owner's secrets from b (best effort: without a secrets manager there is nothing to hide).
-func (w *Worker) scrubBytes(r *model.Run, b []byte) []byte {
-	if w.cfg.Secrets == nil {
-		return b
-	}
-	res, err := w.cfg.Secrets.Resolve(context.Background(), r.OwnerID, nil)
-	if err != nil || res.Scrubber.Empty() {
-		return b
-	}
-	return res.Scrubber.Bytes(b)
 }
