@@ -162,6 +162,16 @@ func TestRunAgentOnRepository(t *testing.T) {
 		t.Fatal(err)
 	}
 	run := acc.Run
+	// The VMs kept for inspection are deleted however the test ends, before serve stops (cleanups run
+	// last-registered first), so a failure is reported as itself and not also as disks left behind.
+	var keptVMs []string
+	t.Cleanup(func() {
+		for _, id := range keptVMs {
+			if _, err := c.DeleteVMAndWait(context.Background(), id); err != nil {
+				t.Errorf("delete vm %s: %v", id, err)
+			}
+		}
+	})
 	model.Set("WORKSPACE", "/home/agent/runs/"+run.ID+"/repo")
 	go func() {
 		select {
@@ -185,6 +195,9 @@ func TestRunAgentOnRepository(t *testing.T) {
 	run, err = c.GetRun(ctx, run.ID)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if run.VMID != "" {
+		keptVMs = append(keptVMs, run.VMID)
 	}
 	if end.Status != "completed" || run.Status != "completed" || run.Result == nil {
 		t.Fatalf("run ended %s / %+v (error %q)\nresult %+v\ntranscript:\n%s", end.Status, run.Status, run.Error, run.Result, dumpEvents(evs))
@@ -266,6 +279,7 @@ func TestRunAgentOnRepository(t *testing.T) {
 	if err != nil || other.Status != "running" {
 		t.Fatalf("second vm: %+v %v", other, err)
 	}
+	keptVMs = append(keptVMs, other.ID)
 	out, _ := guestSh(t, c, other.ID, `curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOK" "$BASE/anthropic/v1/models"`,
 		map[string]string{"TOK": tokOut, "BASE": "http://" + other.Network.Gateway + ":8091"})
 	if out != "403" {
@@ -301,19 +315,15 @@ func TestRunAgentOnRepository(t *testing.T) {
 		t.Fatalf("cancelled run ended %s:\n%s", end.Status, dumpEvents(evs))
 	}
 	// No process of the run is left: none carries its id, and no claude runs.
-	out, _ = guestSh(t, c, run.VMID, fmt.Sprintf(`n=0; for p in /proc/[0-9]*; do [ "${p#/proc/}" = "$$" ] && continue
-		if tr '\0' '\n' < $p/environ 2>/dev/null | grep -qx "AETHERIUM_RUN_ID=%s"; then n=$((n+1)); fi
-		if tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q "^claude \|/claude "; then n=$((n+1)); fi; done; echo $n`, acc.Run.ID), nil)
+	// grep -z reads environ and cmdline as NUL-separated records; a process that ends while they are read is
+	// no finding (its error is dropped), and the greps' own arguments match neither pattern.
+	out, _ = guestSh(t, c, run.VMID, fmt.Sprintf(`{ grep -l -s -z -x -F "AETHERIUM_RUN_ID=%s" /proc/[0-9]*/environ
+		grep -l -s -z -E '^(.*/)?claude$' /proc/[0-9]*/cmdline; } 2>/dev/null | wc -l`, acc.Run.ID), nil)
 	if strings.TrimSpace(out) != "0" {
 		t.Fatalf("processes of the cancelled run are left in the guest: %q", out)
 	}
 	if vm, err := c.GetVM(ctx, run.VMID); err != nil || vm.Status != "running" {
 		t.Fatalf("the vm given to the cancelled run: %+v %v", vm, err)
-	}
-	for _, id := range []string{run.VMID, other.ID} {
-		if _, err := c.DeleteVMAndWait(ctx, id); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
