@@ -1,6 +1,8 @@
 package api
 
 import (
+	"context"
+	"log/slog"
 	"net/http"
 
 	"github.com/aetherium/aetherium/internal/mcpserver"
@@ -13,7 +15,23 @@ import (
 // REST API.
 func (s *server) mcpHandler() http.Handler {
 	return mcpserver.HTTPHandler(s.router, mcpserver.HTTPOptions{
-		Options:      mcpserver.Options{Version: s.version, Logger: s.log},
+		// The SDK logs every stateless request's session at info: only its warnings and errors are worth keeping.
+		Options:      mcpserver.Options{Version: s.version, Logger: slog.New(minLevel{s.log.Handler(), slog.LevelWarn})},
 		MaxBodyBytes: s.maxBody,
 	})
 }
+
+// minLevel drops the records of a handler below a level.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.Handler.Enabled(ctx, l)
+}
+
+func (m minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{m.Handler.WithAttrs(as), m.min}
+}
+func (m minLevel) WithGroup(g string) slog.Handler { return minLevel{m.Handler.WithGroup(g), m.min} }
