@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -277,8 +278,14 @@ func addTool[In, Out any](s *mcp.Server, tool *mcp.Tool, refine func(*jsonschema
 	if err != nil {
 		panic(fmt.Sprintf("mcpserver: schema of %s: %v", tool.Name, err)) // a programming error, caught by tests
 	}
-	if p, ok := sc.Properties["vm"]; ok {
-		p.MinLength = ptr(1)
+	for name, p := range sc.Properties {
+		// Inference types slices and maps as ["null", "array"]: an optional argument is left out, never null.
+		if len(p.Types) == 2 && slices.Contains(p.Types, "null") {
+			p.Type, p.Types = p.Types[slices.Index(p.Types, "null")^1], nil
+		}
+		if name == "vm" {
+			p.MinLength = ptr(1)
+		}
 	}
 	if refine != nil {
 		refine(sc)
