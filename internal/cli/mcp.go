@@ -24,7 +24,7 @@ func (a *app) mcpCommand() *cobra.Command {
 and work with files in them. The tools act through the API at --server (` + EnvServer + `) with the API key
 (` + EnvAPIKey + `), as the key's owner. Add it to claude-code with:
 
-  claude mcp add aetherium -e ` + EnvServer + `=http://127.0.0.1:8080 -e ` + EnvAPIKey + `=KEY -- aetherium mcp
+  claude mcp add --env ` + EnvServer + `=http://127.0.0.1:8080 --env ` + EnvAPIKey + `=KEY aetherium -- aetherium mcp
 
 See docs/mcp.md for the tools and for the gateway's HTTP endpoint (/api/v1/mcp).`,
 	}
