@@ -138,9 +138,10 @@ func TestMCP(t *testing.T) {
 		t.Fatalf("write_file base64: %s", mcpText(res))
 	}
 	var rf struct {
-		Content, ContentBase64 string
-		Size                   int64
-		Truncated              bool
+		Content       string `json:"content"`
+		ContentBase64 string `json:"content_base64"`
+		Size          int64  `json:"size"`
+		Truncated     bool   `json:"truncated"`
 	}
 	rfIn := func(path string, max int) map[string]any {
 		return map[string]any{"vm": vm.ID, "path": path, "max_bytes": max}
