@@ -123,6 +123,18 @@ func TestMCPIsTheAPIAsTheCaller(t *testing.T) {
 	if !res.IsError || !strings.Contains(resultText(res), "not found") {
 		t.Fatalf("get_run of a missing run: %v %q", res.IsError, resultText(res))
 	}
+	// The VM's console log is a resource; this server keeps no logs (no Loki), and says so.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := alice.ReadResource(ctx, &mcp.ReadResourceParams{URI: "aetherium://vms/" + vm.ID + "/logs"})
+	if err == nil || !strings.Contains(err.Error(), "Loki") {
+		t.Fatalf("logs without a log store: %v", err)
+	}
+	_, err = bob.ReadResource(ctx, &mcp.ReadResourceParams{URI: "aetherium://vms/" + vm.ID + "/logs"})
+	if err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("bob reading alice's VM logs: %v", err)
+	}
+
 	// Every tool call was API requests of Alice's and Bob's, logged as theirs.
 	logs := e.logs.String()
 	if !strings.Contains(logs, `"method":"DELETE","path":"/api/v1/vms/`+vm.ID+`","status":404`) ||

@@ -82,14 +82,20 @@ func bearer(r *http.Request) string {
 // InProcessTransport is an http.RoundTripper that serves requests with h in this process, streaming the answer:
 // the round trip returns once h has written its header (or returned), and the body is read while h writes it,
 // so a large download is never held in memory. The handler's request has a context of its own that carries the
-// caller's cancellation but none of its values: h sees a request as fresh as one from the network (a router's
-// state in the caller's context would otherwise leak into h's routing).
+// caller's cancellation but none of its values (the http.Server aside): h sees a request as fresh as one from
+// the network (a router's state in the caller's context would otherwise leak into h's routing).
 func InProcessTransport(h http.Handler) http.RoundTripper { return inProcess{h: h} }
 
 type inProcess struct{ h http.Handler }
 
 func (t inProcess) RoundTrip(req *http.Request) (*http.Response, error) {
-	ctx, cancel := context.WithCancel(context.Background())
+	base := context.Background()
+	if srv := req.Context().Value(http.ServerContextKey); srv != nil {
+		// The one value kept: handlers such as httputil.ReverseProxy abort a failed answer the way net/http
+		// expects only when they know they are served by an http.Server.
+		base = context.WithValue(base, http.ServerContextKey, srv)
+	}
+	ctx, cancel := context.WithCancel(base)
 	stop := context.AfterFunc(req.Context(), cancel)
 	sreq := req.Clone(ctx)
 	sreq.RequestURI = req.URL.RequestURI()
