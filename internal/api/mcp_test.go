@@ -123,6 +123,32 @@ func TestMCPIsTheAPIAsTheCaller(t *testing.T) {
 	if !res.IsError || !strings.Contains(resultText(res), "not found") {
 		t.Fatalf("get_run of a missing run: %v %q", res.IsError, resultText(res))
 	}
+	// An agent run: started (pending, as no worker runs here), then read back, by its owner only.
+	var run struct {
+		ID, Status string
+		Done       bool
+	}
+	runArgs := map[string]any{"repo_url": "https://github.com/org/repo", "prompt": "fix the test"}
+	if res = callTool(t, alice, "start_run", runArgs); !res.IsError || !strings.Contains(resultText(res), "secret ANTHROPIC_API_KEY does not exist") {
+		t.Fatalf("start_run without the model key: %v %s", res.IsError, resultText(res))
+	}
+	if r := e.call("PUT", "/api/v1/secrets/ANTHROPIC_API_KEY", e.keyA, `{"value":"sk-ant-test"}`); r.status != http.StatusCreated {
+		t.Fatalf("put secret: %d %s", r.status, r.body)
+	}
+	res = callTool(t, alice, "start_run", runArgs)
+	b, _ = json.Marshal(res.StructuredContent)
+	if res.IsError || json.Unmarshal(b, &run) != nil || run.ID == "" {
+		t.Fatalf("start_run: %v %s", res.IsError, resultText(res))
+	}
+	res = callTool(t, alice, "get_run", map[string]any{"run_id": run.ID})
+	b, _ = json.Marshal(res.StructuredContent)
+	if res.IsError || json.Unmarshal(b, &run) != nil || run.Status != "pending" || run.Done {
+		t.Fatalf("get_run: %v %s", res.IsError, resultText(res))
+	}
+	if res = callTool(t, bob, "get_run", map[string]any{"run_id": run.ID}); !res.IsError || resultText(res) != `run "`+run.ID+`" not found` {
+		t.Fatalf("bob's get_run of alice's run: %v %s", res.IsError, resultText(res))
+	}
+
 	// The VM's console log is a resource; this server keeps no logs (no Loki), and says so.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -374,8 +374,13 @@ func (t *tools) exec(ctx context.Context, _ *mcp.CallToolRequest, in execIn) (*m
 	e, err := t.api.ExecAndWait(ctx, id, req)
 	if err != nil {
 		var te *client.TaskError
-		if errors.As(err, &te) {
+		var we *client.WaitError
+		switch {
+		case errors.As(err, &te):
 			return nil, execOut{}, fmt.Errorf("the command could not be run in vm %q: %s", in.VM, te.Message)
+		case errors.As(err, &we) && ctx.Err() != nil:
+			return nil, execOut{}, fmt.Errorf("the command in vm %q has not ended %s after its timeout (task %s): the VM or its worker may be busy",
+				in.VM, startGrace, we.TaskID)
 		}
 		return nil, execOut{}, fmt.Errorf("exec in vm %q: %w", in.VM, vmErr(in.VM, err))
 	}
