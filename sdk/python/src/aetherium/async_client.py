@@ -1043,6 +1043,18 @@ class AsyncVM(VMData):
     async def delete(self, wait: bool = True, timeout: Optional[float] = None) -> Task:
         return await self.client.delete_vm(self.id, wait=wait, timeout=timeout)
 
+    async def wait_until_running(self, timeout: Optional[float] = None) -> "AsyncVM":
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = MIN_POLL
+        while (await self.refresh()).status in ("pending", "creating"):
+            if deadline is not None and time.monotonic() + pause > deadline:
+                raise WaitTimeoutError("", "vm %s still %s" % (self.id, self.status), vm=self)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_POLL)
+        if self.status != "running":
+            raise TaskError("", "vm %s is %s: %s" % (self.id, self.status, self.error), vm=self)
+        return self
+
     async def exec(self, command: str, args: Sequence[str] = (), **kw: Any) -> Execution:
         return await self.client.exec(self.id, command, args, **kw)
 

@@ -1162,6 +1162,20 @@ class VM(VMData):
     def delete(self, wait: bool = True, timeout: Optional[float] = None) -> Task:
         return self.client.delete_vm(self.id, wait=wait, timeout=timeout)
 
+    def wait_until_running(self, timeout: Optional[float] = None) -> "VM":
+        """Polls a VM made with ``wait=False`` until it is no longer pending or creating, and updates this
+        object. Raises TaskError when it failed, WaitTimeoutError when timeout passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = MIN_POLL
+        while self.refresh().status in ("pending", "creating"):
+            if deadline is not None and time.monotonic() + pause > deadline:
+                raise WaitTimeoutError("", "vm %s still %s" % (self.id, self.status), vm=self)
+            time.sleep(pause)
+            pause = min(pause * 2, MAX_POLL)
+        if self.status != "running":
+            raise TaskError("", "vm %s is %s: %s" % (self.id, self.status, self.error), vm=self)
+        return self
+
     def exec(self, command: str, args: Sequence[str] = (), **kw: Any) -> Execution:
         return self.client.exec(self.id, command, args, **kw)
 
