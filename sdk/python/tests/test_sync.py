@@ -51,7 +51,7 @@ class CoreFlow(unittest.TestCase):
             # written before that comes from the store, which is saved every second.)
             times = {}
             got = {"stdout": b"", "stderr": b""}
-            with vm.exec_stream("sh", ["-c", "sleep 0.5; echo first; sleep 2; echo second; printf '\\377\\001' >&2"]) as s:
+            with vm.exec_stream("sh", ["-c", "sleep 0.5; echo first; sleep 1.2; echo second; printf '\\377\\001' >&2"]) as s:
                 for ch in s:
                     self.assertEqual(ch.offset, len(got[ch.stream]), "chunks follow each other without gaps")
                     got[ch.stream] += ch.data
@@ -63,7 +63,7 @@ class CoreFlow(unittest.TestCase):
             assert s.end is not None
             self.assertEqual((s.end.status, s.end.exit_code), ("completed", 0))
             self.assertEqual(s.end.stdout_bytes, len(got["stdout"]))
-            self.assertGreater(times[b"second"] - times[b"first"], 1.5, "output was streamed, not buffered")
+            self.assertGreater(times[b"second"] - times[b"first"], 0.8, "output was streamed, not buffered")
             # The same stream replayed after the end, resumed from an offset.
             with c.stream_execution(s.execution_id, stdout_offset=6) as again:
                 out = b"".join(ch.data for ch in again if ch.stream == "stdout")

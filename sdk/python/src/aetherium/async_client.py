@@ -206,12 +206,19 @@ class AsyncClient:
             head = "%s %s HTTP/1.1\r\n" % (method, target) + "".join("%s: %s\r\n" % kv for kv in h.items())
             writer.write(head.encode("latin-1") + b"\r\n")
             if isinstance(body, (bytes, bytearray, memoryview)):
-                writer.write(bytes(body))
+                # In pieces, so that a large body neither blocks the loop nor sits whole in the transport's buffer.
+                view = memoryview(body)
+                for i in range(0, len(view), IO_CHUNK):
+                    writer.write(view[i:i + IO_CHUNK])
+                    await _timed(writer.drain(), self.timeout, what)
             elif body is not None:
                 async for piece in _aiter_body(body):
                     if not piece:
                         continue
-                    writer.write(b"%x\r\n" % len(piece) + piece + b"\r\n" if chunked else piece)
+                    if chunked:
+                        writer.writelines([b"%x\r\n" % len(piece), piece, b"\r\n"])
+                    else:
+                        writer.write(piece)
                     await _timed(writer.drain(), self.timeout, what)
                 if chunked:
                     writer.write(b"0\r\n\r\n")
