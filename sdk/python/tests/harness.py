@@ -150,3 +150,60 @@ class Server:
         out = subprocess.run(["docker", "ps", "-aq", "--filter", "label=aetherium.worker-id=" + self.worker_id],
                              capture_output=True, text=True)
         return out.stdout.split()
+
+
+# --- the contract: what the SDK sends and decodes must be in the server's OpenAPI document ---
+
+_routes: set = set()  # type: ignore[type-arg]
+
+
+def record_routes() -> None:
+    """Wraps the clients' request openers so every (method, target) the tests send is kept."""
+    import aetherium.async_client as ac
+    import aetherium.client as sc
+
+    if getattr(sc.Client._open, "_recording", False):
+        return
+
+    def wrap(fn, method_arg: bool):  # type: ignore[no-untyped-def]
+        def inner(*a, **kw):  # type: ignore[no-untyped-def]
+            if method_arg:
+                _routes.add((a[1], a[2]))
+            else:
+                _routes.add(("GET", a[2]))
+            return fn(*a, **kw)
+        inner._recording = True  # type: ignore[attr-defined]
+        return inner
+
+    sc.Client._open = wrap(sc.Client._open, True)  # type: ignore[method-assign]
+    ac.AsyncClient._open = wrap(ac.AsyncClient._open, True)  # type: ignore[method-assign]
+    sc.Shell._open = classmethod(wrap(sc.Shell._open.__func__, False))  # type: ignore[method-assign]
+    ac.AsyncShell._open = classmethod(wrap(ac.AsyncShell._open.__func__, False))  # type: ignore[method-assign]
+
+
+def openapi(server: Server) -> dict:  # type: ignore[type-arg]
+    with urllib.request.urlopen(server.url + "/api/v1/openapi.json", timeout=10) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def unmatched_routes(spec: dict) -> list:  # type: ignore[type-arg]
+    """The recorded requests that no path and method of the OpenAPI document describes."""
+    import re
+    from urllib.parse import urlsplit
+
+    pats = []
+    for path, ops in spec["paths"].items():
+        rx = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$")
+        pats.append((rx, {m.upper() for m in ops}))
+    bad = []
+    for method, target in sorted(_routes):
+        p = urlsplit(target).path
+        assert p.startswith("/api/v1/"), target
+        p = p[len("/api/v1"):]
+        if not any(rx.match(p) and method in methods for rx, methods in pats):
+            bad.append("%s %s" % (method, p))
+    return bad
+
+
+def recorded_routes() -> int:
+    return len(_routes)

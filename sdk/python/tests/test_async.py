@@ -23,11 +23,17 @@ DIGEST = hashlib.sha256(DATA).hexdigest()
 
 
 def setUpModule() -> None:
+    harness.record_routes()
     SERVER.start()
 
 
 def tearDownModule() -> None:
-    SERVER.stop()
+    try:
+        bad = harness.unmatched_routes(harness.openapi(SERVER))
+        if bad:
+            raise AssertionError("requests not in the OpenAPI document: %s" % bad)
+    finally:
+        SERVER.stop()
 
 
 class AsyncCoreFlow(unittest.IsolatedAsyncioTestCase):

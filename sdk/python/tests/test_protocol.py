@@ -190,6 +190,89 @@ class Wire(unittest.TestCase):
             aetherium.Client("http://h", "bad key")
 
 
+class RouteCheck(unittest.TestCase):
+    def test_unmatched_routes(self) -> None:
+        saved = set(harness._routes)
+        try:
+            harness._routes.clear()
+            harness._routes.update({("GET", "/api/v1/vms/a%2Fb"), ("POST", "/api/v1/vms/x/processes/p/wait?t=1"),
+                                    ("GET", "/api/v1/nope"), ("DELETE", "/api/v1/secrets")})
+            spec = {"paths": {"/vms/{id}": {"get": {}}, "/vms/{id}/processes/{pid}/wait": {"post": {}},
+                              "/secrets": {"get": {}}}}
+            self.assertEqual(harness.unmatched_routes(spec), ["DELETE /secrets", "GET /nope"])
+        finally:
+            harness._routes.clear()
+            harness._routes.update(saved)
+
+
+class _Cut(http.server.BaseHTTPRequestHandler):
+    """A gateway whose answers break off: a download shorter than its Content-Length, an event stream that
+    closes before its end event."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        if "/files" in self.path:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"x" * 40000)
+        else:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(b'event: stdout\ndata: {"offset":0,"data":"abc"}\n\n')
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class BrokenAnswers(unittest.TestCase):
+    def setUp(self) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Cut)
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
+
+    def tearDown(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def test_sync(self) -> None:
+        c = aetherium.Client(self.url, "k", retries=0)
+        with c.download("vm", "/f") as d:
+            with self.assertRaises(aetherium.TransportError) as cm:
+                d.read()
+        self.assertIn("cut short", str(cm.exception))
+        s = c.stream_execution("e")
+        got = []
+        with self.assertRaises(aetherium.StreamEndedError):
+            for ch in s:
+                got.append(ch.data)
+        self.assertEqual((got, s.stdout_offset, s.end), ([b"abc"], 3, None))
+
+    def test_async(self) -> None:
+        async def run() -> None:
+            c = aetherium.AsyncClient(self.url, "k", retries=0)
+            d = await c.download("vm", "/f")
+            with self.assertRaises(aetherium.TransportError):
+                await d.read()
+            await d.aclose()
+            s = await c.stream_execution("e")
+            with self.assertRaises(aetherium.StreamEndedError):
+                async for _ in s:
+                    pass
+            self.assertEqual(s.stdout_offset, 3)
+        asyncio.run(run())
+
+    def test_connection_refused(self) -> None:
+        port = harness.free_port()
+        with self.assertRaises(aetherium.TransportError):
+            aetherium.Client("http://127.0.0.1:%d" % port, "k", retries=1).health()
+        with self.assertRaises(aetherium.TransportError):
+            asyncio.run(aetherium.AsyncClient("http://127.0.0.1:%d" % port, "k", retries=1).health())
+
+
 class _Flaky(http.server.BaseHTTPRequestHandler):
     """Answers 503 to the first two requests of a path, then 201; records the Idempotency-Key of each."""
 
@@ -219,7 +302,7 @@ class Retries(unittest.TestCase):
     def setUp(self) -> None:
         _Flaky.seen = []
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
         self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
 
     def tearDown(self) -> None:

@@ -20,11 +20,20 @@ SERVER = harness.Server()
 
 
 def setUpModule() -> None:
+    harness.record_routes()
     SERVER.start()
 
 
 def tearDownModule() -> None:
-    SERVER.stop()
+    try:
+        # Every request the tests sent is a route of the server's OpenAPI document.
+        spec = harness.openapi(SERVER)
+        bad = harness.unmatched_routes(spec)
+        if bad:
+            raise AssertionError("requests not in the OpenAPI document: %s" % bad)
+        assert harness.recorded_routes() > 20, harness.recorded_routes()
+    finally:
+        SERVER.stop()
 
 
 def client(**kw) -> aetherium.Client:  # type: ignore[no-untyped-def]
@@ -214,6 +223,41 @@ class CoreFlow(unittest.TestCase):
             vm.delete()
 
 
+class Contract(unittest.TestCase):
+    """The SDK's types against the server's OpenAPI document (GET /api/v1/openapi.json): no field the server
+    does not have, none of its fields missing; request bodies use only the schema's properties."""
+
+    def test_models_match_the_schemas(self) -> None:
+        import dataclasses
+
+        from aetherium import _wire, models
+        from aetherium.client import _job_body, _process_body, _run_body
+
+        schemas = harness.openapi(SERVER)["components"]["schemas"]
+        checked = 0
+        for name in models.__all__ + ["VMData"]:
+            cls = getattr(models, name)
+            if not (isinstance(cls, type) and issubclass(cls, models.Model)):
+                continue
+            schema = schemas["VM" if name == "VMData" else name]
+            fields = {f.name for f in dataclasses.fields(cls) if f.name != "raw" and not f.name.startswith("_")}
+            self.assertEqual(fields, set(schema.get("properties", {})), name)
+            checked += 1
+        self.assertGreater(checked, 30)
+        bodies = {
+            "CreateVMRequest": _wire.create_vm_body("n", 1, 2, "i", "low", {"a": "b"}, {"egress": {}}, ["jq"],
+                                                    {"jq": "1"}),
+            "ExecuteRequest": _wire.execute_body("c", ["a"], {"A": "1"}, {"B": "S"}, "/", "u", 5, "high"),
+            "CreateJobRequest": _job_body(["x"], "v", {"name": "n"}, True, True, "low"),
+            "JobCommand": _wire.job_command(aetherium.JobCommand("c", ["a"], {"A": "1"}, {"B": "S"}, "/", "u", 3)),
+            "StartProcessRequest": _process_body("c", ["a"], "s", {"A": "1"}, "/", "u", 3, "id"),
+            "CreateRunRequest": _run_body("u", "p", "r", "s", "a", "m", 1, 2, ["t"], {"A": "1"}, {"B": "S"},
+                                          {"id": "v"}, True, "b", "low"),
+        }
+        for name, body in bodies.items():  # every option given: the body has exactly the schema's properties
+            self.assertEqual(set(body), set(schemas[name]["properties"]), name)
+
+
 class Errors(unittest.TestCase):
     def test_typed_errors(self) -> None:
         c = client()
@@ -245,6 +289,16 @@ class Errors(unittest.TestCase):
         with self.assertRaises(ValueError):
             c.create_vm("x", idempotency_key="bad\nkey")
 
+        # A wait that ends first: the error has the VM, whose creation goes on; delete it.
+        with self.assertRaises(aetherium.WaitTimeoutError) as cm5:
+            c.create_vm("py-slow", memory_mb=256, timeout=0.01)
+        self.assertIsInstance(cm5.exception, TimeoutError)
+        self.assertTrue(cm5.exception.task_id)
+        slow = cm5.exception.vm
+        self.assertIsNotNone(slow)
+        self.assertEqual(c.get_task(cm5.exception.task_id).vm_id, slow.id)
+        slow.delete()
+
     def test_errors_of_a_vm(self) -> None:
         c = client()
         vm = c.create_vm("py-err", memory_mb=256)
@@ -257,6 +311,9 @@ class Errors(unittest.TestCase):
         with self.assertRaises(BadRequestError) as cm1:
             c.stream_execution(acc.execution_id, stdout_offset=-1)
         self.assertEqual(cm1.exception.status, 400)
+        ex = vm.exec("sleep", ["30"], timeout_seconds=1)
+        self.assertTrue(ex.timed_out)
+        self.assertNotEqual(ex.exit_code, 0)
         vm.delete()
         with self.assertRaises(ConflictError) as cm2:
             vm.exec("true")

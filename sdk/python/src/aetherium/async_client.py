@@ -11,7 +11,6 @@ import dataclasses
 import email.utils
 import inspect
 import json
-import os
 import ssl
 import time
 from typing import (IO, Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Mapping,
@@ -729,7 +728,13 @@ class AsyncExecStream:
                         self.end = ExecutionEnd.from_dict(json.loads(payload))
                         break
         except TransportError as e:
+            await self.aclose()
             raise StreamEndedError("the stream of execution %s broke: %s" % (self.execution_id, e)) from e
+        except BaseException as e:
+            # A stream that failed (not one merely abandoned by its loop, GeneratorExit) is done with.
+            if not isinstance(e, GeneratorExit):
+                await self.aclose()
+            raise
         finally:
             if self.end is not None:
                 await self.aclose()
@@ -774,7 +779,13 @@ class AsyncRunStream:
                         self.end = RunEnd.from_dict(ev.data if isinstance(ev.data, dict) else {})
                         break
         except TransportError as e:
+            await self.aclose()
             raise StreamEndedError("the stream of run %s broke: %s" % (self.run_id, e)) from e
+        except BaseException as e:
+            # A stream that failed (not one merely abandoned by its loop, GeneratorExit) is done with.
+            if not isinstance(e, GeneratorExit):
+                await self.aclose()
+            raise
         finally:
             if self.end is not None:
                 await self.aclose()

@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import (IO, Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence,
+from typing import (IO, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence,
                     Tuple, Union)
 
 from . import _sse, _ws
@@ -782,7 +782,13 @@ class ExecStream:
                         self.end = ExecutionEnd.from_dict(json.loads(payload))
                         break
         except TransportError as e:
+            self.close()
             raise StreamEndedError("the stream of execution %s broke: %s" % (self.execution_id, e)) from e
+        except BaseException as e:
+            # A stream that failed (not one merely abandoned by its loop, GeneratorExit) is done with.
+            if not isinstance(e, GeneratorExit):
+                self.close()
+            raise
         finally:
             if self.end is not None:
                 self.close()
@@ -829,7 +835,13 @@ class RunStream:
                         self.end = RunEnd.from_dict(ev.data if isinstance(ev.data, dict) else {})
                         break
         except TransportError as e:
+            self.close()
             raise StreamEndedError("the stream of run %s broke: %s" % (self.run_id, e)) from e
+        except BaseException as e:
+            # A stream that failed (not one merely abandoned by its loop, GeneratorExit) is done with.
+            if not isinstance(e, GeneratorExit):
+                self.close()
+            raise
         finally:
             if self.end is not None:
                 self.close()
