@@ -321,8 +321,11 @@ class Errors(unittest.TestCase):
         with self.assertRaises(ConflictError) as cm3:
             vm.shell()
         self.assertEqual(cm3.exception.code, "vm_not_running")
-        with self.assertRaises(ConflictError):
+        with self.assertRaises(ConflictError) as cm4:
             vm.delete()
+        self.assertEqual(cm4.exception.code, "conflict")
+        with vm:  # exiting deletes again: a VM deleted already is what the exit wants, not an error
+            pass
 
     def test_runs(self) -> None:
         """Runs need a microVM backend; on Docker a run is refused without its secret, and with one it is

@@ -23,8 +23,8 @@ from ._wire import (IDEMPOTENCY_KEY, IO_CHUNK, MAX_ERROR_BODY, MAX_POLL, MAX_TRA
                     is_transient, new_idempotency_key, page_query, parse_head, retry_pause, retryable, seg,
                     shell_query, upload_query, vm_path, wait_chunk)
 from .client import _body_size, _check_execution, _job_body, _process_body, _run_body, decode_chunk
-from .errors import (AetheriumError, ShellClosedError, ShellError, StreamEndedError, TaskError, TransportError,
-                     WaitTimeoutError, error_from_response)
+from .errors import (AetheriumError, ConflictError, NotFoundError, ShellClosedError, ShellError, StreamEndedError,
+                     TaskError, TransportError, WaitTimeoutError, error_from_response)
 from .models import (Agent, Chunk, Execution, ExecutionEnd, ExecutionList, ExecuteAccepted, FileInfo, FileList,
                      Health, Job, JobAccepted, LogList, Process, ProcessOutput, Ready, Run, RunEnd, RunEvent,
                      RunList, Secret, ShellExit, Status, Task, VMData)
@@ -1050,7 +1050,13 @@ class AsyncVM(VMData):
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self.delete()
+        try:
+            await self.delete()
+        except NotFoundError:
+            pass  # gone already
+        except ConflictError as e:
+            if e.code != "conflict":  # "conflict": deleted already (or being deleted), which is what exit wants
+                raise
 
     async def refresh(self) -> "AsyncVM":
         fresh = await self.client.get_vm(self.id)

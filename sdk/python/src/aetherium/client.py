@@ -22,8 +22,8 @@ from ._wire import (IDEMPOTENCY_KEY, IO_CHUNK, MAX_ERROR_BODY, MAX_POLL, MAX_TRA
                     check_api_key, check_idempotency_key, create_vm_body, encode_json, execute_body, go_duration,
                     is_transient, job_command, new_idempotency_key, page_query, parse_head, retry_pause,
                     retryable, seg, shell_query, upload_query, vm_path, wait_chunk)
-from .errors import (AetheriumError, ShellClosedError, ShellError, StreamEndedError, TaskError, TransportError,
-                     WaitTimeoutError, error_from_response)
+from .errors import (AetheriumError, ConflictError, NotFoundError, ShellClosedError, ShellError, StreamEndedError,
+                     TaskError, TransportError, WaitTimeoutError, error_from_response)
 from .models import (Agent, Chunk, Execution, ExecutionEnd, ExecutionList, ExecuteAccepted, FileInfo, FileList,
                      Health, Job, JobAccepted, LogList, Process, ProcessOutput, Ready, Run, RunEnd, RunEvent,
                      RunList, Secret, ShellExit, Status, Task, VMData, parse_time)
@@ -1162,7 +1162,13 @@ class VM(VMData):
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.delete()
+        try:
+            self.delete()
+        except NotFoundError:
+            pass  # gone already
+        except ConflictError as e:
+            if e.code != "conflict":  # "conflict": deleted already (or being deleted), which is what exit wants
+                raise
 
     def refresh(self) -> "VM":
         """Reads the VM again and updates this object."""
