@@ -152,6 +152,8 @@ class AsyncCoreFlow(unittest.IsolatedAsyncioTestCase):
             self.assertEqual((await vms[1].read_process_output("bg")).bytes, b"bg\n")
             with self.assertRaises(NotFoundError):
                 await vms[1].download("/nope")
+            with self.assertRaises(ValidationError):
+                await vms[1].add_tools(["no-such-tool-xyz"])
         finally:
             await asyncio.gather(*(v.delete() for v in vms))
         with self.assertRaises(ConflictError) as cm2:

@@ -273,6 +273,62 @@ class BrokenAnswers(unittest.TestCase):
             asyncio.run(aetherium.AsyncClient("http://127.0.0.1:%d" % port, "k", retries=1).health())
 
 
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        ok = self.path == "/api/v1/health" and self.headers.get("Authorization") == "Bearer k"
+        body = b'{"status":"ok","version":"tls"}' if ok else b'{"error":{"code":"not_found","message":"x"}}'
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class TLS(unittest.TestCase):
+    """https:// through both clients, with a certificate made here (openssl) and trusted through ssl_context; an
+    untrusted certificate is refused."""
+
+    def setUp(self) -> None:
+        import shutil
+        import ssl
+        import subprocess
+        import tempfile
+        if not shutil.which("openssl"):
+            self.skipTest("SKIPPED: no openssl to make a test certificate")
+        self.dir = tempfile.mkdtemp(prefix="aeth-tls-")
+        self.cert, key = self.dir + "/cert.pem", self.dir + "/key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", self.cert,
+                        "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert, key)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = "https://127.0.0.1:%d" % self.httpd.server_address[1]
+
+    def tearDown(self) -> None:
+        import shutil
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def test_https(self) -> None:
+        import ssl
+        trusted = ssl.create_default_context(cafile=self.cert)
+        self.assertEqual(aetherium.Client(self.url, "k", ssl_context=trusted).health().version, "tls")
+        h = asyncio.run(aetherium.AsyncClient(self.url, "k", ssl_context=trusted).health())
+        self.assertEqual(h.version, "tls")
+        with self.assertRaises(aetherium.TransportError) as cm:
+            aetherium.Client(self.url, "k", retries=0).health()
+        self.assertIn("CERTIFICATE", str(cm.exception).upper())
+        with self.assertRaises(aetherium.TransportError):
+            asyncio.run(aetherium.AsyncClient(self.url, "k", retries=0).health())
+
+
 class _Flaky(http.server.BaseHTTPRequestHandler):
     """Answers 503 to the first two requests of a path, then 201; records the Idempotency-Key of each."""
 

@@ -307,6 +307,9 @@ class Errors(unittest.TestCase):
         self.assertEqual(cm.exception.code, "path_not_found")
         with self.assertRaises(ValidationError):
             vm.stat("relative/path")
+        with self.assertRaises(ValidationError) as cm0:
+            vm.add_tools(["no-such-tool-xyz"])
+        self.assertIn("no-such-tool-xyz", cm0.exception.message)
         acc = vm.execute("true")
         with self.assertRaises(BadRequestError) as cm1:
             c.stream_execution(acc.execution_id, stdout_offset=-1)

@@ -416,6 +416,24 @@ class AsyncClient:
             raise TaskError(task.id, task.error)
         return task
 
+    async def add_tools(self, vm_id: str, tools: Sequence[str], tool_versions: Optional[Mapping[str, str]] = None,
+                        priority: str = "", timeout: Optional[float] = None) -> Task:
+        body: Dict[str, Any] = {"tools": list(tools)}
+        if tool_versions:
+            body["tool_versions"] = dict(tool_versions)
+        if priority:
+            body["priority"] = priority
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chunk = wait_chunk(self._left(deadline))
+        q = [("wait", go_duration(chunk))] if chunk else None
+        status, _, obj = await self._request("POST", vm_path(vm_id, "/tools"), q, body, wait=chunk)
+        task = Task.from_dict(obj["task"]) if obj.get("task") else None
+        if status == 202 or task is None or not task.done:
+            task = await self.wait_task(obj["task_id"], self._left(deadline))
+        if task.status != "completed":
+            raise TaskError(task.id, task.error)
+        return task
+
     # --- executions ---
 
     async def execute(self, vm_id: str, command: str, args: Sequence[str] = (), *,
@@ -1133,6 +1151,9 @@ class AsyncVM(VMData):
 
     async def shell(self, command: Optional[Sequence[str]] = None, **kw: Any) -> AsyncShell:
         return await self.client.shell(self.id, command, **kw)
+
+    async def add_tools(self, tools: Sequence[str], **kw: Any) -> Task:
+        return await self.client.add_tools(self.id, tools, **kw)
 
     async def list_executions(self, limit: int = 0, cursor: str = "") -> ExecutionList:
         return await self.client.list_executions(self.id, limit, cursor)
