@@ -22,6 +22,8 @@ CLOSE_TOO_BIG = 1009
 
 # Bounds one message from the server (it sends at most 32 KiB of output per message), like the Go SDK's limit.
 MAX_MESSAGE = 4 << 20
+# The largest message the SDK sends (the server accepts up to 1 MiB per message).
+STDIN_MESSAGE = 256 << 10
 
 
 class ProtocolError(Exception):

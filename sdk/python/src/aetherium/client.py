@@ -17,6 +17,7 @@ from typing import (IO, Any, Callable, Dict, Iterable, Iterator, List, Mapping, 
                     Tuple, Union)
 
 from . import _sse, _ws
+from ._ws import STDIN_MESSAGE
 from ._wire import (IDEMPOTENCY_KEY, IO_CHUNK, MAX_ERROR_BODY, MAX_POLL, MAX_TRANSIENT_FAILURES, MIN_POLL,
                     STREAM_IDLE_TIMEOUT, USER_AGENT, BaseURL, CaseHeaders, CommandLike, Query, base_headers,
                     check_api_key, check_idempotency_key, create_vm_body, encode_json, execute_body, go_duration,
@@ -1113,8 +1114,9 @@ class Shell:
         """Sends data to the command's stdin."""
         if isinstance(data, str):
             data = data.encode("utf-8")
-        if data:
-            self._send(self._proto.send_binary(data))
+        # The server reads messages of at most 1 MiB: larger input goes as several messages.
+        for i in range(0, len(data), STDIN_MESSAGE):
+            self._send(self._proto.send_binary(data[i:i + STDIN_MESSAGE]))
 
     def _control(self, m: Dict[str, Any]) -> None:
         self._send(self._proto.send_text(json.dumps(m)))
