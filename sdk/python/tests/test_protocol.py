@@ -61,7 +61,7 @@ class WebSocket(unittest.TestCase):
         self.assertEqual(p.receive(bytes.fromhex("80026c6f")), [("text", "Hello")])
 
     def test_lengths_and_byte_by_byte(self) -> None:
-        for n in (0, 125, 126, 65535, 65536, 300_000):
+        for n in (0, 125, 126, 65535, 65536, 70_000):
             payload = bytes(i % 251 for i in range(n))
             fin, op, got = unmask_client_frame(_ws.encode_frame(_ws.OP_BINARY, payload))
             self.assertEqual((fin, op, got), (True, _ws.OP_BINARY, payload), n)
@@ -300,7 +300,7 @@ class TLS(unittest.TestCase):
             self.skipTest("SKIPPED: no openssl to make a test certificate")
         self.dir = tempfile.mkdtemp(prefix="aeth-tls-")
         self.cert, key = self.dir + "/cert.pem", self.dir + "/key.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", self.cert,
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", self.cert,
                         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                        check=True, capture_output=True)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
