@@ -60,7 +60,8 @@ class CoreFlow(unittest.TestCase):
             # written before that comes from the store, which is saved every second.)
             times = {}
             got = {"stdout": b"", "stderr": b""}
-            with vm.exec_stream("sh", ["-c", "sleep 0.5; echo first; sleep 1.2; echo second; printf '\\377\\001' >&2"]) as s:
+            cmd = "sleep 0.5; echo first; sleep 1.2; echo second; printf '\\377\\001' >&2"
+            with vm.exec_stream("sh", ["-c", cmd]) as s:
                 for ch in s:
                     self.assertEqual(ch.offset, len(got[ch.stream]), "chunks follow each other without gaps")
                     got[ch.stream] += ch.data

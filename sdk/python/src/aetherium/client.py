@@ -27,7 +27,7 @@ from .errors import (AetheriumError, ConflictError, NotFoundError, ShellClosedEr
                      TaskError, TransportError, WaitTimeoutError, error_from_response)
 from .models import (Agent, Chunk, Execution, ExecutionEnd, ExecutionList, ExecuteAccepted, FileInfo, FileList,
                      Health, Job, JobAccepted, LogList, Process, ProcessOutput, Ready, Run, RunEnd, RunEvent,
-                     RunList, Secret, ShellExit, Status, Task, VMData, parse_time)
+                     RunList, Secret, ShellExit, Status, Task, VMData)
 
 __all__ = ["Client", "VM", "ExecStream", "RunStream", "FileDownload", "Shell"]
 
@@ -295,7 +295,8 @@ class Client:
     def get_vm(self, vm_id: str) -> "VM":
         return self._vm(self._request("GET", vm_path(vm_id))[2])
 
-    def list_vms(self, status: Optional[Sequence[str]] = None, limit: int = 0, cursor: str = "") -> Tuple[List["VM"], str]:
+    def list_vms(self, status: Optional[Sequence[str]] = None, limit: int = 0,
+                 cursor: str = "") -> Tuple[List["VM"], str]:
         """One page of VMs, newest first, and the cursor of the next page ("" at the end)."""
         q: Query = []
         if status:
@@ -384,7 +385,8 @@ class Client:
         return Execution.from_dict(self._request("GET", "/executions/" + seg(execution_id))[2])
 
     def list_executions(self, vm_id: str, limit: int = 0, cursor: str = "") -> ExecutionList:
-        return ExecutionList.from_dict(self._request("GET", vm_path(vm_id, "/executions"), page_query(limit, cursor))[2])
+        obj = self._request("GET", vm_path(vm_id, "/executions"), page_query(limit, cursor))[2]
+        return ExecutionList.from_dict(obj)
 
     def stream_execution(self, execution_id: str, stdout_offset: int = 0, stderr_offset: int = 0) -> "ExecStream":
         """Follows an execution's output (server-sent events) from the offsets: iterate the stream for its
@@ -530,7 +532,8 @@ class Client:
         return FileInfo.from_dict(self._request("POST", vm_path(vm_id, "/fs/mkdir"), None, body)[2])
 
     def remove(self, vm_id: str, path: str, recursive: bool = False) -> None:
-        self._request("DELETE", vm_path(vm_id, "/fs"), [("path", path), ("recursive", "true" if recursive else "false")])
+        q = [("path", path), ("recursive", "true" if recursive else "false")]
+        self._request("DELETE", vm_path(vm_id, "/fs"), q)
 
     # --- processes ---
 
@@ -1235,7 +1238,8 @@ class VM(VMData):
     def list_processes(self) -> List[Process]:
         return self.client.list_processes(self.id)
 
-    def read_process_output(self, pid: str, stream: str = "stdout", offset: int = 0, max_bytes: int = 0) -> ProcessOutput:
+    def read_process_output(self, pid: str, stream: str = "stdout", offset: int = 0,
+                            max_bytes: int = 0) -> ProcessOutput:
         return self.client.read_process_output(self.id, pid, stream, offset, max_bytes)
 
     def wait_process(self, pid: str, timeout: float = 0) -> Process:
@@ -1256,6 +1260,3 @@ class VM(VMData):
     def list_executions(self, limit: int = 0, cursor: str = "") -> ExecutionList:
         return self.client.list_executions(self.id, limit, cursor)
 
-
-# parse_time is re-exported for callers that read raw fields.
-_ = parse_time
