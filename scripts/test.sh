@@ -61,6 +61,9 @@ go test -count=1 -timeout 30m -p 2 "${plain_pkgs[@]}" || status=1
 wait $e2e_pid || status=1
 unset AETHERIUM_TEST_GUESTS
 
+echo "== clients in other languages, against a real serve (Docker backend)"
+AETHERIUM_BIN_DIR=$PWD/bin bash sdk/python/test.sh || status=1
+
 echo "== fuzz (short runs of every decoder of untrusted input)"
 # A count of executions, not a duration: with -fuzztime=10s the Go fuzzer's coordinator can fail a clean run with
 # "context deadline exceeded" when a worker is slow to stop at the deadline (seen here under load).
