@@ -265,9 +265,9 @@ function decodeChunk(oc: OutputChunk): Uint8Array {
   return new TextEncoder().encode(oc.data ?? "");
 }
 
-function uploadBody(body: UploadBody): BodyInit {
+function uploadBody(body: UploadBody): Blob | ArrayBuffer | ArrayBufferView | ReadableStream<Uint8Array> | string {
   if (typeof body === "string" || body instanceof ArrayBuffer || body instanceof Blob) return body;
-  if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength) as BodyInit;
+  if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
   return body; // a ReadableStream
 }
 

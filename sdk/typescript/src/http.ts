@@ -52,7 +52,7 @@ export interface RequestSpec {
   /** A JSON body (serialized once, so every retry sends the same bytes). */
   json?: unknown;
   /** A raw body (uploads): never retried, never with an Idempotency-Key. */
-  body?: BodyInit | undefined;
+  body?: Blob | ArrayBuffer | ArrayBufferView | ReadableStream<Uint8Array> | string | undefined;
   headers?: Record<string, string>;
   accept?: string;
   /** Statuses besides 2xx whose answer is a result, not an error (GET /ready's 503). */
@@ -280,7 +280,7 @@ export class Transport {
       let res: Response;
       try {
         const init: RequestInit & { duplex?: "half" } = { method: spec.method, headers, signal: deadline.signal };
-        if (body !== undefined) init.body = body;
+        if (body !== undefined) init.body = body as BodyInit;
         if (raw && typeof ReadableStream !== "undefined" && body instanceof ReadableStream) init.duplex = "half";
         res = await this.config.fetch(url, init);
       } catch (err) {
