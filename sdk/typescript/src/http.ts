@@ -257,10 +257,49 @@ export class Transport {
    * again after transient failures (network errors, time-outs, 429, 502, 503, 504, 409 idempotency_in_progress).
    */
   async open(spec: RequestSpec, opts: MutatingOptions = {}): Promise<OpenResponse> {
+    return this.send(spec, opts, async (response, done) => ({ response, done }));
+  }
+
+  /**
+   * open() and read the answer as JSON (undefined for an empty body, 204). A body cut short is a transport failure:
+   * retried like one (the server replays the answer for the same Idempotency-Key).
+   */
+  async json<T>(spec: RequestSpec, opts: MutatingOptions = {}): Promise<{ status: number; body: T }> {
+    const what = `${spec.method} ${spec.path}`;
+    return this.send(spec, opts, async (response, done, deadline) => {
+      let text: string;
+      try {
+        text = await response.text();
+      } catch (err) {
+        if (deadline.aborted) throw deadline.reason(`${what}: reading the answer`);
+        throw new ConnectionError(`${what}: reading the answer: ${err instanceof Error ? err.message : err}`, { cause: err });
+      } finally {
+        done();
+      }
+      if (!text) return { status: response.status, body: undefined as T };
+      try {
+        return { status: response.status, body: JSON.parse(text) as T };
+      } catch (err) {
+        throw new AetheriumError(`${what}: the answer (${response.status}) is not JSON`, {
+          status: response.status,
+          requestId: response.headers.get("x-request-id") ?? undefined,
+          cause: err,
+        });
+      }
+    });
+  }
+
+  private async send<R>(
+    spec: RequestSpec,
+    opts: MutatingOptions,
+    consume: (res: Response, done: () => void, deadline: Deadline) => Promise<R>,
+  ): Promise<R> {
     const mutating = spec.method !== "GET";
     const raw = spec.body !== undefined;
     let key = opts.idempotencyKey;
     let attempts = 1;
+    // As the Go SDK: retries are for the calls that change something, made safe by their key. Reads are left to
+    // the caller (the task polls of the wait helpers retry transient failures themselves).
     if (mutating && !raw && this.config.retries > 0) {
       key ??= newIdempotencyKey();
       attempts += this.config.retries;
@@ -277,68 +316,42 @@ export class Transport {
     const limit = opts.timeoutMs ?? this.config.timeoutMs;
     for (let attempt = 1; ; attempt++) {
       const deadline = new Deadline(opts.signal, limit > 0 ? limit + (spec.extraMs ?? 0) : undefined);
-      let res: Response;
+      let err: AetheriumError;
       try {
-        const init: RequestInit & { duplex?: "half" } = { method: spec.method, headers, signal: deadline.signal };
-        if (body !== undefined) init.body = body as BodyInit;
-        if (raw && typeof ReadableStream !== "undefined" && body instanceof ReadableStream) init.duplex = "half";
-        res = await this.config.fetch(url, init);
-      } catch (err) {
+        let res: Response;
+        try {
+          const init: RequestInit & { duplex?: "half" } = { method: spec.method, headers, signal: deadline.signal };
+          if (body !== undefined) init.body = body as BodyInit;
+          if (raw && typeof ReadableStream !== "undefined" && body instanceof ReadableStream) init.duplex = "half";
+          res = await this.config.fetch(url, init);
+        } catch (e) {
+          throw deadline.aborted
+            ? deadline.reason(what)
+            : new ConnectionError(`${what}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+        }
+        if ((res.status >= 200 && res.status < 300) || spec.alsoOk?.includes(res.status)) {
+          if (spec.streaming) {
+            // The limit was for the server's first answer: the body streams as long as it takes, still under the
+            // caller's signal.
+            deadline.clearTimer();
+            return await consume(res, () => {}, deadline);
+          }
+          return await consume(res, () => deadline.dispose(), deadline);
+        }
+        throw await errorFromResponse(res);
+      } catch (e) {
         deadline.dispose();
-        const e = deadline.aborted
-          ? deadline.reason(what)
-          : new ConnectionError(`${what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-        if (attempt < attempts && transient(e) && !opts.signal?.aborted) {
-          await sleep(Math.min(100 * 2 ** (attempt - 1), 5000), new Deadline(opts.signal, undefined), what);
-          continue;
-        }
-        throw e;
+        if (!(e instanceof AetheriumError)) throw e;
+        err = e;
       }
-      if ((res.status >= 200 && res.status < 300) || spec.alsoOk?.includes(res.status)) {
-        if (spec.streaming) {
-          // The limit was for the server's first answer: the body streams as long as it takes, still under the
-          // caller's signal.
-          deadline.clearTimer();
-          return { response: res, done: () => {} };
-        }
-        return { response: res, done: () => deadline.dispose() };
-      }
-      const e = await errorFromResponse(res);
-      deadline.dispose();
-      if (attempt < attempts && transient(e) && !opts.signal?.aborted) {
-        const pause = e.retryAfter ? Math.min(e.retryAfter * 1000, 5000) : Math.min(100 * 2 ** (attempt - 1), 5000);
-        await sleep(pause, new Deadline(opts.signal, undefined), what);
-        continue;
-      }
-      throw e;
-    }
-  }
-
-  /** open() and read the answer as JSON (undefined for an empty body, 204). */
-  async json<T>(spec: RequestSpec, opts: MutatingOptions = {}): Promise<{ status: number; body: T }> {
-    const what = `${spec.method} ${spec.path}`;
-    const { response, done } = await this.open(spec, opts);
-    try {
-      const text = await response.text();
-      if (!text) return { status: response.status, body: undefined as T };
+      if (attempt >= attempts || !transient(err) || opts.signal?.aborted) throw err;
+      const pause = err.retryAfter ? Math.min(err.retryAfter * 1000, 5000) : Math.min(100 * 2 ** (attempt - 1), 5000);
+      const wait = new Deadline(opts.signal, undefined);
       try {
-        return { status: response.status, body: JSON.parse(text) as T };
-      } catch (err) {
-        throw new AetheriumError(`${what}: the answer (${response.status}) is not JSON`, {
-          status: response.status,
-          requestId: response.headers.get("x-request-id") ?? undefined,
-          cause: err,
-        });
+        await sleep(pause, wait, what);
+      } finally {
+        wait.dispose();
       }
-    } catch (err) {
-      if (err instanceof AetheriumError) throw err;
-      if (opts.signal?.aborted) throw new AbortError(`${what}: aborted`, { cause: err });
-      if (err instanceof Error && (err.name === "AbortError" || err.name === "TimeoutError")) {
-        throw new TimeoutError(`${what}: timed out reading the answer`, { cause: err });
-      }
-      throw new ConnectionError(`${what}: reading the answer: ${err instanceof Error ? err.message : err}`, { cause: err });
-    } finally {
-      done();
     }
   }
 }

@@ -210,6 +210,27 @@ describe("against aetherium serve (Docker backend)", { skip: !haveDocker && "no 
     const count = await ae.executions.run(vm.id, { command: "sh", args: ["-c", "wc -l < /tmp/once"] });
     assert.equal(count.stdout.trim(), "1", "the command ran once");
 
+    // An answer whose body breaks while it is read is retried too, and replayed.
+    let cut = 0;
+    const cutting = async (url, init) => {
+      const res = await fetch(url, init);
+      if (init.method === "POST" && String(url).includes("/execute") && cut++ === 0) {
+        const broken = new ReadableStream({ pull: (ctl) => ctl.error(new TypeError("terminated")) });
+        await res.body?.cancel();
+        return new Response(broken, { status: res.status, headers: res.headers });
+      }
+      return res;
+    };
+    const c2 = new Aetherium({ baseUrl: srv.baseUrl, apiKey: srv.apiKey, fetch: cutting, retries: 1 });
+    const again = await c2.executions.run(vm.id, { command: "sh", args: ["-c", "echo ran >> /tmp/twice; wc -l < /tmp/twice"] });
+    assert.equal(cut, 2);
+    assert.equal(again.stdout.trim(), "1", "the command ran once");
+    // Without retries the broken answer is a ConnectionError, with no second request.
+    cut = 0;
+    const c3 = new Aetherium({ baseUrl: srv.baseUrl, apiKey: srv.apiKey, fetch: cutting });
+    await assert.rejects(c3.executions.start(vm.id, { command: "true" }), (e) => e.name === "ConnectionError");
+    assert.equal(cut, 1);
+
     // The caller's own key: the same key and request get the same execution.
     const key = randomUUID();
     const a = await ae.executions.start(vm.id, { command: "true" }, { idempotencyKey: key });
