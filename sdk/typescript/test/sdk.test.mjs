@@ -1,6 +1,6 @@
 // The SDK against a real `aetherium serve` on the Docker backend (started by harness.mjs): VMs, executions
 // buffered and streamed, a 10 MB file round trip, processes, shells, jobs, secrets, typed errors, idempotent
-// retries, time limits and aborts. Runs need an agent and a microVM backend: only their errors are checked here.
+// retries, time limits and aborts, and runs as far as the Docker backend takes them (it refuses them at once).
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
@@ -419,6 +419,39 @@ describe("against aetherium serve (Docker backend)", { skip: !haveDocker && "no 
     assert.equal(exec.stdout, "[***]\n", "the value reached the command and was scrubbed from its output");
     await ae.secrets.delete("SDK_TS_TOKEN");
     await assert.rejects(ae.secrets.delete("SDK_TS_TOKEN"), NotFoundError);
+  });
+
+  test("runs: start, the transcript stream, get, diff, cancel (a run the Docker backend refuses)", async () => {
+    // The Docker backend has no credential proxy: the worker ends the run at once, before any clone or model
+    // request, with an end event saying why. That is a real run's lifecycle without an agent or a network.
+    await ae.secrets.put("ANTHROPIC_API_KEY", "sk-ant-not-a-real-key-" + randomBytes(8).toString("hex"));
+    try {
+      const key = randomUUID();
+      const req = { repo: { url: "https://github.com/aetherium/example" }, prompt: "say hi" };
+      const acc = await ae.runs.create(req, { idempotencyKey: key });
+      assert.equal(acc.run.agent, "claude-code");
+      assert.equal((await ae.runs.create(req, { idempotencyKey: key })).run.id, acc.run.id, "a retried create starts one run");
+      const events = [];
+      const end = await ae.runs.follow(acc.run.id, (e) => events.push(e), { signal: AbortSignal.timeout(60_000) });
+      assert.equal(end.status, "failed");
+      assert.match(end.error, /credential proxy/);
+      assert.deepEqual(events.map((e) => e.seq), events.map((_, i) => i + 1), "seqs 1, 2, 3... without gaps");
+      assert.equal(events.at(-1).type, "end");
+      // The stream of an ended run replays the same transcript.
+      const replay = [];
+      for await (const e of ae.runs.stream(acc.run.id)) replay.push(e.seq);
+      assert.deepEqual(replay, events.map((e) => e.seq));
+      const run = await ae.runs.get(acc.run.id);
+      assert.equal(run.status, "failed");
+      assert.equal(await ae.runs.diff(acc.run.id), "");
+      await assert.rejects(ae.runs.cancel(acc.run.id), (e) => e instanceof ConflictError && e.code === "conflict");
+      const failed = await ae.runs.list({ status: ["failed"] });
+      assert.ok(failed.runs.some((r) => r.id === acc.run.id));
+      assert.equal((await ae.runs.list({ status: ["running"] })).runs.length, 0);
+      assert.ok((await ae.agents.list()).some((a) => a.name === "claude-code"));
+    } finally {
+      await ae.secrets.delete("ANTHROPIC_API_KEY");
+    }
   });
 
   test("delete with wait; a deleted VM refuses work", async () => {
