@@ -266,6 +266,8 @@ export function openShell(
     ws.addEventListener("close", onClose);
     ws.addEventListener("error", onError);
     deadline.signal.addEventListener("abort", onAbort, { once: true });
+    // A signal that was aborted before the call fires no event.
+    if (deadline.aborted) onAbort();
   });
 }
 

@@ -389,6 +389,18 @@ describe("against aetherium serve (Docker backend)", { skip: !haveDocker && "no 
     assert.match(ended.signal, /^(SIG)?INT$/);
     assert.notEqual(ended.exitCode, 0);
 
+    await assert.rejects(ae.shells.open(vm.id, { signal: AbortSignal.abort() }), AbortError);
+    // Aborting a session kills its command.
+    const ctl = new AbortController();
+    const long = await ae.shells.open(vm.id, { tty: false, command: ["sleep", "100"], signal: ctl.signal });
+    assert.ok((await ae.processes.list(vm.id)).some((p) => p.id === long.id && p.attached && p.state === "running"));
+    ctl.abort();
+    await assert.rejects(long.wait(), AbortError);
+    for (let i = 0; i < 50 && (await ae.processes.list(vm.id)).some((p) => p.id === long.id && p.state === "running"); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(!(await ae.processes.list(vm.id)).some((p) => p.id === long.id && p.state === "running"), "the command was killed");
+
     await assert.rejects(ae.shells.open(randomUUID()), (e) => e instanceof NotFoundError && e.status === 404);
     const nokey = new Aetherium({ baseUrl: srv.baseUrl, apiKey: "ae_wrongkey_" + "x".repeat(43), WebSocket });
     await assert.rejects(nokey.shells.open(vm.id), UnauthorizedError);
