@@ -370,6 +370,11 @@ export class Aetherium {
     return { baseUrl: this.baseUrl };
   }
 
+  /** @internal What Node.js's console.log and util.inspect show. */
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return this.toString();
+  }
+
   /** GET /health: liveness. */
   async health(opts: CallOptions = {}): Promise<Health> {
     return (await this.t.json<Health>({ method: "GET", path: "/health" }, opts)).body;

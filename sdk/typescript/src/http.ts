@@ -227,7 +227,15 @@ function transient(err: unknown): boolean {
 
 /** Sends the API's requests: credentials, time limits, abort signals, error envelopes, retries. */
 export class Transport {
-  constructor(readonly config: TransportConfig) {}
+  // The key lives in a private field, out of the config: printing or inspecting a client never shows it.
+  readonly #apiKey: string | undefined;
+  readonly config: Omit<TransportConfig, "apiKey">;
+
+  constructor(config: TransportConfig) {
+    const { apiKey, ...rest } = config;
+    this.#apiKey = apiKey;
+    this.config = rest;
+  }
 
   url(path: string, query?: Query): string {
     let u = this.config.baseUrl + API_PREFIX + path;
@@ -247,7 +255,7 @@ export class Transport {
   headers(extra?: Record<string, string>): Record<string, string> {
     const h: Record<string, string> = { ...this.config.headers };
     if (this.config.userAgent) h["User-Agent"] = this.config.userAgent;
-    if (this.config.apiKey) h["Authorization"] = `Bearer ${this.config.apiKey}`;
+    if (this.#apiKey) h["Authorization"] = `Bearer ${this.#apiKey}`;
     return { ...h, ...extra };
   }
 

@@ -62,8 +62,14 @@ export async function startServe() {
   child.stderr.on("data", keep);
   let exited = false;
   child.on("exit", () => (exited = true));
+  // Should the test process end without its after hook (an uncaught error), serve must not outlive it.
+  const reap = () => {
+    if (!exited) child.kill("SIGKILL");
+  };
+  process.once("exit", reap);
 
   const stop = async () => {
+    process.removeListener("exit", reap);
     if (!exited) {
       child.kill("SIGTERM");
       for (let i = 0; i < 100 && !exited; i++) await sleep(100);

@@ -4,6 +4,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { inspect } from "node:util";
 import WebSocket from "ws";
 
 import {
@@ -44,6 +45,8 @@ describe("client construction", () => {
     const c = new Aetherium({ baseUrl: "http://127.0.0.1:1/api/v1/", apiKey: "ae_secretsecret" });
     assert.equal(c.baseUrl, "http://127.0.0.1:1");
     assert.ok(!String(c).includes("secret") && !JSON.stringify(c).includes("secret"));
+    assert.ok(!inspect(c, { depth: 10, showHidden: true }).includes("secret"));
+    assert.ok(!inspect(c.vms, { depth: 10, showHidden: true }).includes("secret"), "nor through a group");
   });
 
   test("a server that does not answer is a ConnectionError", async () => {
