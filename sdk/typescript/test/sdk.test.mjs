@@ -184,6 +184,12 @@ describe("against aetherium serve (Docker backend)", { skip: !haveDocker && "no 
     for await (const ev of ae.executions.stream(res.executionId)) replay.push(ev.type);
     assert.equal(replay.at(-1), "end");
     assert.ok(replay.includes("stdout") && replay.includes("stderr"));
+    // Resuming at offsets skips what was received already.
+    const resumed = [];
+    for await (const ev of ae.executions.stream(res.executionId, { stdoutOffset: 4, stderrOffset: 4 })) {
+      if (ev.type !== "end") resumed.push([ev.type, ev.offset, [...ev.data]]);
+    }
+    assert.deepEqual(resumed, [["stdout", 4, [0x78, 0xff, 0x79]]]);
     await assert.rejects(async () => {
       for await (const _ of ae.executions.stream(randomUUID())) void _;
     }, NotFoundError);
@@ -456,6 +462,10 @@ describe("against aetherium serve (Docker backend)", { skip: !haveDocker && "no 
       const replay = [];
       for await (const e of ae.runs.stream(acc.run.id)) replay.push(e.seq);
       assert.deepEqual(replay, events.map((e) => e.seq));
+      // Resuming after a seq (Last-Event-ID) gives only what came after it.
+      const tail = [];
+      for await (const e of ae.runs.stream(acc.run.id, { after: events.length - 1 })) tail.push(e.seq);
+      assert.deepEqual(tail, [events.length]);
       const run = await ae.runs.get(acc.run.id);
       assert.equal(run.status, "failed");
       assert.equal(await ae.runs.diff(acc.run.id), "");
