@@ -1,7 +1,7 @@
 import type { components } from "./openapi.js";
 
 /** The machine-readable codes of the API's error envelope (a newer server may send others). */
-export type ErrorCode = components["schemas"]["ErrorDetail"]["code"] | "not_implemented";
+export type ErrorCode = components["schemas"]["ErrorDetail"]["code"];
 
 /** Every error this SDK throws is an AetheriumError or one of its subclasses. */
 export class AetheriumError extends Error {

@@ -1111,7 +1111,7 @@ export interface components {
         };
         ErrorDetail: {
             /** @enum {string} */
-            code: "bad_request" | "invalid_json" | "validation_failed" | "unauthorized" | "not_found" | "method_not_allowed" | "conflict" | "vm_not_running" | "payload_too_large" | "unsupported_media_type" | "rate_limited" | "internal_error" | "service_unavailable" | "path_not_found" | "process_not_found" | "already_exists" | "not_a_directory" | "is_a_directory" | "not_a_regular_file" | "directory_not_empty" | "permission_denied" | "unknown_user" | "process_exited" | "process_running" | "too_many_processes" | "guest_io_error" | "unsupported" | "request_timeout" | "idempotency_key_invalid" | "idempotency_key_reused" | "idempotency_in_progress";
+            code: "bad_request" | "invalid_json" | "validation_failed" | "unauthorized" | "not_found" | "method_not_allowed" | "conflict" | "vm_not_running" | "payload_too_large" | "unsupported_media_type" | "rate_limited" | "internal_error" | "service_unavailable" | "path_not_found" | "process_not_found" | "already_exists" | "not_a_directory" | "is_a_directory" | "not_a_regular_file" | "directory_not_empty" | "permission_denied" | "unknown_user" | "process_exited" | "process_running" | "too_many_processes" | "guest_io_error" | "unsupported" | "request_timeout" | "idempotency_key_invalid" | "idempotency_key_reused" | "idempotency_in_progress" | "not_implemented";
             message: string;
         };
         /**
@@ -1363,7 +1363,7 @@ export interface components {
             /** Format: uuid */
             id: string;
             /** @enum {string} */
-            type: "vm:create" | "vm:execute" | "vm:delete" | "job:run";
+            type: "vm:create" | "vm:execute" | "vm:tools" | "vm:delete" | "job:run" | "run:agent" | "webhook:process";
             status: components["schemas"]["TaskStatus"];
             priority: components["schemas"]["Priority"];
             /** Format: uuid */
