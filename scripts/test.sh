@@ -63,6 +63,7 @@ unset AETHERIUM_TEST_GUESTS
 
 echo "== clients in other languages, against a real serve (Docker backend)"
 AETHERIUM_BIN_DIR=$PWD/bin bash sdk/python/test.sh || status=1
+AETHERIUM_BIN_DIR=$PWD/bin bash sdk/typescript/test.sh || status=1
 
 echo "== fuzz (short runs of every decoder of untrusted input)"
 # A count of executions, not a duration: with -fuzztime=10s the Go fuzzer's coordinator can fail a clean run with
