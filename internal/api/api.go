@@ -17,6 +17,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/aetherium/aetherium/internal/auth"
+	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/integrations"
 	"github.com/aetherium/aetherium/internal/logs"
 	"github.com/aetherium/aetherium/internal/metrics"
@@ -68,6 +69,11 @@ type Config struct {
 	Metrics *metrics.HTTP
 	// Logs answers GET /logs and /vms/{id}/logs (logs.LokiQuerier); nil: only an execution's stored output is.
 	Logs logs.Querier
+	// Events is the owner-scoped event log of GET /api/v1/events (nil: that route answers 503); EventBus wakes its
+	// streams when the log grows (nil: they only poll, every EventPoll, default 2 s).
+	Events    store.EventStore
+	EventBus  events.Bus
+	EventPoll time.Duration
 	// Integrations are the webhook receivers of POST /api/v1/webhooks/{integration} (nil: every name is 404).
 	Integrations *integrations.Registry
 }
@@ -98,6 +104,10 @@ type server struct {
 	integrations *integrations.Registry
 	// notifications serves the notification routes (notifications.go).
 	notifications store.NotificationStore
+	// events, eventBus and eventPoll serve GET /events (events.go).
+	events    store.EventStore
+	eventBus  events.Bus
+	eventPoll time.Duration
 }
 
 // New returns the http.Handler of the REST API v1, rooted at /api/v1.
@@ -126,6 +136,8 @@ func newServer(cfg Config) *server {
 
 		integrations:  cfg.Integrations,
 		notifications: cfg.Notifications,
+
+		events: cfg.Events, eventBus: cfg.EventBus, eventPoll: cfg.EventPoll,
 	}
 	if s.idemTTL <= 0 {
 		s.idemTTL = IdempotencyTTL
@@ -207,6 +219,7 @@ func (s *server) routes() {
 			r.Post("/runs/{id}/cancel", s.cancelRun)
 			r.Get("/agents", s.listAgents)
 			r.Get("/jobs/{id}", s.getJob)
+			r.Get("/events", s.streamEvents) // the owner's event log, as server-sent events (events.go)
 
 			// Interactive operations, proxied to the worker hosting the VM (interactive.go).
 			r.Get("/vms/{id}/fs/stat", s.statPath)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/aetherium/aetherium/internal/auth"
+	"github.com/aetherium/aetherium/internal/eventlog"
 	"github.com/aetherium/aetherium/internal/events/inproc"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
@@ -84,6 +85,8 @@ func newEnvOn(t testing.TB, st store.Store, configure func(*Config)) *testEnv {
 	t.Cleanup(func() { _ = bus.Close() })
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// As in the server: state changes announce their event-log appends on the bus (GET /events).
+	st = eventlog.Wake(st, bus, log)
 	q := newQueue(t, st, bus, log)
 	e := &testEnv{t: t, st: st, q: q, bus: bus, logs: logs}
 	key, err := secrets.GenerateKey()
@@ -99,7 +102,7 @@ func newEnvOn(t testing.TB, st store.Store, configure func(*Config)) *testEnv {
 	e.keyA, e.ownerA = e.newKey("alice")
 	e.keyB, e.ownerB = e.newKey("bob")
 	cfg := Config{Service: e.svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: "test-1.2.3",
-		Idempotency: st.Idempotency(), Notifications: st.Notifications()}
+		Idempotency: st.Idempotency(), Notifications: st.Notifications(), Events: st.Events(), EventBus: bus}
 	if configure != nil {
 		configure(&cfg)
 	}

@@ -140,7 +140,7 @@ func NewClientCommands(streams IOStreams, opts ...Option) []*cobra.Command {
 		a.httpClient = defaultHTTPClient()
 	}
 	cmds := []*cobra.Command{a.vmCommand(), a.taskCommand(), a.jobCommand(), a.secretCommand(), a.runCommand(), a.agentsCommand(), a.logsCommand(),
-		a.integrationCommand(), a.notifyCommand(), a.mcpCommand()}
+		a.integrationCommand(), a.notifyCommand(), a.mcpCommand(), a.eventsCommand()}
 	for _, c := range cmds {
 		a.addPersistentFlags(c)
 		c.SetIn(a.streams.In)

@@ -61,6 +61,10 @@ type Config struct {
 	MaxOutput    int           `yaml:"max_output_bytes"`
 	MaxRetries   int           `yaml:"max_retries"`
 	ShutdownFor  time.Duration `yaml:"shutdown_timeout"`
+	// The event log of GET /api/v1/events keeps an owner's events for EventsRetention, and at most
+	// EventsMaxPerOwner of them (internal/eventlog).
+	EventsRetention   time.Duration `yaml:"events_retention"`
+	EventsMaxPerOwner int           `yaml:"events_max_per_owner"`
 	// ShutdownVMs stops this worker's VMs when it shuts down gracefully; by default they keep running and the next
 	// worker process adopts them.
 	ShutdownVMs bool `yaml:"shutdown_vms"`
@@ -240,6 +244,8 @@ var settings = []setting{
 	{"max_output_bytes", "output kept per stream per execution", integer(func(c *Config) *int { return &c.MaxOutput })},
 	{"max_retries", "retries of a task after an infrastructure failure", integer(func(c *Config) *int { return &c.MaxRetries })},
 	{"shutdown_timeout", "how long in-flight tasks may finish on SIGTERM", duration(func(c *Config) *time.Duration { return &c.ShutdownFor })},
+	{"events_retention", "how long the event log of GET /api/v1/events keeps events (a client resuming from before gets a reset event)", duration(func(c *Config) *time.Duration { return &c.EventsRetention })},
+	{"events_max_per_owner", "most events the event log keeps per owner (the oldest go first)", integer(func(c *Config) *int { return &c.EventsMaxPerOwner })},
 	{"shutdown_vms", "stop this worker's VMs when it shuts down (SIGTERM); by default they keep running and the restarted worker adopts them", boolean(func(c *Config) *bool { return &c.ShutdownVMs })},
 	{"worker_api_listen", "address of the worker's internal API for files, processes and shells (production: :8081 on a private network)", str(func(c *Config) *string { return &c.WorkerAPIListen })},
 	{"worker_api_url", "URL gateways use to reach this worker's internal API (default: derived from worker_api_listen and the host name)", str(func(c *Config) *string { return &c.WorkerAPIURL })},
@@ -286,6 +292,7 @@ func Defaults() Config {
 		DataDir: filepath.Join(home, ".aetherium"), Listen: ":8080", AutoMigrate: true,
 		LogLevel: "info", LogFormat: "text", Concurrency: 10, Backend: "auto", Busybox: "/bin/busybox",
 		QEMUAccel: "auto", Network: "auto", NetworkCIDR: "172.16.0.0/24", DiskMB: 8192, NetworkBridge: "aetherium0", DockerNet: "none", ReadyWait: 60 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
+		EventsRetention: 24 * time.Hour, EventsMaxPerOwner: 10000,
 		WorkerAPIListen: "127.0.0.1:0", MetricsListen: DefaultMetricsListen,
 		JailerUID: DefaultJailerID, JailerGID: DefaultJailerID, JailerCgroupVersion: 2,
 		CredProxyPort: 8091, ModelUpstreamURL: "https://api.anthropic.com", OpenAIUpstreamURL: "https://api.openai.com",
@@ -500,6 +507,12 @@ func (c *Config) normalize() error {
 	}
 	if c.ShutdownFor <= 0 {
 		bad("shutdown_timeout", "must be positive")
+	}
+	if c.EventsRetention < time.Minute {
+		bad("events_retention", "must be at least 1m (got %s)", c.EventsRetention)
+	}
+	if c.EventsMaxPerOwner < 100 || c.EventsMaxPerOwner > 10_000_000 {
+		bad("events_max_per_owner", "must be between 100 and 10000000 (got %d)", c.EventsMaxPerOwner)
 	}
 	if _, _, err := net.SplitHostPort(c.WorkerAPIListen); err != nil {
 		bad("worker_api_listen", "must be host:port or :port (got %q)", c.WorkerAPIListen)

@@ -70,6 +70,8 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 		{"debug listen by name", "", nil, []string{"--debug-listen", "localhost:6060"}, "debug_listen"},
 		{"metrics listen without a port", "", nil, []string{"--metrics-listen", "127.0.0.1"}, "metrics_listen"},
 		{"metrics listen with an empty port", "metrics_listen: \"127.0.0.1:\"\n", nil, nil, "metrics_listen"},
+		{"events retention too short", "", nil, []string{"--events-retention", "10s"}, "events_retention"},
+		{"events per owner too few", "", map[string]string{"AETHERIUM_EVENTS_MAX_PER_OWNER": "5"}, nil, "events_max_per_owner"},
 		{"short metrics token", "", map[string]string{"AETHERIUM_METRICS_TOKEN": "short"}, nil, "metrics_token"},
 		{"relative guest ca file", "guest_ca_files: /etc/corp.pem, corp.pem\n", nil, nil, "guest_ca_files"},
 		{"guest proxy not a url", "", map[string]string{"AETHERIUM_GUEST_HTTPS_PROXY": "proxy.corp:3128"}, nil, "guest_https_proxy"},

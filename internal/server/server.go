@@ -24,6 +24,7 @@ import (
 	"github.com/aetherium/aetherium/internal/auth"
 	"github.com/aetherium/aetherium/internal/config"
 	"github.com/aetherium/aetherium/internal/credproxy"
+	"github.com/aetherium/aetherium/internal/eventlog"
 	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/events/inproc"
 	"github.com/aetherium/aetherium/internal/events/redisbus"
@@ -104,6 +105,9 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		return err
 	}
 	defer bus.Close()
+	// Every state change appends to the event log in its own transaction; this announces the appends on the bus,
+	// so that event streams (GET /api/v1/events) wake at once instead of at their next poll.
+	st = eventlog.Wake(st, bus, log)
 
 	q, err := openQueue(cfg, roles, st, bus, withTaskLogs(ms.Tasks().Observer(), logSink, cfg, roles), log)
 	if err != nil {
@@ -230,7 +234,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			task.WithAgents(agentCatalog), task.WithGitHosts(gitHostSecrets(gitHosts)))
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
 			ClusterToken: token, Idempotency: st.Idempotency(), Notifications: st.Notifications(), Metrics: ms.HTTP(),
-			Logs: logQuerier(cfg), Integrations: registry})
+			Logs: logQuerier(cfg), Integrations: registry, Events: st.Events(), EventBus: bus})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
@@ -239,6 +243,9 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			ln.Close()
 			return fmt.Errorf("notifications: %w", err)
 		}
+		// Every gateway prunes; a prune is idempotent, so several at once only repeat each other's work.
+		go eventlog.Pruner{Store: st.Events(), Log: log, Retention: store.EventRetention{MaxAge: cfg.EventsRetention,
+			MaxPerOwner: cfg.EventsMaxPerOwner}}.Run(ctx)
 	}
 
 	// The worker starts last, once nothing else can fail, so an early return never leaves it running.

@@ -24,6 +24,7 @@ type Store interface {
 	Webhooks() WebhookStore
 	IntegrationLinks() IntegrationLinkStore
 	Notifications() NotificationStore
+	Events() EventStore
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	Close() error
@@ -172,4 +173,64 @@ type RunStore interface {
 	AppendEvents(ctx context.Context, runID string, events []*model.RunEvent) error
 	// Events returns up to limit events with Seq > after, in order (limit <= 0: 500; capped at 5000).
 	Events(ctx context.Context, runID string, after int64, limit int) ([]*model.RunEvent, error)
+}
+
+// Event is one entry of an owner's event log (GET /api/v1/events): a state change of a VM, task, execution or run,
+// recorded by the store in the transaction that makes the change, so the log never misses one and never holds one
+// that did not happen. ID orders the log (across owners: ids of one owner are increasing, not contiguous). Data is
+// a small JSON document of ids and states, never secrets or output.
+type Event struct {
+	ID        int64
+	OwnerID   string
+	Type      string
+	Subject   string // the id of the VM, task, execution or run
+	VMID      string // the VM it concerns, when there is one
+	Data      []byte
+	CreatedAt time.Time
+}
+
+// Event types of the log.
+const (
+	EventVMStatus          = "vm.status"
+	EventTaskFinished      = "task.finished"
+	EventExecutionStarted  = "execution.started"
+	EventExecutionFinished = "execution.finished"
+	EventRunStatus         = "run.status"
+	EventRunFinished       = "run.finished"
+)
+
+// EventTypes lists the event types, in the order the documentation gives them.
+var EventTypes = []string{EventVMStatus, EventTaskFinished, EventExecutionStarted, EventExecutionFinished,
+	EventRunStatus, EventRunFinished}
+
+// EventFilter selects an owner's events after a position of the log.
+type EventFilter struct {
+	OwnerID string // required: an empty owner matches nothing
+	After   int64  // events with ID > After
+	Types   []string
+	VMID    string
+	// Limit <= 0 means 500; it is capped at 5000.
+	Limit int
+}
+
+// EventRetention says what Prune keeps: events younger than MaxAge (0: any age) and at most MaxPerOwner of each
+// owner's newest (0: any number).
+type EventRetention struct {
+	MaxAge      time.Duration
+	MaxPerOwner int
+}
+
+// EventStore is the owner-scoped event log. The state changes of VMs, tasks, executions and runs append to it
+// themselves; Append is for other producers.
+type EventStore interface {
+	// Append adds e at the end of the log, setting its ID and (when zero) CreatedAt.
+	Append(ctx context.Context, e *Event) error
+	// List returns the events f selects, in log order.
+	List(ctx context.Context, f EventFilter) ([]*Event, error)
+	// Bounds returns the owner's horizon, the highest id Prune removed from the owner's log (events with ids up to
+	// it may be gone; 0 when none was pruned), and the owner's latest id (0 when the log is empty).
+	Bounds(ctx context.Context, ownerID string) (horizon, latest int64, err error)
+	// Prune removes what r does not keep, oldest first, so that each owner's log stays a contiguous suffix, and
+	// returns how many events it removed.
+	Prune(ctx context.Context, r EventRetention) (int64, error)
 }

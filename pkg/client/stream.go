@@ -135,9 +135,15 @@ func (e *callerError) Unwrap() error { return e.err }
 // and retry fields are ignored; lines may end with "\n", "\r\n" or "\r". It returns nil at the end of the input
 // (a partly received event is dropped, as the format says), or dispatch's error.
 func readEvents(r io.Reader, dispatch func(event string, data []byte) error) error {
+	return readEventsWithID(r, func(_, event string, data []byte) error { return dispatch(event, data) })
+}
+
+// readEventsWithID is readEvents that also gives each event's id field (empty when the event has none).
+func readEventsWithID(r io.Reader, dispatch func(id, event string, data []byte) error) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var (
 		event   string
+		id      string
 		data    bytes.Buffer
 		hasData bool
 		line    []byte
@@ -170,11 +176,11 @@ func readEvents(r io.Reader, dispatch func(event string, data []byte) error) err
 				if event == "" {
 					event = "message"
 				}
-				if err := dispatch(event, bytes.TrimSuffix(data.Bytes(), []byte("\n"))); err != nil {
+				if err := dispatch(id, event, bytes.TrimSuffix(data.Bytes(), []byte("\n"))); err != nil {
 					return err
 				}
 			}
-			event, hasData = "", false
+			event, id, hasData = "", "", false
 			data.Reset()
 		case line[0] == ':':
 			// A comment (the server's heartbeat).
@@ -186,6 +192,8 @@ func readEvents(r io.Reader, dispatch func(event string, data []byte) error) err
 			switch string(field) {
 			case "event":
 				event = string(value)
+			case "id":
+				id = string(value)
 			case "data":
 				data.Write(value)
 				data.WriteByte('\n')

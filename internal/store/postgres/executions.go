@@ -68,12 +68,12 @@ func (es executionStore) Create(ctx context.Context, e *model.Execution) error {
 	if err != nil {
 		return err
 	}
-	_, err = es.s.pool.Exec(ctx, `INSERT INTO executions (id, owner_id, vm_id, job_id, task_id, seq, status, command,
+	err = es.s.execWithEvents(ctx, `INSERT INTO executions (id, owner_id, vm_id, job_id, task_id, seq, status, command,
 		args, env, working_dir, timeout_seconds, exit_code, stdout, stderr, stdout_truncated, stderr_truncated,
 		timed_out, error, worker_id, created_at, started_at, completed_at, duration_ms, run_as, peak_memory_kb,
 		secret_env)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-		$23, $24, $25, $26, $27)`,
+		$23, $24, $25, $26, $27)`, prep.ExecutionEvents(nil, e, e.CreatedAt),
 		e.ID, e.OwnerID, e.VMID, nullUUID(e.JobID), nullUUID(e.TaskID), e.Seq, string(e.Status), e.Command,
 		nullJSON(args), nullJSON(env), e.WorkingDir, e.TimeoutSeconds, e.ExitCode, []byte(e.Stdout),
 		[]byte(e.Stderr), e.StdoutTruncated, e.StderrTruncated, e.TimedOut, e.Error, e.WorkerID, e.CreatedAt,
@@ -140,6 +140,9 @@ func (es executionStore) Update(ctx context.Context, id string, fn func(e *model
 			e.CompletedAt, e.DurationMS, e.User, e.PeakMemoryKB, nullJSON(secretEnv))
 		if err != nil {
 			return dbErr("update execution", err)
+		}
+		if err := appendEvents(ctx, tx, prep.ExecutionEvents(&before, e, prep.Now())); err != nil {
+			return err
 		}
 		out = e
 		return nil

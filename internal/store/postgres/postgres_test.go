@@ -38,7 +38,8 @@ func TestConformance(t *testing.T) {
 		if _, err := base.Pool().Exec(t.Context(), `DELETE FROM vms; DELETE FROM tasks; DELETE FROM jobs;
 			DELETE FROM executions; DELETE FROM workers; DELETE FROM api_keys; DELETE FROM idempotency_keys;
 			DELETE FROM secrets; DELETE FROM secret_key_checks; DELETE FROM runs;
-			DELETE FROM webhook_deliveries; DELETE FROM integration_links`); err != nil {
+			DELETE FROM webhook_deliveries; DELETE FROM integration_links; DELETE FROM events;
+			DELETE FROM event_horizons`); err != nil {
 			t.Fatalf("empty the tables: %v", err)
 		}
 		st, err := postgres.Open(t.Context(), dbURL)

@@ -73,9 +73,9 @@ func (rs runStore) Create(ctx context.Context, r *model.Run) error {
 	if err != nil {
 		return err
 	}
-	_, err = rs.s.pool.Exec(ctx, `INSERT INTO runs (id, owner_id, status, vm_id, repo_url, agent, spec, task_id,
+	err = rs.s.execWithEvents(ctx, `INSERT INTO runs (id, owner_id, status, vm_id, repo_url, agent, spec, task_id,
 		worker_id, error, cancel_requested, usage, result, created_at, updated_at, started_at, completed_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`, prep.RunStatusEvents(nil, r, r.CreatedAt),
 		r.ID, r.OwnerID, string(r.Status), nullUUID(r.VMID), r.Spec.Repo.URL, r.Spec.Agent, spec, nullUUID(r.TaskID),
 		r.WorkerID, r.Error, r.CancelRequested, nullJSON(usage), nullJSON(result), r.CreatedAt, r.UpdatedAt,
 		r.StartedAt, r.CompletedAt)
@@ -136,6 +136,9 @@ func (rs runStore) Update(ctx context.Context, id string, fn func(r *model.Run) 
 			r.UpdatedAt, r.StartedAt, r.CompletedAt)
 		if err != nil {
 			return dbErr("update run", err)
+		}
+		if err := appendEvents(ctx, tx, prep.RunStatusEvents(&before, r, prep.Now())); err != nil {
+			return err
 		}
 		out = r
 		return nil

@@ -103,6 +103,9 @@ func (ts taskStore) Update(ctx context.Context, id string, fn func(t *model.Task
 		if err != nil {
 			return dbErr("update task", err)
 		}
+		if err := appendEvents(ctx, tx, prep.TaskEvents(&before, t, prep.Now())); err != nil {
+			return err
+		}
 		out = t
 		return nil
 	})

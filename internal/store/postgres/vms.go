@@ -59,10 +59,10 @@ func (v vmStore) Create(ctx context.Context, vm *model.VM) error {
 	if err != nil {
 		return prep.Invalid("vm network or tools: %v", err)
 	}
-	_, err = v.s.pool.Exec(ctx, `INSERT INTO vms (id, owner_id, name, status, vcpu_count, memory_mb, image,
+	err = v.s.execWithEvents(ctx, `INSERT INTO vms (id, owner_id, name, status, vcpu_count, memory_mb, image,
 		kernel_path, rootfs_path, socket_path, worker_id, error, metadata, created_at, updated_at, started_at, stopped_at,
 		extra)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`, prep.VMEvents(nil, vm, vm.CreatedAt),
 		vm.ID, vm.OwnerID, vm.Name, string(vm.Status), vm.VCPUCount, vm.MemoryMB, vm.Image, vm.KernelPath,
 		vm.RootfsPath, vm.SocketPath, vm.WorkerID, vm.Error, nullJSON(meta), vm.CreatedAt, vm.UpdatedAt,
 		vm.StartedAt, vm.StoppedAt, nullJSON(extra))
@@ -130,6 +130,9 @@ func (v vmStore) Update(ctx context.Context, id string, fn func(vm *model.VM) er
 		}
 		if err != nil {
 			return dbErr("update vm", err)
+		}
+		if err := appendEvents(ctx, tx, prep.VMEvents(&before, vm, prep.Now())); err != nil {
+			return err
 		}
 		out = vm
 		return nil

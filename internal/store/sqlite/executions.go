@@ -103,8 +103,8 @@ func (es executionStore) Create(ctx context.Context, e *model.Execution) error {
 	if err != nil {
 		return err
 	}
-	_, err = es.s.exec(ctx, `INSERT INTO executions (`+executionCols+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	err = es.s.execWithEvents(ctx, `INSERT INTO executions (`+executionCols+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, prep.ExecutionEvents(nil, e, e.CreatedAt),
 		e.ID, e.OwnerID, e.VMID, nullText(e.JobID), nullText(e.TaskID), e.Seq, string(e.Status), e.Command,
 		nullText(args), nullText(env), e.WorkingDir, e.TimeoutSeconds, nullInt(e.ExitCode), blob(e.Stdout),
 		blob(e.Stderr), e.StdoutTruncated, e.StderrTruncated, e.TimedOut, e.Error, e.WorkerID, ts(e.CreatedAt),
@@ -166,6 +166,9 @@ func (es executionStore) Update(ctx context.Context, id string, fn func(e *model
 			nullText(secretEnv), e.ID)
 		if err != nil {
 			return dbErr("update execution", err)
+		}
+		if err := appendEvents(ctx, st.tx, prep.ExecutionEvents(&before, e, prep.Now())); err != nil {
+			return err
 		}
 		out = e
 		return nil

@@ -89,7 +89,7 @@ func (rs runStore) Create(ctx context.Context, r *model.Run) error {
 	if err != nil {
 		return err
 	}
-	_, err = rs.s.exec(ctx, `INSERT INTO runs (`+runCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	err = rs.s.execWithEvents(ctx, `INSERT INTO runs (`+runCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, prep.RunStatusEvents(nil, r, r.CreatedAt),
 		r.ID, r.OwnerID, string(r.Status), nullText(r.VMID), r.Spec.Repo.URL, r.Spec.Agent, string(spec),
 		nullText(r.TaskID), r.WorkerID, r.Error, r.CancelRequested, nullText(usage), nullText(result),
 		ts(r.CreatedAt), ts(r.UpdatedAt), tsPtr(r.StartedAt), tsPtr(r.CompletedAt))
@@ -147,6 +147,9 @@ func (rs runStore) Update(ctx context.Context, id string, fn func(r *model.Run) 
 			ts(r.UpdatedAt), tsPtr(r.StartedAt), tsPtr(r.CompletedAt), r.ID)
 		if err != nil {
 			return dbErr("update run", err)
+		}
+		if err := appendEvents(ctx, st.tx, prep.RunStatusEvents(&before, r, prep.Now())); err != nil {
+			return err
 		}
 		out = r
 		return nil

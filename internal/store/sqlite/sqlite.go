@@ -182,7 +182,12 @@ func (s *Store) APIKeys() store.APIKeyStore { return apiKeyStore{s} }
 func (s *Store) Leases() store.LeaseStore { return leaseStore{s} }
 
 // txStmts are the statements of one read-modify-write, bound to its transaction.
-type txStmts struct{ sel, upd *sql.Stmt }
+// txStmts are Update's statements bound to its transaction, and the transaction itself, where the events of the
+// change are appended (appendEvents).
+type txStmts struct {
+	sel, upd *sql.Stmt
+	tx       *sql.Tx
+}
 
 // update runs fn in a write transaction (BEGIN IMMEDIATE on the single writer connection), so the row fn reads
 // cannot change before fn's write commits. The statements are prepared before the transaction begins: preparing
@@ -201,7 +206,7 @@ func (s *Store) update(ctx context.Context, selectQuery, updateQuery string, fn 
 	if err != nil {
 		return dbErr("begin", err)
 	}
-	if err := fn(txStmts{sel: tx.StmtContext(ctx, sel), upd: tx.StmtContext(ctx, upd)}); err != nil {
+	if err := fn(txStmts{sel: tx.StmtContext(ctx, sel), upd: tx.StmtContext(ctx, upd), tx: tx}); err != nil {
 		_ = tx.Rollback() // the error that matters is fn's
 		return err
 	}

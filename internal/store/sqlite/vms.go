@@ -74,8 +74,8 @@ func (v vmStore) Create(ctx context.Context, vm *model.VM) error {
 	if err != nil {
 		return prep.Invalid("vm network or tools: %v", err)
 	}
-	_, err = v.s.exec(ctx, `INSERT INTO vms (`+vmCols+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	err = v.s.execWithEvents(ctx, `INSERT INTO vms (`+vmCols+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, prep.VMEvents(nil, vm, vm.CreatedAt),
 		vm.ID, vm.OwnerID, vm.Name, string(vm.Status), vm.VCPUCount, vm.MemoryMB, vm.Image, vm.KernelPath,
 		vm.RootfsPath, vm.SocketPath, vm.WorkerID, vm.Error, nullText(meta), ts(vm.CreatedAt), ts(vm.UpdatedAt),
 		tsPtr(vm.StartedAt), tsPtr(vm.StoppedAt), nullText(extra))
@@ -141,6 +141,9 @@ func (v vmStore) Update(ctx context.Context, id string, fn func(vm *model.VM) er
 		}
 		if err != nil {
 			return dbErr("update vm", err)
+		}
+		if err := appendEvents(ctx, st.tx, prep.VMEvents(&before, vm, prep.Now())); err != nil {
+			return err
 		}
 		out = vm
 		return nil

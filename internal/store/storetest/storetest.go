@@ -53,6 +53,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Webhooks", func(t *testing.T) { runWebhooks(t, open) })
 	t.Run("IntegrationLinks", func(t *testing.T) { runIntegrationLinks(t, open) })
 	t.Run("Notifications", func(t *testing.T) { runNotifications(t, open) })
+	t.Run("Events", func(t *testing.T) { runEvents(t, open) })
 	t.Run("Text", func(t *testing.T) { runText(t, open) })
 	t.Run("Concurrency", func(t *testing.T) { runConcurrency(t, open) })
 }
