@@ -58,7 +58,14 @@ func (s *server) writeServiceError(w http.ResponseWriter, r *http.Request, err e
 			"request_id", requestIDFrom(r.Context()))
 		s.writeError(w, r, http.StatusUnprocessableEntity, client.CodeValidation, "the request contains an invalid value")
 	case errors.Is(err, model.ErrNotFound):
-		s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, err.Error())
+		// One message whichever layer found the resource missing: the *model.NotFoundError alone, without the
+		// context a layer may have wrapped around it, so another owner's id reads exactly like a missing one.
+		msg := err.Error()
+		var nf *model.NotFoundError
+		if errors.As(err, &nf) {
+			msg = nf.Error()
+		}
+		s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, msg)
 	case errors.Is(err, task.ErrVMNotRunning):
 		s.writeError(w, r, http.StatusConflict, client.CodeVMNotRunning, err.Error())
 	case errors.Is(err, model.ErrConflict), errors.Is(err, model.ErrInvalidTransition):
