@@ -98,7 +98,8 @@ func (s *server) internalError(w http.ResponseWriter, r *http.Request, err error
 }
 
 // decodeJSON reads the request body into v, which must be a pointer to a struct. It accepts exactly one JSON
-// object with known fields and nothing after it. On failure it writes the answer and returns false.
+// object, strictly (strictDecode): known fields spelled exactly, each once, and nothing after it. On failure it
+// writes a 400 invalid_json naming the field and returns false. Every handler that takes a JSON body uses it.
 func (s *server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	// The body is bounded by limitBody, so reading it whole is safe and lets syntax errors name a line and column.
 	body, err := io.ReadAll(r.Body)
@@ -122,16 +123,8 @@ func (s *server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool 
 		s.writeError(w, r, http.StatusBadRequest, client.CodeInvalidJSON, "request body must be a JSON object")
 		return false
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		s.writeError(w, r, http.StatusBadRequest, client.CodeInvalidJSON, describeJSONError(body, err))
-		return false
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		line, col := position(body, dec.InputOffset())
-		s.writeError(w, r, http.StatusBadRequest, client.CodeInvalidJSON,
-			fmt.Sprintf("unexpected data after the JSON object at line %d, column %d", line, col))
+	if err := strictDecode(body, v); err != nil {
+		s.writeError(w, r, http.StatusBadRequest, client.CodeInvalidJSON, describeStrictError(body, err))
 		return false
 	}
 	return true
