@@ -42,11 +42,10 @@ type Result struct {
 	Reset time.Duration
 }
 
-// Limiter takes one token from the bucket of key. Peek answers whether a Take would be allowed without taking.
-// An error means the limiter could not decide; callers choose what to do (Fallback decides locally).
+// Limiter takes one token from the bucket of key, when it has one. An error means the limiter could not decide;
+// callers choose what to do (Fallback decides locally).
 type Limiter interface {
 	Take(ctx context.Context, key string, l Limit) (Result, error)
-	Peek(ctx context.Context, key string, l Limit) (Result, error)
 }
 
 // gcra is the decision shared by both limiters: tat is the stored theoretical arrival time (0: none), now the
@@ -88,20 +87,11 @@ const sweepEvery = 4096
 
 // Take implements Limiter.
 func (m *Memory) Take(_ context.Context, key string, l Limit) (Result, error) {
-	return m.do(key, l, true), nil
-}
-
-// Peek implements Limiter.
-func (m *Memory) Peek(_ context.Context, key string, l Limit) (Result, error) {
-	return m.do(key, l, false), nil
-}
-
-func (m *Memory) do(key string, l Limit, take bool) Result {
 	now := m.now().UnixNano()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	res, next := gcra(m.tat[key], now, l)
-	if take && res.Allowed {
+	if res.Allowed {
 		if len(m.tat) >= m.maxKeys {
 			m.sweep(now)
 		}
@@ -110,7 +100,7 @@ func (m *Memory) do(key string, l Limit, take bool) Result {
 	if m.calls++; m.calls >= sweepEvery {
 		m.sweep(now)
 	}
-	return res
+	return res, nil
 }
 
 // sweep forgets the buckets that are full again: a missing key is a full bucket.
@@ -131,12 +121,11 @@ func (m *Memory) Len() int {
 }
 
 // gcraScript is gcra in Redis: KEYS[1] holds the tat in microseconds of Redis's own clock (one clock for every
-// gateway), ARGV are the interval and the burst tolerance in microseconds and 1 to take. The key expires when
+// gateway), ARGV are the interval and the burst tolerance in microseconds. The key expires when
 // the bucket is full again. It returns {allowed, remaining, retry_after_us, reset_us}.
 var gcraScript = redis.NewScript(`
 local t = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
-local take = ARGV[3] == "1"
 local clock = redis.call("TIME")
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local tat = tonumber(redis.call("GET", KEYS[1]) or "0")
@@ -146,9 +135,7 @@ local diff = nxt - now
 if diff > tau then
   return {0, 0, diff - tau, tat - now}
 end
-if take then
-  redis.call("SET", KEYS[1], string.format("%.0f", nxt), "PX", math.ceil(diff / 1000) + 1)
-end
+redis.call("SET", KEYS[1], string.format("%.0f", nxt), "PX", math.ceil(diff / 1000) + 1)
 return {1, math.floor((tau - diff) / t), 0, diff}
 `)
 
@@ -165,24 +152,11 @@ func NewRedis(client redis.UniversalClient, prefix string) *Redis {
 
 // Take implements Limiter.
 func (r *Redis) Take(ctx context.Context, key string, l Limit) (Result, error) {
-	return r.do(ctx, key, l, true)
-}
-
-// Peek implements Limiter.
-func (r *Redis) Peek(ctx context.Context, key string, l Limit) (Result, error) {
-	return r.do(ctx, key, l, false)
-}
-
-func (r *Redis) do(ctx context.Context, key string, l Limit, take bool) (Result, error) {
 	t := l.interval().Microseconds()
 	if t < 1 {
 		t = 1
 	}
-	flag := "0"
-	if take {
-		flag = "1"
-	}
-	v, err := gcraScript.Run(ctx, r.client, []string{r.prefix + key}, t, t*int64(l.Burst), flag).Int64Slice()
+	v, err := gcraScript.Run(ctx, r.client, []string{r.prefix + key}, t, t*int64(l.Burst)).Int64Slice()
 	if err != nil {
 		return Result{}, fmt.Errorf("rate limit script: %w", err)
 	}
@@ -210,16 +184,6 @@ func (f *Fallback) Take(ctx context.Context, key string, l Limit) (Result, error
 	if err != nil {
 		f.warn(ctx, err)
 		return f.Local.Take(ctx, key, l)
-	}
-	return res, nil
-}
-
-// Peek implements Limiter.
-func (f *Fallback) Peek(ctx context.Context, key string, l Limit) (Result, error) {
-	res, err := f.Primary.Peek(ctx, key, l)
-	if err != nil {
-		f.warn(ctx, err)
-		return f.Local.Peek(ctx, key, l)
 	}
 	return res, nil
 }
