@@ -608,3 +608,45 @@ func TestAdvertisedURL(t *testing.T) {
 		t.Fatalf("every interface: %q %v (host %s)", u, err, host)
 	}
 }
+
+// TestShellRefusesInvalidControls: a control message the protocol does not have gets an error message naming
+// the problem and a close with 1008 (policy violation), never silence.
+func TestShellRefusesInvalidControls(t *testing.T) {
+	requireVM(t)
+	a := newAPI(t, vmRig.backend)
+	for name, msg := range map[string]string{
+		"not json":      `{"type":`,
+		"unknown type":  `{"type":"reboot"}`,
+		"zero rows":     `{"type":"resize","rows":0,"cols":80}`,
+		"huge cols":     `{"type":"resize","rows":24,"cols":20000}`,
+		"rows overflow": `{"type":"resize","rows":99999,"cols":80}`,
+		"bad signal":    `{"type":"signal","signal":"KILL 1"}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c := a.dialShell(ctx, "tty=false&command=sh&command=-c&command="+url.QueryEscape("sleep 30"))
+			defer c.CloseNow()
+			if err := c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+			var got client.ShellMessage
+			for got.Type != client.ShellMsgError {
+				typ, data, err := c.Read(ctx)
+				if err != nil {
+					t.Fatalf("the session ended without an error message: %v", err)
+				}
+				if typ == websocket.MessageText {
+					_ = json.Unmarshal(data, &got)
+				}
+			}
+			if got.Code != client.CodeBadRequest || got.Message == "" {
+				t.Fatalf("error message %+v", got)
+			}
+			_, _, err := c.Read(ctx)
+			if st := websocket.CloseStatus(err); st != websocket.StatusPolicyViolation {
+				t.Fatalf("after the error: %v (close status %d), want a close with 1008", err, st)
+			}
+		})
+	}
+}
