@@ -298,6 +298,22 @@ func TestFilesOnRealVM(t *testing.T) {
 	expect(t, "no overwrite", a.call("PUT", vmPath("/files?overwrite=false&path="+url.QueryEscape(dir+"/f.bin")), strings.NewReader("x")), 409, client.CodeAlreadyExists)
 	expect(t, "download a directory", a.call("GET", vmPath("/files?path="+url.QueryEscape(dir)), nil), 409, client.CodeIsADirectory)
 	expect(t, "download a device", a.call("GET", vmPath("/files?path=/dev/null"), nil), 409, client.CodeNotARegularFile)
+	// A FIFO is refused at once, not waited on for a writer; a /proc file (stat says 0 bytes) is sent whole,
+	// chunked, without a Content-Length of 0.
+	fag, err := vmRig.backend.Agent(context.Background(), vmRig.vmID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := fag.Exec(context.Background(), agent.ExecRequest{Argv: []string{"mkfifo", dir + "/fifo"}}); err != nil || res.ExitCode != 0 {
+		t.Fatalf("mkfifo: %+v %v", res, err)
+	}
+	expect(t, "download a fifo", a.call("GET", vmPath("/files?path="+url.QueryEscape(dir+"/fifo")), nil), 409, client.CodeNotARegularFile)
+	proc := a.call("GET", vmPath("/files?path=/proc/self/status"), nil)
+	expect(t, "download a /proc file", proc, 200, "")
+	if !bytes.Contains(proc.body, []byte("Pid:")) || proc.header.Get("Content-Length") != "" {
+		t.Fatalf("/proc/self/status: Content-Length %q, %d bytes", proc.header.Get("Content-Length"), len(proc.body))
+	}
+	_, _ = fag.Exec(context.Background(), agent.ExecRequest{Argv: []string{"rm", dir + "/fifo"}})
 	expect(t, "remove non-empty", a.call("DELETE", vmPath("/fs?path="+url.QueryEscape(dir)), nil), 409, client.CodeDirectoryNotEmpty)
 	expect(t, "unknown owner", a.call("PUT", vmPath("/files?owner=nosuchuser&path="+url.QueryEscape(dir+"/o")), strings.NewReader("x")), 422, client.CodeUnknownUser)
 
