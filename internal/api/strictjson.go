@@ -24,11 +24,19 @@ func strictDecode(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	if err := checkValue(dec, t.Elem(), ""); err != nil {
+		var se *strictError
+		if errors.As(err, &se) {
+			return err
+		}
+		// Malformed JSON: encoding/json's Decode reports it with the better position and wording.
+		if derr := json.NewDecoder(bytes.NewReader(body)).Decode(new(any)); derr != nil {
+			return derr
+		}
 		return err
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		line, col := position(body, dec.InputOffset())
-		return &strictError{msg: fmt.Sprintf("unexpected data after the JSON value at line %d, column %d", line, col)}
+		return &strictError{msg: fmt.Sprintf("unexpected data after the JSON object at line %d, column %d", line, col)}
 	}
 	dec = json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()

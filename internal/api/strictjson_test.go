@@ -22,7 +22,7 @@ func TestStrictJSON(t *testing.T) {
 		{"POST", "/api/v1/vms", `{"name":"x","VCPUs":2}`, `unknown field "VCPUs"`},
 		{"POST", "/api/v1/vms", `{"name":"x","name":"y"}`, `duplicate field "name"`},
 		{"POST", "/api/v1/vms", `{"name":"x","metadata":{"a":"1","a":"2"}}`, `duplicate field "metadata.a"`},
-		{"POST", "/api/v1/vms", `{"name":"x"} {"name":"y"}`, `unexpected data after the JSON value`},
+		{"POST", "/api/v1/vms", `{"name":"x"} {"name":"y"}`, `unexpected data after the JSON object`},
 		{"POST", "/api/v1/vms", `{"name":"x","bogus":1}`, `unknown field "bogus"`},
 		{"POST", "/api/v1/vms/" + a.VM.ID + "/execute", `{"Command":"id"}`, `unknown field "Command"`},
 		{"POST", "/api/v1/jobs", `{"vm_id":"` + a.VM.ID + `","commands":[{"command":"id","Env":{}}]}`,
