@@ -72,6 +72,8 @@ fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-${3:-300000x}}" 
 fuzz FuzzReadFrame ./internal/agent/protocol/
 fuzz FuzzPayloads ./internal/agent/protocol/
 fuzz FuzzCleanPath ./internal/agent/server/
+fuzz FuzzStrictDecode ./internal/api/
+fuzz FuzzRequestDecoders ./internal/api/
 fuzz FuzzUserDB ./internal/agent/server/
 fuzz FuzzParseMountInfo ./internal/agent/guestinit/
 fuzz FuzzReceivePackCommands ./internal/credproxy/ 50000x # about 1,000 executions a second: its inputs are whole pushes

@@ -202,6 +202,7 @@ const (
 	CodeNotARegularFile  = "not_a_regular_file" // a download of a device, socket or fifo
 	CodeNotEmpty         = "not_empty"          // a non-recursive remove of a directory with entries
 	CodePermissionDenied = "permission_denied"  // the guest's permissions refuse it
+	CodeReadOnly         = "read_only"          // a write to a read-only filesystem (EROFS)
 	CodeInvalidPath      = "invalid_path"       // not absolute, contains NUL, too long, or "/" where that is refused
 	CodeIOError          = "io_error"           // the guest's filesystem failed (full disk, read error...)
 	CodeNotRunning       = "not_running"        // a signal or resize for a process that has exited

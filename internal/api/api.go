@@ -76,6 +76,8 @@ type Config struct {
 	EventPoll time.Duration
 	// Integrations are the webhook receivers of POST /api/v1/webhooks/{integration} (nil: every name is 404).
 	Integrations *integrations.Registry
+	// RateLimits limits requests per API key and per source address (ratelimit.go); a nil Limiter: no limits.
+	RateLimits RateLimits
 }
 
 // server holds the handler's dependencies; its methods are the route handlers.
@@ -108,6 +110,8 @@ type server struct {
 	events    store.EventStore
 	eventBus  events.Bus
 	eventPoll time.Duration
+	// limits are the rate limits (ratelimit.go).
+	limits RateLimits
 }
 
 // New returns the http.Handler of the REST API v1, rooted at /api/v1.
@@ -138,6 +142,7 @@ func newServer(cfg Config) *server {
 		notifications: cfg.Notifications,
 
 		events: cfg.Events, eventBus: cfg.EventBus, eventPoll: cfg.EventPoll,
+		limits: cfg.RateLimits,
 	}
 	if s.idemTTL <= 0 {
 		s.idemTTL = IdempotencyTTL
@@ -189,11 +194,11 @@ func (s *server) routes() {
 		// Public: probes and the contract itself.
 		r.Get("/health", s.health)
 		r.Get("/ready", s.ready)
-		r.Get("/openapi.yaml", s.openAPIYAML)
-		r.Get("/openapi.json", s.openAPIJSON)
+		r.With(s.limitByAddr).Get("/openapi.yaml", s.openAPIYAML)
+		r.With(s.limitByAddr).Get("/openapi.json", s.openAPIJSON)
 		// Webhooks: authenticated by each integration's own signature, never an API key; the body limit is the
 		// integration's (webhooks.go).
-		r.Post("/webhooks/{integration}", s.webhook)
+		r.With(s.limitByAddr).Post("/webhooks/{integration}", s.webhook)
 
 		r.Group(func(r chi.Router) {
 			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody, s.idempotent)

@@ -30,7 +30,7 @@ func (s *server) pathID(w http.ResponseWriter, r *http.Request, kind string) (st
 	if len(shown) > 64 {
 		shown = shown[:64] + "..."
 	}
-	s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, fmt.Sprintf("%s %q: not found", kind, shown))
+	s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, model.NotFound(kind, shown).Error())
 	return "", false
 }
 

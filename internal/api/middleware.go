@@ -171,12 +171,16 @@ func (s *server) requireJSON(next http.Handler) http.Handler {
 	})
 }
 
-// authenticate requires a valid bearer key and puts its owner in the context; every service call uses it.
+// authenticate requires a valid bearer key and puts its owner in the context; every service call uses it. A
+// valid key's request is charged to the key's rate limit, a request without one to its address's.
 func (s *server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 		token = strings.TrimSpace(token)
 		if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+			if !s.limitAddr(w, r) {
+				return
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="aetherium"`)
 			s.writeError(w, r, http.StatusUnauthorized, client.CodeUnauthorized,
 				"an API key is required: send Authorization: Bearer <key>")
@@ -184,6 +188,10 @@ func (s *server) authenticate(next http.Handler) http.Handler {
 		}
 		key, err := s.auth.Authenticate(r.Context(), token)
 		if errors.Is(err, auth.ErrInvalidKey) {
+			// Failed attempts are charged to the source address, so guessing keys is slow.
+			if !s.limitAddr(w, r) {
+				return
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="aetherium", error="invalid_token"`)
 			s.writeError(w, r, http.StatusUnauthorized, client.CodeUnauthorized, "the API key is invalid or revoked")
 			return
@@ -194,6 +202,9 @@ func (s *server) authenticate(next http.Handler) http.Handler {
 		}
 		if ri, ok := r.Context().Value(infoKey).(*reqInfo); ok {
 			ri.ownerID, ri.keyID = key.OwnerID, key.ID
+		}
+		if !s.limitKey(w, r, key.ID) {
+			return
 		}
 		ctx := context.WithValue(r.Context(), ownerKey, key.OwnerID)
 		next.ServeHTTP(w, r.WithContext(ctx))

@@ -58,7 +58,14 @@ func (s *server) writeServiceError(w http.ResponseWriter, r *http.Request, err e
 			"request_id", requestIDFrom(r.Context()))
 		s.writeError(w, r, http.StatusUnprocessableEntity, client.CodeValidation, "the request contains an invalid value")
 	case errors.Is(err, model.ErrNotFound):
-		s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, err.Error())
+		// One message whichever layer found the resource missing: the *model.NotFoundError alone, without the
+		// context a layer may have wrapped around it, so another owner's id reads exactly like a missing one.
+		msg := err.Error()
+		var nf *model.NotFoundError
+		if errors.As(err, &nf) {
+			msg = nf.Error()
+		}
+		s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, msg)
 	case errors.Is(err, task.ErrVMNotRunning):
 		s.writeError(w, r, http.StatusConflict, client.CodeVMNotRunning, err.Error())
 	case errors.Is(err, model.ErrConflict), errors.Is(err, model.ErrInvalidTransition):
@@ -91,7 +98,8 @@ func (s *server) internalError(w http.ResponseWriter, r *http.Request, err error
 }
 
 // decodeJSON reads the request body into v, which must be a pointer to a struct. It accepts exactly one JSON
-// object with known fields and nothing after it. On failure it writes the answer and returns false.
+// object, strictly (strictDecode): known fields spelled exactly, each once, and nothing after it. On failure it
+// writes a 400 invalid_json naming the field and returns false. Every handler that takes a JSON body uses it.
 func (s *server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	// The body is bounded by limitBody, so reading it whole is safe and lets syntax errors name a line and column.
 	body, err := io.ReadAll(r.Body)
@@ -115,16 +123,8 @@ func (s *server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool 
 		s.writeError(w, r, http.StatusBadRequest, client.CodeInvalidJSON, "request body must be a JSON object")
 		return false
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		s.writeError(w, r, http.StatusBadRequest, client.CodeInvalidJSON, describeJSONError(body, err))
-		return false
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		line, col := position(body, dec.InputOffset())
-		s.writeError(w, r, http.StatusBadRequest, client.CodeInvalidJSON,
-			fmt.Sprintf("unexpected data after the JSON object at line %d, column %d", line, col))
+	if err := strictDecode(body, v); err != nil {
+		s.writeError(w, r, http.StatusBadRequest, client.CodeInvalidJSON, describeStrictError(body, err))
 		return false
 	}
 	return true

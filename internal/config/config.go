@@ -140,7 +140,29 @@ type Config struct {
 	GitHubClientID       string `yaml:"github_client_id"`
 	GitHubPrivateKeyFile string `yaml:"github_private_key_file"`
 	GitHubAPIURL         string `yaml:"github_api_url"`
+
+	// Rate limits of the REST API (internal/api/ratelimit.go): token buckets of Rate requests a second and Burst at
+	// once, per API key on cheap routes (RateLimitKey*) and on expensive ones (VM create, runs, jobs, tools:
+	// RateLimitExpensive*), and per source address for requests without a valid key (webhooks, failed
+	// authentication: RateLimitAddr*). Shared through Redis when redis_url is set.
+	RateLimit               bool    `yaml:"rate_limit"`
+	RateLimitKeyRate        float64 `yaml:"rate_limit_key_rate"`
+	RateLimitKeyBurst       int     `yaml:"rate_limit_key_burst"`
+	RateLimitExpensiveRate  float64 `yaml:"rate_limit_expensive_rate"`
+	RateLimitExpensiveBurst int     `yaml:"rate_limit_expensive_burst"`
+	RateLimitAddrRate       float64 `yaml:"rate_limit_addr_rate"`
+	RateLimitAddrBurst      int     `yaml:"rate_limit_addr_burst"`
 }
+
+// Default rate limits (see Config.RateLimit).
+const (
+	DefaultRateLimitKeyRate        = 50
+	DefaultRateLimitKeyBurst       = 100
+	DefaultRateLimitExpensiveRate  = 2
+	DefaultRateLimitExpensiveBurst = 10
+	DefaultRateLimitAddrRate       = 10
+	DefaultRateLimitAddrBurst      = 50
+)
 
 // DefaultJailerID is the uid and gid the jailer runs Firecracker as unless configured: not root, and above the
 // ranges distributions hand out to system and ordinary users (a dedicated, otherwise unused id is the point).
@@ -184,6 +206,17 @@ func boolean(p func(*Config) *bool) func(*Config, string) error {
 			return fmt.Errorf("not a boolean: %q", v)
 		}
 		*p(c) = b
+		return nil
+	}
+}
+
+func number(p func(*Config) *float64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return fmt.Errorf("not a number: %q", v)
+		}
+		*p(c) = f
 		return nil
 	}
 }
@@ -275,6 +308,13 @@ var settings = []setting{
 	{"loki_password", "password of HTTP basic auth to Loki (prefer loki_password_file or the env: flags show in the process list)", str(func(c *Config) *string { return &c.LokiPassword })},
 	{"loki_password_file", "file holding the Loki password", str(func(c *Config) *string { return &c.LokiPasswordFile })},
 	{"loki_bearer_token", "bearer token sent to Loki instead of basic auth (prefer the env)", str(func(c *Config) *string { return &c.LokiBearerToken })},
+	{"rate_limit", "rate limits of the REST API: per API key and per source address, answered 429 with Retry-After (true: on, the default; false: off)", boolean(func(c *Config) *bool { return &c.RateLimit })},
+	{"rate_limit_key_rate", "requests a second an API key may make on cheap routes (reads, files, processes...)", number(func(c *Config) *float64 { return &c.RateLimitKeyRate })},
+	{"rate_limit_key_burst", "requests an API key may make at once on cheap routes", integer(func(c *Config) *int { return &c.RateLimitKeyBurst })},
+	{"rate_limit_expensive_rate", "requests a second an API key may make on expensive routes (POST /vms, /runs, /jobs, /vms/{id}/tools)", number(func(c *Config) *float64 { return &c.RateLimitExpensiveRate })},
+	{"rate_limit_expensive_burst", "requests an API key may make at once on expensive routes", integer(func(c *Config) *int { return &c.RateLimitExpensiveBurst })},
+	{"rate_limit_addr_rate", "requests a second a source address may make without a valid API key (webhooks, the OpenAPI document, failed authentication)", number(func(c *Config) *float64 { return &c.RateLimitAddrRate })},
+	{"rate_limit_addr_burst", "requests a source address may make at once without a valid API key", integer(func(c *Config) *int { return &c.RateLimitAddrBurst })},
 }
 
 func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
@@ -296,6 +336,9 @@ func Defaults() Config {
 		WorkerAPIListen: "127.0.0.1:0", MetricsListen: DefaultMetricsListen,
 		JailerUID: DefaultJailerID, JailerGID: DefaultJailerID, JailerCgroupVersion: 2,
 		CredProxyPort: 8091, ModelUpstreamURL: "https://api.anthropic.com", OpenAIUpstreamURL: "https://api.openai.com",
+		RateLimit: true, RateLimitKeyRate: DefaultRateLimitKeyRate, RateLimitKeyBurst: DefaultRateLimitKeyBurst,
+		RateLimitExpensiveRate: DefaultRateLimitExpensiveRate, RateLimitExpensiveBurst: DefaultRateLimitExpensiveBurst,
+		RateLimitAddrRate: DefaultRateLimitAddrRate, RateLimitAddrBurst: DefaultRateLimitAddrBurst,
 	}
 }
 
@@ -411,6 +454,20 @@ func (c *Config) normalize() error {
 	if c.RedisURL != "" {
 		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
 			bad("redis_url", "must be redis://HOST:PORT[/DB] or rediss://...")
+		}
+	}
+	for _, rl := range []struct {
+		key   string
+		rate  float64
+		burst int
+	}{{"rate_limit_key", c.RateLimitKeyRate, c.RateLimitKeyBurst},
+		{"rate_limit_expensive", c.RateLimitExpensiveRate, c.RateLimitExpensiveBurst},
+		{"rate_limit_addr", c.RateLimitAddrRate, c.RateLimitAddrBurst}} {
+		if !(rl.rate > 0 && rl.rate <= 1e6) {
+			bad(rl.key+"_rate", "must be a number of requests a second above 0 and at most 1000000 (got %v)", rl.rate)
+		}
+		if rl.burst < 1 || rl.burst > 1e6 {
+			bad(rl.key+"_burst", "must be between 1 and 1000000 (got %d)", rl.burst)
 		}
 	}
 	switch c.LogLevel {

@@ -17,6 +17,23 @@ var (
 	ErrInvalidInput      = errors.New("invalid input")
 )
 
+// NotFoundError is the one error of a missing resource, whichever layer finds it missing: the store (no row) and
+// the service (a row of another owner) both return it, so that the two answers are byte for byte the same and an
+// id of another owner cannot be told from an id that does not exist. It wraps ErrNotFound.
+type NotFoundError struct {
+	Kind string // "vm", "execution", ...
+	ID   string
+}
+
+// NotFound returns the *NotFoundError of kind and id.
+func NotFound(kind, id string) error { return &NotFoundError{Kind: kind, ID: id} }
+
+// Error is `<kind> "<id>": not found`, the id quoted (it comes from the caller and may hold anything).
+func (e *NotFoundError) Error() string { return fmt.Sprintf("%s %q: not found", e.Kind, e.ID) }
+
+// Unwrap makes errors.Is(err, ErrNotFound) hold.
+func (e *NotFoundError) Unwrap() error { return ErrNotFound }
+
 // VMStatus is a VM's lifecycle state. Transitions are checked by CanTransition.
 type VMStatus string
 

@@ -34,6 +34,7 @@ import (
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/queue/asynqq"
 	"github.com/aetherium/aetherium/internal/queue/embedded"
+	"github.com/aetherium/aetherium/internal/ratelimit"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/store/storeopen"
 	"github.com/aetherium/aetherium/internal/task"
@@ -232,9 +233,14 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		limits.MaxOutputBytes = cfg.MaxOutput
 		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog), task.WithSecrets(sm),
 			task.WithAgents(agentCatalog), task.WithGitHosts(gitHostSecrets(gitHosts)))
+		rl, closeLimits, err := rateLimits(cfg, log)
+		if err != nil {
+			return err
+		}
+		defer closeLimits()
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
 			ClusterToken: token, Idempotency: st.Idempotency(), Notifications: st.Notifications(), Metrics: ms.HTTP(),
-			Logs: logQuerier(cfg), Integrations: registry, Events: st.Events(), EventBus: bus})
+			Logs: logQuerier(cfg), Integrations: registry, Events: st.Events(), EventBus: bus, RateLimits: rl})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
@@ -415,6 +421,38 @@ func OpenStore(ctx context.Context, cfg config.Config, migrate bool) (store.Stor
 		}
 	}
 	return st, nil
+}
+
+// rateLimits builds the API's rate limits from the configuration: buckets in this process, or in Redis when
+// redis_url is set so that every gateway shares them (with the process's own buckets while Redis is unreachable).
+// The returned func closes what was opened.
+func rateLimits(cfg config.Config, log *slog.Logger) (api.RateLimits, func(), error) {
+	limits := api.RateLimits{
+		Key:       ratelimit.Limit{Rate: cfg.RateLimitKeyRate, Burst: cfg.RateLimitKeyBurst},
+		Expensive: ratelimit.Limit{Rate: cfg.RateLimitExpensiveRate, Burst: cfg.RateLimitExpensiveBurst},
+		Addr:      ratelimit.Limit{Rate: cfg.RateLimitAddrRate, Burst: cfg.RateLimitAddrBurst},
+	}
+	if !cfg.RateLimit {
+		log.Warn("rate limits are off (rate_limit: false)")
+		return limits, func() {}, nil
+	}
+	local := ratelimit.NewMemory(nil)
+	if cfg.RedisURL == "" {
+		limits.Limiter = local
+		return limits, func() {}, nil
+	}
+	opt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return limits, nil, fmt.Errorf("rate limits: redis_url: %w", err)
+	}
+	if opt.ClientName == "" {
+		opt.ClientName = "aetherium-ratelimit"
+	}
+	// Short timeouts: the limiter is on every request's path, and Fallback decides locally when Redis is slow.
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = time.Second, 250*time.Millisecond, 250*time.Millisecond
+	rc := redis.NewClient(opt)
+	limits.Limiter = &ratelimit.Fallback{Primary: ratelimit.NewRedis(rc, "aetherium:ratelimit:"), Local: local, Log: log}
+	return limits, func() { _ = rc.Close() }, nil
 }
 
 func openBus(cfg config.Config, log *slog.Logger) (events.Bus, error) {

@@ -20,7 +20,9 @@ import (
 func now() time.Time { return time.Now().UTC() }
 
 // notFound hides the existence of other owners' resources: they are reported exactly like missing ones.
-func notFound(kind, id string) error { return fmt.Errorf("%s %s: %w", kind, id, model.ErrNotFound) }
+// notFound is the store's error of a missing row too (model.NotFound): another owner's resource and a missing one
+// must not be told apart.
+func notFound(kind, id string) error { return model.NotFound(kind, id) }
 
 func validID(id string) bool { return uuid.Validate(id) == nil }
 

@@ -3,7 +3,6 @@ package task
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/secrets"
@@ -46,7 +45,7 @@ func (s *Service) ListSecrets(ctx context.Context, ownerID string) ([]*store.Sea
 // DeleteSecret deletes the owner's secret.
 func (s *Service) DeleteSecret(ctx context.Context, ownerID, name string) error {
 	if store.CheckSecretName(name) != nil {
-		return fmt.Errorf("secret %q: %w", name, model.ErrNotFound)
+		return model.NotFound("secret", name)
 	}
 	if s.secrets == nil {
 		return errNoSecrets()

@@ -33,7 +33,9 @@ func (s *server) download(w http.ResponseWriter, r *http.Request) {
 	defer f.Close()
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Content-Length", strconv.FormatInt(f.Info.Size, 10))
+	if f.Info.Size >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(f.Info.Size, 10))
+	} // else the size is unknown (a /proc file): the body is chunked, to its end
 	h.Set("Last-Modified", f.Info.ModTime.UTC().Format(http.TimeFormat))
 	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": f.Info.Name}))
 	h.Set(client.HeaderFileMode, wire.FormatMode(UnixPerm(f.Info.Mode)))

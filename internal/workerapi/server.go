@@ -239,6 +239,8 @@ func agentStatus(kind string, e *agentclient.Error) (int, string, string) {
 		return http.StatusConflict, client.CodeDirectoryNotEmpty, msg
 	case "permission_denied":
 		return http.StatusForbidden, client.CodePermissionDenied, msg
+	case "read_only":
+		return http.StatusConflict, client.CodeReadOnly, msg
 	case "invalid_path":
 		return http.StatusUnprocessableEntity, client.CodeValidation, "path: " + msg
 	case "unknown_user":

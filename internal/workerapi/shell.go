@@ -154,10 +154,14 @@ func (s *server) readShell(ctx context.Context, cancel context.CancelFunc, c *we
 			queue <- data
 			continue
 		}
-		var m client.ShellMessage
-		if err := json.Unmarshal(data, &m); err != nil {
-			s.log.Debug("worker api: shell: malformed control message", "err", err)
-			continue
+		m, reason := parseControl(data)
+		if reason != "" {
+			// A client that sends what the protocol does not have is broken or probing: it is told why and
+			// cut off, never left to wonder why its resize or signal did nothing.
+			s.log.Debug("worker api: shell: invalid control message", "reason", reason)
+			_ = sendJSON(ctx, c, client.ShellMessage{Type: client.ShellMsgError, Code: client.CodeBadRequest, Message: reason})
+			_ = c.Close(websocket.StatusPolicyViolation, closeReason(reason))
+			return
 		}
 		switch m.Type {
 		case client.ShellMsgEOF:
@@ -166,20 +170,36 @@ func (s *server) readShell(ctx context.Context, cancel context.CancelFunc, c *we
 				queue <- nil // after the input already queued
 			}
 		case client.ShellMsgResize:
-			if m.Rows == 0 || m.Cols == 0 {
-				continue
-			}
 			s.control(ctx, execDone, id, "resize", func() error { return ag.Resize(ctx, id, m.Rows, m.Cols) })
 		case client.ShellMsgSignal:
-			req := client.SignalRequest{Signal: m.Signal}
-			if wire.NormalizeSignal(&req) != nil {
-				continue
-			}
-			s.control(ctx, execDone, id, "signal", func() error { return ag.Signal(ctx, id, req.Signal) })
-		default:
-			s.log.Debug("worker api: shell: unknown control message", "type", m.Type)
+			s.control(ctx, execDone, id, "signal", func() error { return ag.Signal(ctx, id, m.Signal) })
 		}
 	}
+}
+
+// parseControl reads a control message of the client: eof, resize (rows and cols between 1 and 10000) or signal
+// (a signal name the API takes). The reason is empty when the message is valid, else it says what is wrong.
+func parseControl(data []byte) (client.ShellMessage, string) {
+	var m client.ShellMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		return m, "invalid control message: not a JSON object of the shell protocol"
+	}
+	switch m.Type {
+	case client.ShellMsgEOF:
+	case client.ShellMsgResize:
+		if m.Rows == 0 || m.Cols == 0 || m.Rows > 10000 || m.Cols > 10000 {
+			return m, fmt.Sprintf("invalid resize: rows and cols must be between 1 and 10000 (got %d x %d)", m.Rows, m.Cols)
+		}
+	case client.ShellMsgSignal:
+		req := client.SignalRequest{Signal: m.Signal}
+		if err := wire.NormalizeSignal(&req); err != nil {
+			return m, "invalid signal: " + err.Error()
+		}
+		m.Signal = req.Signal
+	default:
+		return m, fmt.Sprintf("invalid control message: unknown type %q (the client sends eof, resize or signal)", m.Type)
+	}
+	return m, ""
 }
 
 // control runs a resize or a signal, retrying while the agent has not set the command up yet: until then it

@@ -298,6 +298,22 @@ func TestFilesOnRealVM(t *testing.T) {
 	expect(t, "no overwrite", a.call("PUT", vmPath("/files?overwrite=false&path="+url.QueryEscape(dir+"/f.bin")), strings.NewReader("x")), 409, client.CodeAlreadyExists)
 	expect(t, "download a directory", a.call("GET", vmPath("/files?path="+url.QueryEscape(dir)), nil), 409, client.CodeIsADirectory)
 	expect(t, "download a device", a.call("GET", vmPath("/files?path=/dev/null"), nil), 409, client.CodeNotARegularFile)
+	// A FIFO is refused at once, not waited on for a writer; a /proc file (stat says 0 bytes) is sent whole,
+	// chunked, without a Content-Length of 0.
+	fag, err := vmRig.backend.Agent(context.Background(), vmRig.vmID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := fag.Exec(context.Background(), agent.ExecRequest{Argv: []string{"mkfifo", dir + "/fifo"}}); err != nil || res.ExitCode != 0 {
+		t.Fatalf("mkfifo: %+v %v", res, err)
+	}
+	expect(t, "download a fifo", a.call("GET", vmPath("/files?path="+url.QueryEscape(dir+"/fifo")), nil), 409, client.CodeNotARegularFile)
+	proc := a.call("GET", vmPath("/files?path=/proc/self/status"), nil)
+	expect(t, "download a /proc file", proc, 200, "")
+	if !bytes.Contains(proc.body, []byte("Pid:")) || proc.header.Get("Content-Length") != "" {
+		t.Fatalf("/proc/self/status: Content-Length %q, %d bytes", proc.header.Get("Content-Length"), len(proc.body))
+	}
+	_, _ = fag.Exec(context.Background(), agent.ExecRequest{Argv: []string{"rm", dir + "/fifo"}})
 	expect(t, "remove non-empty", a.call("DELETE", vmPath("/fs?path="+url.QueryEscape(dir)), nil), 409, client.CodeDirectoryNotEmpty)
 	expect(t, "unknown owner", a.call("PUT", vmPath("/files?owner=nosuchuser&path="+url.QueryEscape(dir+"/o")), strings.NewReader("x")), 422, client.CodeUnknownUser)
 
@@ -606,5 +622,47 @@ func TestAdvertisedURL(t *testing.T) {
 	host, _ := os.Hostname()
 	if u, err := workerapi.AdvertisedURL(all, ""); err != nil || !strings.HasPrefix(u, "http://"+host+":") {
 		t.Fatalf("every interface: %q %v (host %s)", u, err, host)
+	}
+}
+
+// TestShellRefusesInvalidControls: a control message the protocol does not have gets an error message naming
+// the problem and a close with 1008 (policy violation), never silence.
+func TestShellRefusesInvalidControls(t *testing.T) {
+	requireVM(t)
+	a := newAPI(t, vmRig.backend)
+	for name, msg := range map[string]string{
+		"not json":      `{"type":`,
+		"unknown type":  `{"type":"reboot"}`,
+		"zero rows":     `{"type":"resize","rows":0,"cols":80}`,
+		"huge cols":     `{"type":"resize","rows":24,"cols":20000}`,
+		"rows overflow": `{"type":"resize","rows":99999,"cols":80}`,
+		"bad signal":    `{"type":"signal","signal":"KILL 1"}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c := a.dialShell(ctx, "tty=false&command=sh&command=-c&command="+url.QueryEscape("sleep 30"))
+			defer c.CloseNow()
+			if err := c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+			var got client.ShellMessage
+			for got.Type != client.ShellMsgError {
+				typ, data, err := c.Read(ctx)
+				if err != nil {
+					t.Fatalf("the session ended without an error message: %v", err)
+				}
+				if typ == websocket.MessageText {
+					_ = json.Unmarshal(data, &got)
+				}
+			}
+			if got.Code != client.CodeBadRequest || got.Message == "" {
+				t.Fatalf("error message %+v", got)
+			}
+			_, _, err := c.Read(ctx)
+			if st := websocket.CloseStatus(err); st != websocket.StatusPolicyViolation {
+				t.Fatalf("after the error: %v (close status %d), want a close with 1008", err, st)
+			}
+		})
 	}
 }

@@ -315,20 +315,21 @@ type ExecutionEnd struct {
 
 // Error codes of the interactive routes (files, processes, shells): what the VM's guest answered, in API terms.
 const (
-	CodePathNotFound      = "path_not_found"      // 404: no such file or directory in the VM
-	CodeProcessNotFound   = "process_not_found"   // 404: no such process in the VM's agent
-	CodeAlreadyExists     = "already_exists"      // 409: the file, directory or process id exists
-	CodeNotADirectory     = "not_a_directory"     // 409: a path element (or the target) is not a directory
-	CodeIsADirectory      = "is_a_directory"      // 409: a file operation on a directory
-	CodeNotARegularFile   = "not_a_regular_file"  // 409: a download of a device, socket or fifo
-	CodeDirectoryNotEmpty = "directory_not_empty" // 409: a non-recursive remove of a directory with entries
-	CodePermissionDenied  = "permission_denied"   // 403: the guest's permissions refuse it
-	CodeUnknownUser       = "unknown_user"        // 422: a user or group the guest does not know
-	CodeProcessExited     = "process_exited"      // 409: a signal for a process that has exited
-	CodeProcessRunning    = "process_running"     // 409: removing a process that still runs
-	CodeTooManyProcesses  = "too_many_processes"  // 429: the VM's agent keeps as many processes as it may
-	CodeGuestIOError      = "guest_io_error"      // 500: the guest's filesystem failed (full disk, read error...)
-	CodeUnsupported       = "unsupported"         // 501: the VM's agent is too old for this
+	CodePathNotFound      = "path_not_found"       // 404: no such file or directory in the VM
+	CodeProcessNotFound   = "process_not_found"    // 404: no such process in the VM's agent
+	CodeAlreadyExists     = "already_exists"       // 409: the file, directory or process id exists
+	CodeNotADirectory     = "not_a_directory"      // 409: a path element (or the target) is not a directory
+	CodeIsADirectory      = "is_a_directory"       // 409: a file operation on a directory
+	CodeNotARegularFile   = "not_a_regular_file"   // 409: a download of a device, socket or fifo
+	CodeDirectoryNotEmpty = "directory_not_empty"  // 409: a non-recursive remove of a directory with entries
+	CodePermissionDenied  = "permission_denied"    // 403: the guest's permissions refuse it
+	CodeReadOnly          = "read_only_filesystem" // 409: a write to a read-only filesystem of the guest
+	CodeUnknownUser       = "unknown_user"         // 422: a user or group the guest does not know
+	CodeProcessExited     = "process_exited"       // 409: a signal for a process that has exited
+	CodeProcessRunning    = "process_running"      // 409: removing a process that still runs
+	CodeTooManyProcesses  = "too_many_processes"   // 429: the VM's agent keeps as many processes as it may
+	CodeGuestIOError      = "guest_io_error"       // 500: the guest's filesystem failed (full disk, read error...)
+	CodeUnsupported       = "unsupported"          // 501: the VM's agent is too old for this
 )
 
 // Headers of GET /api/v1/vms/{id}/files (a download), besides Content-Length and Last-Modified.

@@ -86,7 +86,9 @@ func fill(r io.Reader, buf []byte) (int, error) {
 // FileReader streams a file from the guest (see OpenFile). Read it to EOF, then Close it; closing it early
 // tells the agent to stop.
 type FileReader struct {
-	// Info describes the file as it was when opened; exactly Info.Size bytes are read.
+	// Info describes the file as it was when opened; exactly Info.Size bytes are read. Info.Size is -1 when the
+	// size is unknown (stat says 0: a /proc file or an empty one): the content runs to its end, and Info.Size is
+	// set to what was read once Read has returned io.EOF.
 	Info agent.FileInfo
 
 	ctx    context.Context
@@ -131,10 +133,13 @@ func (f *FileReader) Read(p []byte) (int, error) {
 			f.err = fmt.Errorf("agent %s: %w", protocol.MethodFileRead, err)
 		case resp != nil && resp.Error != nil:
 			f.err = &Error{Method: protocol.MethodFileRead, Code: resp.Error.Code, Message: resp.Error.Message}
-		case resp != nil && f.n != f.Info.Size:
+		case resp != nil && f.Info.Size >= 0 && f.n != f.Info.Size:
 			f.err = fmt.Errorf("%w: agent file.read: got %d bytes of %d", ErrUnavailable, f.n, f.Info.Size)
 		case resp != nil:
 			f.err = io.EOF
+			if f.Info.Size < 0 {
+				f.Info.Size = f.n
+			}
 		default:
 			f.cur = c.data
 		}
@@ -142,7 +147,7 @@ func (f *FileReader) Read(p []byte) (int, error) {
 	n := copy(p, f.cur)
 	f.cur = f.cur[n:]
 	f.n += int64(n)
-	if f.n > f.Info.Size {
+	if f.Info.Size >= 0 && f.n > f.Info.Size {
 		f.err = fmt.Errorf("%w: agent file.read: sent more than the %d bytes announced", ErrUnavailable, f.Info.Size)
 		f.st.cancel()
 		return 0, f.err

@@ -87,6 +87,7 @@ const (
 	CodeNotARegularFile  = agent.CodeNotARegularFile
 	CodeNotEmpty         = agent.CodeNotEmpty
 	CodePermissionDenied = agent.CodePermissionDenied
+	CodeReadOnly         = agent.CodeReadOnly
 	CodeInvalidPath      = agent.CodeInvalidPath
 	CodeIOError          = agent.CodeIOError
 	CodeNotRunning       = agent.CodeNotRunning
@@ -278,6 +279,7 @@ type FileRemoveParams struct {
 
 // FileInfo describes a file: the result of "file.stat", "file.write" and "file.mkdir", the HEADER of
 // "file.read", and one line of "file.list". Mode is the raw st_mode (type and permission bits as in stat(2)).
+// In the HEADER of "file.read", Size -1 means unknown: stat said 0 (a /proc file), the content runs to its end.
 type FileInfo struct {
 	Path       string `json:"path"`
 	Size       int64  `json:"size"`
@@ -288,7 +290,8 @@ type FileInfo struct {
 	GID        int    `json:"gid"`
 }
 
-// FileReadResult is the result of "file.read": how many bytes were sent (the size its HEADER announced).
+// FileReadResult is the result of "file.read": how many bytes were sent (the size its HEADER announced, unless
+// that was -1).
 type FileReadResult struct {
 	Size int64 `json:"size"`
 }

@@ -62,8 +62,13 @@ func fsError(op, path string, err error) *protocol.Error {
 		code = protocol.CodeNotADirectory
 	case errors.Is(err, syscall.EISDIR):
 		code = protocol.CodeIsADirectory
-	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EROFS):
+	case errors.Is(err, syscall.EROFS):
+		code = protocol.CodeReadOnly
+	case errors.Is(err, fs.ErrPermission):
 		code = protocol.CodePermissionDenied
+	case errors.Is(err, syscall.ENXIO), errors.Is(err, syscall.EOPNOTSUPP):
+		// open(2) of a socket (ENXIO), or of a special file no driver serves
+		code = protocol.CodeNotARegularFile
 	case errors.Is(err, syscall.ENAMETOOLONG), errors.Is(err, syscall.ELOOP):
 		code = protocol.CodeInvalidPath
 	}
@@ -218,55 +223,100 @@ func (c *conn) fileWrite(st *stream, p protocol.FileWriteParams) (*protocol.File
 	return &info, nil
 }
 
-// fileRead sends a regular file: a HEADER with its metadata (taken from the open file), then its content, exactly
-// as many bytes as the HEADER's size.
+// fileRead sends a regular file: a HEADER with its metadata (taken from the open file), then its content. A file
+// whose size stat gives is sent exactly as that many bytes; a file stat says is empty is sent up to its end with
+// the HEADER's size -1 (unknown), since /proc and /sys files report 0 and have content.
+//
+// The file is opened with O_NONBLOCK and checked with fstat before anything is read: a FIFO opened without it
+// blocks open(2) until a writer comes, for ever, holding a thread of the agent per request; a device may do the
+// same on read. Whatever is not a regular file is refused (not_a_regular_file). Reads go to the descriptor
+// directly, still non-blocking, so a pseudo-file with nothing to give (/proc/kmsg) ends the download instead of
+// blocking it.
 func (c *conn) fileRead(st *stream, p protocol.PathParams) (*protocol.FileReadResult, *protocol.Error) {
 	path, perr := cleanPath(p.Path)
 	if perr != nil {
 		return nil, perr
 	}
-	f, err := os.Open(path)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fsError("open", path, err)
+		var sst unix.Stat_t
+		if (err == unix.ENXIO || err == unix.EOPNOTSUPP) && unix.Stat(path, &sst) == nil {
+			// open(2) refuses sockets: say what the path is rather than "no such device".
+			return nil, &protocol.Error{Code: protocol.CodeNotARegularFile,
+				Message: fmt.Sprintf("%s is not a regular file (%s)", path, fileTypeName(sst.Mode))}
+		}
+		return nil, fsError("open", path, &fs.PathError{Op: "open", Path: path, Err: err})
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fsError("stat", path, err)
+	defer unix.Close(fd)
+	var sst unix.Stat_t
+	if err := unix.Fstat(fd, &sst); err != nil {
+		return nil, fsError("stat", path, &fs.PathError{Op: "fstat", Path: path, Err: err})
 	}
-	if fi.IsDir() {
+	switch sst.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+	case unix.S_IFDIR:
 		return nil, &protocol.Error{Code: protocol.CodeIsADirectory, Message: fmt.Sprintf("%s is a directory", path)}
+	default:
+		return nil, &protocol.Error{Code: protocol.CodeNotARegularFile,
+			Message: fmt.Sprintf("%s is not a regular file (%s)", path, fileTypeName(sst.Mode))}
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, &protocol.Error{Code: protocol.CodeNotARegularFile, Message: fmt.Sprintf("%s is not a regular file (%s)", path, fi.Mode().Type())}
+	size := sst.Size
+	info := protocol.FileInfo{Path: path, Size: size, Mode: sst.Mode, UID: int(sst.Uid), GID: int(sst.Gid),
+		MtimeNS: sst.Mtim.Nano()}
+	if size == 0 {
+		info.Size = -1
 	}
-	if err := st.header(fileInfo(path, fi)); err != nil {
+	if err := st.header(info); err != nil {
 		return nil, internalError("send header: %v", err)
 	}
-	size := fi.Size()
 	buf := make([]byte, 1+fileChunk)
 	buf[0] = byte(protocol.ChannelStdout)
 	var sent int64
-	for sent < size {
-		n, err := f.Read(buf[1 : 1+min(int64(fileChunk), size-sent)])
-		if n > 0 {
-			if err := st.sendData(buf[:1], buf[1:1+n]); err != nil {
-				return nil, internalError("send %s: %v", path, err)
-			}
-			sent += int64(n)
+	for size == 0 || sent < size {
+		want := int64(fileChunk)
+		if size > 0 {
+			want = min(want, size-sent)
 		}
-		if errors.Is(err, io.EOF) {
-			break
+		n, err := unix.Read(fd, buf[1:1+want])
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			break // a pseudo-file with nothing more to give now
 		}
 		if err != nil {
-			return nil, fsError("read", path, err)
+			return nil, fsError("read", path, &fs.PathError{Op: "read", Path: path, Err: err})
 		}
+		if n == 0 {
+			break
+		}
+		if err := st.sendData(buf[:1], buf[1:1+n]); err != nil {
+			return nil, internalError("send %s: %v", path, err)
+		}
+		sent += int64(n)
 	}
-	if sent < size {
+	if size > 0 && sent < size {
 		return nil, &protocol.Error{Code: protocol.CodeIOError, Message: fmt.Sprintf("%s shrank while being read (%d of %d bytes)", path, sent, size)}
 	}
 	_ = st.end(protocol.ChannelStdout)
 	return &protocol.FileReadResult{Size: sent}, nil
+}
+
+// fileTypeName names the type of a st_mode for messages.
+func fileTypeName(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFIFO:
+		return "a fifo"
+	case unix.S_IFSOCK:
+		return "a socket"
+	case unix.S_IFCHR:
+		return "a character device"
+	case unix.S_IFBLK:
+		return "a block device"
+	case unix.S_IFLNK:
+		return "a symbolic link"
+	}
+	return "of an unknown type"
 }
 
 func (c *conn) fileStat(_ *stream, p protocol.PathParams) (*protocol.FileInfo, *protocol.Error) {

@@ -62,14 +62,14 @@ func (ns notificationStore) ListRules(ctx context.Context, ownerID string) ([]*s
 
 func (ns notificationStore) DeleteRule(ctx context.Context, ownerID, id string) error {
 	if _, ok := prep.UUID(id); !ok {
-		return fmt.Errorf("notification rule %q: %w", id, model.ErrNotFound)
+		return model.NotFound("notification rule", id)
 	}
 	tag, err := ns.s.pool.Exec(ctx, "DELETE FROM notification_rules WHERE owner_id = $1 AND id = $2", ownerID, id)
 	if err != nil {
 		return dbErr("delete notification rule", err)
 	}
 	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("notification rule %q: %w", id, model.ErrNotFound)
+		return model.NotFound("notification rule", id)
 	}
 	return nil
 }

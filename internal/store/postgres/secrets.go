@@ -31,7 +31,7 @@ func scanSecret(row pgx.Row) (*store.SealedSecret, error) {
 	return &x, nil
 }
 
-func secretNotFound(name string) error { return fmt.Errorf("secret %q: %w", name, model.ErrNotFound) }
+func secretNotFound(name string) error { return model.NotFound("secret", name) }
 
 func querySecrets(ctx context.Context, q querier, op, query string, args ...any) ([]*store.SealedSecret, error) {
 	rows, err := q.Query(ctx, query, args...)

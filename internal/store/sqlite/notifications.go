@@ -74,7 +74,7 @@ func (ns notificationStore) DeleteRule(ctx context.Context, ownerID, id string) 
 		return dbErr("delete notification rule", err)
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("notification rule %q: %w", id, model.ErrNotFound)
+		return model.NotFound("notification rule", id)
 	}
 	return nil
 }

@@ -40,7 +40,7 @@ func scanSecret(row scanner) (*store.SealedSecret, error) {
 	return &x, nil
 }
 
-func secretNotFound(name string) error { return fmt.Errorf("secret %q: %w", name, model.ErrNotFound) }
+func secretNotFound(name string) error { return model.NotFound("secret", name) }
 
 // Put is one write transaction (BEGIN IMMEDIATE), so the read of the existing row and the write see the same row.
 func (ss secretStore) Put(ctx context.Context, x *store.SealedSecret) (bool, error) {

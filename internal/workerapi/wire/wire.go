@@ -79,6 +79,23 @@ func invalid(field, format string, a ...any) error {
 	return &Error{Status: http.StatusUnprocessableEntity, Code: client.CodeValidation, Message: field + ": " + fmt.Sprintf(format, a...)}
 }
 
+// parseBounded parses a decimal integer between lo and hi: what is not digits is a 400 "is not a number", a
+// number out of the range (however many digits it has) a 422 naming the range.
+func parseBounded(field, s string, lo, hi uint64) (uint64, error) {
+	n, err := strconv.ParseUint(s, 10, 64)
+	var ne *strconv.NumError
+	if errors.As(err, &ne) && errors.Is(ne.Err, strconv.ErrRange) {
+		return 0, invalid(field, "must be between %d and %d (got %s)", lo, hi, s)
+	}
+	if err != nil {
+		return 0, badRequest(field, "%q is not a number", s)
+	}
+	if n < lo || n > hi {
+		return 0, invalid(field, "must be between %d and %d (got %d)", lo, hi, n)
+	}
+	return n, nil
+}
+
 // CleanPath checks a path of the guest and returns it cleaned: absolute, without NUL, at most MaxPathLen bytes.
 // ".." elements are resolved lexically; the VM is the caller's own, so there is nothing to escape from.
 func CleanPath(field, p string) (string, error) {
@@ -192,8 +209,8 @@ func ParseUpload(q url.Values) (Upload, error) {
 			if p.v == "" {
 				continue
 			}
-			if n, err := strconv.ParseUint(p.v, 10, 32); err != nil || n > 1<<31-1 {
-				return u, badRequest(p.name, "%q is not a number", p.v)
+			if _, err := parseBounded(p.name, p.v, 0, 1<<31-1); err != nil {
+				return u, err
 			}
 		}
 		u.Owner = uid
@@ -481,12 +498,9 @@ func ParseShell(q url.Values) (Shell, error) {
 		if s == "" {
 			continue
 		}
-		n, err := strconv.ParseUint(s, 10, 16)
+		n, err := parseBounded(p.name, s, 1, 10000)
 		if err != nil {
-			return sh, badRequest(p.name, "%q is not a number", s)
-		}
-		if n == 0 || n > 10000 {
-			return sh, invalid(p.name, "must be between 1 and 10000 (got %d)", n)
+			return sh, err
 		}
 		*p.dst = uint16(n)
 	}

@@ -68,9 +68,7 @@ func UUID(s string) (string, bool) {
 }
 
 // NotFound is the error of a missing row.
-func NotFound(kind, id string) error {
-	return fmt.Errorf("%s %q: %w", kind, id, model.ErrNotFound)
-}
+func NotFound(kind, id string) error { return model.NotFound(kind, id) }
 
 // Invalid is the error of input the store refuses to write.
 func Invalid(format string, args ...any) error {
