@@ -29,6 +29,10 @@ func serveEnv(dataDir, addr string, extra ...string) []string {
 		// Host networking would change this machine's own interfaces and firewall: internal/network and
 		// internal/vmm/qemu test it inside network namespaces instead.
 		"AETHERIUM_NETWORK=off",
+		// The rate limits stay on, but above what these tests fire (100 creates at once, polling waits); their
+		// behaviour at the defaults is internal/ratelimit's and internal/api's to test.
+		"AETHERIUM_RATE_LIMIT_EXPENSIVE_RATE=100", "AETHERIUM_RATE_LIMIT_EXPENSIVE_BURST=500",
+		"AETHERIUM_RATE_LIMIT_KEY_RATE=1000", "AETHERIUM_RATE_LIMIT_KEY_BURST=2000",
 	}, extra...)
 }
 
