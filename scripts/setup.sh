@@ -87,8 +87,8 @@ if [ "$need_services" = "services" ]; then
   fi
   log "VictoriaLogs $vl_version at $vl_bin"
   # helm v4, for deploy/helm/helmtest (lint and template of the chart; it never talks to a cluster): built from the Go
-  # module proxy once, like VictoriaLogs, into a cache keyed by version: ~11 min on a busy 2-core host, ~1 min with
-  # a warm Go build cache, nothing once the binary is there.
+  # module proxy once, like VictoriaLogs, into a cache keyed by version: ~6 min of CPU (25 min on a 2-core host that
+  # also builds a kernel), ~1 min with a warm Go build cache, nothing once the binary is there.
   helm_version=v4.3.2
   helm_bin=/var/cache/aetherium/bin/helm-$helm_version
   if [ ! -x "$helm_bin" ]; then
