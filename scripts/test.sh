@@ -24,36 +24,77 @@ go vet ./...
 echo "== build"
 make build
 
-echo "== guest kernel (cached by content hash under /var/cache/aetherium: ~1 s when cached, ~20 min on a new machine)"
-# The microVM tests boot real QEMU guests with it (internal/vmm/vmmtest finds it in the cache).
-AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image kernel build
+# The guest kernel (~20 min on a new machine, ~1 s when cached) and the default template (~2 min) are built in the
+# background while the tests that boot no guest run; the guest tests run once both are there. GUEST_PACKAGES boot
+# QEMU guests in all their tests; in test/e2e, GUEST_TESTS names the tests that do (requireGuestPhase fails a guest
+# test that is missing from it, so the split cannot silently drift).
+GUEST_PACKAGES="./internal/network/ ./internal/tools/ ./internal/vmm/qemu/"
+GUEST_TESTS='^(TestMicroVM|TestResync|TestWorkerRestart|TestJobAffinity|TestRunAgent)'
+images=$(mktemp -d)
+# An early exit stops the background builds (the kernel build stops its make) and removes their logs.
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$images"' EXIT
+echo "== guest kernel and default template: building in the background (logs: $images)"
+# The microVM tests boot real QEMU guests with the kernel (internal/vmm/vmmtest finds it in the cache).
+( AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image kernel build >"$images/kernel.log" 2>&1
+  echo $? >"$images/kernel.rc" ) &
+kernel_pid=$!
+# The template: Debian + git, node, npm, bun, claude-code (downloads cached in ci-data; reused while its inputs,
+# the agent among them, are unchanged).
+( AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image build --from-debian \
+    --tools git,node,npm,bun,claude-code,curl --name default >"$images/template.log" 2>&1
+  echo $? >"$images/template.rc" ) &
+template_pid=$!
 
-echo "== default template with tools (Debian + git, node, npm, bun, claude-code; downloads cached in ci-data)"
-build_log=$(mktemp)
-AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image build --from-debian \
-  --tools git,node,npm,bun,claude-code,curl --name default 2>&1 | tee "$build_log" | grep -v '^ *debootstrap' || true
-template=$(grep -o '/var/cache/aetherium/ci-data/images/default/[^ ]*/rootfs.ext4' "$build_log" | tail -1)
-rm -f "$build_log"
-if [ -z "$template" ] || [ ! -f "$template" ]; then echo "the default template was not built"; exit 1; fi
-export AETHERIUM_TEST_TOOLS_TEMPLATE=$template
-# Old versions of the CI template (a new agent makes a new one every run) are removed, keeping the newest two.
-AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image list 2>/dev/null | awk '$1 == "default" { print $1 "@" $2 }' \
-  | tail -n +3 | xargs -r -n1 env AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image rm >/dev/null || true
-
-echo "== tests"
+echo "== tests that boot no guest"
 # The GitHub integration's tests read real webhook payloads and GitHub's OpenAPI description from npm packages.
 export AETHERIUM_TEST_OCTOKIT_DIR=${AETHERIUM_TEST_OCTOKIT_DIR:-/var/cache/aetherium/npm}
 AETHERIUM_TEST_OCTOKIT_DIR=$(scripts/octokit.sh)
 export AETHERIUM_TEST_OCTOKIT_DIR
-go test -count=1 -timeout 30m -p 2 ./...
+status=0
+skip_pkgs=$(for p in $GUEST_PACKAGES ./test/e2e/; do printf '%s\n' "github.com/aetherium/aetherium/${p#./}" | sed 's#/$##'; done)
+mapfile -t plain_pkgs < <(go list ./... | grep -vxF "$skip_pkgs")
+# test/e2e's tests that boot no guest run beside the other packages (most of their time is spent waiting on
+# servers and containers); -skip names test/e2e's tests only, so it is given to that package alone.
+export AETHERIUM_TEST_GUESTS=0
+go test -count=1 -timeout 30m -skip "$GUEST_TESTS" ./test/e2e/ & e2e_pid=$!
+go test -count=1 -timeout 30m -p 2 "${plain_pkgs[@]}" || status=1
+wait $e2e_pid || status=1
+unset AETHERIUM_TEST_GUESTS
+
+echo "== clients in other languages, against a real serve (Docker backend)"
+AETHERIUM_BIN_DIR=$PWD/bin bash sdk/python/test.sh || status=1
+AETHERIUM_BIN_DIR=$PWD/bin bash sdk/typescript/test.sh || status=1
 
 echo "== fuzz (short runs of every decoder of untrusted input)"
 # A count of executions, not a duration: with -fuzztime=10s the Go fuzzer's coordinator can fail a clean run with
 # "context deadline exceeded" when a worker is slow to stop at the deadline (seen here under load).
-fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-${3:-300000x}}" "$2"; }
+fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-${3:-300000x}}" "$2" || status=1; }
 fuzz FuzzReadFrame ./internal/agent/protocol/
 fuzz FuzzPayloads ./internal/agent/protocol/
 fuzz FuzzCleanPath ./internal/agent/server/
 fuzz FuzzUserDB ./internal/agent/server/
 fuzz FuzzParseMountInfo ./internal/agent/guestinit/
 fuzz FuzzReceivePackCommands ./internal/credproxy/ 50000x # about 1,000 executions a second: its inputs are whole pushes
+
+# wait_image NAME PID: wait for a background image build, showing its progress, and fail the run if it failed.
+wait_image() {
+  echo "== waiting for the $1 build"
+  tail -n +1 --pid="$2" -f "$images/$1.log" | grep -v '^ *debootstrap' || true
+  wait "$2" || true
+  if [ "$(cat "$images/$1.rc" 2>/dev/null)" != 0 ]; then echo "the $1 build failed"; exit 1; fi
+}
+wait_image kernel "$kernel_pid"
+wait_image template "$template_pid"
+template=$(grep -o '/var/cache/aetherium/ci-data/images/default/[^ ]*/rootfs.ext4' "$images/template.log" | tail -1)
+if [ -z "$template" ] || [ ! -f "$template" ]; then echo "the default template was not built"; exit 1; fi
+export AETHERIUM_TEST_TOOLS_TEMPLATE=$template
+# Old versions of the CI template (a new agent makes a new one every run) are removed, keeping the newest two.
+AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image list 2>/dev/null | awk '$1 == "default" { print $1 "@" $2 }' \
+  | tail -n +3 | xargs -r -n1 env AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image rm >/dev/null || true
+
+echo "== tests that boot QEMU guests"
+go test -count=1 -timeout 30m -run "$GUEST_TESTS" ./test/e2e/ & e2e_pid=$!
+go test -count=1 -timeout 30m -p 1 $GUEST_PACKAGES || status=1
+wait $e2e_pid || status=1
+
+exit $status

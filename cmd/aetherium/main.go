@@ -56,7 +56,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		imagecmd.NewCommand(imageResolver),
 	)
 	clientCmds := cli.NewClientCommands(cli.IOStreams{In: stdin, Out: stdout, ErrOut: stderr},
-		cli.WithUserAgent("aetherium-cli/"+version),
+		cli.WithUserAgent("aetherium-cli/"+version), cli.WithVersion(version),
 		cli.WithAPIKeyHint("create one with `aetherium apikey create --name NAME` on the server host, or use the key "+
 			"`aetherium serve` printed (kept in ~/.aetherium/admin-api-key)"))
 	addSecretAdmin(clientCmds)

@@ -235,6 +235,11 @@ func (s *server) routes() {
 			s.notificationRoutes(r)
 		})
 		r.Group(func(r chi.Router) {
+			// MCP (mcp.go): JSON-RPC over POST, stateless; its tools come back through this router as the caller.
+			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody)
+			r.Post("/mcp", s.mcpHandler().ServeHTTP)
+		})
+		r.Group(func(r chi.Router) {
 			// Streams: a file's bytes of any size and type, and the shell's WebSocket. No body limit, no JSON.
 			r.Use(s.authenticate, s.refuseIdempotencyKey)
 			r.Get("/vms/{id}/files", s.downloadFile)

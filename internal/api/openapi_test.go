@@ -121,7 +121,12 @@ var webSocketRoutes = []string{"GET /api/v1/vms/{id}/shell"}
 // Links are unique per source: a repeated create is a 409, a repeated delete a 404. Webhooks are deduplicated by
 // the integration's own delivery id.
 var unkeyedRoutes = []string{"PUT /api/v1/secrets/{name}", "DELETE /api/v1/secrets/{name}",
-	"POST /api/v1/integrations/links", "DELETE /api/v1/integrations/links/{id}", "POST /api/v1/webhooks/{integration}"}
+	"POST /api/v1/integrations/links", "DELETE /api/v1/integrations/links/{id}", "POST /api/v1/webhooks/{integration}",
+	"POST /api/v1/mcp"}
+
+// jsonRPCRoutes carry JSON-RPC (MCP): a request the API's checks let through is answered by the protocol, whose
+// own failures are results (tool errors) or its transport's 400/406, never 422.
+var jsonRPCRoutes = []string{"POST /api/v1/mcp"}
 
 // webhookRoutes take the raw body an outside service sends, signed, under the integration's own limit: no JSON
 // checks (415, 422) and no body deadline answer (408).
@@ -171,6 +176,11 @@ func TestOpenAPIOperations(t *testing.T) {
 				want = append(want, "400", "422")
 				if op.RequestBody.Content["application/octet-stream"] == nil {
 					t.Errorf("%s: streamed request body is not application/octet-stream", name)
+				}
+			} else if slices.Contains(jsonRPCRoutes, name) {
+				want = append(want, "400", "413", "415")
+				if op.RequestBody.Content["application/json"] == nil {
+					t.Errorf("%s: request body is not application/json", name)
 				}
 			} else {
 				want = append(want, "400", "413", "415", "422")

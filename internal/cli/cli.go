@@ -1,4 +1,4 @@
-// Package cli implements Aetherium's client commands (vm, task, job, secret, run, agents) as cobra commands over the Go SDK in
+// Package cli implements Aetherium's client commands (vm, task, job, secret, run, agents, mcp...) as cobra commands over the Go SDK in
 // pkg/client. cmd/aetherium mounts them under its root command:
 //
 //	for _, c := range cli.NewClientCommands(cli.StdStreams()) {
@@ -68,6 +68,9 @@ type Option func(*app)
 // WithGetenv replaces os.Getenv, e.g. in tests.
 func WithGetenv(f func(string) string) Option { return func(a *app) { a.getenv = f } }
 
+// WithVersion sets the version the mcp command reports to MCP clients.
+func WithVersion(v string) Option { return func(a *app) { a.version = v } }
+
 // WithUserAgent sets the User-Agent of API requests (e.g. "aetherium-cli/1.2.3").
 func WithUserAgent(ua string) Option { return func(a *app) { a.userAgent = ua } }
 
@@ -93,6 +96,7 @@ type app struct {
 	streams    IOStreams
 	getenv     func(string) string
 	userAgent  string
+	version    string
 	httpClient *http.Client
 	keyHint    string
 	tty        *bool
@@ -111,7 +115,8 @@ type app struct {
 	prog      string
 }
 
-// NewClientCommands returns the client commands: vm, task, job, secret, run and agents.
+// NewClientCommands returns the client commands: vm, task, job, secret, run, agents, logs, integration, notify
+// and mcp.
 func NewClientCommands(streams IOStreams, opts ...Option) []*cobra.Command {
 	a := &app{
 		streams:   streams,
@@ -135,7 +140,7 @@ func NewClientCommands(streams IOStreams, opts ...Option) []*cobra.Command {
 		a.httpClient = defaultHTTPClient()
 	}
 	cmds := []*cobra.Command{a.vmCommand(), a.taskCommand(), a.jobCommand(), a.secretCommand(), a.runCommand(), a.agentsCommand(), a.logsCommand(),
-		a.integrationCommand(), a.notifyCommand()}
+		a.integrationCommand(), a.notifyCommand(), a.mcpCommand()}
 	for _, c := range cmds {
 		a.addPersistentFlags(c)
 		c.SetIn(a.streams.In)

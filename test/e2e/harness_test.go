@@ -123,6 +123,7 @@ func startCmd(t testing.TB, name string, cmd *exec.Cmd, env []string) *proc {
 	// Metrics are off unless a test asks for them: processes started side by side would all want the default
 	// metrics port (a later AETHERIUM_METRICS_LISTEN in env wins).
 	cmd.Env = append(append(os.Environ(), "AETHERIUM_METRICS_LISTEN=off"), env...)
+	seedKVMVerdict(t, cmd.Env)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

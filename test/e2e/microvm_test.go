@@ -22,10 +22,21 @@ var guest struct {
 	skip           string
 }
 
+// requireGuestPhase fails a test that boots guests when it runs in scripts/test.sh's first phase, which runs
+// while the guest kernel and the template are still being built (AETHERIUM_TEST_GUESTS=0): the script picks the
+// tests of its second phase by name, and a new guest test must be named there.
+func requireGuestPhase(t testing.TB) {
+	t.Helper()
+	if os.Getenv("AETHERIUM_TEST_GUESTS") == "0" {
+		t.Fatalf("%s boots microVM guests but runs before the guest images are built: add its name to GUEST_TESTS in scripts/test.sh", t.Name())
+	}
+}
+
 // requireGuests returns the env that points a server at the guest kernel and a template, or skips (fails under
 // AETHERIUM_REQUIRE_SERVICES=1) when QEMU guests cannot run here.
 func requireGuests(t testing.TB) []string {
 	t.Helper()
+	requireGuestPhase(t)
 	backend := e2eBackend()
 	guest.once.Do(func() {
 		if backend == "firecracker" {

@@ -21,6 +21,7 @@ import (
 // ANTHROPIC_API_KEY secret (the guest never holds it), and the guest gets the answers. Deleting the VM leaves no
 // QEMU process, disk or TAP.
 func TestMicroVMModelProxy(t *testing.T) {
+	requireGuestPhase(t)
 	tmpl := os.Getenv("AETHERIUM_TEST_TOOLS_TEMPLATE")
 	requireService(t, "the default template with tools (AETHERIUM_TEST_TOOLS_TEMPLATE, made by scripts/test.sh)", tmpl != "", "unset")
 	ns := newNetNS(t)

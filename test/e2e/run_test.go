@@ -341,6 +341,7 @@ type runRig struct {
 
 func newRunRig(tb testing.TB) *runRig {
 	tb.Helper()
+	requireGuestPhase(tb)
 	tmpl := os.Getenv("AETHERIUM_TEST_TOOLS_TEMPLATE")
 	requireService(tb, "the default template with tools (AETHERIUM_TEST_TOOLS_TEMPLATE, made by scripts/test.sh)", tmpl != "", "unset")
 	ns := newNetNS(tb)

@@ -17,6 +17,7 @@ import (
 // leaves nothing.
 func TestMicroVMTools(t *testing.T) {
 	env := requireGuests(t)
+	requireGuestPhase(t)
 	tmpl := os.Getenv("AETHERIUM_TEST_TOOLS_TEMPLATE")
 	requireService(t, "the default template with tools (AETHERIUM_TEST_TOOLS_TEMPLATE, made by scripts/test.sh)", tmpl != "", "unset")
 	env = append(env, "AETHERIUM_ROOTFS_PATH="+tmpl)

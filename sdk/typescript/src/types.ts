@@ -1,0 +1,65 @@
+// Types of the API's bodies, taken from the types generated from internal/api/openapi.yaml (src/openapi.d.ts),
+// so they say what the server sends and accepts. `npm run check:types` fails when the two drift.
+import type { components } from "./openapi.js";
+
+type Schemas = components["schemas"];
+
+export type Metadata = Schemas["Metadata"];
+export type Env = Schemas["Env"];
+export type SecretEnv = Schemas["SecretEnv"];
+export type Secret = Schemas["Secret"];
+export type SecretList = Schemas["SecretList"];
+export type CreateVMRequest = Schemas["CreateVMRequest"];
+export type AddToolsRequest = Schemas["AddToolsRequest"];
+export type EgressPolicy = Schemas["EgressPolicy"];
+export type VMNetwork = Schemas["VMNetwork"];
+export type VM = Schemas["VM"];
+export type VMAccepted = Schemas["VMAccepted"];
+export type VMList = Schemas["VMList"];
+export type VMStatus = Schemas["VMStatus"];
+export type ExecuteRequest = Schemas["ExecuteRequest"];
+export type ExecuteAccepted = Schemas["ExecuteAccepted"];
+export type Execution = Schemas["Execution"];
+export type ExecutionList = Schemas["ExecutionList"];
+export type ExecutionStatus = Schemas["ExecutionStatus"];
+export type OutputChunk = Schemas["OutputChunk"];
+export type ExecutionEnd = Schemas["ExecutionEnd"];
+export type TaskAccepted = Schemas["TaskAccepted"];
+export type Task = Schemas["Task"];
+export type TaskStatus = Schemas["TaskStatus"];
+export type JobCommand = Schemas["JobCommand"];
+export type CreateJobRequest = Schemas["CreateJobRequest"];
+export type Job = Schemas["Job"];
+export type JobAccepted = Schemas["JobAccepted"];
+export type JobStatus = Schemas["JobStatus"];
+export type Health = Schemas["Health"];
+export type Ready = Schemas["Ready"];
+export type Status = Schemas["Status"];
+export type FileInfo = Schemas["FileInfo"];
+export type FileList = Schemas["FileList"];
+export type MkdirRequest = Schemas["MkdirRequest"];
+export type StartProcessRequest = Schemas["StartProcessRequest"];
+export type Process = Schemas["Process"];
+export type ProcessList = Schemas["ProcessList"];
+export type ProcessOutput = Schemas["ProcessOutput"];
+export type RunStatus = Schemas["RunStatus"];
+export type RunRepo = Schemas["RunRepo"];
+export type RunPush = Schemas["RunPush"];
+export type RunVM = Schemas["RunVM"];
+export type CreateRunRequest = Schemas["CreateRunRequest"];
+export type RunUsage = Schemas["RunUsage"];
+export type DiffStat = Schemas["DiffStat"];
+export type RunCommit = Schemas["RunCommit"];
+export type RunResult = Schemas["RunResult"];
+export type Run = Schemas["Run"];
+export type RunAccepted = Schemas["RunAccepted"];
+export type RunList = Schemas["RunList"];
+/** One entry of a run's transcript; `data` is free-form JSON whose shape depends on `type` (see docs/api.md). */
+export type RunEvent = Omit<Schemas["RunEvent"], "data"> & { data: Record<string, unknown> };
+export type RunEnd = Schemas["RunEnd"];
+export type Agent = Schemas["Agent"];
+export type ShellMessage = Schemas["ShellMessage"];
+export type Priority = Schemas["Priority"];
+export type LogEntry = Schemas["LogEntry"];
+export type LogList = Schemas["LogList"];
+export type ErrorBody = Schemas["ErrorBody"];
