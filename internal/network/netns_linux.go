@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -45,9 +46,14 @@ func (r nsRunner) do(fn func() error) error {
 	return ferr
 }
 
-// sysctl writes a /proc/sys value in the namespace. A missing file is an error unless optional.
+// sysctl writes a /proc/sys value in the namespace. A missing file is an error unless optional. A value that is
+// already set is not written again: container runtimes mount /proc/sys read-only in every container that is not
+// privileged, so a worker in a Kubernetes pod can run with the values set for it (pod sysctls) and NET_ADMIN only.
 func (r nsRunner) sysctl(path, value string, optional bool) error {
 	return r.do(func() error {
+		if cur, err := os.ReadFile("/proc/sys/" + path); err == nil && strings.TrimSpace(string(cur)) == value {
+			return nil
+		}
 		err := os.WriteFile("/proc/sys/"+path, []byte(value), 0o644)
 		if err != nil && optional && errors.Is(err, os.ErrNotExist) {
 			return nil
