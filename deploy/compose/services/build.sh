@@ -3,7 +3,7 @@
 # root filesystem made by debootstrap from the Debian mirror (with postgresql-15 and redis-server from Debian's
 # packages) and imported into the local engine with `docker import`. No registry is needed.
 #
-# The tag is a hash of the inputs (this script, the entrypoints, suite, mirror and package list): a rerun with the
+# The tag is a hash of the inputs (layout version, the entrypoints, suite, mirror and package list): a rerun with the
 # image present takes well under a second; with only the cached root filesystem tarball
 # (/var/cache/aetherium/compose) a few seconds; from nothing, debootstrap takes 2-5 minutes.
 #
@@ -17,13 +17,16 @@ mirror=${AETHERIUM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 packages=ca-certificates,postgresql-15,redis-server
 cache=${AETHERIUM_COMPOSE_CACHE:-/var/cache/aetherium/compose}
 repo=aetherium-compose/services
+# layout changes whenever this script lays the root filesystem out differently, so that a new layout gets a new tag.
+layout=1
 
 log() { printf '[services-image] %s\n' "$*" >&2; }
 
-tag=$( { printf 'suite=%s\nmirror=%s\npackages=%s\n' "$suite" "$mirror" "$packages";
-         cat "$here/build.sh" "$here/postgres-entrypoint.sh" "$here/redis-entrypoint.sh"; } | sha256sum | cut -c1-16)
+tag=$( { printf 'layout=%s\nsuite=%s\nmirror=%s\npackages=%s\n' "$layout" "$suite" "$mirror" "$packages";
+         cat "$here/postgres-entrypoint.sh" "$here/redis-entrypoint.sh"; } | sha256sum | cut -c1-16)
 ref=$repo:$tag
 if docker image inspect "$ref" >/dev/null 2>&1; then
+  docker tag "$ref" "$repo:latest"
   log "$ref is there"
   echo "$ref"
   exit 0
@@ -58,5 +61,6 @@ docker import \
   --change "LABEL org.opencontainers.image.title=aetherium-compose-services org.opencontainers.image.description=PostgreSQL-15-and-Redis-from-Debian-$suite" \
   --message "debootstrap $suite $packages" \
   "$tarball" "$ref" >/dev/null
-log "imported $ref"
+docker tag "$ref" "$repo:latest"
+log "imported $ref (also tagged $repo:latest)"
 echo "$ref"
