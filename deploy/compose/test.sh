@@ -165,8 +165,8 @@ phase "delete vms"
 pids=()
 for name in "${created[@]}"; do a1 vm delete "$name" >/dev/null & pids+=($!); done
 for p in "${pids[@]}"; do wait "$p" || fail "a vm delete failed"; done
-left=$(a1 vm list --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["vms"]))')
-[ "$left" = 0 ] || fail "$left VMs are still listed after deleting them all"
+left=$(a1 vm list --json | python3 -c 'import json,sys; print(" ".join(v["name"] + ":" + v["status"] for v in json.load(sys.stdin)["vms"] if v["status"] != "deleted"))')
+[ -z "$left" ] || fail "VMs not deleted after deleting them all: $left"
 for w in worker-1 worker-2; do installations+=("$(cat "$work/data/$w/installation-id")"); done
 for id in "${installations[@]}"; do
   n=$(docker ps -aq --filter "label=aetherium.installation-id=$id" | wc -l)
