@@ -7,8 +7,11 @@
 # Exits non-zero on any failure, and cleans up on failure too. Needs root (debootstrap, Docker), a Docker engine,
 # docker-compose (Debian's package) or Compose v2, Go at /usr/local/go, and the Debian mirror for the first build.
 #
+# With the VictoriaLogs binary scripts/setup.sh builds, the "logs" profile runs too, and the servers' logs are
+# checked to arrive there.
 # Env: AETHERIUM_COMPOSE_VMS (VMs created at once, default 8), AETHERIUM_COMPOSE_KEEP=1 (leave the stack up on
-#      failure, to look at it), COMPOSE (the compose command, default `docker compose` if it works, else
+#      failure, to look at it), AETHERIUM_COMPOSE_LOGS (1: the logs profile, 0: not; default 1 when VictoriaLogs
+#      is built), COMPOSE (the compose command, default `docker compose` if it works, else
 #      docker-compose).
 set -euo pipefail
 
@@ -37,7 +40,11 @@ command -v ${COMPOSE%% *} >/dev/null || fail "no compose: apt-get install docker
 # Short: the workers' data directories are mounted at the same path, and agent socket paths must fit in 107 bytes.
 work=$(mktemp -d /tmp/aect.XXXXXX)
 env_file=$work/env
-compose() { $COMPOSE -p "$project" -f "$here/compose.yaml" --env-file "$env_file" "$@"; }
+vl_bin=${VICTORIA_LOGS_BIN:-/var/cache/aetherium/bin/victoria-logs-v1.52.2}
+logs=${AETHERIUM_COMPOSE_LOGS:-$([ -x "$vl_bin" ] && echo 1 || echo 0)}
+profile=()
+[ "$logs" = 1 ] && profile=(--profile logs)
+compose() { $COMPOSE -p "$project" -f "$here/compose.yaml" --env-file "$env_file" "${profile[@]}" "$@"; }
 installations=()
 
 cleanup() {
@@ -72,6 +79,7 @@ phase "build images"
 images=$(bash "$repo/deploy/image/build.sh" 2> >(grep -v -i -e deprecated -e buildx -e docs.docker.com -e '^ *$' >&2))
 tag=${images##*:}
 services=$(bash "$here/services/build.sh")
+[ "$logs" = 1 ] && logs_image=$(bash "$here/services/build-logs.sh")
 for role in gateway worker; do
   docker image inspect "aetherium-$role:$tag" >/dev/null || fail "image aetherium-$role:$tag was not built"
 done
@@ -93,7 +101,11 @@ AETHERIUM_IMAGE_TAG=$tag
 AETHERIUM_SERVICES_IMAGE=$services
 AETHERIUM_GATEWAY_1_PORT=127.0.0.1:
 AETHERIUM_GATEWAY_2_PORT=127.0.0.1:
+AETHERIUM_LOGS_PORT=127.0.0.1:
 ENV
+if [ "$logs" = 1 ]; then
+  printf 'AETHERIUM_LOGS_IMAGE=%s\nAETHERIUM_LOKI_URL=http://victoria-logs:9428/insert\n' "$logs_image" >>"$env_file"
+fi
 compose config -q || fail "compose config"
 
 phase "compose up"
@@ -101,7 +113,9 @@ compose up -d >&2 2>&1 || fail "compose up"
 
 phase "wait for health"
 deadline=$((SECONDS + 180))
-for s in postgres redis gateway-1 gateway-2 worker-1 worker-2; do
+svcs=(postgres redis gateway-1 gateway-2 worker-1 worker-2)
+[ "$logs" = 1 ] && svcs+=(victoria-logs)
+for s in "${svcs[@]}"; do
   while :; do
     c=$(compose ps -q "$s")
     h=$(docker inspect -f '{{.State.Health.Status}}' "$c" 2>/dev/null || echo missing)
@@ -109,8 +123,8 @@ for s in postgres redis gateway-1 gateway-2 worker-1 worker-2; do
     [ $SECONDS -lt $deadline ] || fail "$s is $h after 180 s"
     sleep 1
   done
+  log "$s is healthy"
 done
-log "every service is healthy"
 
 phase "cli flow"
 cli=$work/aetherium
@@ -160,6 +174,20 @@ for batch in 1 2 3; do
   # Placement today is first come, first served on the queue: a batch can land on one worker by chance.
   [ $batch -lt 3 ] || fail "after 3 batches every VM is on one worker: $dist"
 done
+
+if [ "$logs" = 1 ]; then
+  phase "logs in victoria-logs"
+  vl=http://$(compose port victoria-logs 9428)
+  deadline=$((SECONDS + 60))
+  for w in worker-1 worker-2; do
+    # The workers' own "vm running" lines, pushed over Loki's protocol.
+    until n=$(curl -fsS "$vl/select/logsql/query" --data-urlencode "query=\"vm running\" AND \"$w\"" | grep -c .) && [ "$n" -gt 0 ]; do
+      [ $SECONDS -lt $deadline ] || fail "no \"vm running\" log line of $w reached VictoriaLogs in 60 s"
+      sleep 2
+    done
+    log "$n \"vm running\" log lines of $w are in VictoriaLogs"
+  done
+fi
 
 phase "delete vms"
 pids=()
