@@ -11,7 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	"context"
 	agentclient "github.com/aetherium/aetherium/internal/agent/client"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/workerapi"
