@@ -35,7 +35,7 @@ ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 start=$(date +%s)
 root=$ctx/rootfs
-mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp" "$ctx/data" "$ctx/busybox/usr/libexec/aetherium"
+mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp" "$ctx/data/data" "$ctx/busybox/usr/libexec/aetherium"
 ldflags="-s -w -X main.version=$version -buildid="
 CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$root/usr/local/bin/aetherium" ./cmd/aetherium
 CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$root/usr/local/bin/aetherium-agent" ./cmd/aetherium-agent
@@ -47,7 +47,7 @@ install -m 0755 "$busybox" "$ctx/busybox/usr/libexec/aetherium/busybox"
 printf 'root:x:0:0:root:/data:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/data:/sbin/nologin\n' >"$root/etc/passwd"
 printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
 chmod 0644 "$root/etc/passwd" "$root/etc/group"
-chmod 0750 "$ctx/data"
+chmod 0750 "$ctx/data/data"
 chmod 1777 "$root/tmp"
 find "$ctx" -exec touch -h -d "@$epoch" {} +
 cp deploy/image/Dockerfile "$ctx/Dockerfile"
