@@ -46,6 +46,8 @@ profile=()
 [ "$logs" = 1 ] && profile=(--profile logs)
 compose() { $COMPOSE -p "$project" -f "$here/compose.yaml" --env-file "$env_file" "${profile[@]}" "$@"; }
 installations=()
+# The container of a service, by the labels Compose puts on it (much faster than `compose ps -q` with Compose v1).
+cid() { docker ps -aq --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=$1"; }
 
 cleanup() {
   local rc=$?
@@ -117,7 +119,7 @@ svcs=(postgres redis gateway-1 gateway-2 worker-1 worker-2)
 [ "$logs" = 1 ] && svcs+=(victoria-logs)
 for s in "${svcs[@]}"; do
   while :; do
-    c=$(compose ps -q "$s")
+    c=$(cid "$s")
     h=$(docker inspect -f '{{.State.Health.Status}}' "$c" 2>/dev/null || echo missing)
     [ "$h" = healthy ] && break
     [ $SECONDS -lt $deadline ] || fail "$s is $h after 180 s"
@@ -131,9 +133,10 @@ cli=$work/aetherium
 c=$(docker create "aetherium-gateway:$tag")
 docker cp "$c:/usr/local/bin/aetherium" "$cli" >/dev/null
 docker rm "$c" >/dev/null
-gw1=http://$(compose port gateway-1 8080)
-gw2=http://$(compose port gateway-2 8080)
-AETHERIUM_API_KEY=$(compose exec -T gateway-1 aetherium apikey create --name compose-test 2>/dev/null | tr -d '\r')
+gw1=http://$(docker port "$(cid gateway-1)" 8080/tcp | head -1)
+gw2=http://$(docker port "$(cid gateway-2)" 8080/tcp | head -1)
+# What the README says to run (`compose exec -T gateway-1 aetherium apikey create`), through the engine directly.
+AETHERIUM_API_KEY=$(docker exec "$(cid gateway-1)" aetherium apikey create --name compose-test 2>/dev/null)
 export AETHERIUM_API_KEY
 [ -n "$AETHERIUM_API_KEY" ] || fail "apikey create printed no key"
 a1() { AETHERIUM_SERVER=$gw1 "$cli" "$@"; }
@@ -177,7 +180,7 @@ done
 
 if [ "$logs" = 1 ]; then
   phase "logs in victoria-logs"
-  vl=http://$(compose port victoria-logs 9428)
+  vl=http://$(docker port "$(cid victoria-logs)" 9428/tcp | head -1)
   deadline=$((SECONDS + 60))
   for w in worker-1 worker-2; do
     # The workers' own "vm running" lines, pushed over Loki's protocol.
