@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: build images run test bench clean
+.PHONY: build images images-oci run test bench clean
 
 build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/aetherium ./cmd/aetherium
@@ -16,6 +16,11 @@ build:
 images: build
 	bin/aetherium image kernel build
 	bin/aetherium image build --from-debian --tools git,node,npm,bun,claude-code,curl --name default
+
+# Container images of the gateway and the worker, FROM scratch (static binaries, CA certificates, a non-root user
+# for the gateway), built with the local Docker engine and no registry: deploy/image/build.sh, docs/deploy.md.
+images-oci:
+	bash deploy/image/build.sh
 
 run:
 	bash scripts/setup.sh

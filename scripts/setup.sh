@@ -26,8 +26,10 @@ command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
 for pkg in bc bison flex libelf-dev libssl-dev make gcc libc6-dev xz-utils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
 done
-# `aetherium image build --from-debian`.
+# `aetherium image build --from-debian`, and the Compose stack's PostgreSQL/Redis image (deploy/compose).
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+# deploy/compose/test.sh: Debian bookworm ships Compose v1 (docker-compose 1.29); a Compose v2 plugin will do too.
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
 command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || { log "Go is required (expected at /usr/local/go)"; exit 1; }
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"

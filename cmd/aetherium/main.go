@@ -53,6 +53,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		migrateCommand(),
 		apikeyCommand(),
 		doctorCommand(),
+		healthcheckCommand(),
 		imagecmd.NewCommand(imageResolver),
 	)
 	clientCmds := cli.NewClientCommands(cli.IOStreams{In: stdin, Out: stdout, ErrOut: stderr},

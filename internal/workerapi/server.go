@@ -13,6 +13,8 @@
 //	POST   /processes, GET /processes, GET /processes/{pid}/output, POST /processes/{pid}/wait,
 //	POST   /processes/{pid}/signal, DELETE /processes/{pid}
 //	GET    /shell                     WebSocket: an interactive command (see shell.go)
+//
+// and GET /internal/v1/health (wire.HealthPath): whether the worker serves and its backend answers.
 package workerapi
 
 import (
@@ -105,6 +107,7 @@ func New(cfg Config) (http.Handler, error) {
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" is not allowed on "+r.URL.Path)
 	})
+	r.Get(wire.HealthPath, s.health)
 	r.Route(wire.PathPrefix+"/{id}", func(r chi.Router) {
 		r.Get("/files", s.download)
 		r.Put("/files", s.upload)
@@ -121,6 +124,30 @@ func New(cfg Config) (http.Handler, error) {
 		r.Get("/shell", s.shell)
 	})
 	return r, nil
+}
+
+// healthChecker is what an AgentSource may also be (vmm.Orchestrator is): a check that its backend answers.
+type healthChecker interface {
+	Health(ctx context.Context) error
+}
+
+// healthTimeout bounds the backend's check, so that a hung engine gives a 503 rather than a hung probe.
+const healthTimeout = 5 * time.Second
+
+// health answers 200 {"status":"ok"} when the backend answers (or cannot be asked), 503 with the error envelope
+// when it does not. The cause is logged, not returned: it may name host paths.
+func (s *server) health(w http.ResponseWriter, r *http.Request) {
+	if hc, ok := s.agents.(healthChecker); ok {
+		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
+		defer cancel()
+		if err := hc.Health(ctx); err != nil {
+			s.log.Warn("worker api: health check: the VM backend does not answer", "err", err)
+			w.Header().Set("Retry-After", "2")
+			writeError(w, http.StatusServiceUnavailable, client.CodeUnavailable, "the worker's VM backend does not answer")
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
 // TokenMatches compares a presented token with the expected one's hash in constant time. Hashing first makes the

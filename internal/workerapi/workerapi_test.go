@@ -666,3 +666,34 @@ func TestShellRefusesInvalidControls(t *testing.T) {
 		})
 	}
 }
+
+// healthySource is an agent source that can also be asked whether its backend answers.
+type healthySource struct {
+	fakeSource
+	health error
+}
+
+func (h healthySource) Health(context.Context) error { return h.health }
+
+func TestHealth(t *testing.T) {
+	expect(t, "health without token", newAPI(t, fakeSource{}).do("GET", "/internal/v1/health", "", nil, 0), 401,
+		client.CodeUnauthorized)
+	// A source that cannot be asked: the worker serves, so it is healthy.
+	r := newAPI(t, fakeSource{}).call("GET", "/internal/v1/health", nil)
+	expect(t, "health of a plain source", r, 200, "")
+	if got := decode[map[string]string](t, r); got["status"] != "ok" {
+		t.Errorf("health: got %v, want status ok", got)
+	}
+	expect(t, "healthy backend", newAPI(t, healthySource{}).call("GET", "/internal/v1/health", nil), 200, "")
+	r = newAPI(t, healthySource{health: fmt.Errorf("engine ping: dial unix /var/run/docker.sock: refused")}).
+		call("GET", "/internal/v1/health", nil)
+	expect(t, "backend that does not answer", r, 503, client.CodeUnavailable)
+	if strings.Contains(string(r.body), "docker.sock") {
+		t.Errorf("the health answer leaks the backend's error: %s", r.body)
+	}
+	if vmRig.backend != nil {
+		// The real Docker backend, whose engine answers.
+		expect(t, "real docker backend", newAPI(t, vmRig.backend).call("GET", "/internal/v1/health", nil), 200, "")
+	}
+	expect(t, "health is GET only", newAPI(t, fakeSource{}).call("POST", "/internal/v1/health", nil), 405, "")
+}

@@ -11,7 +11,9 @@ package docker
 
 import (
 	"context"
+	"crypto/sha256"
 	"debug/elf"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -71,8 +73,10 @@ type Config struct {
 	// DataDir holds per-VM directories (DataDir/vms/<id>, mode 0700); each is bind-mounted at /run/aetherium in its
 	// container and holds the agent's socket. It must be a path the Docker engine sees (a local engine).
 	DataDir string
-	// AgentBinary is the host path of a static aetherium-agent binary. It is bind-mounted read-only into every
-	// container and used as its entrypoint, so any local image works without the agent baked in.
+	// AgentBinary is the path of a static aetherium-agent binary. New copies it into DataDir/bin (named by its
+	// content hash), and that copy is bind-mounted read-only into every container and used as its entrypoint, so
+	// any local image works without the agent baked in. The copy is what lets a worker that runs in a container
+	// use the agent of its own image: the engine sees DataDir (it must anyway), not the worker's root filesystem.
 	AgentBinary string
 	// BusyboxPath is a static busybox used to build the default image (Debian: busybox-static). Default /bin/busybox.
 	BusyboxPath string
@@ -105,6 +109,9 @@ type Backend struct {
 	// baseLock serialises building the base image (a channel so that waiting respects ctx); baseRef caches it.
 	baseLock chan struct{}
 	baseRef  string
+
+	// agentMount is the copy of AgentBinary in DataDir/bin that containers mount.
+	agentMount string
 
 	mu     sync.Mutex
 	agents map[string]*agentclient.Client // per-VM agent clients, keyed by VM id
@@ -145,6 +152,10 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := os.MkdirAll(b.vmsDir(), 0o700); err != nil {
 		_ = cli.Close()
 		return nil, fmt.Errorf("docker backend: create data dir: %w", err)
+	}
+	if b.agentMount, err = stageAgent(cfg.AgentBinary, filepath.Join(cfg.DataDir, "bin")); err != nil {
+		_ = cli.Close()
+		return nil, err
 	}
 	b.log.Debug("docker backend ready", "engine", info.ServerVersion, "api", cli.ClientVersion(), "cpus", info.NCPU,
 		"data_dir", cfg.DataDir, "network", cfg.NetworkMode)
@@ -221,6 +232,52 @@ func checkStaticExecutable(path string) error {
 		}
 	}
 	return nil
+}
+
+// stageAgent copies the agent binary at src into dir as aetherium-agent-<first 16 hex digits of its SHA-256>,
+// unless that file is there already, and returns the copy's path. Copies of other versions are kept: containers
+// made with them mount them, and a container that is started again needs its file.
+func stageAgent(src, dir string) (string, error) {
+	f, err := os.Open(src)
+	if err != nil {
+		return "", fmt.Errorf("docker backend: agent binary: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("docker backend: read agent binary: %w", err)
+	}
+	dst := filepath.Join(dir, "aetherium-agent-"+hex.EncodeToString(h.Sum(nil))[:16])
+	if st, err := os.Stat(dst); err == nil && st.Mode().IsRegular() {
+		return dst, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("docker backend: agent directory: %w", err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", fmt.Errorf("docker backend: read agent binary: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, ".aetherium-agent-*")
+	if err != nil {
+		return "", fmt.Errorf("docker backend: copy agent binary: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename, there is nothing left to remove
+	if _, err := io.Copy(tmp, f); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("docker backend: copy agent binary: %w", err)
+	}
+	if err := tmp.Chmod(0o755); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("docker backend: copy agent binary: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", fmt.Errorf("docker backend: copy agent binary: %w", err)
+	}
+	// Rename: a concurrent worker on the same DataDir, or a crash halfway, never leaves a partial file at dst.
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return "", fmt.Errorf("docker backend: copy agent binary: %w", err)
+	}
+	return dst, nil
 }
 
 // Name implements vmm.Orchestrator.

@@ -670,3 +670,65 @@ func TestUserImage(t *testing.T) {
 		t.Errorf("container Env = %q, want the image's FOO=bar", c.Config.Env)
 	}
 }
+
+// TestAgentStagedInDataDir: containers mount a copy of the agent in DataDir/bin, named by its content, so that a
+// worker in a container (whose own files the engine cannot see) can hand its image's agent to its VMs.
+func TestAgentStagedInDataDir(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := ctxFor(t, 2*time.Minute)
+	want, err := os.ReadFile(agentBinary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	staged, err := filepath.Glob(filepath.Join(e.dataDir, "bin", "aetherium-agent-*"))
+	if err != nil || len(staged) != 1 {
+		t.Fatalf("staged agents in DataDir/bin: %v (%v), want one", staged, err)
+	}
+	if got, err := os.ReadFile(staged[0]); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("staged agent %s differs from %s (%v)", staged[0], agentBinary, err)
+	}
+	before, err := os.Stat(staged[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.Mode().Perm() != 0o755 {
+		t.Errorf("staged agent mode %v, want 0755", before.Mode().Perm())
+	}
+
+	id := uuid.NewString()
+	e.createStart(t, ctx, vmm.VMConfig{ID: id, Name: "staged", MemoryMB: 64})
+	c, err := engine.ContainerInspect(ctx, containerName(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var source string
+	for _, m := range c.Mounts {
+		if m.Destination == guestAgentPath {
+			source = m.Source
+		}
+	}
+	if source != staged[0] {
+		t.Errorf("the container mounts the agent from %q, want the staged copy %q", source, staged[0])
+	}
+	if res := run(t, ctx, e.b, id, "echo", "staged"); strings.TrimSpace(string(res.Stdout)) != "staged" {
+		t.Errorf("exec through the staged agent: %+v", res)
+	}
+
+	// A restarted worker with the same agent reuses the copy; another agent gets a copy of its own beside it.
+	e.restart(t)
+	after, err := os.Stat(staged[0])
+	if err != nil || !os.SameFile(before, after) {
+		t.Errorf("the staged agent was replaced on restart (%v)", err)
+	}
+	other := filepath.Join(t.TempDir(), "agent")
+	if err := os.WriteFile(other, append(append([]byte{}, want...), 0), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := stageAgent(other, filepath.Join(e.dataDir, "bin"))
+	if err != nil || p == staged[0] {
+		t.Fatalf("stageAgent of a different binary: %q, %v", p, err)
+	}
+	if all, _ := filepath.Glob(filepath.Join(e.dataDir, "bin", "*")); len(all) != 2 {
+		t.Errorf("DataDir/bin holds %v, want the two copies and no temporary file", all)
+	}
+}

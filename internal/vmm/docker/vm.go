@@ -135,7 +135,7 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 		Init:      ptr(false),
 		Resources: resources,
 		Mounts: []mount.Mount{
-			{Type: mount.TypeBind, Source: b.cfg.AgentBinary, Target: guestAgentPath, ReadOnly: true},
+			{Type: mount.TypeBind, Source: b.agentMount, Target: guestAgentPath, ReadOnly: true},
 			{Type: mount.TypeBind, Source: b.vmDir(cfg.ID), Target: guestRunDir},
 		},
 		// Capabilities stay at the engine's defaults for now: commands in the VM expect to be root, and this backend

@@ -23,6 +23,10 @@ import (
 // suffixes are those of the public routes under /api/v1/vms/{id}.
 const PathPrefix = "/internal/v1/vms"
 
+// HealthPath is the worker API's health check (GET, with the cluster token like every route): 200 when the worker
+// serves and its VM backend answers, 503 otherwise. `aetherium healthcheck --role worker` calls it.
+const HealthPath = "/internal/v1/health"
+
 // RequestIDHeader carries the gateway's request id to the worker, for logs on both sides.
 const RequestIDHeader = "X-Request-Id"
 
