@@ -65,6 +65,10 @@ echo "== clients in other languages, against a real serve (Docker backend)"
 AETHERIUM_BIN_DIR=$PWD/bin bash sdk/python/test.sh || status=1
 AETHERIUM_BIN_DIR=$PWD/bin bash sdk/typescript/test.sh || status=1
 
+echo "== deployments: the Pulumi program type-checks; the Compose stack (images built here, 2 gateways, 2 workers) runs"
+bash deploy/pulumi/check.sh || status=1
+bash deploy/compose/test.sh || status=1
+
 echo "== fuzz (short runs of every decoder of untrusted input)"
 # A count of executions, not a duration: with -fuzztime=10s the Go fuzzer's coordinator can fail a clean run with
 # "context deadline exceeded" when a worker is slow to stop at the deadline (seen here under load).
