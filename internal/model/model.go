@@ -133,7 +133,9 @@ type VMLifetime struct {
 }
 
 // IsSet reports whether l bounds anything.
-func (l *VMLifetime) IsSet() bool { return l != nil && (l.ExpiresAt != nil || l.IdleTimeoutSeconds > 0) }
+func (l *VMLifetime) IsSet() bool {
+	return l != nil && (l.ExpiresAt != nil || l.IdleTimeoutSeconds > 0)
+}
 
 // VMNetwork is a VM's network: the egress policy it was created with and the address it was given.
 type VMNetwork struct {

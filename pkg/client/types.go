@@ -20,15 +20,15 @@ type ErrorDetail struct {
 
 // Error codes returned by the API.
 const (
-	CodeBadRequest       = "bad_request"
-	CodeInvalidJSON      = "invalid_json"
-	CodeValidation       = "validation_failed"
-	CodeUnauthorized     = "unauthorized"
-	CodeNotFound         = "not_found"
-	CodeConflict         = "conflict"
-	CodeVMNotRunning     = "vm_not_running"
+	CodeBadRequest   = "bad_request"
+	CodeInvalidJSON  = "invalid_json"
+	CodeValidation   = "validation_failed"
+	CodeUnauthorized = "unauthorized"
+	CodeNotFound     = "not_found"
+	CodeConflict     = "conflict"
+	CodeVMNotRunning = "vm_not_running"
 	// CodeVMPaused (409): the VM is paused and takes no commands, files or shells; resume it first.
-	CodeVMPaused = "vm_paused"
+	CodeVMPaused         = "vm_paused"
 	CodeTooLarge         = "payload_too_large"
 	CodeUnsupportedMedia = "unsupported_media_type"
 	CodeRateLimited      = "rate_limited"
