@@ -59,6 +59,8 @@ func (s *server) writeServiceError(w http.ResponseWriter, r *http.Request, err e
 		s.writeError(w, r, http.StatusUnprocessableEntity, client.CodeValidation, "the request contains an invalid value")
 	case errors.Is(err, model.ErrNotFound):
 		s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, err.Error())
+	case errors.Is(err, task.ErrVMPaused):
+		s.writeError(w, r, http.StatusConflict, client.CodeVMPaused, err.Error())
 	case errors.Is(err, task.ErrVMNotRunning):
 		s.writeError(w, r, http.StatusConflict, client.CodeVMNotRunning, err.Error())
 	case errors.Is(err, model.ErrConflict), errors.Is(err, model.ErrInvalidTransition):
