@@ -18,7 +18,9 @@ type pausedError struct{ vmID string }
 
 func (e *pausedError) Error() string { return "vm " + e.vmID + " is paused; resume it" }
 
-func (e *pausedError) Is(target error) bool { return target == ErrVMPaused || target == ErrVMNotRunning }
+func (e *pausedError) Is(target error) bool {
+	return target == ErrVMPaused || target == ErrVMNotRunning
+}
 
 // notRunning is the error for work asked of a VM in status st (not running).
 func notRunning(vmID string, st model.VMStatus) error {
