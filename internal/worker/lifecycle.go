@@ -125,6 +125,12 @@ func (w *Worker) pauseResume(ctx context.Context, vmID string, pause bool, reaso
 			return errSkip
 		}
 		v.Status = to
+		// The activity the pause followed, saved with it: the VM shows what it was idle since.
+		if l, last := v.Lifetime, w.activity.Last(v.ID); l != nil && !last.IsZero() &&
+			(l.LastActivityAt == nil || l.LastActivityAt.Before(last)) {
+			t := last.UTC()
+			l.LastActivityAt = &t
+		}
 		return nil
 	})
 	if errors.Is(err, errSkip) || errors.Is(err, model.ErrInvalidTransition) {

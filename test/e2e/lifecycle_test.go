@@ -170,14 +170,9 @@ func TestServeLifetimes(t *testing.T) {
 		}
 		return vm
 	}
-	start := time.Now()
+	// Each VM's activity starts right after its creation (creations take a second or so each).
 	idlePause := mk(client.CreateVMRequest{Name: "idle-pause", IdleTimeoutSeconds: 5})
 	idleDelete := mk(client.CreateVMRequest{Name: "idle-delete", IdleTimeoutSeconds: 5, OnIdle: "delete"})
-	silent := mk(client.CreateVMRequest{Name: "silent", IdleTimeoutSeconds: 5})
-	printer := mk(client.CreateVMRequest{Name: "printer", IdleTimeoutSeconds: 5})
-	busy := mk(client.CreateVMRequest{Name: "busy", IdleTimeoutSeconds: 5})
-	short := mk(client.CreateVMRequest{Name: "short", TimeoutSeconds: 8})
-	kept := mk(client.CreateVMRequest{Name: "kept", TimeoutSeconds: 8, IdleTimeoutSeconds: 5, OnIdle: "delete"})
 	if idlePause.IdleTimeoutSeconds != 5 || idlePause.OnIdle != "pause" || idlePause.LastActivityAt == nil {
 		t.Fatalf("idle vm's lifetime: %+v", idlePause)
 	}
@@ -185,27 +180,16 @@ func TestServeLifetimes(t *testing.T) {
 	if idlePause.TimeoutSeconds != 3600 || idlePause.ExpiresAt == nil || idlePause.ExpiresAt.Sub(idlePause.CreatedAt) != time.Hour {
 		t.Fatalf("a vm that asks for no timeout gets vm_max_timeout: %+v", idlePause)
 	}
+	// A hard timeout deletes a VM however busy.
+	short := mk(client.CreateVMRequest{Name: "short", TimeoutSeconds: 8})
 	if short.ExpiresAt == nil || short.ExpiresAt.Sub(short.CreatedAt) != 8*time.Second {
 		t.Fatalf("short vm's expiry: %+v", short)
-	}
-
-	// A background process that sleeps silently is no activity; one that prints every second is.
-	if _, err := c.StartProcess(ctx, silent.ID, client.StartProcessRequest{Command: "sleep", Args: []string{"60"}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.StartProcess(ctx, printer.ID, client.StartProcessRequest{
-		Shell: "for i in $(seq 14); do echo tick $i; sleep 1; done"}); err != nil {
-		t.Fatal(err)
-	}
-	// A running command keeps a VM busy even when it prints nothing; a hard timeout deletes one all the same.
-	busyExec, err := c.Execute(ctx, busy.ID, client.ExecuteRequest{Command: "sleep", Args: []string{"14"}})
-	if err != nil {
-		t.Fatal(err)
 	}
 	if _, err := c.Execute(ctx, short.ID, client.ExecuteRequest{Command: "sleep", Args: []string{"60"}}); err != nil {
 		t.Fatal(err)
 	}
 	// Keepalives every 2 s keep "kept" past its 5 s idle timeout and, with seconds, past its 8 s hard timeout.
+	kept := mk(client.CreateVMRequest{Name: "kept", TimeoutSeconds: 8, IdleTimeoutSeconds: 5, OnIdle: "delete"})
 	stopKeep := make(chan struct{})
 	keepDone := make(chan error, 1)
 	go func() {
@@ -227,13 +211,40 @@ func TestServeLifetimes(t *testing.T) {
 			}
 		}
 	}()
+	// A background process that sleeps silently is no activity; one that prints every second is.
+	silent := mk(client.CreateVMRequest{Name: "silent", IdleTimeoutSeconds: 5})
+	if _, err := c.StartProcess(ctx, silent.ID, client.StartProcessRequest{Command: "sleep", Args: []string{"60"}}); err != nil {
+		t.Fatal(err)
+	}
+	printer := mk(client.CreateVMRequest{Name: "printer", IdleTimeoutSeconds: 5})
+	if _, err := c.StartProcess(ctx, printer.ID, client.StartProcessRequest{
+		Shell: "for i in $(seq 20); do echo tick $i; sleep 1; done"}); err != nil {
+		t.Fatal(err)
+	}
+	printerStart := time.Now()
+	// A running command keeps a VM busy even when it prints nothing.
+	busy := mk(client.CreateVMRequest{Name: "busy", IdleTimeoutSeconds: 5})
+	busyExec, err := c.Execute(ctx, busy.ID, client.ExecuteRequest{Command: "sleep", Args: []string{"20"}})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	waitStatus(t, ctx, c, idlePause.ID, "paused", 15*time.Second)
 	waitStatus(t, ctx, c, idleDelete.ID, "deleted", 15*time.Second)
 	waitStatus(t, ctx, c, silent.ID, "paused", 15*time.Second)
 	waitStatus(t, ctx, c, short.ID, "deleted", 15*time.Second)
-	if took := time.Since(start); took < 5*time.Second {
-		t.Fatalf("idle vms reaped after %s, before their 5 s", took)
+	// Not before their time: the idle ones paused 5 s after their last activity, the short one at its expiry.
+	for _, vm := range []*client.VM{idlePause, silent} {
+		got, err := c.GetVM(ctx, vm.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if idle := got.UpdatedAt.Sub(*got.LastActivityAt); idle < 5*time.Second {
+			t.Fatalf("vm %s paused %s after its last activity, before its 5 s", vm.Name, idle)
+		}
+	}
+	if got, err := c.GetVM(ctx, short.ID); err != nil || got.StoppedAt == nil || got.StoppedAt.Before(*short.ExpiresAt) {
+		t.Fatalf("short vm deleted before its expiry: %+v %v", got, err)
 	}
 	for _, id := range []string{idleDelete.ID, short.ID} {
 		if ids := containersOf(t, id); len(ids) != 0 {
@@ -243,12 +254,15 @@ func TestServeLifetimes(t *testing.T) {
 			t.Fatalf("data directory of vm %s left after its timeout (stat: %v)", id, err)
 		}
 	}
-	// 12 s in: the printing, the busy and the kept-alive VMs still run.
-	time.Sleep(time.Until(start.Add(12 * time.Second)))
+	// 12 s into the printer's output: the printing, the busy and the kept-alive VMs still run.
+	time.Sleep(time.Until(printerStart.Add(12 * time.Second)))
 	for _, vm := range []*client.VM{printer, busy, kept} {
 		if got, err := c.GetVM(ctx, vm.ID); err != nil || got.Status != "running" {
-			t.Fatalf("vm %s after 12 s: %+v %v; want running (it was active)", vm.Name, got, err)
+			t.Fatalf("vm %s: %+v %v; want running (it was active)", vm.Name, got, err)
 		}
+	}
+	if time.Since(kept.CreatedAt) < 12*time.Second {
+		t.Fatal("the kept vm was not checked past its timeouts")
 	}
 	close(stopKeep)
 	if err := <-keepDone; err != nil {
@@ -258,8 +272,8 @@ func TestServeLifetimes(t *testing.T) {
 		t.Fatalf("the busy vm's command: %+v %v; want completed (never cut short)", e, err)
 	}
 	// Once their activity ends, they go idle like the others.
-	waitStatus(t, ctx, c, printer.ID, "paused", 15*time.Second)
-	waitStatus(t, ctx, c, busy.ID, "paused", 15*time.Second)
+	waitStatus(t, ctx, c, printer.ID, "paused", 20*time.Second)
+	waitStatus(t, ctx, c, busy.ID, "paused", 20*time.Second)
 	waitStatus(t, ctx, c, kept.ID, "deleted", 15*time.Second)
 
 	out := p.out.String()
