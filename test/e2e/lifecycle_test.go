@@ -67,7 +67,8 @@ func readCounter(t *testing.T, ctx context.Context, c *client.Client, vmID strin
 // resuming a running VM succeed, a serve restart adopts it still paused, and after resume its background
 // processes go on where they were.
 func TestServePauseResume(t *testing.T) {
-	env, _, addr, c, p := lifecycleServe(t, "pause")
+	env, dataDir, addr, c, p := lifecycleServe(t, "pause")
+	cliEnv := []string{"AETHERIUM_SERVER=http://" + addr, "AETHERIUM_API_KEY=" + readLine(t, filepath.Join(dataDir, "admin-api-key"))}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	vm, err := c.CreateVMAndWait(ctx, client.CreateVMRequest{Name: "pausable"})
@@ -88,8 +89,15 @@ func TestServePauseResume(t *testing.T) {
 	if got := waitStatus(t, ctx, c, vm.ID, "paused", 0); got.Network != nil && got.Network.IP != vm.Network.IP {
 		t.Fatalf("paused vm lost its address: %+v", got.Network)
 	}
-	if acc, done, err := c.PauseVM(ctx, vm.ID, 30*time.Second); err != nil || !done || acc.Task.Status != "completed" {
-		t.Fatalf("pausing a paused vm: %v %+v; want success", err, acc)
+	if out, errOut, code := runCLI(t, cliEnv, "vm", "pause", "pausable"); code != 0 || !strings.Contains(out, "paused") {
+		t.Fatalf("cli: pausing a paused vm: exit %d, %q %q; want success", code, out, errOut)
+	}
+	if out, errOut, code := runCLI(t, cliEnv, "vm", "keepalive", "pausable", "--for", "50m"); code != 0 || !strings.Contains(out, "expires") {
+		t.Fatalf("cli keepalive: exit %d, %q %q", code, out, errOut)
+	}
+	if got, err := c.GetVM(ctx, vm.ID); err != nil || got.Status != "paused" || got.ExpiresAt == nil ||
+		time.Until(*got.ExpiresAt) < 49*time.Minute {
+		t.Fatalf("after a keepalive for 50m: %+v %v; want paused, expiring in 50 min", got, err)
 	}
 	_, err = c.Execute(ctx, vm.ID, client.ExecuteRequest{Command: "true"})
 	if !client.IsCode(err, client.CodeVMPaused) || !strings.Contains(err.Error(), "resume it") {
@@ -117,8 +125,8 @@ func TestServePauseResume(t *testing.T) {
 		t.Fatalf("resume: %v done=%v %+v", err, done, acc)
 	}
 	waitStatus(t, ctx, c, vm.ID, "running", 0)
-	if acc, done, err := c.ResumeVM(ctx, vm.ID, 30*time.Second); err != nil || !done || acc.Task.Status != "completed" {
-		t.Fatalf("resuming a running vm: %v %+v; want success", err, acc)
+	if out, errOut, code := runCLI(t, cliEnv, "vm", "resume", "pausable"); code != 0 || !strings.Contains(out, "resumed") {
+		t.Fatalf("cli: resuming a running vm: exit %d, %q %q; want success", code, out, errOut)
 	}
 	after := readCounter(t, ctx, c, vm.ID)
 	// About 6 s passed paused (10 ticks a second when running): the counter hardly moved.
@@ -134,6 +142,28 @@ func TestServePauseResume(t *testing.T) {
 	}
 	if _, err := c.DeleteVMAndWait(ctx, vm.ID); err != nil {
 		t.Fatal(err)
+	}
+
+	// The CLI's create flags, and its refusal of values the API cannot take.
+	if out, errOut, code := runCLI(t, cliEnv, "vm", "create", "cli-life", "--timeout", "20m", "--idle-timeout", "10m",
+		"--on-idle", "delete"); code != 0 {
+		t.Fatalf("cli create with lifetime flags: exit %d, %q %q", code, out, errOut)
+	}
+	list, err := c.ListVMs(ctx, client.ListVMsOptions{Status: []string{"running"}})
+	if err != nil || len(list.VMs) != 1 {
+		t.Fatalf("vms: %+v %v", list, err)
+	}
+	if got := list.VMs[0]; got.TimeoutSeconds != 1200 || got.IdleTimeoutSeconds != 600 || got.OnIdle != "delete" {
+		t.Fatalf("cli-made vm's lifetime: %+v", got)
+	}
+	if out, errOut, code := runCLI(t, cliEnv, "vm", "get", "cli-life"); code != 0 || !strings.Contains(out, "10m0s (then delete)") {
+		t.Fatalf("cli vm get: exit %d, %q %q", code, out, errOut)
+	}
+	if _, errOut, code := runCLI(t, cliEnv, "vm", "create", "cli-bad", "--timeout", "1500ms"); code == 0 || !strings.Contains(errOut, "whole number of seconds") {
+		t.Fatalf("cli create --timeout 1500ms: exit %d, %q", code, errOut)
+	}
+	if _, errOut, code := runCLI(t, cliEnv, "vm", "create", "cli-bad", "--timeout", "2h"); code == 0 || !strings.Contains(errOut, "at most 3600") {
+		t.Fatalf("cli create above the maximum: exit %d, %q", code, errOut)
 	}
 }
 
