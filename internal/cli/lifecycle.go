@@ -109,15 +109,16 @@ func wholeSeconds(flag string, d time.Duration) (int, error) {
 	return int(d / time.Second), nil
 }
 
-// lifetimeFlags adds --timeout, --idle-timeout and --on-idle to a create command; apply fills req from them.
+// lifetimeFlags adds --lifetime, --idle-timeout and --on-idle to a create command; apply fills req from them. The
+// hard timeout is --lifetime because --timeout is the CLI's own (how long a command waits for the server).
 func lifetimeFlags(cmd *cobra.Command, req *client.CreateVMRequest) (apply func() error) {
 	var timeout, idle time.Duration
 	f := cmd.Flags()
-	f.DurationVar(&timeout, "timeout", 0, "hard lifetime: delete the VM this long after its creation, busy or not (0: the server's default)")
+	f.DurationVar(&timeout, "lifetime", 0, "hard lifetime (timeout_seconds): delete the VM this long after its creation, busy or not (0: the server's default)")
 	f.DurationVar(&idle, "idle-timeout", 0, "pause or delete the VM (--on-idle) after this long without activity (0: the server's default)")
 	f.StringVar(&req.OnIdle, "on-idle", "", "what an idle timeout does: pause (the default) or delete")
 	return func() (err error) {
-		if req.TimeoutSeconds, err = wholeSeconds("--timeout", timeout); err != nil {
+		if req.TimeoutSeconds, err = wholeSeconds("--lifetime", timeout); err != nil {
 			return err
 		}
 		req.IdleTimeoutSeconds, err = wholeSeconds("--idle-timeout", idle)

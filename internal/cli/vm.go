@@ -78,7 +78,7 @@ func (a *app) vmCreate() *cobra.Command {
 		Long: `Create a VM and wait until it runs, then print its id. With --no-wait, print the id as soon as the
 server has accepted the request; the VM is then being created in the background.`,
 		Example: "  aetherium vm create web --vcpus 2 --memory 1024\n  id=$(aetherium vm create scratch)\n" +
-			"  aetherium vm create sandbox --timeout 2h --idle-timeout 10m --on-idle delete",
+			"  aetherium vm create sandbox --lifetime 2h --idle-timeout 10m --on-idle delete",
 	}
 	f := cmd.Flags()
 	f.IntVar(&req.VCPUs, "vcpus", 0, "virtual CPUs (0: the server's default)")

@@ -145,7 +145,7 @@ func TestServePauseResume(t *testing.T) {
 	}
 
 	// The CLI's create flags, and its refusal of values the API cannot take.
-	if out, errOut, code := runCLI(t, cliEnv, "vm", "create", "cli-life", "--timeout", "20m", "--idle-timeout", "10m",
+	if out, errOut, code := runCLI(t, cliEnv, "vm", "create", "cli-life", "--lifetime", "20m", "--idle-timeout", "10m",
 		"--on-idle", "delete"); code != 0 {
 		t.Fatalf("cli create with lifetime flags: exit %d, %q %q", code, out, errOut)
 	}
@@ -159,10 +159,10 @@ func TestServePauseResume(t *testing.T) {
 	if out, errOut, code := runCLI(t, cliEnv, "vm", "get", "cli-life"); code != 0 || !strings.Contains(out, "10m0s (then delete)") {
 		t.Fatalf("cli vm get: exit %d, %q %q", code, out, errOut)
 	}
-	if _, errOut, code := runCLI(t, cliEnv, "vm", "create", "cli-bad", "--timeout", "1500ms"); code == 0 || !strings.Contains(errOut, "whole number of seconds") {
-		t.Fatalf("cli create --timeout 1500ms: exit %d, %q", code, errOut)
+	if _, errOut, code := runCLI(t, cliEnv, "vm", "create", "cli-bad", "--lifetime", "1500ms"); code == 0 || !strings.Contains(errOut, "whole number of seconds") {
+		t.Fatalf("cli create --lifetime 1500ms: exit %d, %q", code, errOut)
 	}
-	if _, errOut, code := runCLI(t, cliEnv, "vm", "create", "cli-bad", "--timeout", "2h"); code == 0 || !strings.Contains(errOut, "at most 3600") {
+	if _, errOut, code := runCLI(t, cliEnv, "vm", "create", "cli-bad", "--lifetime", "2h"); code == 0 || !strings.Contains(errOut, "at most 3600") {
 		t.Fatalf("cli create above the maximum: exit %d, %q", code, errOut)
 	}
 }
