@@ -92,6 +92,11 @@ func TestServePauseResume(t *testing.T) {
 	if out, errOut, code := runCLI(t, cliEnv, "vm", "pause", "pausable"); code != 0 || !strings.Contains(out, "paused") {
 		t.Fatalf("cli: pausing a paused vm: exit %d, %q %q; want success", code, out, errOut)
 	}
+	for _, secs := range []int{-1, 7200} {
+		if _, err := c.Keepalive(ctx, vm.ID, secs); !client.IsCode(err, client.CodeValidation) {
+			t.Fatalf("keepalive %d s: %v; want %s", secs, err, client.CodeValidation)
+		}
+	}
 	if out, errOut, code := runCLI(t, cliEnv, "vm", "keepalive", "pausable", "--for", "50m"); code != 0 || !strings.Contains(out, "expires") {
 		t.Fatalf("cli keepalive: exit %d, %q %q", code, out, errOut)
 	}
@@ -142,6 +147,13 @@ func TestServePauseResume(t *testing.T) {
 	}
 	if _, err := c.DeleteVMAndWait(ctx, vm.ID); err != nil {
 		t.Fatal(err)
+	}
+
+	if _, err := c.Keepalive(ctx, vm.ID, 0); !client.IsCode(err, client.CodeVMNotRunning) {
+		t.Fatalf("keepalive of a deleted vm: %v; want %s", err, client.CodeVMNotRunning)
+	}
+	if _, _, err := c.PauseVM(ctx, vm.ID, 0); !client.IsCode(err, client.CodeVMNotRunning) {
+		t.Fatalf("pause of a deleted vm: %v; want %s", err, client.CodeVMNotRunning)
 	}
 
 	// The CLI's create flags, and its refusal of values the API cannot take.
