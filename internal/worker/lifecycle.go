@@ -50,8 +50,9 @@ const (
 	// restartGrace is the least time a restarted worker gives an idle VM before reaping it: one that went idle
 	// while no worker watched is not reaped the moment its worker comes back, in a burst with all the others.
 	restartGrace = 30 * time.Second
-	// reapRetryAfter is how long the reaper waits before asking again for a VM whose reap task it queued.
-	reapRetryAfter = time.Minute
+	// reapRetryAfter is how long the reaper waits before asking again for a VM whose reap task it queued (a task
+	// still queued then gets a twin, which finds the work done: both are idempotent).
+	reapRetryAfter = 10 * time.Second
 )
 
 func (w *Worker) handlePause(ctx context.Context, t *model.Task) (json.RawMessage, error) {
