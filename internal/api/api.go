@@ -207,6 +207,7 @@ func (s *server) routes() {
 			r.Get("/vms", s.listVMs)
 			r.Get("/vms/{id}", s.getVM)
 			r.Delete("/vms/{id}", s.deleteVM)
+			s.lifecycleRoutes(r)
 			r.Post("/vms/{id}/execute", s.execute)
 			r.Post("/vms/{id}/tools", s.addTools)
 			r.Get("/vms/{id}/executions", s.listExecutions)

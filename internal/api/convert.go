@@ -11,7 +11,7 @@ import (
 
 // ToVM converts a VM.
 func ToVM(v *model.VM) client.VM {
-	return client.VM{
+	out := client.VM{
 		ID:       v.ID,
 		Name:     v.Name,
 		Status:   string(v.Status),
@@ -30,6 +30,11 @@ func ToVM(v *model.VM) client.VM {
 		StartedAt:      v.StartedAt,
 		StoppedAt:      v.StoppedAt,
 	}
+	if l := v.Lifetime; l != nil {
+		out.TimeoutSeconds, out.ExpiresAt = l.TimeoutSeconds, l.ExpiresAt
+		out.IdleTimeoutSeconds, out.OnIdle, out.LastActivityAt = l.IdleTimeoutSeconds, string(l.OnIdle), l.LastActivityAt
+	}
+	return out
 }
 
 func toVMNetwork(n *model.VMNetwork) *client.VMNetwork {

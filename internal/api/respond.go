@@ -66,6 +66,8 @@ func (s *server) writeServiceError(w http.ResponseWriter, r *http.Request, err e
 			msg = nf.Error()
 		}
 		s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, msg)
+	case errors.Is(err, task.ErrVMPaused):
+		s.writeError(w, r, http.StatusConflict, client.CodeVMPaused, err.Error())
 	case errors.Is(err, task.ErrVMNotRunning):
 		s.writeError(w, r, http.StatusConflict, client.CodeVMNotRunning, err.Error())
 	case errors.Is(err, model.ErrConflict), errors.Is(err, model.ErrInvalidTransition):

@@ -19,7 +19,8 @@ import (
 func (a *app) vmCommand() *cobra.Command {
 	vm := a.group("vm", "Create, list, inspect and delete VMs; run commands, shells and file copies in them")
 	vm.AddCommand(a.vmCreate(), a.vmList(), a.vmGet(), a.vmDelete(), a.vmExec(),
-		a.vmShell(), a.vmCp(), a.vmSpawn(), a.vmPs(), a.vmLogs(), a.vmKill(), a.vmTools())
+		a.vmShell(), a.vmCp(), a.vmSpawn(), a.vmPs(), a.vmLogs(), a.vmKill(), a.vmTools(), a.vmPause(), a.vmResume(),
+		a.vmKeepalive())
 	return vm
 }
 
@@ -76,7 +77,8 @@ func (a *app) vmCreate() *cobra.Command {
 		Short: "Create a VM and wait until it runs",
 		Long: `Create a VM and wait until it runs, then print its id. With --no-wait, print the id as soon as the
 server has accepted the request; the VM is then being created in the background.`,
-		Example: "  aetherium vm create web --vcpus 2 --memory 1024\n  id=$(aetherium vm create scratch)",
+		Example: "  aetherium vm create web --vcpus 2 --memory 1024\n  id=$(aetherium vm create scratch)\n" +
+			"  aetherium vm create sandbox --lifetime 2h --idle-timeout 10m --on-idle delete",
 	}
 	f := cmd.Flags()
 	f.IntVar(&req.VCPUs, "vcpus", 0, "virtual CPUs (0: the server's default)")
@@ -91,7 +93,11 @@ server has accepted the request; the VM is then being created in the background.
 	f.StringSliceVar(&egress.AllowCIDRs, "allow-cidr", nil, "egress: IPv4 networks the VM may reach, private ones included (repeatable)")
 	f.StringSliceVar(&egress.DenyCIDRs, "deny-cidr", nil, "egress: IPv4 networks the VM may not reach (repeatable)")
 	f.BoolVar(&noWait, "no-wait", false, "return once the request is accepted")
+	applyLifetime := lifetimeFlags(cmd, &req)
 	check := func(*cobra.Command, []string) (err error) {
+		if err := applyLifetime(); err != nil {
+			return err
+		}
 		if len(egress.AllowDomains)+len(egress.DenyDomains)+len(egress.AllowCIDRs)+len(egress.DenyCIDRs) > 0 {
 			req.Network = &client.NetworkRequest{Egress: egress}
 		}
@@ -200,7 +206,7 @@ func (a *app) vmGet() *cobra.Command {
 		if a.jsonOut {
 			return printJSON(a.streams.Out, vm)
 		}
-		return printFields(a.streams.Out, []field{
+		return printFields(a.streams.Out, append([]field{
 			{"ID", vm.ID},
 			{"Name", vm.Name},
 			{"Status", vm.Status},
@@ -217,7 +223,7 @@ func (a *app) vmGet() *cobra.Command {
 			{"Started", fmtTimePtr(vm.StartedAt)},
 			{"Stopped", fmtTimePtr(vm.StoppedAt)},
 			{"Updated", fmtTime(vm.UpdatedAt)},
-		})
+		}, lifetimeFields(vm)...))
 	})
 }
 

@@ -58,9 +58,15 @@ type Config struct {
 	DockerImage  string        `yaml:"docker_image"`
 	DockerNet    string        `yaml:"docker_network"`
 	ReadyWait    time.Duration `yaml:"ready_timeout"`
-	MaxOutput    int           `yaml:"max_output_bytes"`
-	MaxRetries   int           `yaml:"max_retries"`
-	ShutdownFor  time.Duration `yaml:"shutdown_timeout"`
+	// VM lifetimes (docs/architecture.md, "VM lifetimes"): what a create request gets when it names no timeout,
+	// and the most it may ask for; 0 is none.
+	VMDefaultTimeout     time.Duration `yaml:"vm_default_timeout"`
+	VMMaxTimeout         time.Duration `yaml:"vm_max_timeout"`
+	VMDefaultIdleTimeout time.Duration `yaml:"vm_default_idle_timeout"`
+	VMMaxIdleTimeout     time.Duration `yaml:"vm_max_idle_timeout"`
+	MaxOutput            int           `yaml:"max_output_bytes"`
+	MaxRetries           int           `yaml:"max_retries"`
+	ShutdownFor          time.Duration `yaml:"shutdown_timeout"`
 	// The event log of GET /api/v1/events keeps an owner's events for EventsRetention, and at most
 	// EventsMaxPerOwner of them (internal/eventlog).
 	EventsRetention   time.Duration `yaml:"events_retention"`
@@ -274,6 +280,10 @@ var settings = []setting{
 	{"docker_image", "default image of Docker VMs (empty: the built base image)", str(func(c *Config) *string { return &c.DockerImage })},
 	{"docker_network", "network mode of Docker VMs: none or bridge", str(func(c *Config) *string { return &c.DockerNet })},
 	{"ready_timeout", "how long a VM may take to become ready", duration(func(c *Config) *time.Duration { return &c.ReadyWait })},
+	{"vm_default_timeout", "hard lifetime of a VM whose create request gives no timeout_seconds: it is deleted that long after its creation (0: none)", duration(func(c *Config) *time.Duration { return &c.VMDefaultTimeout })},
+	{"vm_max_timeout", "longest timeout_seconds a create request may give, and the lifetime of VMs that give none when vm_default_timeout is 0 (0: no bound)", duration(func(c *Config) *time.Duration { return &c.VMMaxTimeout })},
+	{"vm_default_idle_timeout", "idle timeout of a VM whose create request gives no idle_timeout_seconds: it is paused or deleted (on_idle) after that long without activity (0: none)", duration(func(c *Config) *time.Duration { return &c.VMDefaultIdleTimeout })},
+	{"vm_max_idle_timeout", "longest idle_timeout_seconds a create request may give (0: no bound)", duration(func(c *Config) *time.Duration { return &c.VMMaxIdleTimeout })},
 	{"max_output_bytes", "output kept per stream per execution", integer(func(c *Config) *int { return &c.MaxOutput })},
 	{"max_retries", "retries of a task after an infrastructure failure", integer(func(c *Config) *int { return &c.MaxRetries })},
 	{"shutdown_timeout", "how long in-flight tasks may finish on SIGTERM", duration(func(c *Config) *time.Duration { return &c.ShutdownFor })},
@@ -570,6 +580,22 @@ func (c *Config) normalize() error {
 	}
 	if c.EventsMaxPerOwner < 100 || c.EventsMaxPerOwner > 10_000_000 {
 		bad("events_max_per_owner", "must be between 100 and 10000000 (got %d)", c.EventsMaxPerOwner)
+	}
+	for _, l := range []struct {
+		key, maxKey string
+		def, max    time.Duration
+	}{
+		{"vm_default_timeout", "vm_max_timeout", c.VMDefaultTimeout, c.VMMaxTimeout},
+		{"vm_default_idle_timeout", "vm_max_idle_timeout", c.VMDefaultIdleTimeout, c.VMMaxIdleTimeout},
+	} {
+		switch {
+		case l.def < 0 || l.def%time.Second != 0:
+			bad(l.key, "must be 0 or a positive whole number of seconds (got %s)", l.def)
+		case l.max < 0 || l.max%time.Second != 0:
+			bad(l.maxKey, "must be 0 or a positive whole number of seconds (got %s)", l.max)
+		case l.max > 0 && l.def > l.max:
+			bad(l.key, "must not be longer than %s (%s)", l.maxKey, l.max)
+		}
 	}
 	if _, _, err := net.SplitHostPort(c.WorkerAPIListen); err != nil {
 		bad("worker_api_listen", "must be host:port or :port (got %q)", c.WorkerAPIListen)

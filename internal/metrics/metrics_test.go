@@ -236,7 +236,7 @@ func TestVMStatesAreReadAtScrape(t *testing.T) {
 	check(s, "running", 2)
 	check(s, "failed", 1)
 	check(s, "creating", 0)
-	if got := s.LabelValues("aetherium_vms", "state"); !slices.Equal(got, []string{"creating", "failed", "running", "stopped", "stopping"}) {
+	if got := s.LabelValues("aetherium_vms", "state"); !slices.Equal(got, []string{"creating", "failed", "paused", "running", "stopped", "stopping"}) {
 		t.Errorf("states = %v", got)
 	}
 	for range 100 {

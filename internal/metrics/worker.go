@@ -86,7 +86,7 @@ func (w *Worker) TransportError(backend, op string) {
 }
 
 // vmStates are the states a worker's VMs can be in; every one is reported, zero or not, so the series are fixed.
-var vmStates = []model.VMStatus{model.VMCreating, model.VMRunning, model.VMStopping, model.VMStopped, model.VMFailed}
+var vmStates = []model.VMStatus{model.VMCreating, model.VMRunning, model.VMPaused, model.VMStopping, model.VMStopped, model.VMFailed}
 
 // vmListTimeout bounds the store reads of one scrape.
 const vmListTimeout = 5 * time.Second

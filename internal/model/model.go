@@ -41,6 +41,9 @@ const (
 	VMPending  VMStatus = "pending"
 	VMCreating VMStatus = "creating"
 	VMRunning  VMStatus = "running"
+	// VMPaused: the guest is frozen (vCPUs stopped, container frozen); it keeps its memory, disk and network lease
+	// and takes no commands until it is resumed.
+	VMPaused   VMStatus = "paused"
 	VMStopping VMStatus = "stopping"
 	VMStopped  VMStatus = "stopped"
 	VMDeleted  VMStatus = "deleted"
@@ -52,7 +55,8 @@ const (
 var vmTransitions = map[VMStatus][]VMStatus{
 	VMPending:  {VMCreating, VMFailed, VMStopping, VMDeleted},
 	VMCreating: {VMRunning, VMFailed, VMStopping},
-	VMRunning:  {VMStopping, VMStopped, VMFailed},
+	VMRunning:  {VMPaused, VMStopping, VMStopped, VMFailed},
+	VMPaused:   {VMRunning, VMStopping, VMFailed},
 	VMStopping: {VMStopped, VMDeleted, VMFailed},
 	VMStopped:  {VMStopping, VMDeleted, VMFailed},
 	VMFailed:   {VMStopping, VMDeleted},
@@ -116,6 +120,38 @@ type VM struct {
 	UpdatedAt      time.Time         `json:"updated_at"`
 	StartedAt      *time.Time        `json:"started_at,omitempty"`
 	StoppedAt      *time.Time        `json:"stopped_at,omitempty"`
+	// Lifetime is how long the VM may live and idle (see docs/architecture.md, "VM lifetimes"); nil: for ever.
+	Lifetime *VMLifetime `json:"lifetime,omitempty"`
+}
+
+// OnIdle says what happens to a VM idle for its idle timeout.
+type OnIdle string
+
+// What an idle VM becomes.
+const (
+	OnIdlePause  OnIdle = "pause"
+	OnIdleDelete OnIdle = "delete"
+)
+
+// Valid reports whether o is a known action.
+func (o OnIdle) Valid() bool { return o == OnIdlePause || o == OnIdleDelete }
+
+// VMLifetime bounds a VM's life. A hard timeout always deletes the VM at ExpiresAt, busy or not; an idle timeout
+// pauses or deletes it (OnIdle) once nothing has happened in it for that long (commands, shell input and output,
+// file transfers, agent runs, background processes printing; never API reads).
+type VMLifetime struct {
+	TimeoutSeconds     int        `json:"timeout_seconds,omitempty"`
+	ExpiresAt          *time.Time `json:"expires_at,omitempty"`
+	IdleTimeoutSeconds int        `json:"idle_timeout_seconds,omitempty"`
+	OnIdle             OnIdle     `json:"on_idle,omitempty"`
+	// LastActivityAt is when the VM's worker last saw activity in it, saved in batches (the worker keeps the
+	// newest in memory), or when a keepalive refreshed it.
+	LastActivityAt *time.Time `json:"last_activity_at,omitempty"`
+}
+
+// IsSet reports whether l bounds anything.
+func (l *VMLifetime) IsSet() bool {
+	return l != nil && (l.ExpiresAt != nil || l.IdleTimeoutSeconds > 0)
 }
 
 // VMNetwork is a VM's network: the egress policy it was created with and the address it was given.
@@ -142,6 +178,8 @@ const (
 	TaskVMExecute TaskType = "vm:execute"
 	TaskVMTools   TaskType = "vm:tools"
 	TaskVMDelete  TaskType = "vm:delete"
+	TaskVMPause   TaskType = "vm:pause"
+	TaskVMResume  TaskType = "vm:resume"
 	TaskJobRun    TaskType = "job:run"
 	TaskRunAgent  TaskType = "run:agent"
 	// TaskWebhookProcess handles a recorded webhook delivery (internal/integrations); its payload names the record.
@@ -277,6 +315,7 @@ type VMSpec struct {
 	Metadata map[string]string `json:"metadata,omitempty"`
 	Network  *VMNetwork        `json:"network,omitempty"`
 	Tools    []string          `json:"tools,omitempty"` // normalized "name" or "name@version"
+	Lifetime *VMLifetime       `json:"lifetime,omitempty"`
 }
 
 // Job runs several commands in order in one VM, optionally creating the VM first and deleting it after.

@@ -46,5 +46,7 @@ func webhookLimits(cfg config.Config) task.Limits {
 	l := task.DefaultLimits()
 	l.MaxRetries = cfg.MaxRetries
 	l.MaxOutputBytes = cfg.MaxOutput
+	l.DefaultVMTimeout, l.MaxVMTimeout = cfg.VMDefaultTimeout, cfg.VMMaxTimeout
+	l.DefaultVMIdleTimeout, l.MaxVMIdleTimeout = cfg.VMDefaultIdleTimeout, cfg.VMMaxIdleTimeout
 	return l
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/aetherium/aetherium/internal/activity"
 	"github.com/aetherium/aetherium/internal/agents"
 	"github.com/aetherium/aetherium/internal/api"
 	"github.com/aetherium/aetherium/internal/auth"
@@ -153,6 +154,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		cpSrv   *http.Server
 	)
 	if roles.Worker {
+		vmActivity := activity.New() // the worker and its API record VMs' activity in one place
 		backend, err := openBackend(ctx, cfg, st, ms.Network(), log)
 		if err != nil {
 			return err
@@ -176,7 +178,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		}
 		// The worker API serves the interactive operations on this host's VMs; gateways (this process's too, in
 		// serve) proxy to the URL the worker advertises in its heartbeat.
-		wh, err := workerapi.New(workerapi.Config{Agents: backend, Token: token, Logger: log})
+		wh, err := workerapi.New(workerapi.Config{Agents: backend, Token: token, Logger: log, Activity: vmActivity})
 		if err != nil {
 			return err
 		}
@@ -207,6 +209,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			Agents:   agentCatalog,
 			Metrics:  ms.Worker(),
 			Logs:     logSink,
+			Activity: vmActivity,
 		})
 		if err != nil {
 			return err
@@ -228,10 +231,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 				return err
 			}
 		}
-		limits := task.DefaultLimits()
-		limits.MaxRetries = cfg.MaxRetries
-		limits.MaxOutputBytes = cfg.MaxOutput
-		svc = task.New(st, q, bus, limits, task.WithLogger(log), task.WithToolCatalog(catalog), task.WithSecrets(sm),
+		svc = task.New(st, q, bus, webhookLimits(cfg), task.WithLogger(log), task.WithToolCatalog(catalog), task.WithSecrets(sm),
 			task.WithAgents(agentCatalog), task.WithGitHosts(gitHostSecrets(gitHosts)))
 		rl, closeLimits, err := rateLimits(cfg, log)
 		if err != nil {

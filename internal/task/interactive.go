@@ -39,7 +39,7 @@ func (s *Service) VMEndpoint(ctx context.Context, ownerID, vmID string) (*Worker
 		return nil, err
 	}
 	if vm.Status != model.VMRunning {
-		return nil, fmt.Errorf("%w: vm %s is %s", ErrVMNotRunning, vmID, vm.Status)
+		return nil, notRunning(vmID, vm.Status)
 	}
 	if vm.WorkerID == "" {
 		return nil, &UnavailableError{Reason: "the vm has no worker yet; retry later",

@@ -90,6 +90,7 @@ func (s *Service) newVM(ctx context.Context, ownerID string, spec model.VMSpec) 
 		Network: spec.Network, Tools: spec.Tools, CreatedAt: now(),
 	}
 	vm.UpdatedAt = vm.CreatedAt
+	vm.Lifetime = startLifetime(spec.Lifetime, vm.CreatedAt)
 	if err := s.store.VMs().Create(ctx, vm); err != nil {
 		if errors.Is(err, model.ErrConflict) {
 			return nil, fmt.Errorf("a vm named %q already exists: %w", spec.Name, model.ErrConflict)
@@ -298,7 +299,7 @@ func (s *Service) Execute(ctx context.Context, ownerID, vmID string, req client.
 		return nil, nil, err
 	}
 	if vm.Status != model.VMRunning {
-		return nil, nil, fmt.Errorf("%w: vm %s is %s", ErrVMNotRunning, vmID, vm.Status)
+		return nil, nil, notRunning(vmID, vm.Status)
 	}
 	if err := s.checkWorker(ctx, vm.ID, vm.WorkerID); err != nil {
 		return nil, nil, err
@@ -336,7 +337,7 @@ func (s *Service) AddTools(ctx context.Context, ownerID, vmID string, req client
 		return nil, err
 	}
 	if vm.Status != model.VMRunning {
-		return nil, fmt.Errorf("%w: vm %s is %s", ErrVMNotRunning, vmID, vm.Status)
+		return nil, notRunning(vmID, vm.Status)
 	}
 	if err := s.checkWorker(ctx, vm.ID, vm.WorkerID); err != nil {
 		return nil, err
@@ -491,7 +492,7 @@ func (s *Service) CreateJob(ctx context.Context, ownerID string, req client.Crea
 			return nil, nil, err
 		}
 		if vm.Status != model.VMRunning {
-			return nil, nil, fmt.Errorf("%w: vm %s is %s", ErrVMNotRunning, vm.ID, vm.Status)
+			return nil, nil, notRunning(vm.ID, vm.Status)
 		}
 		if err := s.checkWorker(ctx, vm.ID, vm.WorkerID); err != nil {
 			return nil, nil, err

@@ -118,7 +118,7 @@ func (s *Service) CreateRun(ctx context.Context, ownerID string, req client.Crea
 			return nil, nil, err
 		}
 		if vm.Status != model.VMRunning {
-			return nil, nil, fmt.Errorf("%w: vm %s is %s", ErrVMNotRunning, vm.ID, vm.Status)
+			return nil, nil, notRunning(vm.ID, vm.Status)
 		}
 		if err := s.checkWorker(ctx, vm.ID, vm.WorkerID); err != nil {
 			return nil, nil, err

@@ -45,6 +45,10 @@ type Limits struct {
 	MaxRetries       int           // infrastructure retries per task
 	MaxOutputBytes   int           // stored per stream per execution
 	WorkerStaleAfter time.Duration // a worker whose heartbeat is older cannot take pinned tasks
+	// VM lifetimes (lifecycle.go): the hard timeout and idle timeout a VM gets when its create request names
+	// none (0: none), and the most it may ask for (0: no bound).
+	DefaultVMTimeout, MaxVMTimeout         time.Duration
+	DefaultVMIdleTimeout, MaxVMIdleTimeout time.Duration
 }
 
 // DefaultLimits are the limits used when none are configured.

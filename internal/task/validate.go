@@ -97,6 +97,11 @@ func (s *Service) normalizeVMSpec(req client.CreateVMRequest) (model.VMSpec, err
 			spec.Tools = append(spec.Tools, r.String())
 		}
 	}
+	lt, err := s.normalizeLifetime(req)
+	if err != nil {
+		return spec, err
+	}
+	spec.Lifetime = lt
 	return spec, nil
 }
 

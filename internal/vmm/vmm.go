@@ -98,3 +98,15 @@ type Orchestrator interface {
 	Health(ctx context.Context) error
 	Close() error
 }
+
+// Pauser is implemented by backends that can freeze a VM and let it run again (issue 15). A paused VM keeps its
+// memory, disk, processes and network address, uses no CPU, and takes no commands: its agent does not answer.
+// Both methods are idempotent (pausing a paused VM succeeds), fail with ErrNotFound or ErrNotRunning (wrapped)
+// like ExecuteCommand, and leave the VM as it was on any other error. A paused VM is listed as StateRunning, so
+// that a restarted worker adopts it as it is; Paused says which it is.
+type Pauser interface {
+	PauseVM(ctx context.Context, id string) error
+	ResumeVM(ctx context.Context, id string) error
+	// Paused reports whether the VM is paused now.
+	Paused(ctx context.Context, id string) (bool, error)
+}

@@ -168,9 +168,12 @@ func (w *Worker) setVMFailed(ctx context.Context, id, reason string) {
 }
 
 func (w *Worker) handleDelete(ctx context.Context, t *model.Task) (json.RawMessage, error) {
-	var p task.VMPayload
+	var p task.LifecyclePayload // a task.VMPayload, with the reaper's reason when it asked (lifecycle.go)
 	if err := decode(t, &p); err != nil {
 		return nil, err
+	}
+	if p.Reason != "" {
+		return w.reapDelete(ctx, p)
 	}
 	if err := w.deleteVM(ctx, p.VMID); err != nil {
 		return nil, err
@@ -207,6 +210,7 @@ func (w *Worker) deleteVM(ctx context.Context, vmID string) error {
 		return nil
 	})
 	if err == nil {
+		w.activity.Forget(vm.ID)
 		w.log.Info("vm deleted", "vm_id", vm.ID)
 	}
 	return err
@@ -329,7 +333,10 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 	// The output streams to live readers as it comes (execOutput) and is kept, up to the cap, for the row.
 	out := w.newExecOutput(ctx, e, scrub)
 	execStart := time.Now()
-	res, err := w.cfg.Backend.ExecuteStream(ctx, vm.ID, req, out.writer(0), out.writer(1))
+	busy := w.activity.Begin(vm.ID) // a VM running a command is never idle, and its output is activity
+	res, err := w.cfg.Backend.ExecuteStream(ctx, vm.ID, req, w.activity.Writer(vm.ID, out.writer(0)),
+		w.activity.Writer(vm.ID, out.writer(1)))
+	busy()
 	execTook := time.Since(execStart)
 	out.finish()
 	if err != nil {

@@ -156,7 +156,8 @@ func (w *Worker) resync(ctx context.Context, restarted bool, suspect string) err
 		switch vm.Status {
 		case model.VMCreating, model.VMStopping:
 			err = w.reconcileInFlight(ctx, vm, restarted)
-		case model.VMRunning:
+		case model.VMRunning, model.VMPaused:
+			// A paused VM's process or container is there, frozen: backends list it as running (vmm.Pauser).
 			if in == nil || in.State != vmm.StateRunning || vm.ID == suspect {
 				err = w.vmLost(ctx, vm, in, restarted)
 			}
@@ -214,7 +215,7 @@ func (w *Worker) vmLost(ctx context.Context, vm *model.VM, in *vmm.Instance, res
 		}
 	}
 	failed, err := w.cfg.Store.VMs().Update(ctx, vm.ID, func(v *model.VM) error {
-		if v.Status != model.VMRunning || v.WorkerID != w.cfg.ID {
+		if (v.Status != model.VMRunning && v.Status != model.VMPaused) || v.WorkerID != w.cfg.ID {
 			return errSkip // deleted, or being deleted, meanwhile
 		}
 		v.Status, v.Error, v.StoppedAt = model.VMFailed, reason, utcNow()

@@ -187,6 +187,7 @@ func (w *Worker) runAgent(ctx context.Context, t *model.Task, run *model.Run) (*
 	if vm.Status != model.VMRunning || vm.WorkerID != w.cfg.ID {
 		return nil, queue.Permanent(fmt.Errorf("vm %s is %s", vm.ID, vm.Status))
 	}
+	defer w.activity.Begin(vm.ID)() // a VM running an agent is never idle
 
 	repo, err := gitrepo.Parse(run.Spec.Repo.URL)
 	if err != nil {

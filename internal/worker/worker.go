@@ -1,5 +1,6 @@
 // Package worker runs tasks on the host that owns the VMs: it registers itself with a heartbeat, reconciles the
-// store with what its backend really runs, and handles vm:create, vm:execute, vm:tools, vm:delete and job:run.
+// store with what its backend really runs, and handles vm:create, vm:execute, vm:tools, vm:delete, vm:pause,
+// vm:resume, job:run and run:agent; its reaper ends VMs' lifetimes (lifecycle.go).
 //
 // Every handler is written to be retried: it reads the rows it works on, skips what is already done, and never runs
 // a command twice (a command is not idempotent, so an execution interrupted mid-run is failed with a reason instead).
@@ -15,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aetherium/aetherium/internal/activity"
 	"github.com/aetherium/aetherium/internal/agents"
 	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/keyedmutex"
@@ -70,6 +72,12 @@ type Config struct {
 	Metrics *metrics.Worker
 	// Logs receives every execution's output, line by line (kind "exec", ids in structured metadata); nil: none.
 	Logs logs.Sink
+	// Activity records what happens in this worker's VMs, for their idle timeouts (lifecycle.go); the worker's
+	// internal API shares it, for shells and file transfers. Nil: the worker makes its own.
+	Activity *activity.Tracker
+	// ReapInterval is how often the reaper looks at VMs' lifetimes (default DefaultReapInterval);
+	// ActivitySaveInterval how often their activity is saved to the store (default DefaultActivitySaveInterval).
+	ReapInterval, ActivitySaveInterval time.Duration
 }
 
 // Worker owns the VMs of one host.
@@ -86,6 +94,9 @@ type Worker struct {
 
 	rs   resyncer
 	kick chan struct{} // asks the resync loop for a pass now
+
+	activity *activity.Tracker
+	reaper   reaperState
 }
 
 // New checks cfg and returns a Worker; Start makes it work.
@@ -111,7 +122,17 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.ResyncInterval <= 0 {
 		cfg.ResyncInterval = DefaultResyncInterval
 	}
-	return &Worker{cfg: cfg, log: cfg.Logger.With("worker_id", cfg.ID), kick: make(chan struct{}, 1)}, nil
+	if cfg.ReapInterval <= 0 {
+		cfg.ReapInterval = DefaultReapInterval
+	}
+	if cfg.ActivitySaveInterval <= 0 {
+		cfg.ActivitySaveInterval = DefaultActivitySaveInterval
+	}
+	if cfg.Activity == nil {
+		cfg.Activity = activity.New()
+	}
+	return &Worker{cfg: cfg, log: cfg.Logger.With("worker_id", cfg.ID), kick: make(chan struct{}, 1),
+		activity: cfg.Activity}, nil
 }
 
 // Start registers the worker, reconciles its VMs, and starts consuming tasks and sending heartbeats.
@@ -131,6 +152,8 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.cfg.Queue.RegisterHandler(model.TaskVMCreate, w.handleCreate)
 	w.cfg.Queue.RegisterHandler(model.TaskVMExecute, w.handleExecute)
 	w.cfg.Queue.RegisterHandler(model.TaskVMDelete, w.handleDelete)
+	w.cfg.Queue.RegisterHandler(model.TaskVMPause, w.handlePause)
+	w.cfg.Queue.RegisterHandler(model.TaskVMResume, w.handleResume)
 	w.cfg.Queue.RegisterHandler(model.TaskVMTools, w.handleTools)
 	w.cfg.Queue.RegisterHandler(model.TaskJobRun, w.handleJob)
 	w.cfg.Queue.RegisterHandler(model.TaskRunAgent, w.handleRun)
@@ -139,9 +162,10 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w.stop = cancel
-	w.wg.Add(2)
+	w.wg.Add(3)
 	go w.heartbeat(hctx)
 	go w.resyncLoop(hctx)
+	go w.reapLoop(hctx)
 	w.log.Info("worker started", "backend", w.cfg.Backend.Name())
 	return nil
 }
@@ -371,7 +395,7 @@ func (w *Worker) listOwnVMs(ctx context.Context) ([]*model.VM, error) {
 	for {
 		vms, err := w.cfg.Store.VMs().List(ctx, store.VMFilter{
 			WorkerID: w.cfg.ID,
-			Statuses: []model.VMStatus{model.VMCreating, model.VMRunning, model.VMStopping, model.VMStopped, model.VMFailed},
+			Statuses: []model.VMStatus{model.VMCreating, model.VMRunning, model.VMPaused, model.VMStopping, model.VMStopped, model.VMFailed},
 			Page:     page,
 		})
 		if err != nil {

@@ -37,6 +37,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 
+	"github.com/aetherium/aetherium/internal/activity"
 	agentclient "github.com/aetherium/aetherium/internal/agent/client"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/workerapi/wire"
@@ -69,6 +70,9 @@ type Config struct {
 	MaxWait time.Duration
 	// MaxTimeout bounds the timeout_seconds of a background process (default 24 h).
 	MaxTimeout time.Duration
+	// Activity, when set, records the activity these routes are for VMs' idle timeouts (see track); the worker
+	// shares it (worker.Config.Activity).
+	Activity *activity.Tracker
 }
 
 type server struct {
@@ -77,6 +81,7 @@ type server struct {
 	log        *slog.Logger
 	maxWait    time.Duration
 	maxTimeout time.Duration
+	activity   *activity.Tracker
 }
 
 // New returns the handler of the worker API.
@@ -88,7 +93,7 @@ func New(cfg Config) (http.Handler, error) {
 		return nil, fmt.Errorf("workerapi: the cluster token must have at least %d characters", MinTokenLen)
 	}
 	s := &server{agents: cfg.Agents, tokenHash: sha256.Sum256([]byte(cfg.Token)), log: cfg.Logger,
-		maxWait: cfg.MaxWait, maxTimeout: cfg.MaxTimeout}
+		maxWait: cfg.MaxWait, maxTimeout: cfg.MaxTimeout, activity: cfg.Activity}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -109,6 +114,7 @@ func New(cfg Config) (http.Handler, error) {
 	})
 	r.Get(wire.HealthPath, s.health)
 	r.Route(wire.PathPrefix+"/{id}", func(r chi.Router) {
+		r.Use(s.track)
 		r.Get("/files", s.download)
 		r.Put("/files", s.upload)
 		r.Get("/fs/stat", s.stat)
@@ -148,6 +154,24 @@ func (s *server) health(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// track records a request's activity in its VM: a shell session or a file transfer keeps the VM busy for as long
+// as it lasts (shells and transfers are never cut short by an idle timeout), other changes count as activity
+// when they arrive. Reads (GET, and waiting for a process) do not count: polling must not keep a VM alive.
+func (s *server) track(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.activity != nil {
+			id := chi.URLParam(r, "id")
+			switch p := r.URL.Path; {
+			case strings.HasSuffix(p, "/files"), strings.HasSuffix(p, "/shell"):
+				defer s.activity.Begin(id)()
+			case r.Method != http.MethodGet && !strings.HasSuffix(p, "/wait"):
+				s.activity.Touch(id)
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // TokenMatches compares a presented token with the expected one's hash in constant time. Hashing first makes the

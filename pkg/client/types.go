@@ -20,13 +20,15 @@ type ErrorDetail struct {
 
 // Error codes returned by the API.
 const (
-	CodeBadRequest       = "bad_request"
-	CodeInvalidJSON      = "invalid_json"
-	CodeValidation       = "validation_failed"
-	CodeUnauthorized     = "unauthorized"
-	CodeNotFound         = "not_found"
-	CodeConflict         = "conflict"
-	CodeVMNotRunning     = "vm_not_running"
+	CodeBadRequest   = "bad_request"
+	CodeInvalidJSON  = "invalid_json"
+	CodeValidation   = "validation_failed"
+	CodeUnauthorized = "unauthorized"
+	CodeNotFound     = "not_found"
+	CodeConflict     = "conflict"
+	CodeVMNotRunning = "vm_not_running"
+	// CodeVMPaused (409): the VM is paused and takes no commands, files or shells; resume it first.
+	CodeVMPaused         = "vm_paused"
 	CodeTooLarge         = "payload_too_large"
 	CodeUnsupportedMedia = "unsupported_media_type"
 	CodeRateLimited      = "rate_limited"
@@ -67,6 +69,20 @@ type CreateVMRequest struct {
 	// ("node": "22.12.0"), as an alternative to name@version.
 	Tools        []string          `json:"tools,omitempty"`
 	ToolVersions map[string]string `json:"tool_versions,omitempty"`
+	// TimeoutSeconds is the VM's hard lifetime: it is deleted that long after its creation, busy or not (0: the
+	// server's vm_default_timeout; the server's vm_max_timeout bounds it).
+	TimeoutSeconds int `json:"timeout_seconds,omitempty"`
+	// IdleTimeoutSeconds pauses or deletes the VM (OnIdle) once nothing has happened in it for that long (0: the
+	// server's vm_default_idle_timeout; vm_max_idle_timeout bounds it).
+	IdleTimeoutSeconds int `json:"idle_timeout_seconds,omitempty"`
+	// OnIdle is "pause" (the default) or "delete".
+	OnIdle string `json:"on_idle,omitempty"`
+}
+
+// KeepaliveRequest is the body of POST /api/v1/vms/{id}/keepalive (optional): it counts as activity, and pushes
+// the VM's hard expiry to at least Seconds from now (0: the VM's own timeout_seconds).
+type KeepaliveRequest struct {
+	Seconds int `json:"seconds,omitempty"`
 }
 
 // AddToolsRequest asks for tools in a running VM (POST /api/v1/vms/{id}/tools).
@@ -119,6 +135,13 @@ type VM struct {
 	UpdatedAt      time.Time         `json:"updated_at"`
 	StartedAt      *time.Time        `json:"started_at,omitempty"`
 	StoppedAt      *time.Time        `json:"stopped_at,omitempty"`
+	// Lifetime: the hard timeout and when it deletes the VM, the idle timeout and what it does, and the last
+	// activity the VM's worker saw (saved every few seconds). Absent when the VM has none.
+	TimeoutSeconds     int        `json:"timeout_seconds,omitempty"`
+	ExpiresAt          *time.Time `json:"expires_at,omitempty"`
+	IdleTimeoutSeconds int        `json:"idle_timeout_seconds,omitempty"`
+	OnIdle             string     `json:"on_idle,omitempty"`
+	LastActivityAt     *time.Time `json:"last_activity_at,omitempty"`
 }
 
 // VMAccepted answers POST /api/v1/vms: 202 with the task, or 201 with the finished VM when ?wait was given and the

@@ -13,7 +13,7 @@ import (
 	"github.com/aetherium/aetherium/internal/store"
 )
 
-var allVMStatuses = []model.VMStatus{model.VMPending, model.VMCreating, model.VMRunning, model.VMStopping,
+var allVMStatuses = []model.VMStatus{model.VMPending, model.VMCreating, model.VMRunning, model.VMPaused, model.VMStopping,
 	model.VMStopped, model.VMDeleted, model.VMFailed}
 
 // fullVM has every field set, times with nanoseconds in a non-UTC zone.
@@ -43,12 +43,19 @@ func fullVM(owner, name string) *model.VM {
 		UpdatedAt:      at(1),
 		StartedAt:      ptr(at(2)),
 		StoppedAt:      ptr(at(3)),
+		Lifetime: &model.VMLifetime{TimeoutSeconds: 3600, ExpiresAt: ptr(at(60)), IdleTimeoutSeconds: 300,
+			OnIdle: model.OnIdleDelete, LastActivityAt: ptr(at(4))},
 	}
 }
 
 func storedVM(v model.VM) model.VM {
 	v.CreatedAt, v.UpdatedAt = stored(v.CreatedAt), stored(v.UpdatedAt)
 	v.StartedAt, v.StoppedAt = storedPtr(v.StartedAt), storedPtr(v.StoppedAt)
+	if l := v.Lifetime; l != nil {
+		c := *l
+		c.ExpiresAt, c.LastActivityAt = storedPtr(l.ExpiresAt), storedPtr(l.LastActivityAt)
+		v.Lifetime = &c
+	}
 	return v
 }
 

@@ -179,3 +179,28 @@ func (c *apiClient) ready(ctx context.Context) error {
 	}
 	return nil
 }
+
+// instanceState is the VM's state as GET / (describeInstance) gives it: "Not started", "Running" or "Paused".
+func (c *apiClient) instanceState(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://localhost/", nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("firecracker API GET / (socket %s): %w", c.sock, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		return "", &APIError{Method: http.MethodGet, Path: "/", Status: resp.StatusCode, Fault: strings.TrimSpace(string(data))}
+	}
+	var info struct {
+		State string `json:"state"`
+	}
+	if err := json.Unmarshal(data, &info); err != nil {
+		return "", fmt.Errorf("firecracker API GET /: %w", err)
+	}
+	return info.State, nil
+}

@@ -44,7 +44,37 @@ func (b *Backend) Resume(ctx context.Context, id string) error {
 	return b.setVMState(ctx, id, "Resumed")
 }
 
+// PauseVM implements vmm.Pauser: Pause, except that pausing a paused VM succeeds without asking Firecracker to
+// pause it again (GET / says what it is).
+func (b *Backend) PauseVM(ctx context.Context, id string) error {
+	return b.setVMStateIf(ctx, id, "Paused", "Paused")
+}
+
+// ResumeVM implements vmm.Pauser: Resume, except that resuming a running VM succeeds without a request.
+func (b *Backend) ResumeVM(ctx context.Context, id string) error {
+	return b.setVMStateIf(ctx, id, "Resumed", "Running")
+}
+
+// Paused reports whether Firecracker says the VM is paused (GET /).
+func (b *Backend) Paused(ctx context.Context, id string) (bool, error) {
+	_, api, err := b.runningAPI(id)
+	if err != nil {
+		return false, err
+	}
+	defer api.http.CloseIdleConnections()
+	state, err := api.instanceState(ctx)
+	if err != nil {
+		return false, fmt.Errorf("firecracker backend: vm %s: %w", id, err)
+	}
+	return state == "Paused", nil
+}
+
 func (b *Backend) setVMState(ctx context.Context, id, state string) error {
+	return b.setVMStateIf(ctx, id, state, "")
+}
+
+// setVMStateIf sends PATCH /vm {state}, unless GET / says the VM is in state unless already ("": always).
+func (b *Backend) setVMStateIf(ctx context.Context, id, state, unless string) error {
 	unlock := b.lockVM(id)
 	defer unlock()
 	_, api, err := b.runningAPI(id)
@@ -52,6 +82,15 @@ func (b *Backend) setVMState(ctx context.Context, id, state string) error {
 		return err
 	}
 	defer api.http.CloseIdleConnections()
+	if unless != "" {
+		cur, err := api.instanceState(ctx)
+		if err != nil {
+			return fmt.Errorf("firecracker backend: vm %s: %w", id, err)
+		}
+		if cur == unless {
+			return nil
+		}
+	}
 	if err := api.call(ctx, http.MethodPatch, "/vm", vmStateBody{State: state}); err != nil {
 		return fmt.Errorf("firecracker backend: vm %s: %w", id, err)
 	}

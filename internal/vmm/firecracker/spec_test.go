@@ -276,6 +276,7 @@ func TestSpecValidator(t *testing.T) {
 		{"PUT", "/vsock", `{"guest_cid":3,"uds_path":"/v.sock"}`},
 		{"PUT", "/actions", `{"action_type":"InstanceStart"}`},
 		{"PATCH", "/vm", `{"state":"Paused"}`},
+		{"PATCH", "/vm", `{"state":"Resumed"}`},
 		{"PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"}}`},
 		{"GET", "/", ``},
 	}
@@ -293,6 +294,8 @@ func TestSpecValidator(t *testing.T) {
 		{"PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":256,"vcpus":1}`, `unknown property "vcpus"`},
 		{"PUT", "/vsock", `{"guest_cid":2,"uds_path":"/v"}`, "below the minimum"},
 		{"PUT", "/actions", `{"action_type":"Reboot"}`, "not one of"},
+		{"PATCH", "/vm", `{"state":"Running"}`, "not one of"},
+		{"PATCH", "/vm", `{}`, `"state" missing`},
 		{"PUT", "/actions", ``, "required"},
 		{"PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"Disk","backend_path":"/m"}}`, "body.mem_backend.backend_type"},
 		{"POST", "/actions", `{"action_type":"InstanceStart"}`, "method not in the spec"},

@@ -14,10 +14,16 @@ import (
 // qmpCommand runs one QEMU Machine Protocol command on the socket at path: read the greeting, negotiate
 // capabilities, execute, and read until the command's answer (skipping asynchronous events).
 func qmpCommand(ctx context.Context, path, command string) error {
+	_, err := qmpCall(ctx, path, command)
+	return err
+}
+
+// qmpCall is qmpCommand that returns the command's answer (its "return" member).
+func qmpCall(ctx context.Context, path, command string) (json.RawMessage, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
-		return fmt.Errorf("qmp: %w", err)
+		return nil, fmt.Errorf("qmp: %w", err)
 	}
 	defer conn.Close()
 	deadline, ok := ctx.Deadline()
@@ -31,22 +37,23 @@ func qmpCommand(ctx context.Context, path, command string) error {
 	}
 	line, err := r.ReadBytes('\n')
 	if err != nil {
-		return fmt.Errorf("qmp greeting: %w", err)
+		return nil, fmt.Errorf("qmp greeting: %w", err)
 	}
 	if err := json.Unmarshal(line, &greeting); err != nil || greeting.QMP == nil {
-		return fmt.Errorf("qmp greeting: unexpected %q", line)
+		return nil, fmt.Errorf("qmp greeting: unexpected %q", line)
 	}
+	var ret json.RawMessage
 	for _, cmd := range []string{"qmp_capabilities", command} {
 		if _, err := fmt.Fprintf(conn, `{"execute":%q}`+"\n", cmd); err != nil {
-			return fmt.Errorf("qmp %s: %w", cmd, err)
+			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 		}
 		for {
 			line, err := r.ReadBytes('\n')
 			if err != nil {
 				if cmd == "quit" {
-					return nil // QEMU closes the socket as it exits
+					return nil, nil // QEMU closes the socket as it exits
 				}
-				return fmt.Errorf("qmp %s: %w", cmd, err)
+				return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 			}
 			var msg struct {
 				Return json.RawMessage `json:"return"`
@@ -56,16 +63,17 @@ func qmpCommand(ctx context.Context, path, command string) error {
 				} `json:"error"`
 			}
 			if err := json.Unmarshal(line, &msg); err != nil {
-				return fmt.Errorf("qmp %s: bad answer %q", cmd, line)
+				return nil, fmt.Errorf("qmp %s: bad answer %q", cmd, line)
 			}
 			if msg.Error != nil {
-				return fmt.Errorf("qmp %s: %s: %s", cmd, msg.Error.Class, msg.Error.Desc)
+				return nil, fmt.Errorf("qmp %s: %s: %s", cmd, msg.Error.Class, msg.Error.Desc)
 			}
 			if msg.Return != nil {
+				ret = msg.Return
 				break
 			}
 			// An event ({"event": ...}): keep reading.
 		}
 	}
-	return nil
+	return ret, nil
 }

@@ -666,12 +666,21 @@ type vmExtra struct {
 	Network        *model.VMNetwork  `json:"network,omitempty"`
 	Tools          []string          `json:"tools,omitempty"`
 	InstalledTools map[string]string `json:"installed_tools,omitempty"`
+	Lifetime       *model.VMLifetime `json:"lifetime,omitempty"`
 }
 
 // MarshalVMExtra encodes a VM's network and tools for its extra column; nothing to store is NULL (nil).
 func MarshalVMExtra(vm *model.VM) ([]byte, error) {
-	e := vmExtra{Network: vm.Network, Tools: vm.Tools, InstalledTools: vm.InstalledTools}
-	if e.Network == nil && len(e.Tools) == 0 && len(e.InstalledTools) == 0 {
+	if l := vm.Lifetime; l != nil {
+		// Stored as every other time is: UTC, to the microsecond (the caller's copy too, as for the columns).
+		for _, t := range []*time.Time{l.ExpiresAt, l.LastActivityAt} {
+			if t != nil {
+				*t = t.UTC().Truncate(time.Microsecond)
+			}
+		}
+	}
+	e := vmExtra{Network: vm.Network, Tools: vm.Tools, InstalledTools: vm.InstalledTools, Lifetime: vm.Lifetime}
+	if e.Network == nil && len(e.Tools) == 0 && len(e.InstalledTools) == 0 && e.Lifetime == nil {
 		return nil, nil
 	}
 	return json.Marshal(e)
@@ -686,7 +695,7 @@ func UnmarshalVMExtra(b []byte, vm *model.VM) error {
 	if err := json.Unmarshal(b, &e); err != nil {
 		return err
 	}
-	vm.Network, vm.Tools, vm.InstalledTools = e.Network, e.Tools, e.InstalledTools
+	vm.Network, vm.Tools, vm.InstalledTools, vm.Lifetime = e.Network, e.Tools, e.InstalledTools, e.Lifetime
 	if len(vm.Tools) == 0 {
 		vm.Tools = nil
 	}
