@@ -145,6 +145,82 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/vms/{id}/pause": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A UUID. Anything else is answered 404. */
+                id: components["parameters"]["ID"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Pause a VM
+         * @description Queues the pause of a running VM on its worker: the guest is frozen (QEMU `stop`, Firecracker `PATCH /vm`,
+         *     `docker pause`), keeps its memory, processes, disk and network address, and uses no CPU. Commands, files,
+         *     processes and shells are refused with `409 vm_paused` until it is resumed. Pausing a paused VM succeeds
+         *     (its task is completed at once); a VM in another state is `409 vm_not_running`.
+         *     `202` with the task; with `wait`, `200` with the task once it has finished.
+         */
+        post: operations["pauseVM"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/vms/{id}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A UUID. Anything else is answered 404. */
+                id: components["parameters"]["ID"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resume a paused VM
+         * @description Queues the resume of a paused VM on its worker; its processes go on where they were. Resuming a running
+         *     VM succeeds (its task is completed at once). `202` with the task; with `wait`, `200` once it has finished.
+         */
+        post: operations["resumeVM"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/vms/{id}/keepalive": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A UUID. Anything else is answered 404. */
+                id: components["parameters"]["ID"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Keep a VM alive
+         * @description Counts as activity (the idle timeout starts again) and pushes the hard expiry to at least `seconds` from
+         *     now (default: the VM's own timeout_seconds). A paused VM stays paused. A VM without a lifetime is
+         *     returned as it is. The body is optional.
+         */
+        post: operations["keepaliveVM"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/vms/{id}/execute": {
         parameters: {
             query?: never;
@@ -803,6 +879,35 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/mcp": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Model Context Protocol (streamable HTTP, stateless)
+         * @description Aetherium's MCP server (docs/mcp.md) for AI agents: tools `create_vm`, `list_vms`, `exec`, `read_file`,
+         *     `write_file`, `list_dir`, `delete_vm`, `start_run`, `get_run` and the resource template
+         *     `aetherium://vms/{id}/logs`. The body is a JSON-RPC 2.0 message of MCP (`initialize`, `tools/list`,
+         *     `tools/call`, ...); send `Accept: application/json, text/event-stream`. The answer is a server-sent event
+         *     stream carrying the JSON-RPC response (`202` with no body for a notification). The endpoint is stateless:
+         *     it sets no `Mcp-Session-Id`, and every request acts as the API key it carries; each tool call is one or
+         *     more requests to this API with that key, so it can do exactly what the key can. A tool that fails (bad
+         *     arguments, a VM not found) answers a JSON-RPC result with `isError: true` and a readable message, not an
+         *     HTTP error. GET (a standalone event stream) is not offered: `405`. Errors the MCP layer itself raises
+         *     (a body that is not JSON-RPC, a wrong `Accept`) are `400`/`406` with a plain-text body.
+         */
+        post: operations["mcp"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/secrets": {
         parameters: {
             query?: never;
@@ -1015,6 +1120,37 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Follow your event log (server-sent events)
+         * @description A `text/event-stream` of the caller's events: VM state changes (`vm.status`), task ends (`task.finished`),
+         *     executions starting and ending (`execution.started`, `execution.finished`) and runs changing state
+         *     (`run.status`, `run.finished`). Each SSE event has `id` = its position in the log (increasing; not
+         *     contiguous), `event` = its type and `data` = the type's JSON document (ids and states only, never output
+         *     or secrets; see docs/api.md, "Events"). The stored events after `Last-Event-ID` (or `after`) come first,
+         *     then one `live` event (no id; `{"latest": <id>}`), then new events as they happen. Without either, the
+         *     stream starts at the end of the log: `live` first, then new events. A position older than the retention
+         *     (`events_retention`, `events_max_per_owner`) first gets `event: reset` with `id` and `data.horizon` = the
+         *     newest pruned position: events up to it are gone. Comment lines (`: keepalive`) are sent every 15 s while
+         *     nothing happens. The stream ends only when the client goes or the server shuts down; reconnect with the
+         *     last id seen as `Last-Event-ID`: nothing comes twice, nothing is lost. Only the caller's own events ever
+         *     appear. Errors before the stream starts are ordinary JSON errors.
+         */
+        get: operations["streamEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1111,14 +1247,14 @@ export interface components {
         };
         ErrorDetail: {
             /** @enum {string} */
-            code: "bad_request" | "invalid_json" | "validation_failed" | "unauthorized" | "not_found" | "method_not_allowed" | "conflict" | "vm_not_running" | "payload_too_large" | "unsupported_media_type" | "rate_limited" | "internal_error" | "service_unavailable" | "path_not_found" | "process_not_found" | "already_exists" | "not_a_directory" | "is_a_directory" | "not_a_regular_file" | "directory_not_empty" | "permission_denied" | "unknown_user" | "process_exited" | "process_running" | "too_many_processes" | "guest_io_error" | "unsupported" | "request_timeout" | "idempotency_key_invalid" | "idempotency_key_reused" | "idempotency_in_progress" | "not_implemented";
+            code: "bad_request" | "invalid_json" | "validation_failed" | "unauthorized" | "not_found" | "method_not_allowed" | "conflict" | "vm_not_running" | "vm_paused" | "payload_too_large" | "unsupported_media_type" | "rate_limited" | "internal_error" | "service_unavailable" | "path_not_found" | "process_not_found" | "already_exists" | "not_a_directory" | "is_a_directory" | "not_a_regular_file" | "directory_not_empty" | "permission_denied" | "unknown_user" | "process_exited" | "process_running" | "too_many_processes" | "guest_io_error" | "unsupported" | "request_timeout" | "idempotency_key_invalid" | "idempotency_key_reused" | "idempotency_in_progress" | "not_implemented";
             message: string;
         };
         /**
-         * @description `stopping` is a VM being deleted; `stopped` is a VM its worker stopped at a graceful shutdown with `shutdown_vms` (disk kept; it can only be deleted).
+         * @description `paused` is a VM whose guest is frozen (POST /vms/{id}/pause): it keeps its memory, processes and address, uses no CPU and takes no commands, files or shells until resumed; `stopping` is a VM being deleted; `stopped` is a VM its worker stopped at a graceful shutdown with `shutdown_vms` (disk kept; it can only be deleted).
          * @enum {string}
          */
-        VMStatus: "pending" | "creating" | "running" | "stopping" | "stopped" | "deleted" | "failed";
+        VMStatus: "pending" | "creating" | "running" | "paused" | "stopping" | "stopped" | "deleted" | "failed";
         /** @enum {string} */
         TaskStatus: "pending" | "processing" | "completed" | "failed";
         /** @enum {string} */
@@ -1187,6 +1323,20 @@ export interface components {
             tool_versions?: {
                 [key: string]: string;
             };
+            /** @description Hard lifetime: the VM is deleted this long after its creation, busy or not (0: the server's vm_default_timeout, else its vm_max_timeout, else none). Above vm_max_timeout: 422. */
+            timeout_seconds?: number;
+            /** @description The VM is paused or deleted (on_idle) after this long without activity: commands, shell input and output, file transfers, agent runs, background processes printing; never API reads. A VM running a command or a shell is never idle. 0: the server's vm_default_idle_timeout, else its vm_max_idle_timeout, else none. Above vm_max_idle_timeout: 422. */
+            idle_timeout_seconds?: number;
+            /**
+             * @description What an idle timeout does; a paused VM with on_idle delete is deleted after another idle timeout.
+             * @default pause
+             * @enum {string}
+             */
+            on_idle: "pause" | "delete";
+        };
+        KeepaliveRequest: {
+            /** @description Push the VM's hard expiry to at least this far from now (0 or absent: its own timeout_seconds). At most the server's vm_max_timeout. */
+            seconds?: number;
         };
         AddToolsRequest: {
             /** @description "name" or "name@version". */
@@ -1238,6 +1388,22 @@ export interface components {
             started_at?: string;
             /** Format: date-time */
             stopped_at?: string;
+            /** @description The VM's hard lifetime, when it has one. */
+            timeout_seconds?: number;
+            /**
+             * Format: date-time
+             * @description When the hard lifetime deletes the VM (pushed by keepalives).
+             */
+            expires_at?: string;
+            /** @description The VM's idle timeout, when it has one. */
+            idle_timeout_seconds?: number;
+            /** @enum {string} */
+            on_idle?: "pause" | "delete";
+            /**
+             * Format: date-time
+             * @description The last activity its worker saw, saved every few seconds (or the last keepalive).
+             */
+            last_activity_at?: string;
         };
         VMAccepted: {
             /** Format: uuid */
@@ -1853,7 +2019,7 @@ export interface components {
                 "application/json": components["schemas"]["ErrorBody"];
             };
         };
-        /** @description `conflict` (e.g. a VM with this name exists, the VM is already deleted, the run has ended), `vm_not_running`, or `idempotency_in_progress` (the first request with this Idempotency-Key has not answered yet). */
+        /** @description `conflict` (e.g. a VM with this name exists, the VM is already deleted, the run has ended), `vm_not_running`, `vm_paused` (the VM is paused: resume it first), or `idempotency_in_progress` (the first request with this Idempotency-Key has not answered yet). */
         Conflict: {
             headers: {
                 [name: string]: unknown;
@@ -1906,6 +2072,26 @@ export interface components {
                 "application/json": components["schemas"]["ErrorBody"];
             };
         };
+        /** @description `rate_limited`: the rate limit of the API key (or, without a valid key, of the source address) is spent. Retry after `Retry-After` seconds. `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers, the structured-field form of drafts -08 to -11) are on every limited answer, not only this one. */
+        TooManyRequests: {
+            headers: {
+                "Retry-After": components["headers"]["RetryAfter"];
+                "RateLimit-Policy": components["headers"]["RateLimitPolicy"];
+                RateLimit: components["headers"]["RateLimit"];
+                [name: string]: unknown;
+            };
+            content: {
+                /**
+                 * @example {
+                 *       "error": {
+                 *         "code": "rate_limited",
+                 *         "message": "rate limit exceeded (50 requests/s, bursts of 100 for this API key); retry in 1 s"
+                 *       }
+                 *     }
+                 */
+                "application/json": components["schemas"]["ErrorBody"];
+            };
+        };
         /** @description `service_unavailable`: the queue or the worker hosting the VM cannot take the request; retry. */
         ServiceUnavailable: {
             headers: {
@@ -1947,7 +2133,7 @@ export interface components {
                 "application/json": components["schemas"]["ErrorBody"];
             };
         };
-        /** @description `too_many_processes`: the VM's agent keeps as many processes as it may; remove exited ones. */
+        /** @description `too_many_processes`: the VM's agent keeps as many processes as it may; remove exited ones. Or `rate_limited` (see TooManyRequests), with `Retry-After` and the RateLimit headers. */
         TooManyProcesses: {
             headers: {
                 [name: string]: unknown;
@@ -2006,6 +2192,12 @@ export interface components {
     };
     requestBodies: never;
     headers: {
+        /** @description Seconds to wait before a request of this kind can succeed again. */
+        RetryAfter: number;
+        /** @description The policy that counted this request, as a structured field: `"<name>";q=<burst>;w=<seconds to refill the whole burst>`. Names: `key` (an API key on cheap routes), `key-expensive` (an API key on POST /vms, /runs, /jobs and /vms/{id}/tools), `addr` (a source address without a valid key). */
+        RateLimitPolicy: string;
+        /** @description What is left of that policy's quota: `"<name>";r=<requests left now>;t=<seconds until the bucket is full>`. */
+        RateLimit: string;
         /** @description The request id, also in the server's logs. */
         XRequestId: string;
         /** @description `true` when the answer is the stored answer of an earlier request with the same Idempotency-Key. */
@@ -2083,6 +2275,7 @@ export interface operations {
                 };
             };
             401: components["responses"]["Unauthorized"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -2104,6 +2297,7 @@ export interface operations {
                     "application/yaml": string;
                 };
             };
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -2125,6 +2319,7 @@ export interface operations {
                     "application/json": Record<string, never>;
                 };
             };
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -2156,6 +2351,7 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -2221,6 +2417,7 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -2248,6 +2445,7 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -2303,8 +2501,166 @@ export interface operations {
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    pauseVM: {
+        parameters: {
+            query?: {
+                /**
+                 * @description Wait up to this long (a Go duration such as `30s` or `2m`, positive, at most the server's maximum) for the
+                 *     task to finish. A value that is not such a duration is answered `400 bad_request` and changes nothing.
+                 */
+                wait?: components["parameters"]["Wait"];
+                /** @description Queue priority of the task. */
+                priority?: components["parameters"]["Priority"];
+            };
+            header?: {
+                /**
+                 * @description Makes a retry of this request (same key, same method, path, query except `wait`, and body; within 24 h)
+                 *     get the first answer, marked `Idempotent-Replayed: true`, instead of running again. Another request with
+                 *     the key: `422 idempotency_key_reused`; the first one still running: `409 idempotency_in_progress`. Empty,
+                 *     longer than 255 characters or not printable ASCII: `400 idempotency_key_invalid`. `5xx` and `429` answers
+                 *     are not kept.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description A UUID. Anything else is answered 404. */
+                id: components["parameters"]["ID"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Waited, and the task finished; see task.status. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TaskAccepted"];
+                };
+            };
+            /** @description Accepted; the VM is being paused. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TaskAccepted"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["ValidationFailed"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    resumeVM: {
+        parameters: {
+            query?: {
+                /**
+                 * @description Wait up to this long (a Go duration such as `30s` or `2m`, positive, at most the server's maximum) for the
+                 *     task to finish. A value that is not such a duration is answered `400 bad_request` and changes nothing.
+                 */
+                wait?: components["parameters"]["Wait"];
+                /** @description Queue priority of the task. */
+                priority?: components["parameters"]["Priority"];
+            };
+            header?: {
+                /**
+                 * @description Makes a retry of this request (same key, same method, path, query except `wait`, and body; within 24 h)
+                 *     get the first answer, marked `Idempotent-Replayed: true`, instead of running again. Another request with
+                 *     the key: `422 idempotency_key_reused`; the first one still running: `409 idempotency_in_progress`. Empty,
+                 *     longer than 255 characters or not printable ASCII: `400 idempotency_key_invalid`. `5xx` and `429` answers
+                 *     are not kept.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description A UUID. Anything else is answered 404. */
+                id: components["parameters"]["ID"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Waited, and the task finished; see task.status. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TaskAccepted"];
+                };
+            };
+            /** @description Accepted; the VM is being resumed. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TaskAccepted"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["ValidationFailed"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    keepaliveVM: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry of this request (same key, same method, path, query except `wait`, and body; within 24 h)
+                 *     get the first answer, marked `Idempotent-Replayed: true`, instead of running again. Another request with
+                 *     the key: `422 idempotency_key_reused`; the first one still running: `409 idempotency_in_progress`. Empty,
+                 *     longer than 255 characters or not printable ASCII: `400 idempotency_key_invalid`. `5xx` and `429` answers
+                 *     are not kept.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description A UUID. Anything else is answered 404. */
+                id: components["parameters"]["ID"];
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["KeepaliveRequest"];
+            };
+        };
+        responses: {
+            /** @description The VM, with its new expires_at and last_activity_at. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VM"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            408: components["responses"]["RequestTimeout"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["ValidationFailed"];
+            500: components["responses"]["InternalError"];
         };
     };
     execute: {
@@ -2364,6 +2720,7 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -2425,6 +2782,7 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -2459,6 +2817,7 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -2495,6 +2854,7 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["LogsNotImplemented"];
             502: components["responses"]["BadGateway"];
@@ -2533,6 +2893,7 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["LogsNotImplemented"];
             502: components["responses"]["BadGateway"];
@@ -2561,6 +2922,7 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -2597,6 +2959,7 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -2636,6 +2999,7 @@ export interface operations {
             404: components["responses"]["GuestNotFound"];
             409: components["responses"]["GuestConflict"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotImplemented"];
             503: components["responses"]["ServiceUnavailable"];
@@ -2690,6 +3054,7 @@ export interface operations {
             404: components["responses"]["GuestNotFound"];
             409: components["responses"]["GuestConflict"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotImplemented"];
             503: components["responses"]["ServiceUnavailable"];
@@ -2728,6 +3093,7 @@ export interface operations {
             404: components["responses"]["GuestNotFound"];
             409: components["responses"]["GuestConflict"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotImplemented"];
             503: components["responses"]["ServiceUnavailable"];
@@ -2766,6 +3132,7 @@ export interface operations {
             404: components["responses"]["GuestNotFound"];
             409: components["responses"]["GuestConflict"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotImplemented"];
             503: components["responses"]["ServiceUnavailable"];
@@ -2814,6 +3181,7 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotImplemented"];
             503: components["responses"]["ServiceUnavailable"];
@@ -2861,6 +3229,7 @@ export interface operations {
             404: components["responses"]["GuestNotFound"];
             409: components["responses"]["GuestConflict"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotImplemented"];
             503: components["responses"]["ServiceUnavailable"];
@@ -2890,6 +3259,7 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotImplemented"];
             503: components["responses"]["ServiceUnavailable"];
@@ -2978,6 +3348,7 @@ export interface operations {
             404: components["responses"]["GuestNotFound"];
             409: components["responses"]["GuestConflict"];
             422: components["responses"]["IdempotencyKeyReused"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotImplemented"];
             503: components["responses"]["ServiceUnavailable"];
@@ -3016,6 +3387,7 @@ export interface operations {
             404: components["responses"]["GuestNotFound"];
             409: components["responses"]["Conflict"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotImplemented"];
             503: components["responses"]["ServiceUnavailable"];
@@ -3061,6 +3433,7 @@ export interface operations {
             404: components["responses"]["GuestNotFound"];
             409: components["responses"]["Conflict"];
             422: components["responses"]["IdempotencyKeyReused"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotImplemented"];
             503: components["responses"]["ServiceUnavailable"];
@@ -3108,6 +3481,7 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             501: components["responses"]["NotImplemented"];
             503: components["responses"]["ServiceUnavailable"];
@@ -3150,6 +3524,7 @@ export interface operations {
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3177,6 +3552,7 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -3234,6 +3610,7 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3261,6 +3638,7 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -3296,6 +3674,7 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -3339,6 +3718,7 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3366,6 +3746,7 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -3392,6 +3773,7 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -3430,6 +3812,7 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -3468,6 +3851,7 @@ export interface operations {
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3493,6 +3877,65 @@ export interface operations {
                 };
             };
             401: components["responses"]["Unauthorized"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    mcp: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @enum {string} */
+                    jsonrpc: "2.0";
+                    /** @description Request id (absent for a notification). */
+                    id?: unknown;
+                    /** @example tools/call */
+                    method: string;
+                    params?: Record<string, never>;
+                };
+            };
+        };
+        responses: {
+            /** @description The JSON-RPC response, as a server-sent event stream (`event: message`). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": string;
+                };
+            };
+            /** @description A notification (or response) was accepted; no body. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The body is not a JSON-RPC message of MCP (plain text), or the API's `invalid_json` envelope for an unreadable body. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: components["responses"]["Unauthorized"];
+            /** @description `Accept` does not include both `application/json` and `text/event-stream` (plain text). */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            408: components["responses"]["RequestTimeout"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
             500: components["responses"]["InternalError"];
         };
     };
@@ -3515,6 +3958,7 @@ export interface operations {
                 };
             };
             401: components["responses"]["Unauthorized"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3559,6 +4003,7 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3584,6 +4029,7 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3626,6 +4072,7 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             413: components["responses"]["PayloadTooLarge"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3651,6 +4098,7 @@ export interface operations {
                 };
             };
             401: components["responses"]["Unauthorized"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3684,6 +4132,7 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3708,6 +4157,7 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3731,6 +4181,7 @@ export interface operations {
                 };
             };
             401: components["responses"]["Unauthorized"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3773,6 +4224,7 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3809,6 +4261,7 @@ export interface operations {
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3835,6 +4288,7 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3871,6 +4325,46 @@ export interface operations {
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    streamEvents: {
+        parameters: {
+            query?: {
+                /** @description The same as Last-Event-ID, for clients that cannot set headers (EventSource's first connection). */
+                after?: number;
+                /** @description Only these types, comma-separated. An unknown type -> 400. */
+                types?: string;
+                /** @description Only the events of this VM (its states, and its tasks', executions' and runs' events). Not a uuid -> 400. */
+                vm_id?: string;
+            };
+            header?: {
+                /** @description Start after this position (0 - everything kept). Not a non-negative integer -> 400. Wins over `after`. */
+                "Last-Event-ID"?: number;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event stream. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example id: 42
+                     *     event: vm.status
+                     *     data: {"id":"0b6f5c7e-1d2a-4c1b-9f1e-2b7a8c9d0e1f","name":"dev","status":"running","previous":"creating","time":"2026-12-03T08:20:01.5Z"}
+                     */
+                    "text/event-stream": string;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };

@@ -141,6 +141,12 @@ class VMData(Model):
     updated_at: Optional[_dt.datetime] = None
     started_at: Optional[_dt.datetime] = None
     stopped_at: Optional[_dt.datetime] = None
+    # Lifetime (docs/api.md, "VM lifetimes"): the hard timeout and when it falls, the idle timeout and what it does.
+    timeout_seconds: int = 0
+    expires_at: Optional[_dt.datetime] = None
+    idle_timeout_seconds: int = 0
+    on_idle: str = ""
+    last_activity_at: Optional[_dt.datetime] = None
     raw: Dict[str, Any] = _raw()
 
 
