@@ -250,7 +250,7 @@ class Contract(unittest.TestCase):
         self.assertGreater(checked, 30)
         bodies = {
             "CreateVMRequest": _wire.create_vm_body("n", 1, 2, "i", "low", {"a": "b"}, {"egress": {}}, ["jq"],
-                                                    {"jq": "1"}),
+                                                    {"jq": "1"}, 60, 30, "pause"),
             "ExecuteRequest": _wire.execute_body("c", ["a"], {"A": "1"}, {"B": "S"}, "/", "u", 5, "high"),
             "CreateJobRequest": _job_body(["x"], "v", {"name": "n"}, True, True, "low"),
             "JobCommand": _wire.job_command(aetherium.JobCommand("c", ["a"], {"A": "1"}, {"B": "S"}, "/", "u", 3)),

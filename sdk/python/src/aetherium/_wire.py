@@ -187,10 +187,13 @@ def drop_empty(d: Dict[str, Any]) -> Dict[str, Any]:
 def create_vm_body(name: str, vcpus: int = 0, memory_mb: int = 0, image: str = "", priority: str = "",
                    metadata: Optional[Mapping[str, str]] = None, network: Optional[Mapping[str, Any]] = None,
                    tools: Optional[Sequence[str]] = None,
-                   tool_versions: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+                   tool_versions: Optional[Mapping[str, str]] = None, timeout_seconds: int = 0,
+                   idle_timeout_seconds: int = 0, on_idle: str = "") -> Dict[str, Any]:
     b = drop_empty({"vcpus": vcpus, "memory_mb": memory_mb, "image": image, "priority": priority,
                     "metadata": dict(metadata or {}), "network": dict(network) if network else None,
-                    "tools": list(tools or []), "tool_versions": dict(tool_versions or {})})
+                    "tools": list(tools or []), "tool_versions": dict(tool_versions or {}),
+                    "timeout_seconds": timeout_seconds, "idle_timeout_seconds": idle_timeout_seconds,
+                    "on_idle": on_idle})
     b["name"] = name
     return b
 

@@ -352,11 +352,13 @@ class AsyncClient:
     async def create_vm(self, name: str, *, vcpus: int = 0, memory_mb: int = 0, image: str = "",
                         priority: str = "", metadata: Optional[Mapping[str, str]] = None,
                         network: Optional[Mapping[str, Any]] = None, tools: Optional[Sequence[str]] = None,
-                        tool_versions: Optional[Mapping[str, str]] = None, wait: bool = True,
+                        tool_versions: Optional[Mapping[str, str]] = None, lifetime_seconds: int = 0,
+                        idle_timeout_seconds: int = 0, on_idle: str = "", wait: bool = True,
                         timeout: Optional[float] = None, idempotency_key: Optional[str] = None) -> "AsyncVM":
         """See :meth:`aetherium.Client.create_vm`; ``async with await client.create_vm(...) as vm`` deletes
         it on exit (or ``async with client.vm(...)``)."""
-        body = create_vm_body(name, vcpus, memory_mb, image, priority, metadata, network, tools, tool_versions)
+        body = create_vm_body(name, vcpus, memory_mb, image, priority, metadata, network, tools, tool_versions,
+                              lifetime_seconds, idle_timeout_seconds, on_idle)
         deadline = None if timeout is None else time.monotonic() + timeout
         chunk = wait_chunk(self._left(deadline)) if wait else 0.0
         q = [("wait", go_duration(chunk))] if chunk else None

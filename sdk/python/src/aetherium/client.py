@@ -261,13 +261,16 @@ class Client:
     def create_vm(self, name: str, *, vcpus: int = 0, memory_mb: int = 0, image: str = "", priority: str = "",
                   metadata: Optional[Mapping[str, str]] = None, network: Optional[Mapping[str, Any]] = None,
                   tools: Optional[Sequence[str]] = None, tool_versions: Optional[Mapping[str, str]] = None,
+                  lifetime_seconds: int = 0, idle_timeout_seconds: int = 0, on_idle: str = "",
                   wait: bool = True, timeout: Optional[float] = None,
                   idempotency_key: Optional[str] = None) -> "VM":
         """Creates a VM. With wait (the default) returns it running, however long that takes (or up to timeout
         seconds: then WaitTimeoutError, whose ``vm`` has the id); a failed creation raises TaskError with the
         failed VM as ``vm``. Without wait returns the pending VM at once. Use it as a context manager to delete
-        it on exit: ``with client.create_vm("demo") as vm: ...``."""
-        body = create_vm_body(name, vcpus, memory_mb, image, priority, metadata, network, tools, tool_versions)
+        it on exit: ``with client.create_vm("demo") as vm: ...``. lifetime_seconds (the API's timeout_seconds: deleted that
+        long after creation), idle_timeout_seconds and on_idle ("pause" or "delete") give it a lifetime."""
+        body = create_vm_body(name, vcpus, memory_mb, image, priority, metadata, network, tools, tool_versions,
+                              lifetime_seconds, idle_timeout_seconds, on_idle)
         deadline = None if timeout is None else time.monotonic() + timeout
         chunk = wait_chunk(self._left(deadline)) if wait else 0.0
         q = [("wait", go_duration(chunk))] if chunk else None
