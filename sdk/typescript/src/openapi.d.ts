@@ -1328,11 +1328,10 @@ export interface components {
             /** @description The VM is paused or deleted (on_idle) after this long without activity: commands, shell input and output, file transfers, agent runs, background processes printing; never API reads. A VM running a command or a shell is never idle. 0: the server's vm_default_idle_timeout, else its vm_max_idle_timeout, else none. Above vm_max_idle_timeout: 422. */
             idle_timeout_seconds?: number;
             /**
-             * @description What an idle timeout does; a paused VM with on_idle delete is deleted after another idle timeout.
-             * @default pause
+             * @description What an idle timeout does (absent or empty - pause); a paused VM with on_idle delete is deleted after another idle timeout.
              * @enum {string}
              */
-            on_idle: "pause" | "delete";
+            on_idle?: "pause" | "delete";
         };
         KeepaliveRequest: {
             /** @description Push the VM's hard expiry to at least this far from now (0 or absent: its own timeout_seconds). At most the server's vm_max_timeout. */

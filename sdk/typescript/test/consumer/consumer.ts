@@ -16,7 +16,7 @@ import {
 
 export async function example(ae: Aetherium): Promise<void> {
   const vm: VM = await ae.vms.createAndWait({ name: "demo", vcpus: 1, memory_mb: 512, tools: ["git"] });
-  const status: "pending" | "creating" | "running" | "stopping" | "stopped" | "deleted" | "failed" = vm.status;
+  const status: "pending" | "creating" | "running" | "paused" | "stopping" | "stopped" | "deleted" | "failed" = vm.status;
   const exec: Execution = await ae.executions.run(vm.id, { command: "echo", args: ["hi"] }, { timeoutMs: 30_000 });
   const code: number | null = exec.exit_code;
   for await (const ev of ae.executions.stream(exec.id)) {
