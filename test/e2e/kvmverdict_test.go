@@ -20,7 +20,7 @@ import (
 // still probes for itself whenever its inputs differ from the ones probed here.
 var kvmVerdict struct {
 	once sync.Once
-	file string // "" when there is nothing to share
+	verdict []byte // nil when there is nothing to share
 }
 
 // seedKVMVerdict copies the shared verdict into the data directory of a server about to start with the QEMU
@@ -51,23 +51,16 @@ func seedKVMVerdict(t testing.TB, env []string) {
 		defer cancel()
 		_, probeErr := qemu.CachedProbeKVM(ctx, dir, qemu.DefaultBinary, kernel)
 		t.Logf("kvm probe for every QEMU server of this test binary: %v", probeErr)
-		if f := filepath.Join(dir, qemu.KVMVerdictFile); fileExists(f) {
-			kvmVerdict.file = f
-		}
+		kvmVerdict.verdict, _ = os.ReadFile(filepath.Join(dir, qemu.KVMVerdictFile))
 	})
-	if kvmVerdict.file == "" {
+	if kvmVerdict.verdict == nil {
 		return
 	}
-	b, err := os.ReadFile(kvmVerdict.file)
+	err := os.MkdirAll(dataDir, 0o700)
 	if err == nil {
-		err = os.MkdirAll(dataDir, 0o700)
-	}
-	if err == nil {
-		err = os.WriteFile(filepath.Join(dataDir, qemu.KVMVerdictFile), b, 0o600)
+		err = os.WriteFile(filepath.Join(dataDir, qemu.KVMVerdictFile), kvmVerdict.verdict, 0o600)
 	}
 	if err != nil {
 		t.Logf("kvm verdict not shared (the server probes for itself): %v", err)
 	}
 }
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
