@@ -19,7 +19,7 @@ import (
 // product's own file (qemu.KVMVerdictFile, keyed by boot, host kernel, QEMU binary and guest kernel), so a server
 // still probes for itself whenever its inputs differ from the ones probed here.
 var kvmVerdict struct {
-	once sync.Once
+	once    sync.Once
 	verdict []byte // nil when there is nothing to share
 }
 
