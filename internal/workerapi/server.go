@@ -114,20 +114,22 @@ func New(cfg Config) (http.Handler, error) {
 	})
 	r.Get(wire.HealthPath, s.health)
 	r.Route(wire.PathPrefix+"/{id}", func(r chi.Router) {
-		r.Use(s.track)
-		r.Get("/files", s.download)
-		r.Put("/files", s.upload)
+		// Activity (for idle timeouts): a shell session or a file transfer keeps its VM busy while it lasts, a
+		// change counts when it arrives, reads (and waiting for a process) never: polling must not keep a VM alive.
+		busy, touch := r.With(s.busy), r.With(s.touch)
+		busy.Get("/files", s.download)
+		busy.Put("/files", s.upload)
 		r.Get("/fs/stat", s.stat)
 		r.Get("/fs/list", s.list)
-		r.Post("/fs/mkdir", s.mkdir)
-		r.Delete("/fs", s.remove)
-		r.Post("/processes", s.startProcess)
+		touch.Post("/fs/mkdir", s.mkdir)
+		touch.Delete("/fs", s.remove)
+		touch.Post("/processes", s.startProcess)
 		r.Get("/processes", s.listProcesses)
 		r.Get("/processes/{pid}/output", s.processOutput)
 		r.Post("/processes/{pid}/wait", s.waitProcess)
-		r.Post("/processes/{pid}/signal", s.signalProcess)
-		r.Delete("/processes/{pid}", s.removeProcess)
-		r.Get("/shell", s.shell)
+		touch.Post("/processes/{pid}/signal", s.signalProcess)
+		touch.Delete("/processes/{pid}", s.removeProcess)
+		busy.Get("/shell", s.shell)
 	})
 	return r, nil
 }
@@ -156,19 +158,21 @@ func (s *server) health(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-// track records a request's activity in its VM: a shell session or a file transfer keeps the VM busy for as long
-// as it lasts (shells and transfers are never cut short by an idle timeout), other changes count as activity
-// when they arrive. Reads (GET, and waiting for a process) do not count: polling must not keep a VM alive.
-func (s *server) track(next http.Handler) http.Handler {
+// busy marks the request's VM busy for as long as the request lasts (shells, file transfers).
+func (s *server) busy(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.activity != nil {
-			id := chi.URLParam(r, "id")
-			switch p := r.URL.Path; {
-			case strings.HasSuffix(p, "/files"), strings.HasSuffix(p, "/shell"):
-				defer s.activity.Begin(id)()
-			case r.Method != http.MethodGet && !strings.HasSuffix(p, "/wait"):
-				s.activity.Touch(id)
-			}
+			defer s.activity.Begin(chi.URLParam(r, "id"))()
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// touch records the request as activity of its VM when it arrives.
+func (s *server) touch(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.activity != nil {
+			s.activity.Touch(chi.URLParam(r, "id"))
 		}
 		next.ServeHTTP(w, r)
 	})
