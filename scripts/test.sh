@@ -30,6 +30,8 @@ make build
 # test that is missing from it, so the split cannot silently drift).
 GUEST_PACKAGES="./internal/network/ ./internal/tools/ ./internal/vmm/qemu/"
 GUEST_TESTS='^(TestMicroVM|TestResync|TestWorkerRestart|TestJobAffinity|TestRunAgent)'
+# internal/image boots nothing, but TestRealKernel checks the kernel the background build makes: it runs after it.
+KERNEL_TESTS='^TestRealKernel$'
 images=$(mktemp -d)
 # An early exit stops the background builds (the kernel build stops its make) and removes their logs.
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$images"' EXIT
@@ -57,7 +59,7 @@ mapfile -t plain_pkgs < <(go list ./... | grep -vxF "$skip_pkgs")
 # servers and containers); -skip names test/e2e's tests only, so it is given to that package alone.
 export AETHERIUM_TEST_GUESTS=0
 go test -count=1 -timeout 30m -skip "$GUEST_TESTS" ./test/e2e/ & e2e_pid=$!
-go test -count=1 -timeout 30m -p 2 "${plain_pkgs[@]}" || status=1
+go test -count=1 -timeout 30m -p 2 -skip "$KERNEL_TESTS" "${plain_pkgs[@]}" || status=1
 wait $e2e_pid || status=1
 unset AETHERIUM_TEST_GUESTS
 
@@ -99,6 +101,7 @@ AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image list 2>/dev/
   | tail -n +3 | xargs -r -n1 env AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image rm >/dev/null || true
 
 echo "== tests that boot QEMU guests"
+go test -count=1 -timeout 5m -run "$KERNEL_TESTS" ./internal/image/ || status=1
 go test -count=1 -timeout 30m -run "$GUEST_TESTS" ./test/e2e/ & e2e_pid=$!
 go test -count=1 -timeout 30m -p 1 $GUEST_PACKAGES || status=1
 wait $e2e_pid || status=1
