@@ -853,7 +853,7 @@ export interface paths {
          * Cancel a run
          * @description `202` with the run. A run no worker has taken yet ends `cancelled` at once; otherwise `cancel_requested`
          *     is set and the worker running it kills the agent and every process of the run (within about a second),
-         *     pushes nothing, keeps the diff so far and ends the run `cancelled`. A run that has ended -> `409 conflict`.
+         *     pushes nothing, collects no diff (with keep_vm the working tree stays in the VM) and ends the run `cancelled`. A run that has ended -> `409 conflict`.
          */
         post: operations["cancelRun"];
         delete?: never;
