@@ -56,7 +56,8 @@ status=0
 skip_pkgs=$(for p in $GUEST_PACKAGES ./test/e2e/; do printf '%s\n' "github.com/aetherium/aetherium/${p#./}" | sed 's#/$##'; done)
 mapfile -t plain_pkgs < <(go list ./... | grep -vxF "$skip_pkgs")
 # test/e2e's tests that boot no guest run beside the other packages (most of their time is spent waiting on
-# servers and containers); -skip names test/e2e's tests only, so it is given to that package alone.
+# servers and containers); -skip "$GUEST_TESTS" names test/e2e's tests only, so it is given to that package alone,
+# and the other packages skip only KERNEL_TESTS.
 export AETHERIUM_TEST_GUESTS=0
 go test -count=1 -timeout 30m -skip "$GUEST_TESTS" ./test/e2e/ & e2e_pid=$!
 go test -count=1 -timeout 30m -p 2 -skip "$KERNEL_TESTS" "${plain_pkgs[@]}" || status=1
