@@ -11,6 +11,7 @@ import (
 
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/store"
+	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/pkg/client"
 )
 
@@ -237,5 +238,68 @@ func TestRunOfALostWorkerFails(t *testing.T) {
 	sr := e.call("GET", "/api/v1/runs/"+lost+"/stream", e.keyA, "")
 	if !strings.Contains(string(sr.body), "event: end") || !strings.Contains(string(sr.body), `"failed"`) {
 		t.Fatalf("stream of the lost run:\n%s", sr.body)
+	}
+}
+
+// TestLostRunsAreEndedUnread: the gateway's sweep (task.Service.ReapLostRuns) fails runs of a lost worker that
+// nobody reads, and announces each end on task.TopicRuns, which notifications and integrations wait on; a run on a
+// live worker and a finished run are left alone, and a second sweep ends nothing more.
+func TestLostRunsAreEndedUnread(t *testing.T) {
+	e := newEnv(t, nil)
+	e.putSecret(t, e.keyA, "ANTHROPIC_API_KEY", "sk-ant-test")
+	ctx := context.Background()
+	mk := func(worker string, st model.RunStatus) string {
+		r := e.call("POST", "/api/v1/runs", e.keyA, `{"repo":{"url":"https://github.com/org/repo"},"prompt":"x"}`)
+		id := decodeAs[client.RunAccepted](t, r).Run.ID
+		if _, err := e.st.Runs().Update(ctx, id, func(x *model.Run) error {
+			x.Status, x.WorkerID = st, worker
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	now := time.Now().UTC()
+	for id, beat := range map[string]time.Time{"w-lost": now.Add(-10 * time.Minute), "w-alive": now} {
+		if err := e.st.Workers().Upsert(ctx, &model.Worker{ID: id, Hostname: "h", Backend: "qemu", Status: "active",
+			Capacity: 1, StartedAt: beat, LastHeartbeat: beat}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub, err := e.bus.Subscribe(ctx, task.TopicRuns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	lostRunning, lostPreparing := mk("w-lost", model.RunRunning), mk("w-lost", model.RunPreparing)
+	alive, done := mk("w-alive", model.RunRunning), mk("w-lost", model.RunCompleted)
+	n, err := e.svc.ReapLostRuns(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("first sweep ended %d runs (%v), want 2", n, err)
+	}
+	for id, want := range map[string]model.RunStatus{lostRunning: model.RunFailed, lostPreparing: model.RunFailed,
+		alive: model.RunRunning, done: model.RunCompleted} {
+		r, err := e.st.Runs().Get(ctx, id)
+		if err != nil || r.Status != want {
+			t.Fatalf("run %s after the sweep: %+v %v, want %s", id, r, err, want)
+		}
+	}
+	ended := map[string]bool{}
+	for len(ended) < 2 {
+		select {
+		case ev := <-sub.C():
+			if ev.Type != task.EventRunFinished || ev.OwnerID != e.ownerA || !strings.Contains(string(ev.Data), `"failed"`) {
+				t.Fatalf("event: %+v (%s)", ev, ev.Data)
+			}
+			ended[ev.Subject] = true
+		case <-time.After(5 * time.Second):
+			t.Fatalf("end events seen: %v, want %s and %s", ended, lostRunning, lostPreparing)
+		}
+	}
+	if !ended[lostRunning] || !ended[lostPreparing] {
+		t.Fatalf("end events for %v", ended)
+	}
+	if n, err := e.svc.ReapLostRuns(ctx); err != nil || n != 0 {
+		t.Fatalf("second sweep ended %d (%v)", n, err)
 	}
 }

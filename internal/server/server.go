@@ -284,6 +284,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		if cfg.RedisURL != "" {
 			go requeueStale(reqCtx, svc, log)
 		}
+		go reapLostRuns(reqCtx, svc, log)
 	}
 
 	var runErr error
@@ -397,6 +398,29 @@ func requeueStale(ctx context.Context, svc *task.Service, log *slog.Logger) {
 				log.Warn("requeue of stale tasks failed", "err", err)
 			} else if n > 0 {
 				log.Info("requeued stale pending tasks", "count", n)
+			}
+		}
+	}
+}
+
+// lostRunSweep is how often a gateway looks for runs whose worker is lost (task.Service.ReapLostRuns).
+const lostRunSweep = 30 * time.Second
+
+// reapLostRuns periodically ends the runs whose worker is lost, so that their end reaches notifications and
+// integrations even when nobody reads them. Every gateway may do it: ending a run is a conditional update.
+func reapLostRuns(ctx context.Context, svc *task.Service, log *slog.Logger) {
+	t := time.NewTicker(lostRunSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := svc.ReapLostRuns(ctx)
+			if err != nil && ctx.Err() == nil {
+				log.Warn("sweep of runs on lost workers failed", "err", err)
+			} else if n > 0 {
+				log.Info("failed runs whose worker is lost", "count", n)
 			}
 		}
 	}

@@ -371,7 +371,7 @@ func (s *Service) GetRun(ctx context.Context, ownerID, id string) (*model.Run, e
 func (s *Service) runWorkerLostAfter() time.Duration { return 4 * s.limits.WorkerStaleAfter }
 
 // reapLostRun fails a run whose worker has stopped sending heartbeats: nothing else would end it, and its readers
-// would wait forever. It is checked whenever the run is read.
+// would wait forever. It is checked whenever the run is read, and periodically by ReapLostRuns.
 func (s *Service) reapLostRun(ctx context.Context, r *model.Run) *model.Run {
 	if r.Status.Done() || r.WorkerID == "" {
 		return r
@@ -410,6 +410,30 @@ func (s *Service) reapLostRun(ctx context.Context, r *model.Run) *model.Run {
 		s.log.Warn("could not record the end of a lost run", "run_id", r.ID, "err", err)
 	}
 	return failed
+}
+
+// ReapLostRuns ends every unfinished run whose worker is lost, whether anyone reads it or not: notifications and
+// integrations wait for a run's end event, and a run nobody polls would otherwise never have one. It returns how
+// many runs it ended.
+func (s *Service) ReapLostRuns(ctx context.Context) (int, error) {
+	f := store.RunFilter{Statuses: []model.RunStatus{model.RunPending, model.RunPreparing, model.RunRunning},
+		Page: store.Page{Limit: 500}}
+	ended := 0
+	for {
+		runs, err := s.store.Runs().List(ctx, f)
+		if err != nil {
+			return ended, fmt.Errorf("list unfinished runs: %w", err)
+		}
+		for _, r := range runs {
+			if s.reapLostRun(ctx, r).Status.Done() {
+				ended++
+			}
+		}
+		if len(runs) < f.Page.Limit {
+			return ended, nil
+		}
+		f.Page.After = runs[len(runs)-1].ID
+	}
 }
 
 // ListRuns lists the owner's runs, newest first.
