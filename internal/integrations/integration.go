@@ -153,7 +153,7 @@ type RunRequest struct {
 	Ref     string
 	Prompt  string
 	Branch  string // push the agent's work to this branch ("" : no push)
-	DraftPR bool
+	DraftPR bool   // the integration will open a draft pull request from Branch (the run itself only pushes)
 }
 
 // Outcome is how a job or run ended, for the report back.

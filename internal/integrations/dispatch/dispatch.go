@@ -135,7 +135,9 @@ func (d *Dispatcher) StartCommand(ctx context.Context, owner string, req integra
 func (d *Dispatcher) StartRun(ctx context.Context, owner string, req integrations.RunRequest) (string, error) {
 	cr := client.CreateRunRequest{Repo: client.RunRepo{URL: req.RepoURL, Ref: req.Ref}, Prompt: req.Prompt}
 	if req.Branch != "" || req.DraftPR {
-		cr.Push = &client.RunPush{Branch: req.Branch, DraftPR: req.DraftPR}
+		// The run pushes the branch; the integration opens the draft pull request itself, with its own
+		// credentials, once the run has pushed (a plain run has no GitHub App to open one with).
+		cr.Push = &client.RunPush{Branch: req.Branch}
 	}
 	r, _, err := d.cfg.Service.CreateRun(ctx, owner, cr)
 	if err != nil {

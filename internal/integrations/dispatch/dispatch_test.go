@@ -15,6 +15,7 @@ import (
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/queue/embedded"
+	"github.com/aetherium/aetherium/internal/secrets"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/store/sqlite"
 	"github.com/aetherium/aetherium/internal/task"
@@ -122,5 +123,51 @@ func TestHandleUnlinked(t *testing.T) {
 	d := dispatch.New(dispatch.Config{Service: svc})
 	if _, err := d.Link(t.Context(), "rec", "github.com/acme/api"); !errors.Is(err, integrations.ErrNotLinked) {
 		t.Fatalf("Link of an unlinked source = %v, want ErrNotLinked", err)
+	}
+}
+
+// TestStartRunOnADraftPRLink: a link that opens draft pull requests starts a run that pushes its branch (the
+// integration opens the pull request itself); the run service refuses push.draft_pr from a plain request, and
+// the dispatcher must not pass it on.
+func TestStartRunOnADraftPRLink(t *testing.T) {
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	if err := st.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	bus := inproc.New()
+	t.Cleanup(func() { _ = bus.Close() })
+	q := embedded.New(st.Tasks(), bus, queue.Options{WorkerID: "w"}, slog.Default())
+	key, err := secrets.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := secrets.NewKeyring(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr := secrets.NewManager(st.Secrets(), kr, slog.Default())
+	svc := task.New(st, q, bus, task.DefaultLimits(), task.WithSecrets(mgr))
+	ctx := t.Context()
+	for name, value := range map[string]string{"ANTHROPIC_API_KEY": "sk-ant-test", "GITHUB_TOKEN": "ghp-test"} {
+		if _, _, err := mgr.Put(ctx, "alice", name, value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := dispatch.New(dispatch.Config{Service: svc})
+	id, err := d.StartRun(ctx, "alice", integrations.RunRequest{RepoURL: "https://github.com/acme/api", Ref: "main",
+		Prompt: "fix it", Branch: "aetherium/issue-7", DraftPR: true})
+	if err != nil {
+		t.Fatalf("StartRun on a draft-PR link: %v", err)
+	}
+	r, err := st.Runs().Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.OwnerID != "alice" || r.Spec.Push == nil || r.Spec.Push.Branch != "aetherium/issue-7" || r.Spec.Push.DraftPR {
+		t.Fatalf("run: owner %s push %+v; want alice's run pushing aetherium/issue-7, no draft_pr", r.OwnerID, r.Spec.Push)
 	}
 }
