@@ -16,7 +16,9 @@ package integrations
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"sort"
 	"time"
@@ -68,6 +70,23 @@ type Delivery struct {
 	Body        []byte
 	ReceivedAt  time.Time
 	Attempts    int
+	// Progress is what an earlier attempt of this delivery saved with Checkpoint (nil on the first): a retry
+	// resumes from it instead of doing the work, and posting its reports, a second time.
+	Progress []byte
+	// Checkpoint saves progress (a small JSON document) for a retry to resume from; nil saves nothing.
+	Checkpoint func(ctx context.Context, progress []byte) error
+}
+
+// SaveProgress saves v (marshalled to JSON) with d's Checkpoint, when it has one.
+func (d *Delivery) SaveProgress(ctx context.Context, v any) error {
+	if d.Checkpoint == nil {
+		return nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("delivery %s: progress: %w", d.ID, err)
+	}
+	return d.Checkpoint(ctx, b)
 }
 
 // Integration is one outside service.

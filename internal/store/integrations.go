@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"time"
@@ -32,6 +33,9 @@ type WebhookDelivery struct {
 	Error       string
 	ReceivedAt  time.Time
 	UpdatedAt   time.Time
+	// Progress is what the integration saved while handling the delivery (SaveProgress), a JSON document that a
+	// retry resumes from; nil before the first save.
+	Progress []byte
 }
 
 // WebhookStore records webhook deliveries.
@@ -46,6 +50,22 @@ type WebhookStore interface {
 	Attempt(ctx context.Context, id string) (*WebhookDelivery, error)
 	// Finish sets the delivery's final status (DeliveryDone or DeliveryFailed) and error text.
 	Finish(ctx context.Context, id, status, errText string) error
+	// SaveProgress replaces the delivery's progress document (valid JSON, at most MaxWebhookProgress bytes).
+	SaveProgress(ctx context.Context, id string, progress []byte) error
+}
+
+// MaxWebhookProgress bounds a delivery's progress document: ids and a little state, never output.
+const MaxWebhookProgress = 16 << 10
+
+// CheckWebhookProgress refuses a progress document that is not a JSON value or is too large.
+func CheckWebhookProgress(progress []byte) error {
+	if len(progress) > MaxWebhookProgress {
+		return fmt.Errorf("%w: webhook delivery progress: %d bytes, at most %d", model.ErrInvalidInput, len(progress), MaxWebhookProgress)
+	}
+	if !json.Valid(progress) {
+		return fmt.Errorf("%w: webhook delivery progress is not JSON", model.ErrInvalidInput)
+	}
+	return nil
 }
 
 // IntegrationLink is an owner's link of an outside source: which GitHub repository or Slack channel acts for which

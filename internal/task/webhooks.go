@@ -81,6 +81,11 @@ func (s *Service) AttemptWebhook(ctx context.Context, id string) (*store.Webhook
 	return s.store.Webhooks().Attempt(ctx, id)
 }
 
+// SaveWebhookProgress keeps how far handling a delivery got, for a retry to resume from.
+func (s *Service) SaveWebhookProgress(ctx context.Context, id string, progress []byte) error {
+	return s.store.Webhooks().SaveProgress(ctx, id, progress)
+}
+
 // FinishWebhook records how handling a delivery ended.
 func (s *Service) FinishWebhook(ctx context.Context, id string, handleErr error) error {
 	if handleErr == nil {

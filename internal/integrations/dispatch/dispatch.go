@@ -69,6 +69,10 @@ func (d *Dispatcher) Handle(ctx context.Context, t *model.Task) (json.RawMessage
 	dl := &integrations.Delivery{
 		ID: rec.ID, Integration: rec.Integration, DeliveryID: rec.DeliveryID, Event: rec.Event,
 		Header: http.Header(rec.Header), Body: rec.Body, ReceivedAt: rec.ReceivedAt, Attempts: rec.Attempts,
+		Progress: rec.Progress,
+		Checkpoint: func(ctx context.Context, progress []byte) error {
+			return d.cfg.Service.SaveWebhookProgress(ctx, rec.ID, progress)
+		},
 	}
 	herr := in.Handle(ctx, dl, d)
 	var perm *queue.PermanentError

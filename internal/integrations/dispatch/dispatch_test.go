@@ -38,6 +38,9 @@ func (r *recorder) Accept(context.Context, *integrations.Webhook) (*integrations
 }
 func (r *recorder) Handle(ctx context.Context, d *integrations.Delivery, a integrations.Actions) error {
 	r.got = append(r.got, d)
+	if err := d.SaveProgress(ctx, map[string]int{"attempt": d.Attempts}); err != nil {
+		return err
+	}
 	l, err := a.Link(ctx, "rec", "github.com/acme/api")
 	if err != nil {
 		return err
@@ -112,6 +115,9 @@ func TestHandle(t *testing.T) {
 	tk.RetryCount = 3
 	if _, err := d.Handle(ctx, tk); err == nil {
 		t.Fatal("the last attempt's failure was not returned")
+	}
+	if rec.got[1].Progress != nil || string(rec.got[2].Progress) != `{"attempt":1}` {
+		t.Fatalf("progress given to the attempts: %q then %q; want none, then what the first saved", rec.got[1].Progress, rec.got[2].Progress)
 	}
 	if got, _ := st.Webhooks().Get(ctx, rec.got[2].ID); got.Status != store.DeliveryFailed || got.Error != "github is down" || got.Attempts != 2 {
 		t.Fatalf("record after the last attempt: %+v, want failed with the error after 2 attempts", got)

@@ -259,7 +259,13 @@ func (g *GitHub) Handle(ctx context.Context, d *integrations.Delivery, a integra
 	if ev.Repository == nil || ev.Installation == nil {
 		return nil
 	}
-	w := &work{g: g, a: a, ev: &ev, repo: ev.Repository, inst: ev.Installation.ID}
+	w := &work{g: g, a: a, d: d, ev: &ev, repo: ev.Repository, inst: ev.Installation.ID}
+	if len(d.Progress) > 0 {
+		if err := json.Unmarshal(d.Progress, &w.prog); err != nil {
+			// Resuming blind could report twice; starting over could run twice. Neither: say so.
+			return queue.Permanent(fmt.Errorf("github delivery %s: saved progress: %w", d.DeliveryID, err))
+		}
+	}
 	switch d.Event {
 	case "issue_comment", "pull_request_review_comment":
 		if ev.Action != "created" || ev.Comment == nil {
@@ -296,6 +302,8 @@ func (g *GitHub) Handle(ctx context.Context, d *integrations.Delivery, a integra
 type work struct {
 	g             *GitHub
 	a             integrations.Actions
+	d             *integrations.Delivery
+	prog          progress
 	ev            *event
 	repo          *repository
 	inst          int64
@@ -307,8 +315,33 @@ type work struct {
 	isPR          bool
 	ref, sha      string
 	token         string
-	tracking      int64
-	checkRun      int64
+}
+
+// progress is how far a delivery's work got. It is saved (Delivery.SaveProgress) after every step that shows on
+// GitHub or starts something, so that a retry of the delivery (its worker restarted, GitHub answered 500) resumes
+// where the last attempt stopped: one reaction, one tracking comment, one check run, one job or run, one draft pull
+// request, however many attempts it takes.
+type progress struct {
+	Refused  bool   `json:"refused,omitempty"` // the polite refusal was posted
+	Reacted  bool   `json:"reacted,omitempty"`
+	Ref      string `json:"ref,omitempty"`
+	SHA      string `json:"sha,omitempty"`
+	Tracking int64  `json:"tracking_comment,omitempty"`
+	CheckRun int64  `json:"check_run,omitempty"`
+	Kind     string `json:"kind,omitempty"` // "job" or "run", once started
+	ID       string `json:"id,omitempty"`
+	DraftPR  string `json:"draft_pr,omitempty"` // the draft pull request's URL, once opened
+}
+
+// save records the progress. After the work has started, a failure to save is logged, not returned: returning it
+// would retry the delivery and, with no record of the start, start the work again.
+func (w *work) save(ctx context.Context) error {
+	err := w.d.SaveProgress(context.WithoutCancel(ctx), w.prog)
+	if err != nil && w.prog.ID != "" {
+		w.g.log.Warn("github: save the progress of a delivery", "delivery", w.d.DeliveryID, "err", err)
+		return nil
+	}
+	return err
 }
 
 func (w *work) source() string {
@@ -335,7 +368,7 @@ func (w *work) do(ctx context.Context) error {
 	w.token = tok
 	link, err := w.a.Link(ctx, "github", w.source())
 	if errors.Is(err, integrations.ErrNotLinked) {
-		return w.comment(ctx, fmt.Sprintf("This repository is not linked to an Aetherium owner, so Aetherium does nothing "+
+		return w.refuse(ctx, fmt.Sprintf("This repository is not linked to an Aetherium owner, so Aetherium does nothing "+
 			"here. An Aetherium user can link it with:\n\n    aetherium integration link github %s\n", w.source()))
 	}
 	if err != nil {
@@ -346,7 +379,7 @@ func (w *work) do(ctx context.Context) error {
 	}
 	if (w.trig.kind == "command" && !link.Commands) || (w.trig.kind == "run" && !link.Runs) {
 		what := map[string]string{"command": "commands", "run": "agent runs"}[w.trig.kind]
-		return w.comment(ctx, fmt.Sprintf("The Aetherium link of this repository does not allow %s.", what))
+		return w.refuse(ctx, fmt.Sprintf("The Aetherium link of this repository does not allow %s.", what))
 	}
 	var perm struct {
 		Permission string `json:"permission"`
@@ -358,13 +391,17 @@ func (w *work) do(ctx context.Context) error {
 		w.g.log.Info("github trigger ignored: the author may not write", "repo", w.repo.FullName, "author", w.author.Login)
 		return nil
 	}
-	if w.commentID != 0 {
+	if w.commentID != 0 && !w.prog.Reacted {
 		kind := "issues/comments"
 		if w.reviewComment {
 			kind = "pulls/comments"
 		}
 		if err := w.api(ctx, http.MethodPost, fmt.Sprintf("%s/%s/%d/reactions", w.repoPath(), kind, w.commentID),
 			map[string]string{"content": "eyes"}, nil); err != nil {
+			return err
+		}
+		w.prog.Reacted = true
+		if err := w.save(ctx); err != nil {
 			return err
 		}
 	}
@@ -374,24 +411,50 @@ func (w *work) do(ctx context.Context) error {
 	if err := w.startReport(ctx); err != nil {
 		return err
 	}
-	kind, id, err := w.start(ctx, link)
-	if err != nil {
-		return w.finish(ctx, &integrations.Outcome{Status: "failed", Error: err.Error()}, link)
+	if w.prog.ID == "" {
+		kind, id, err := w.start(ctx, link)
+		if err != nil {
+			return w.finish(ctx, &integrations.Outcome{Status: "failed", Error: err.Error()}, link)
+		}
+		w.prog.Kind, w.prog.ID = kind, id
+		_ = w.save(ctx)
+		w.updateTracking(ctx, fmt.Sprintf("⏳ running (%s `%s`)", kind, id), "")
 	}
-	w.updateTracking(ctx, fmt.Sprintf("⏳ running (%s `%s`)", kind, id), "")
+	kind, id := w.prog.Kind, w.prog.ID
 	out, err := w.a.Wait(ctx, link.OwnerID, kind, id)
 	if err != nil {
-		// Not retried: a retry would start the work a second time. The job or run goes on; the report says
-		// where to follow it.
-		w.updateTracking(context.WithoutCancel(ctx), fmt.Sprintf("⚠️ lost track of %s `%s`", kind, id),
-			fmt.Sprintf("Follow it at `GET /api/v1/%ss/%s`.\n", kind, id))
-		return queue.Permanent(fmt.Errorf("wait for %s %s: %w", kind, id, err))
+		// Retried: the retry finds the started job or run in the progress and waits for it again.
+		return fmt.Errorf("wait for %s %s: %w", kind, id, err)
 	}
 	return w.finish(ctx, out, link)
 }
 
+// refuse posts a polite refusal once, however often the delivery is retried.
+func (w *work) refuse(ctx context.Context, body string) error {
+	if w.prog.Refused {
+		return nil
+	}
+	if err := w.comment(ctx, body); err != nil {
+		return err
+	}
+	w.prog.Refused = true
+	return w.save(ctx)
+}
+
 // resolveRef finds the commit the work is for: the pull request's head, else the default branch's.
 func (w *work) resolveRef(ctx context.Context) error {
+	if w.prog.SHA != "" {
+		w.ref, w.sha = w.prog.Ref, w.prog.SHA
+		return nil
+	}
+	if err := w.findRef(ctx); err != nil {
+		return err
+	}
+	w.prog.Ref, w.prog.SHA = w.ref, w.sha
+	return w.save(ctx)
+}
+
+func (w *work) findRef(ctx context.Context) error {
 	if w.sha != "" {
 		return nil
 	}
@@ -431,7 +494,7 @@ func (w *work) title() string {
 }
 
 func (w *work) startReport(ctx context.Context) error {
-	if w.issue != 0 {
+	if w.issue != 0 && w.prog.Tracking == 0 {
 		var c struct {
 			ID int64 `json:"id"`
 		}
@@ -439,7 +502,13 @@ func (w *work) startReport(ctx context.Context) error {
 			map[string]string{"body": w.trackingBody("🕐 queued", "")}, &c); err != nil {
 			return err
 		}
-		w.tracking = c.ID
+		w.prog.Tracking = c.ID
+		if err := w.save(ctx); err != nil {
+			return err
+		}
+	}
+	if w.prog.CheckRun != 0 {
+		return nil
 	}
 	ext, _ := json.Marshal(externalID{Kind: w.trig.kind, Text: clip(w.trig.text, 200), Issue: w.issue, Ref: w.ref})
 	var cr struct {
@@ -451,8 +520,8 @@ func (w *work) startReport(ctx context.Context) error {
 	}, &cr); err != nil {
 		return err
 	}
-	w.checkRun = cr.ID
-	return nil
+	w.prog.CheckRun = cr.ID
+	return w.save(ctx)
 }
 
 func (w *work) start(ctx context.Context, link *integrations.Link) (kind, id string, err error) {
@@ -484,16 +553,20 @@ func (w *work) trackingBody(state, detail string) string {
 	return b.String()
 }
 
-// updateTracking edits the tracking comment; a failure to edit is logged, not retried (the check run still
-// reports the result).
+// updateTracking edits the tracking comment on the way; a failure is logged, not retried (the next edit, and the
+// final one, say more).
 func (w *work) updateTracking(ctx context.Context, state, detail string) {
-	if w.tracking == 0 {
-		return
-	}
-	if err := w.api(ctx, http.MethodPatch, fmt.Sprintf("%s/issues/comments/%d", w.repoPath(), w.tracking),
-		map[string]string{"body": w.trackingBody(state, detail)}, nil); err != nil {
+	if err := w.editTracking(ctx, state, detail); err != nil {
 		w.g.log.Warn("github: edit the tracking comment", "repo", w.repo.FullName, "err", err)
 	}
+}
+
+func (w *work) editTracking(ctx context.Context, state, detail string) error {
+	if w.prog.Tracking == 0 {
+		return nil
+	}
+	return w.api(ctx, http.MethodPatch, fmt.Sprintf("%s/issues/comments/%d", w.repoPath(), w.prog.Tracking),
+		map[string]string{"body": w.trackingBody(state, detail)}, nil)
 }
 
 // maxSummary is GitHub's limit of a check run's output summary.
@@ -513,10 +586,21 @@ func (w *work) finish(ctx context.Context, out *integrations.Outcome, link *inte
 	if out.Branch != "" {
 		fmt.Fprintf(&d, "Branch: `%s`\n", out.Branch)
 		if link.DraftPR && w.trig.kind == "run" {
-			if u, err := w.draftPR(ctx, out.Branch); err != nil {
-				fmt.Fprintf(&d, "Draft pull request: could not be opened: %v\n", err)
-			} else {
-				fmt.Fprintf(&d, "Draft pull request: %s\n", u)
+			if w.prog.DraftPR == "" {
+				u, err := w.draftPR(ctx, out.Branch)
+				var ae *APIError
+				if err != nil && (!errors.As(err, &ae) || ae.Status >= 500 || ae.Status == http.StatusTooManyRequests) {
+					return err // GitHub or the way to it failed: the retry opens it
+				}
+				if err != nil {
+					fmt.Fprintf(&d, "Draft pull request: could not be opened: %v\n", err)
+				} else {
+					w.prog.DraftPR = u
+					_ = w.save(ctx)
+				}
+			}
+			if w.prog.DraftPR != "" {
+				fmt.Fprintf(&d, "Draft pull request: %s\n", w.prog.DraftPR)
 			}
 		}
 	}
@@ -533,8 +617,10 @@ func (w *work) finish(ctx context.Context, out *integrations.Outcome, link *inte
 			conclusion = "cancelled"
 		}
 	}
-	w.updateTracking(ctx, state, d.String())
-	if w.checkRun != 0 {
+	// The final report is retried with the delivery until it is made: both edits are idempotent, and the
+	// progress keeps the work from starting again.
+	trackErr := w.editTracking(ctx, state, d.String())
+	if w.prog.CheckRun != 0 {
 		summary := d.String()
 		if summary == "" {
 			summary = out.Status
@@ -542,12 +628,15 @@ func (w *work) finish(ctx context.Context, out *integrations.Outcome, link *inte
 		if len(summary) > maxSummary {
 			summary = summary[len(summary)-maxSummary:]
 		}
-		if err := w.api(ctx, http.MethodPatch, fmt.Sprintf("%s/check-runs/%d", w.repoPath(), w.checkRun), map[string]any{
+		if err := w.api(ctx, http.MethodPatch, fmt.Sprintf("%s/check-runs/%d", w.repoPath(), w.prog.CheckRun), map[string]any{
 			"status": "completed", "conclusion": conclusion, "completed_at": w.g.now().UTC().Format(time.RFC3339),
 			"output": map[string]string{"title": w.title(), "summary": summary},
 		}, nil); err != nil {
 			return err
 		}
+	}
+	if trackErr != nil {
+		return fmt.Errorf("edit the tracking comment: %w", trackErr)
 	}
 	return nil
 }

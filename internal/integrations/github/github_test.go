@@ -217,6 +217,91 @@ func TestCommandOnIssueComment(t *testing.T) {
 	}
 }
 
+// TestRetriesResumeWithoutRepeating: GitHub failing one request after another (500, 429, 502) makes the delivery
+// fail and be retried; with its saved progress each retry resumes where the last stopped, so the pull request gets
+// one reaction, one tracking comment, one check run and one draft pull request, and one run is started, however
+// many attempts it takes. The final report is retried until it is made.
+func TestRetriesResumeWithoutRepeating(t *testing.T) {
+	f := githubtest.NewFake(t)
+	g, _ := newGitHub(t, f)
+	x := githubtest.PullRequestComment(t)
+	a := &fakeActions{link: linkFor(x), outcome: integrations.Outcome{Status: "completed", Branch: "aetherium/pr-1"}}
+	a.link.DraftPR = true
+	d := delivery(t, "issue_comment", x, "@aetherium make the tests pass")
+	var saves int
+	d.Checkpoint = func(_ context.Context, p []byte) error {
+		saves++
+		d.Progress = append([]byte(nil), p...) // as the store keeps it for the next attempt
+		return nil
+	}
+	f.FailNext("POST", "/reactions", 500, 1)
+	f.FailNext("POST", "/comments", 502, 1) // the tracking comment
+	f.FailNext("POST", "/check-runs", 429, 1)
+	f.FailNext("POST", "/pulls", 500, 1)        // the draft pull request: reported as not opened, then retried? no: once
+	f.FailNext("PATCH", "/check-runs/", 500, 2) // the final check run edit (the first PATCH of a check run is the last)
+	attempts := 0
+	for {
+		attempts++
+		err := g.Handle(t.Context(), d, a)
+		if err == nil {
+			break
+		}
+		if attempts == 10 {
+			t.Fatalf("still failing after %d attempts: %v", attempts, err)
+		}
+	}
+	repo := "/repos/" + githubtest.Get(x, "repository", "full_name").(string)
+	count := func(method, part string) int {
+		n := 0
+		for _, r := range f.Requests() {
+			if r.Method == method && strings.Contains(r.Path, repo) && strings.HasSuffix(r.Path, part) {
+				n++
+			}
+		}
+		return n
+	}
+	if len(a.runs) != 1 {
+		t.Fatalf("%d runs started over %d attempts, want 1", len(a.runs), attempts)
+	}
+	for what, n := range map[string]int{"reactions": count("POST", "/reactions"),
+		"tracking comments": count("POST", "/comments"), "check runs": count("POST", "/check-runs")} {
+		if n != 1 {
+			t.Errorf("%d %s over %d attempts, want 1", n, what, attempts)
+		}
+	}
+	if n := count("POST", "/pulls"); n != 1 || !strings.Contains(lastCommentOf(f), "Draft pull request: https://") {
+		t.Errorf("%d draft pull requests, tracking comment %q; want one, linked", n, lastCommentOf(f))
+	}
+	if f.Failed() != 6 || attempts < 6 {
+		t.Fatalf("%d requests failed over %d attempts; the faults were not all met", f.Failed(), attempts)
+	}
+	var completed bool
+	var lastComment string
+	for _, r := range f.Find("PATCH", "") {
+		if strings.Contains(r.Path, "/check-runs/") && r.Body["conclusion"] == "success" {
+			completed = true
+		}
+		if strings.Contains(r.Path, "/issues/comments/") {
+			lastComment = r.Body["body"].(string)
+		}
+	}
+	if !completed || !strings.Contains(lastComment, "completed") {
+		t.Fatalf("final report: check run completed %v, tracking comment %q", completed, lastComment)
+	}
+	t.Logf("%d attempts, %d progress saves, %d failed requests", attempts, saves, f.Failed())
+}
+
+// lastCommentOf is the last body the tracking comment was edited to.
+func lastCommentOf(f *githubtest.Fake) string {
+	var last string
+	for _, r := range f.Find("PATCH", "") {
+		if strings.Contains(r.Path, "/issues/comments/") {
+			last, _ = r.Body["body"].(string)
+		}
+	}
+	return last
+}
+
 func TestAgentRunOnPullRequestComment(t *testing.T) {
 	f := githubtest.NewFake(t)
 	g, _ := newGitHub(t, f)

@@ -22,16 +22,19 @@ type webhookStore struct{ s *Store }
 // Webhooks gives access to the recorded webhook deliveries.
 func (s *Store) Webhooks() store.WebhookStore { return webhookStore{s} }
 
-const deliveryCols = `id, integration, delivery_id, event, header, body, status, attempts, error, received_at, updated_at`
+const deliveryCols = `id, integration, delivery_id, event, header, body, status, attempts, error, received_at, updated_at, progress`
 
 func scanDelivery(row pgx.Row) (*store.WebhookDelivery, error) {
 	var d store.WebhookDelivery
-	var header []byte
+	var header, progress []byte
 	if err := row.Scan(&d.ID, &d.Integration, &d.DeliveryID, &d.Event, &header, &d.Body, &d.Status, &d.Attempts,
-		&d.Error, &d.ReceivedAt, &d.UpdatedAt); err != nil {
+		&d.Error, &d.ReceivedAt, &d.UpdatedAt, &progress); err != nil {
 		return nil, err
 	}
 	d.ReceivedAt, d.UpdatedAt = prep.Time(d.ReceivedAt), prep.Time(d.UpdatedAt)
+	if len(progress) > 0 {
+		d.Progress = progress
+	}
 	if len(header) > 0 {
 		if err := json.Unmarshal(header, &d.Header); err != nil {
 			return nil, fmt.Errorf("webhook delivery %s: header: %w", d.ID, err)
@@ -68,7 +71,7 @@ func (ws webhookStore) Record(ctx context.Context, d *store.WebhookDelivery) (bo
 	}
 	var id string
 	err = ws.s.pool.QueryRow(ctx, `INSERT INTO webhook_deliveries (`+deliveryCols+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, 0, '', $8, $8)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, 0, '', $8, $8, NULL)
 		ON CONFLICT (integration, delivery_id) DO NOTHING RETURNING id`,
 		d.ID, d.Integration, d.DeliveryID, d.Event, nullJSON(header), body, d.Status, d.ReceivedAt).Scan(&id)
 	if err == nil {
@@ -129,6 +132,25 @@ func (ws webhookStore) Finish(ctx context.Context, id, status, errText string) e
 		cid, status, strings.ToValidUTF8(strings.ReplaceAll(errText, "\x00", ""), "\uFFFD"), prep.Now())
 	if err != nil {
 		return dbErr("finish webhook delivery", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return prep.NotFound("webhook delivery", id)
+	}
+	return nil
+}
+
+func (ws webhookStore) SaveProgress(ctx context.Context, id string, progress []byte) error {
+	if err := store.CheckWebhookProgress(progress); err != nil {
+		return err
+	}
+	cid, ok := prep.UUID(id)
+	if !ok {
+		return prep.NotFound("webhook delivery", id)
+	}
+	tag, err := ws.s.pool.Exec(ctx, "UPDATE webhook_deliveries SET progress = $2, updated_at = $3 WHERE id = $1",
+		cid, progress, prep.Now())
+	if err != nil {
+		return dbErr("save webhook delivery progress", err)
 	}
 	if tag.RowsAffected() == 0 {
 		return prep.NotFound("webhook delivery", id)

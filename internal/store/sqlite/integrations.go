@@ -22,14 +22,14 @@ type webhookStore struct{ s *Store }
 // Webhooks gives access to the recorded webhook deliveries.
 func (s *Store) Webhooks() store.WebhookStore { return webhookStore{s} }
 
-const deliveryCols = `id, integration, delivery_id, event, header, body, status, attempts, error, received_at, updated_at`
+const deliveryCols = `id, integration, delivery_id, event, header, body, status, attempts, error, received_at, updated_at, progress`
 
 func scanDelivery(row scanner) (*store.WebhookDelivery, error) {
 	var d store.WebhookDelivery
-	var header sql.NullString
+	var header, progress sql.NullString
 	var received, updated string
 	if err := row.Scan(&d.ID, &d.Integration, &d.DeliveryID, &d.Event, &header, &d.Body, &d.Status, &d.Attempts,
-		&d.Error, &received, &updated); err != nil {
+		&d.Error, &received, &updated, &progress); err != nil {
 		return nil, err
 	}
 	var err error
@@ -47,6 +47,7 @@ func scanDelivery(row scanner) (*store.WebhookDelivery, error) {
 	if len(d.Body) == 0 {
 		d.Body = nil
 	}
+	d.Progress = docBytes(progress)
 	return &d, nil
 }
 
@@ -70,7 +71,7 @@ func (ws webhookStore) Record(ctx context.Context, d *store.WebhookDelivery) (bo
 	d.ReceivedAt = prep.Time(d.ReceivedAt)
 	d.UpdatedAt, d.Status, d.Attempts, d.Error = d.ReceivedAt, store.DeliveryReceived, 0, ""
 	res, err := ws.s.exec(ctx, `INSERT INTO webhook_deliveries (`+deliveryCols+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, 0, '', ?, ?) ON CONFLICT (integration, delivery_id) DO NOTHING`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, 0, '', ?, ?, NULL) ON CONFLICT (integration, delivery_id) DO NOTHING`,
 		d.ID, d.Integration, d.DeliveryID, d.Event, nullText(header), blob(string(d.Body)), d.Status,
 		ts(d.ReceivedAt), ts(d.ReceivedAt))
 	if err != nil {
@@ -134,6 +135,18 @@ func (ws webhookStore) Finish(ctx context.Context, id, status, errText string) e
 	return exec1(ctx, ws.s, "finish webhook delivery", "webhook delivery", id,
 		"UPDATE webhook_deliveries SET status = ?, error = ?, updated_at = ? WHERE id = ?",
 		status, strings.ToValidUTF8(strings.ReplaceAll(errText, "\x00", ""), "\uFFFD"), ts(prep.Now()), cid)
+}
+
+func (ws webhookStore) SaveProgress(ctx context.Context, id string, progress []byte) error {
+	if err := store.CheckWebhookProgress(progress); err != nil {
+		return err
+	}
+	cid, ok := prep.UUID(id)
+	if !ok {
+		return prep.NotFound("webhook delivery", id)
+	}
+	return exec1(ctx, ws.s, "save webhook delivery progress", "webhook delivery", id,
+		"UPDATE webhook_deliveries SET progress = ?, updated_at = ? WHERE id = ?", string(progress), ts(prep.Now()), cid)
 }
 
 type linkStore struct{ s *Store }

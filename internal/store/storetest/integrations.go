@@ -1,9 +1,12 @@
 package storetest
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 
@@ -97,6 +100,41 @@ func runWebhooks(t *testing.T, open Opener) {
 			if _, err := st.Webhooks().Record(t.Context(), d); !errors.Is(err, model.ErrInvalidInput) {
 				t.Errorf("Record(%+v) = %v, want ErrInvalidInput", d, err)
 			}
+		}
+	})
+	t.Run("Progress", func(t *testing.T) {
+		st := open(t)
+		ctx := t.Context()
+		d := &store.WebhookDelivery{Integration: "github", DeliveryID: "p-1", Body: []byte(`{}`), ReceivedAt: at(0)}
+		if _, err := st.Webhooks().Record(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := st.Webhooks().Get(ctx, d.ID); err != nil || got.Progress != nil {
+			t.Fatalf("new delivery's progress = %q, %v; want none", got.Progress, err)
+		}
+		for _, doc := range []string{`{"step":"reacted"}`, `{"step":"started","job":"j-1","comment":42}`} {
+			if err := st.Webhooks().SaveProgress(ctx, d.ID, []byte(doc)); err != nil {
+				t.Fatalf("SaveProgress(%s): %v", doc, err)
+			}
+		}
+		got, err := st.Webhooks().Attempt(ctx, d.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(got.Progress, &m); err != nil || m["job"] != "j-1" || m["comment"] != float64(42) {
+			t.Fatalf("progress after two saves, as Attempt returns it: %q (%v)", got.Progress, err)
+		}
+		for name, bad := range map[string][]byte{"not JSON": []byte("{"), "too large": []byte(`"` + strings.Repeat("x", store.MaxWebhookProgress) + `"`)} {
+			if err := st.Webhooks().SaveProgress(ctx, d.ID, bad); !errors.Is(err, model.ErrInvalidInput) {
+				t.Fatalf("SaveProgress of %s = %v, want ErrInvalidInput", name, err)
+			}
+		}
+		if again, _ := st.Webhooks().Get(ctx, d.ID); !bytes.Equal(again.Progress, got.Progress) {
+			t.Fatalf("refused saves changed the progress: %q", again.Progress)
+		}
+		if err := st.Webhooks().SaveProgress(ctx, "00000000-0000-0000-0000-000000000000", []byte(`{}`)); !errors.Is(err, model.ErrNotFound) {
+			t.Fatalf("SaveProgress of an unknown delivery = %v, want ErrNotFound", err)
 		}
 	})
 	t.Run("ConcurrentRecord", func(t *testing.T) {

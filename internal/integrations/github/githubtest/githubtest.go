@@ -150,6 +150,29 @@ type Fake struct {
 	nextID     int64
 	Permission string // the collaborator permission answered (default "write")
 	TokenTTL   time.Duration
+	faults     []*fault
+	failed     int
+}
+
+// fault makes the fake answer status to the next times requests of method whose path contains part.
+type fault struct {
+	method, part string
+	status, left int
+}
+
+// FailNext makes the next times requests of method whose path contains part fail with status (500, 502, 429
+// with Retry-After: 1, ...), as GitHub does when it is having a bad day; they are not recorded in Requests.
+func (f *Fake) FailNext(method, part string, status, times int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.faults = append(f.faults, &fault{method: method, part: part, status: status, left: times})
+}
+
+// Failed returns how many requests FailNext made fail.
+func (f *Fake) Failed() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.failed
 }
 
 // NewFake starts a fake GitHub, closed at the end of the test.
@@ -193,6 +216,20 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.mu.Lock()
+	for _, x := range f.faults {
+		if x.left > 0 && x.method == r.Method && strings.Contains(r.URL.Path, x.part) {
+			x.left--
+			f.failed++
+			f.mu.Unlock()
+			if x.status == http.StatusTooManyRequests {
+				w.Header().Set("Retry-After", "1")
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(x.status)
+			_, _ = io.WriteString(w, `{"message":"Server Error"}`)
+			return
+		}
+	}
 	f.reqs = append(f.reqs, Request{Method: r.Method, Path: r.URL.Path, Auth: r.Header.Get("Authorization"), Body: body})
 	f.nextID++
 	id := f.nextID
