@@ -146,11 +146,23 @@ func TestIntegrationLinksRoutes(t *testing.T) {
 		decodeAs[client.IntegrationLink](t, r).Commands {
 		t.Fatalf("runs only: %d %s, want commands off", r.status, r.body)
 	}
+	if r := e.call("POST", "/api/v1/integrations/links", e.keyA, `{"integration":"test","source":"o/pr","runs":true,"pr_command":"make test"}`); r.status != http.StatusUnprocessableEntity ||
+		!strings.Contains(string(r.body), "pr_command") {
+		t.Fatalf("a pull request command on a link without commands: %d %s, want 422 naming pr_command", r.status, r.body)
+	}
+	if r := e.call("POST", "/api/v1/integrations/links", e.keyA, `{"integration":"test","source":"o/pr","pr_command":"`+strings.Repeat("x", 5000)+`"}`); r.status != http.StatusUnprocessableEntity ||
+		!strings.Contains(string(r.body), "at most 4096") {
+		t.Fatalf("a 5,000-byte pull request command: %d %s, want 422 with the limit", r.status, r.body)
+	}
+	r = e.call("POST", "/api/v1/integrations/links", e.keyA, `{"integration":"test","source":"o/pr","pr_command":"  make test "}`)
+	if r.status != http.StatusCreated || decodeAs[client.IntegrationLink](t, r).PRCommand != "make test" {
+		t.Fatalf("a link with a pull request command: %d %s", r.status, r.body)
+	}
 	if got := decodeAs[client.IntegrationLinkList](t, e.okCall("GET", "/api/v1/integrations/links", e.keyB, "")); len(got.Links) != 0 {
 		t.Fatalf("owner B sees %d links of A", len(got.Links))
 	}
-	if got := decodeAs[client.IntegrationLinkList](t, e.okCall("GET", "/api/v1/integrations/links", e.keyA, "")); len(got.Links) != 2 {
-		t.Fatalf("owner A lists %d links, want 2", len(got.Links))
+	if got := decodeAs[client.IntegrationLinkList](t, e.okCall("GET", "/api/v1/integrations/links", e.keyA, "")); len(got.Links) != 3 {
+		t.Fatalf("owner A lists %d links, want 3", len(got.Links))
 	}
 	if r := e.call("DELETE", "/api/v1/integrations/links/"+l.ID, e.keyB, ""); r.status != http.StatusNotFound {
 		t.Fatalf("B deleting A's link: %d, want 404", r.status)

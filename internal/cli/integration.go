@@ -20,6 +20,7 @@ func (a *app) integrationCommand() *cobra.Command {
 func (a *app) integrationLink() *cobra.Command {
 	var commands, runs, allowBots, draftPR bool
 	var notify []string
+	var onPR string
 	cmd := &cobra.Command{
 		Use:   "link INTEGRATION SOURCE",
 		Short: "Let a source (github.com/org/repo, github.com/org/*) start work as you",
@@ -27,17 +28,19 @@ func (a *app) integrationLink() *cobra.Command {
 (/aetherium run <command>) and agent runs (@aetherium <prompt>) as you, within what the link allows. For
 GitHub the source is the repository, github.com/org/repo, or every repository of an organisation,
 github.com/org/*; only commenters with write or admin permission on the repository trigger work.`,
-		Example: "  aetherium integration link github github.com/acme/api\n  aetherium integration link github 'github.com/acme/*' --runs=false",
+		Example: "  aetherium integration link github github.com/acme/api\n  aetherium integration link github 'github.com/acme/*' --runs=false\n" +
+			"  aetherium integration link github github.com/acme/api --on-pr 'make test'",
 	}
 	f := cmd.Flags()
 	f.BoolVar(&commands, "commands", true, "allow commands (/aetherium run)")
 	f.BoolVar(&runs, "runs", true, "allow agent runs (@aetherium)")
 	f.BoolVar(&allowBots, "allow-bots", false, "let bots' comments trigger work too")
 	f.BoolVar(&draftPR, "draft-pr", false, "open a draft pull request for an agent run's pushed branch")
+	f.StringVar(&onPR, "on-pr", "", "GitHub: a command to run on every pull request opened, reopened or pushed to, reported as a check run")
 	f.StringSliceVar(&notify, "notify", nil, "notification events sent to this source (run.finished, job.finished, ...)")
 	return a.leaf(cmd, cobra.ExactArgs(2), exitFailure, func(ctx context.Context, c *client.Client, _ *cobra.Command, args []string) error {
 		l, err := c.CreateIntegrationLink(ctx, client.CreateIntegrationLinkRequest{Integration: args[0], Source: args[1],
-			Commands: &commands, Runs: &runs, AllowBots: allowBots, DraftPR: draftPR, Notify: notify})
+			Commands: &commands, Runs: &runs, AllowBots: allowBots, DraftPR: draftPR, PRCommand: onPR, Notify: notify})
 		if err != nil {
 			return err
 		}
@@ -82,6 +85,9 @@ func (a *app) integrationLinks() *cobra.Command {
 				if p.on {
 					may = append(may, p.name)
 				}
+			}
+			if x.PRCommand != "" {
+				may = append(may, "on-pr")
 			}
 			rows[i] = []string{x.ID, x.Integration, x.Source, strings.Join(may, ","), fmtAge(x.CreatedAt, now)}
 		}

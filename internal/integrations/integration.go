@@ -154,6 +154,7 @@ type Link struct {
 	Runs        bool     // may start agent runs
 	AllowBots   bool     // bots' comments trigger work too
 	DraftPR     bool     // an agent run's pushed branch gets a draft pull request
+	PRCommand   string   // runs on every pull request opened, reopened or pushed to ("": none)
 	Notify      []string // notification events sent to this source
 	CreatedAt   time.Time
 }

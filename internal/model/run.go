@@ -54,7 +54,8 @@ type RunRepo struct {
 type RunPush struct {
 	// Branch to push (default aetherium/run-<first 8 characters of the run id>). Never the branch the run started from.
 	Branch string `json:"branch,omitempty"`
-	// DraftPR asks for a draft pull request of Branch (needs a forge integration; recorded, not yet acted on).
+	// DraftPR asks for a draft pull request of Branch. POST /runs refuses it: the GitHub integration opens draft
+	// pull requests itself, for runs it starts from a link that says so.
 	DraftPR bool `json:"draft_pr,omitempty"`
 }
 

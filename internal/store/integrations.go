@@ -79,8 +79,11 @@ type IntegrationLink struct {
 	Runs        bool
 	AllowBots   bool
 	DraftPR     bool // open a draft pull request for an agent run's pushed branch
-	Notify      []string
-	CreatedAt   time.Time
+	// PRCommand runs (sh -c, in a fresh VM with the pull request's head checked out) on every pull request
+	// opened, reopened or pushed to, reported as a check run; empty: none.
+	PRCommand string
+	Notify    []string
+	CreatedAt time.Time
 }
 
 // IntegrationLinkStore persists links. A source is linked to at most one owner per integration.
@@ -96,6 +99,9 @@ type IntegrationLinkStore interface {
 	// Delete removes the owner's link; another owner's link or none is an error wrapping model.ErrNotFound.
 	Delete(ctx context.Context, ownerID, id string) error
 }
+
+// MaxPRCommand bounds a link's pull request command.
+const MaxPRCommand = 4096
 
 // CheckWebhookDelivery validates what Record inserts.
 func CheckWebhookDelivery(d *WebhookDelivery) error {
@@ -121,6 +127,9 @@ func CheckIntegrationLink(l *IntegrationLink) error {
 		return fmt.Errorf("integration link: integration must be 1 to 64 characters of text: %w", model.ErrInvalidInput)
 	case !textcheck.Ident(l.Source, 512):
 		return fmt.Errorf("integration link: source must be 1 to 512 characters of text: %w", model.ErrInvalidInput)
+	}
+	if !textcheck.Text(l.PRCommand) || len(l.PRCommand) > MaxPRCommand {
+		return fmt.Errorf("integration link: pr_command must be at most %d bytes of text: %w", MaxPRCommand, model.ErrInvalidInput)
 	}
 	for _, n := range l.Notify {
 		if !textcheck.Ident(n, 64) {

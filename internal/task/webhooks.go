@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/store"
@@ -43,7 +44,15 @@ func (s *Service) RecordWebhook(ctx context.Context, d *store.WebhookDelivery) (
 // CreateLink links an outside source to ownerID.
 func (s *Service) CreateLink(ctx context.Context, ownerID string, l *store.IntegrationLink) error {
 	l.OwnerID, l.ID = ownerID, ""
-	l.Source = strings.TrimSpace(l.Source)
+	l.Source, l.PRCommand = strings.TrimSpace(l.Source), strings.TrimSpace(l.PRCommand)
+	switch {
+	case len(l.PRCommand) > store.MaxPRCommand:
+		return invalid("pr_command", "is %d bytes, at most %d", len(l.PRCommand), store.MaxPRCommand)
+	case strings.ContainsRune(l.PRCommand, 0) || !utf8.ValidString(l.PRCommand):
+		return invalid("pr_command", "must be text")
+	case l.PRCommand != "" && !l.Commands:
+		return invalid("pr_command", "needs commands: a link that may not run commands cannot run one on pull requests")
+	}
 	if err := s.store.IntegrationLinks().Create(ctx, l); err != nil {
 		return fmt.Errorf("link %s %s: %w", l.Integration, l.Source, err)
 	}

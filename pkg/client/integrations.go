@@ -17,6 +17,7 @@ type IntegrationLink struct {
 	Runs        bool      `json:"runs"`
 	AllowBots   bool      `json:"allow_bots"`
 	DraftPR     bool      `json:"draft_pr"`
+	PRCommand   string    `json:"pr_command,omitempty"`
 	Notify      []string  `json:"notify,omitempty"`
 	CreatedAt   time.Time `json:"created_at"`
 }
@@ -24,13 +25,15 @@ type IntegrationLink struct {
 // CreateIntegrationLinkRequest is the body of POST /api/v1/integrations/links. Commands and Runs default to true
 // when both are omitted.
 type CreateIntegrationLinkRequest struct {
-	Integration string   `json:"integration"`
-	Source      string   `json:"source"`
-	Commands    *bool    `json:"commands,omitempty"`
-	Runs        *bool    `json:"runs,omitempty"`
-	AllowBots   bool     `json:"allow_bots,omitempty"`
-	DraftPR     bool     `json:"draft_pr,omitempty"`
-	Notify      []string `json:"notify,omitempty"`
+	Integration string `json:"integration"`
+	Source      string `json:"source"`
+	Commands    *bool  `json:"commands,omitempty"`
+	Runs        *bool  `json:"runs,omitempty"`
+	AllowBots   bool   `json:"allow_bots,omitempty"`
+	DraftPR     bool   `json:"draft_pr,omitempty"`
+	// PRCommand runs on every pull request opened, reopened or pushed to (GitHub), reported as a check run.
+	PRCommand string   `json:"pr_command,omitempty"`
+	Notify    []string `json:"notify,omitempty"`
 }
 
 // IntegrationLinkList is the answer of GET /api/v1/integrations/links.

@@ -204,8 +204,9 @@ type event struct {
 	PullRequest *struct {
 		Number int `json:"number"`
 		Head   struct {
-			Ref string `json:"ref"`
-			SHA string `json:"sha"`
+			Ref  string      `json:"ref"`
+			SHA  string      `json:"sha"`
+			Repo *repository `json:"repo"` // a fork's, for a pull request from one; null when the fork is gone
 		} `json:"head"`
 		Base struct {
 			Ref string `json:"ref"`
@@ -281,8 +282,17 @@ func (g *GitHub) Handle(ctx context.Context, d *integrations.Delivery, a integra
 		}
 		if ev.PullRequest != nil {
 			w.issue, w.isPR, w.ref, w.sha = ev.PullRequest.Number, true, ev.PullRequest.Head.Ref, ev.PullRequest.Head.SHA
+			w.headRepo = ev.PullRequest.Head.Repo
 		}
 		w.reviewComment = d.Event == "pull_request_review_comment"
+	case "pull_request":
+		// The link's pull request command (e.g. the tests) on every push to a pull request, reported as a check
+		// run only: a tracking comment per push would be the stream of comments nobody wants.
+		if ev.PullRequest == nil || (ev.Action != "opened" && ev.Action != "reopened" && ev.Action != "synchronize") {
+			return nil
+		}
+		w.onPR, w.trig, w.author, w.isPR = true, trigger{kind: "command"}, ev.Sender, true
+		w.ref, w.sha, w.headRepo = ev.PullRequest.Head.Ref, ev.PullRequest.Head.SHA, ev.PullRequest.Head.Repo
 	case "check_run":
 		if ev.Action != "rerequested" || ev.CheckRun == nil {
 			return nil
@@ -315,6 +325,8 @@ type work struct {
 	isPR          bool
 	ref, sha      string
 	token         string
+	onPR          bool        // a pull_request event: the link's PRCommand is the trigger
+	headRepo      *repository // the pull request's head repository (a fork's, or the repository itself)
 }
 
 // progress is how far a delivery's work got. It is saved (Delivery.SaveProgress) after every step that shows on
@@ -330,7 +342,8 @@ type progress struct {
 	CheckRun int64  `json:"check_run,omitempty"`
 	Kind     string `json:"kind,omitempty"` // "job" or "run", once started
 	ID       string `json:"id,omitempty"`
-	DraftPR  string `json:"draft_pr,omitempty"` // the draft pull request's URL, once opened
+	DraftPR  string `json:"draft_pr,omitempty"`  // the draft pull request's URL, once opened
+	HeadRepo string `json:"head_repo,omitempty"` // the clone URL of the pull request's head, when a fork's
 }
 
 // save records the progress. After the work has started, a failure to save is logged, not returned: returning it
@@ -361,18 +374,28 @@ func (w *work) repoPath() string {
 }
 
 func (w *work) do(ctx context.Context) error {
-	tok, err := w.g.installationToken(ctx, w.inst, w.repo.Name)
-	if err != nil {
+	link, err := w.a.Link(ctx, "github", w.source())
+	if w.onPR {
+		// Pull request events come for every push to every pull request: only a link with a command acts, and
+		// nothing is said to anyone else.
+		if errors.Is(err, integrations.ErrNotLinked) || (err == nil && (link.PRCommand == "" || !link.Commands)) {
+			return nil
+		}
+		if err == nil {
+			w.trig.text = link.PRCommand
+		}
+	}
+	if err != nil && !errors.Is(err, integrations.ErrNotLinked) {
 		return err
 	}
+	tok, terr := w.g.installationToken(ctx, w.inst, w.repo.Name)
+	if terr != nil {
+		return terr
+	}
 	w.token = tok
-	link, err := w.a.Link(ctx, "github", w.source())
 	if errors.Is(err, integrations.ErrNotLinked) {
 		return w.refuse(ctx, fmt.Sprintf("This repository is not linked to an Aetherium owner, so Aetherium does nothing "+
 			"here. An Aetherium user can link it with:\n\n    aetherium integration link github %s\n", w.source()))
-	}
-	if err != nil {
-		return err
 	}
 	if strings.EqualFold(w.author.Type, "Bot") && !link.AllowBots {
 		return nil
@@ -451,6 +474,9 @@ func (w *work) resolveRef(ctx context.Context) error {
 		return err
 	}
 	w.prog.Ref, w.prog.SHA = w.ref, w.sha
+	if w.headRepo != nil && w.headRepo.CloneURL != "" && w.headRepo.FullName != w.repo.FullName {
+		w.prog.HeadRepo = w.headRepo.CloneURL
+	}
 	return w.save(ctx)
 }
 
@@ -461,14 +487,15 @@ func (w *work) findRef(ctx context.Context) error {
 	if w.isPR && w.issue != 0 {
 		var pr struct {
 			Head struct {
-				Ref string `json:"ref"`
-				SHA string `json:"sha"`
+				Ref  string      `json:"ref"`
+				SHA  string      `json:"sha"`
+				Repo *repository `json:"repo"`
 			} `json:"head"`
 		}
 		if err := w.api(ctx, http.MethodGet, fmt.Sprintf("%s/pulls/%d", w.repoPath(), w.issue), nil, &pr); err != nil {
 			return err
 		}
-		w.ref, w.sha = pr.Head.Ref, pr.Head.SHA
+		w.ref, w.sha, w.headRepo = pr.Head.Ref, pr.Head.SHA, pr.Head.Repo
 		return nil
 	}
 	if w.ref == "" {
@@ -526,9 +553,18 @@ func (w *work) startReport(ctx context.Context) error {
 
 func (w *work) start(ctx context.Context, link *integrations.Link) (kind, id string, err error) {
 	if w.trig.kind == "command" {
+		// A fork's branch is in the fork: the command checks the head out from there.
+		repoURL := w.repo.CloneURL
+		if w.prog.HeadRepo != "" {
+			repoURL = w.prog.HeadRepo
+		}
 		id, err = w.a.StartCommand(ctx, link.OwnerID, integrations.CommandRequest{Command: w.trig.text,
-			RepoURL: w.repo.CloneURL, Ref: w.ref, Timeout: w.g.timeout})
+			RepoURL: repoURL, Ref: w.ref, Timeout: w.g.timeout})
 		return "job", id, err
+	}
+	if w.prog.HeadRepo != "" {
+		return "", "", fmt.Errorf("agent runs on pull requests from forks are not supported: the agent's branch "+
+			"could not be pushed to %s; comment on a branch of this repository instead", w.prog.HeadRepo)
 	}
 	branch := fmt.Sprintf("aetherium/%s-%d", map[bool]string{true: "pr", false: "issue"}[w.isPR], w.issue)
 	if w.commentID != 0 {

@@ -397,6 +397,78 @@ func TestRefusals(t *testing.T) {
 	})
 }
 
+// TestPullRequestCommand: a link's pull request command runs on a pushed pull request (the package's synchronize
+// example) at its head, reported by a check run and nothing else; a fork's head is checked out from the fork;
+// other actions, and links without a command, do nothing and call nobody.
+func TestPullRequestCommand(t *testing.T) {
+	code := 0
+	for _, action := range []string{"opened", "reopened", "synchronize"} {
+		t.Run(action, func(t *testing.T) {
+			f := githubtest.NewFake(t)
+			g, _ := newGitHub(t, f)
+			x := githubtest.Example(t, "pull_request", action, nil)
+			a := &fakeActions{link: linkFor(x), outcome: integrations.Outcome{Status: "completed", ExitCode: &code}}
+			a.link.PRCommand = "make test"
+			if err := g.Handle(t.Context(), delivery(t, "pull_request", x, ""), a); err != nil {
+				t.Fatalf("Handle: %v", err)
+			}
+			head := githubtest.Get(x, "pull_request", "head").(map[string]any)
+			if len(a.commands) != 1 || a.commands[0].Command != "make test" || a.commands[0].Ref != head["ref"] ||
+				a.commands[0].RepoURL != githubtest.Get(x, "repository", "clone_url") {
+				t.Fatalf("commands = %+v, want make test at the head %v", a.commands, head["ref"])
+			}
+			checks := f.Find("POST", "/check-runs")
+			if len(checks) != 1 || checks[0].Body["head_sha"] != head["sha"] {
+				t.Fatalf("check runs = %+v, want one on the head %v", checks, head["sha"])
+			}
+			if n := len(f.Find("POST", "/comments")) + len(f.Find("POST", "/reactions")); n != 0 {
+				t.Fatalf("%d comments or reactions for a pushed pull request, want none", n)
+			}
+			sender := githubtest.Get(x, "sender", "login").(string)
+			if n := len(f.Find("GET", "/collaborators/"+sender+"/permission")); n != 1 {
+				t.Fatalf("%d permission checks of the sender, want 1", n)
+			}
+		})
+	}
+	t.Run("Fork", func(t *testing.T) {
+		f := githubtest.NewFake(t)
+		g, _ := newGitHub(t, f)
+		x := githubtest.Example(t, "pull_request", "synchronize", nil)
+		// Derived: the head is a fork's.
+		repo := githubtest.Get(x, "pull_request", "head", "repo").(map[string]any)
+		repo["full_name"], repo["clone_url"] = "someone/Hello-World", "https://github.com/someone/Hello-World.git"
+		a := &fakeActions{link: linkFor(x), outcome: integrations.Outcome{Status: "completed", ExitCode: &code}}
+		a.link.PRCommand = "make test"
+		if err := g.Handle(t.Context(), delivery(t, "pull_request", x, ""), a); err != nil {
+			t.Fatal(err)
+		}
+		if len(a.commands) != 1 || a.commands[0].RepoURL != "https://github.com/someone/Hello-World.git" {
+			t.Fatalf("commands = %+v, want the fork's head checked out", a.commands)
+		}
+	})
+	for name, c := range map[string]struct {
+		action, command string
+		linked          bool
+	}{"NoCommand": {"synchronize", "", true}, "Unlinked": {"opened", "make test", false}, "Closed": {"closed", "make test", true}} {
+		t.Run(name, func(t *testing.T) {
+			f := githubtest.NewFake(t)
+			g, _ := newGitHub(t, f)
+			x := githubtest.Example(t, "pull_request", c.action, nil)
+			a := &fakeActions{}
+			if c.linked {
+				a.link = linkFor(x)
+				a.link.PRCommand = c.command
+			}
+			if err := g.Handle(t.Context(), delivery(t, "pull_request", x, ""), a); err != nil {
+				t.Fatal(err)
+			}
+			if len(a.commands) != 0 || len(f.Requests()) != 0 {
+				t.Fatalf("%d commands and %d GitHub calls, want none", len(a.commands), len(f.Requests()))
+			}
+		})
+	}
+}
+
 func TestCheckRunRerequested(t *testing.T) {
 	f := githubtest.NewFake(t)
 	g, _ := newGitHub(t, f)

@@ -163,13 +163,13 @@ type linkStore struct{ s *Store }
 // IntegrationLinks gives access to the owners' links of outside sources.
 func (s *Store) IntegrationLinks() store.IntegrationLinkStore { return linkStore{s} }
 
-const linkCols = `id, owner_id, integration, source, commands, runs, allow_bots, draft_pr, notify, created_at`
+const linkCols = `id, owner_id, integration, source, commands, runs, allow_bots, draft_pr, notify, created_at, pr_command`
 
 func scanLink(row pgx.Row) (*store.IntegrationLink, error) {
 	var l store.IntegrationLink
 	var notify []byte
 	if err := row.Scan(&l.ID, &l.OwnerID, &l.Integration, &l.Source, &l.Commands, &l.Runs, &l.AllowBots, &l.DraftPR,
-		&notify, &l.CreatedAt); err != nil {
+		&notify, &l.CreatedAt, &l.PRCommand); err != nil {
 		return nil, err
 	}
 	l.CreatedAt = prep.Time(l.CreatedAt)
@@ -206,8 +206,8 @@ func (ls linkStore) Create(ctx context.Context, l *store.IntegrationLink) error 
 	if l.Notify != nil {
 		notify, _ = json.Marshal(l.Notify)
 	}
-	_, err := ls.s.pool.Exec(ctx, "INSERT INTO integration_links ("+linkCols+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-		l.ID, l.OwnerID, l.Integration, l.Source, l.Commands, l.Runs, l.AllowBots, l.DraftPR, nullJSON(notify), l.CreatedAt)
+	_, err := ls.s.pool.Exec(ctx, "INSERT INTO integration_links ("+linkCols+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+		l.ID, l.OwnerID, l.Integration, l.Source, l.Commands, l.Runs, l.AllowBots, l.DraftPR, nullJSON(notify), l.CreatedAt, l.PRCommand)
 	if _, dup := uniqueViolation(err); dup {
 		return fmt.Errorf("%s source %q is already linked: %w", l.Integration, l.Source, model.ErrConflict)
 	}

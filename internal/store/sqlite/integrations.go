@@ -154,14 +154,14 @@ type linkStore struct{ s *Store }
 // IntegrationLinks gives access to the owners' links of outside sources.
 func (s *Store) IntegrationLinks() store.IntegrationLinkStore { return linkStore{s} }
 
-const linkCols = `id, owner_id, integration, source, commands, runs, allow_bots, draft_pr, notify, created_at`
+const linkCols = `id, owner_id, integration, source, commands, runs, allow_bots, draft_pr, notify, created_at, pr_command`
 
 func scanLink(row scanner) (*store.IntegrationLink, error) {
 	var l store.IntegrationLink
 	var notify sql.NullString
 	var created string
 	if err := row.Scan(&l.ID, &l.OwnerID, &l.Integration, &l.Source, &l.Commands, &l.Runs, &l.AllowBots, &l.DraftPR,
-		&notify, &created); err != nil {
+		&notify, &created, &l.PRCommand); err != nil {
 		return nil, err
 	}
 	var err error
@@ -201,8 +201,8 @@ func (ls linkStore) Create(ctx context.Context, l *store.IntegrationLink) error 
 	if l.Notify != nil {
 		notify, _ = json.Marshal(l.Notify)
 	}
-	_, err := ls.s.exec(ctx, "INSERT INTO integration_links ("+linkCols+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-		l.ID, l.OwnerID, l.Integration, l.Source, l.Commands, l.Runs, l.AllowBots, l.DraftPR, nullText(notify), ts(l.CreatedAt))
+	_, err := ls.s.exec(ctx, "INSERT INTO integration_links ("+linkCols+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		l.ID, l.OwnerID, l.Integration, l.Source, l.Commands, l.Runs, l.AllowBots, l.DraftPR, nullText(notify), ts(l.CreatedAt), l.PRCommand)
 	if _, _, dup := uniqueViolation(err); dup {
 		return fmt.Errorf("%s source %q is already linked: %w", l.Integration, l.Source, model.ErrConflict)
 	}

@@ -176,7 +176,7 @@ func runIntegrationLinks(t *testing.T, open Opener) {
 		ctx := t.Context()
 		ls := st.IntegrationLinks()
 		a := &store.IntegrationLink{OwnerID: "alice", Integration: "github", Source: "github.com/org/repo",
-			Commands: true, Runs: true, DraftPR: true, Notify: []string{"run.finished"}, CreatedAt: at(0)}
+			Commands: true, Runs: true, DraftPR: true, PRCommand: "make test", Notify: []string{"run.finished"}, CreatedAt: at(0)}
 		if err := ls.Create(ctx, a); err != nil {
 			t.Fatalf("Create: %v", err)
 		}
@@ -244,6 +244,8 @@ func runIntegrationLinks(t *testing.T, open Opener) {
 			{OwnerID: "o", Integration: "github", Source: ""},
 			{OwnerID: "o", Integration: "github", Source: "bad\xff"},
 			{OwnerID: "o", Integration: "github", Source: "s", ID: "nope"},
+			{OwnerID: "o", Integration: "github", Source: "s", PRCommand: strings.Repeat("x", store.MaxPRCommand+1)},
+			{OwnerID: "o", Integration: "github", Source: "s", PRCommand: "make\x00test"},
 		} {
 			if err := st.IntegrationLinks().Create(t.Context(), l); !errors.Is(err, model.ErrInvalidInput) {
 				t.Errorf("Create(%+v) = %v, want ErrInvalidInput", l, err)

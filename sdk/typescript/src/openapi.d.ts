@@ -1226,6 +1226,8 @@ export interface components {
             runs: boolean;
             allow_bots: boolean;
             draft_pr: boolean;
+            /** @description Runs (sh -c, the pull request's head checked out) on every pull request opened, reopened or pushed to, reported as a check run. */
+            pr_command?: string;
             notify?: string[];
             /** Format: date-time */
             created_at: string;
@@ -1240,6 +1242,8 @@ export interface components {
             runs?: boolean;
             allow_bots?: boolean;
             draft_pr?: boolean;
+            /** @description A command run on every pull request opened, reopened or pushed to (GitHub), e.g. "make test"; reported as a check run. Needs commands. */
+            pr_command?: string;
             notify?: string[];
         };
         ErrorBody: {
@@ -1750,7 +1754,7 @@ export interface components {
         RunPush: {
             /** @description The branch to push (default aetherium/run-<first 8 characters of the run id>); never repo.ref. */
             branch?: string;
-            /** @description Refused (422): needs a forge integration this server does not have. */
+            /** @description Refused (422) here: draft pull requests are opened by the GitHub integration, for runs started from a repository linked with draft_pr. */
             draft_pr?: boolean;
         };
         /** @description `id`, an existing running VM of the caller (never deleted by the run), or the fields of CreateVMRequest for the VM the run creates (name default run-<first 8 of the run id>, memory_mb default 2048, vcpus default 2). */
