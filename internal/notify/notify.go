@@ -27,8 +27,8 @@ import (
 	"github.com/aetherium/aetherium/internal/store"
 )
 
-// Topics the dispatcher follows (the worker's "vms", the tracker's "tasks", the run service's "runs").
-var Topics = []string{"vms", events.TopicTasks, "runs"}
+// Topics the dispatcher follows (the worker's "vms" and "jobs", the tracker's "tasks", the run service's "runs").
+var Topics = []string{"vms", events.TopicTasks, "runs", "jobs"}
 
 // Config configures a Dispatcher.
 type Config struct {
@@ -191,7 +191,12 @@ func render(k string, e events.Event) integrations.Notification {
 			n.Text = msg
 		}
 	case "job.finished":
-		n.Title = "Job " + e.Subject + " finished"
+		status, _ := data["status"].(string)
+		n.Title = "Job " + e.Subject + " " + status
+		n.Fields["status"] = status
+		if msg, ok := data["error"].(string); ok && msg != "" {
+			n.Text = msg
+		}
 	}
 	if len(n.Fields) == 0 {
 		n.Fields = nil

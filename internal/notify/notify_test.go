@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +23,8 @@ import (
 	"github.com/aetherium/aetherium/internal/store/postgres"
 	"github.com/aetherium/aetherium/internal/store/sqlite"
 	"github.com/aetherium/aetherium/internal/store/storetest"
+	"github.com/aetherium/aetherium/internal/task"
+	"github.com/aetherium/aetherium/internal/worker"
 )
 
 // reopeners give a test a store it can close and open again (a restart), on SQLite and PostgreSQL.
@@ -299,5 +302,20 @@ func waitFor(t *testing.T, cond func() bool, state ...func() string) {
 			t.Fatal("condition not met within 30 s:" + msg)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestFollowsEveryPublisher: the dispatcher follows the topics the events rules choose are published on, and a
+// job's end renders with its status and reason.
+func TestFollowsEveryPublisher(t *testing.T) {
+	for _, topic := range []string{task.TopicRuns, task.TopicJobs, events.TopicTasks, worker.TopicVMs} {
+		if !slices.Contains(Topics, topic) {
+			t.Errorf("the dispatcher does not follow %q", topic)
+		}
+	}
+	data, _ := json.Marshal(task.JobFinishedData{Status: "failed", Error: "command 2 exited with code 2"})
+	n := render(kind(events.Event{Type: task.EventJobFinished}), events.Event{Type: task.EventJobFinished, Subject: "j-1", OwnerID: "o", Data: data})
+	if n.Event != "job.finished" || n.Title != "Job j-1 failed" || n.Text != "command 2 exited with code 2" || n.Fields["status"] != "failed" {
+		t.Fatalf("job.finished renders as %+v", n)
 	}
 }

@@ -487,6 +487,9 @@ func (w *Worker) handleJob(ctx context.Context, t *model.Task) (json.RawMessage,
 	if uerr != nil {
 		return nil, uerr
 	}
+	if err := task.AnnounceJobFinished(context.WithoutCancel(ctx), w.cfg.Events, job); err != nil {
+		w.log.Warn("could not announce the end of a job", "job_id", job.ID, "err", err)
+	}
 	return encode(task.JobResult{JobID: job.ID, Status: job.Status})
 }
 

@@ -363,11 +363,15 @@ func (w *Worker) settleInterruptedJob(ctx context.Context, t *model.Task) error 
 				why += "; its vm could not be deleted: " + err.Error()
 			}
 		}
-		if _, err := w.cfg.Store.Jobs().Update(ctx, job.ID, func(j *model.Job) error {
+		failed, err := w.cfg.Store.Jobs().Update(ctx, job.ID, func(j *model.Job) error {
 			j.Status, j.Error, j.CompletedAt = model.JobFailed, why, utcNow()
 			return nil
-		}); err != nil {
+		})
+		if err != nil {
 			return err
+		}
+		if err := task.AnnounceJobFinished(ctx, w.cfg.Events, failed); err != nil {
+			w.log.Warn("could not announce the end of a job", "job_id", job.ID, "err", err)
 		}
 	}
 	if err := w.failOwnTask(ctx, t.ID, reason); err != nil {

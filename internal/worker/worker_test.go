@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -292,6 +293,11 @@ func TestUnknownImageFailsAtOnceAndLeavesNothing(t *testing.T) {
 func TestJobStopsOnErrorAndDeletesItsVM(t *testing.T) {
 	r := newRig(t)
 	ctx := context.Background()
+	ends, err := r.bus.Subscribe(ctx, task.TopicJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ends.Close()
 	job, tk, err := r.svc.CreateJob(ctx, r.owner, client.CreateJobRequest{
 		VM: &client.CreateVMRequest{Name: "jobvm"},
 		Commands: []client.JobCommand{
@@ -323,6 +329,17 @@ func TestJobStopsOnErrorAndDeletesItsVM(t *testing.T) {
 	}
 	if containerExists(t, vm.ID) {
 		t.Fatal("job vm container left behind")
+	}
+	// Its end is announced for notifications (job.finished), with why it failed.
+	select {
+	case ev := <-ends.C():
+		var d task.JobFinishedData
+		if ev.Type != task.EventJobFinished || ev.Subject != job.ID || ev.OwnerID != r.owner ||
+			json.Unmarshal(ev.Data, &d) != nil || d.Status != "failed" || d.Error != job.Error {
+			t.Fatalf("job end event: %+v (%s)", ev, ev.Data)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no job.finished event")
 	}
 }
 
