@@ -243,8 +243,8 @@ func (c *SocketClient) connect(ctx context.Context) (*socketConn, error) {
 		res.Body.Close()
 	}
 	if err != nil {
-		// The URL carries a connection ticket: only its host is worth saying.
-		return nil, fmt.Errorf("slack socket mode: connect to %s: %w", urlHost(u), err)
+		// The URL carries a connection ticket, and the HTTP client's error quotes the URL.
+		return nil, fmt.Errorf("slack socket mode: connect to %s: %w", urlHost(u), withoutQuery(err, u))
 	}
 	ws.SetReadLimit(maxBody)
 	cctx, ccancel := context.WithCancel(ctx)
@@ -272,6 +272,23 @@ func (sc *socketConn) close() {
 		<-sc.done
 		sc.handlers.Wait()
 	})
+}
+
+// redactedError is err with a secret part of its text hidden; errors.Is and As still see err.
+type redactedError struct {
+	err    error
+	secret string
+}
+
+func (e *redactedError) Error() string { return strings.ReplaceAll(e.err.Error(), e.secret, "xxxxx") }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// withoutQuery hides u's query (the ticket) in err's text.
+func withoutQuery(err error, u string) error {
+	if p, perr := url.Parse(u); perr == nil && p.RawQuery != "" {
+		return &redactedError{err: err, secret: p.RawQuery}
+	}
+	return err
 }
 
 func urlHost(u string) string {

@@ -439,3 +439,24 @@ func TestSocketModeConfig(t *testing.T) {
 		t.Error("SocketClient without an app token succeeded")
 	}
 }
+
+// The WebSocket URL's ticket is a credential of its own: a failed dial does not show it.
+func TestSocketModeDialErrorHidesTicket(t *testing.T) {
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"ok": true, "url": "ws://127.0.0.1:1/link/?ticket=secret-ticket-1"})
+	}))
+	defer web.Close()
+	s, err := New(Config{AppToken: appToken, APIURL: web.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.SocketClient(SocketConfig{Recorder: &fakeRecorder{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.connect(t.Context())
+	if err == nil || strings.Contains(err.Error(), "secret-ticket-1") || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("connect to a closed port = %v; want an error naming the host, not the ticket", err)
+	}
+}
