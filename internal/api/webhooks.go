@@ -68,8 +68,7 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 	// sender otherwise, as a duplicate of nothing.
 	mctx, done := mutationContext(ctx)
 	defer done()
-	d := &store.WebhookDelivery{Integration: name, DeliveryID: acc.DeliveryID, Event: acc.Event, Header: hook.Header,
-		Body: body, ReceivedAt: hook.ReceivedAt}
+	d := integrations.DeliveryRecord(name, hook, acc)
 	dup, err := s.svc.RecordWebhook(mctx, d)
 	if err != nil {
 		s.writeServiceError(w, r, err)

@@ -15,12 +15,13 @@ import (
 )
 
 // chatIntegrations builds the Slack and Discord integrations the configuration enables: Slack with a signing
-// secret, Discord always (its webhook notifications need no credential; its interactions need the public key).
+// secret (HTTP webhooks) or an app token (Socket Mode; startSlackSocket), Discord always (its webhook
+// notifications need no credential; its interactions need the public key).
 func chatIntegrations(cfg config.Config, log *slog.Logger) ([]integrations.Integration, error) {
 	var out []integrations.Integration
-	if cfg.SlackSigningSecret != "" {
-		s, err := slack.New(slack.Config{SigningSecret: cfg.SlackSigningSecret, BotToken: cfg.SlackBotToken, APIURL: cfg.SlackAPIURL,
-			Logger: log.With("integration", "slack")})
+	if cfg.SlackSigningSecret != "" || cfg.SlackAppToken != "" {
+		s, err := slack.New(slack.Config{SigningSecret: cfg.SlackSigningSecret, BotToken: cfg.SlackBotToken,
+			AppToken: cfg.SlackAppToken, APIURL: cfg.SlackAPIURL, Logger: log.With("integration", "slack")})
 		if err != nil {
 			return nil, err
 		}

@@ -221,9 +221,10 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		return err
 	}
 	var (
-		httpSrv *http.Server
-		ln      net.Listener
-		svc     *task.Service
+		httpSrv     *http.Server
+		ln          net.Listener
+		svc         *task.Service
+		slackSocket <-chan struct{} // closed once Socket Mode has stopped
 	)
 	if roles.API {
 		if roles.Bootstrap {
@@ -248,6 +249,12 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		if err := startNotifications(ctx, cfg, st, bus, log); err != nil {
 			ln.Close()
 			return fmt.Errorf("notifications: %w", err)
+		}
+		// Slack's Socket Mode is this gateway's other door for Slack's deliveries: it stops taking them with ctx,
+		// as the API does once shutting down.
+		if slackSocket, err = startSlackSocket(ctx, cfg, registry, svc, log); err != nil {
+			ln.Close()
+			return err
 		}
 		// Every gateway prunes; a prune is idempotent, so several at once only repeat each other's work.
 		go eventlog.Pruner{Store: st.Events(), Log: log, Retention: store.EventRetention{MaxAge: cfg.EventsRetention,
@@ -332,6 +339,14 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		}
 	}
 	wg.Wait()
+	if slackSocket != nil {
+		// Its connection closes at once with ctx; this waits for the deliveries it was recording.
+		select {
+		case <-slackSocket:
+		case <-sctx.Done():
+			log.Warn("slack socket mode still stopping at the end of the grace period")
+		}
+	}
 	if cpSrv != nil {
 		// Only once the worker has drained: the commands it lets finish may still call their models. Streams still
 		// open at the end of the grace period are cut.

@@ -327,11 +327,16 @@ func (s *Slack) postJSONRaw(ctx context.Context, u, token string, body any) ([]b
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(b))
+	return s.postRaw(ctx, u, token, "application/json; charset=utf-8", b)
+}
+
+// postRaw POSTs body and returns the answer's body; an answer other than 2xx is an *httpError.
+func (s *Slack) postRaw(ctx context.Context, u, token, contentType string, body []byte) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	req.Header.Set("Content-Type", contentType)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}

@@ -3,8 +3,12 @@
 // results go back through the command's response_url (at most five uses within thirty minutes, Slack's limit) and
 // then chat.postMessage / chat.update with the bot token, and notifications are chat.postMessage to a channel.
 //
+// With an app-level token (AppToken, xapp-...) the same deliveries can arrive over Socket Mode instead, for hosts
+// without a public URL: SocketClient (socket.go) turns each envelope into the webhook Slack would have sent and
+// feeds it to the same Accept, recording and Handle.
+//
 // It speaks plain HTTP to Slack's Web API (APIURL, https://slack.com/api/ by default: a test's local server or an
-// Enterprise Grid proxy in its place). Secrets (signing secret, bot token) are never logged.
+// Enterprise Grid proxy in its place). Secrets (signing secret, bot token, app token) are never logged.
 package slack
 
 import (
@@ -52,6 +56,7 @@ const (
 type Config struct {
 	SigningSecret string // slack.signing_secret: verifies webhooks
 	BotToken      string // slack.bot_token (xoxb-...): chat.postMessage, chat.update, auth.test
+	AppToken      string // slack.app_token (xapp-...): Socket Mode; without a signing secret HTTP webhooks are refused
 	APIURL        string // slack_api_url: the Web API base (default DefaultAPIURL)
 	HTTPClient    *http.Client
 	Logger        *slog.Logger
@@ -61,22 +66,30 @@ type Config struct {
 
 // Slack implements integrations.Integration.
 type Slack struct {
-	secret []byte
-	token  string
-	api    string
-	hc     *http.Client
-	log    *slog.Logger
-	now    func() time.Time
+	secret   []byte
+	token    string
+	appToken string
+	api      string
+	hc       *http.Client
+	log      *slog.Logger
+	now      func() time.Time
 }
 
 var _ integrations.Integration = (*Slack)(nil)
 
-// New returns the Slack integration; a signing secret is required (without it nothing could be verified).
+// New returns the Slack integration. It needs a way for deliveries to arrive: a signing secret (HTTP webhooks are
+// verified with it) or an app token (Socket Mode, whose connection is authenticated by the token itself).
 func New(cfg Config) (*Slack, error) {
-	if cfg.SigningSecret == "" {
-		return nil, errors.New("slack: signing secret is required (slack.signing_secret)")
+	if cfg.SigningSecret == "" && cfg.AppToken == "" {
+		return nil, errors.New("slack: a signing secret (slack_signing_secret, HTTP webhooks) or an app token " +
+			"(slack_app_token, Socket Mode) is required")
 	}
-	s := &Slack{secret: []byte(cfg.SigningSecret), token: cfg.BotToken, api: cfg.APIURL, hc: cfg.HTTPClient, log: cfg.Logger, now: cfg.Now}
+	if cfg.AppToken != "" && !strings.HasPrefix(cfg.AppToken, "xapp-") {
+		// A bot or user token here would only fail later, at apps.connections.open, with a vaguer not_allowed_token_type.
+		return nil, errors.New("slack: slack_app_token must be an app-level token (xapp-...), made under Basic Information → App-Level Tokens")
+	}
+	s := &Slack{secret: []byte(cfg.SigningSecret), token: cfg.BotToken, appToken: cfg.AppToken, api: cfg.APIURL,
+		hc: cfg.HTTPClient, log: cfg.Logger, now: cfg.Now}
 	if s.api == "" {
 		s.api = DefaultAPIURL
 	}
@@ -104,6 +117,10 @@ func (s *Slack) MaxBodyBytes() int64 { return maxBody }
 // Verify checks X-Slack-Signature = "v0=" + hex(HMAC-SHA256(secret, "v0:" + timestamp + ":" + body)) in constant
 // time, and that X-Slack-Request-Timestamp is within MaxClockSkew of the receipt (a replayed old request fails).
 func (s *Slack) Verify(_ context.Context, w *integrations.Webhook) error {
+	if len(s.secret) == 0 {
+		// Socket Mode only: an HMAC with an empty key is one anybody can compute, so nothing over HTTP is genuine.
+		return fmt.Errorf("%w: no signing secret is configured (Socket Mode only); HTTP webhooks are refused", integrations.ErrBadSignature)
+	}
 	tsHeader := w.Header.Get("X-Slack-Request-Timestamp")
 	sig := w.Header.Get("X-Slack-Signature")
 	if tsHeader == "" || sig == "" {
@@ -137,6 +154,7 @@ func Sign(secret []byte, timestamp string, body []byte) string {
 // Accept says what a verified webhook is: a slash command (acknowledged at once with an ephemeral message; its
 // trigger_id is the delivery), an Events API url_verification (answered with its challenge, nothing recorded) or
 // an event_callback (its event_id is the delivery, so Slack's retries, X-Slack-Retry-Num, are deduplicated).
+// Socket Mode envelopes arrive here too, as the webhook HTTP would have delivered (socketWebhook).
 func (s *Slack) Accept(_ context.Context, w *integrations.Webhook) (*integrations.Acceptance, error) {
 	body := bytes.TrimSpace(w.Body)
 	if len(body) > 0 && body[0] == '{' {
