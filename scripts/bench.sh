@@ -7,7 +7,19 @@ export PATH=$PATH:/usr/local/go/bin
 COUNT=${COUNT:-5}
 bash scripts/setup.sh services >/dev/null
 raw=$(mktemp)
-trap 'rm -f "$raw"' EXIT
+tlog=$(mktemp)
+trap 'rm -f "$raw" "$tlog"' EXIT
+# The guest kernel and the default template, as scripts/test.sh makes them (in the same cache, so a machine that
+# ran the tests reuses both): the QEMU benchmarks boot the kernel, the agent-run benchmark the template.
+go build -o bin/aetherium ./cmd/aetherium
+AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image kernel build >&2
+AETHERIUM_DATA_DIR=/var/cache/aetherium/ci-data bin/aetherium image build --from-debian \
+  --tools git,node,npm,bun,claude-code,curl --name default >"$tlog" 2>&1 || { cat "$tlog" >&2; exit 1; }
+AETHERIUM_TEST_TOOLS_TEMPLATE=$(grep -o '/var/cache/aetherium/ci-data/images/default/[^ ]*/rootfs.ext4' "$tlog" | tail -1)
+[ -f "$AETHERIUM_TEST_TOOLS_TEMPLATE" ] || { echo "bench: the default template was not built:" >&2; cat "$tlog" >&2; exit 1; }
+export AETHERIUM_TEST_TOOLS_TEMPLATE
+# A benchmark that cannot run must say so, not vanish from the table.
+export AETHERIUM_REQUIRE_SERVICES=1
 run() { go test -run '^$' -bench "$1" -benchtime "$2" -count "$COUNT" "${@:3}" 2>&1 | tee -a "$raw" | grep -E '^(Benchmark|FAIL|panic)' >&2 || true; }
 run 'Pickup' 200x ./internal/queue/...
 run 'Health$' 2000x ./internal/agent/server/
