@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/aetherium/aetherium/internal/auth"
 	"github.com/aetherium/aetherium/internal/events"
@@ -78,10 +79,14 @@ type Config struct {
 	Integrations *integrations.Registry
 	// RateLimits limits requests per API key and per source address (ratelimit.go); a nil Limiter: no limits.
 	RateLimits RateLimits
+	// Tracer makes a span of every request (tracing.go); nil: no spans. The trace context reaches the workers in
+	// the payloads of the tasks a request queues.
+	Tracer trace.TracerProvider
 }
 
 // server holds the handler's dependencies; its methods are the route handlers.
 type server struct {
+	tracer  trace.TracerProvider
 	svc     *task.Service
 	auth    *auth.Authenticator
 	log     *slog.Logger
@@ -142,7 +147,7 @@ func newServer(cfg Config) *server {
 		notifications: cfg.Notifications,
 
 		events: cfg.Events, eventBus: cfg.EventBus, eventPoll: cfg.EventPoll,
-		limits: cfg.RateLimits,
+		limits: cfg.RateLimits, tracer: cfg.Tracer,
 	}
 	if s.idemTTL <= 0 {
 		s.idemTTL = IdempotencyTTL
@@ -181,11 +186,15 @@ func (s *server) routes() {
 	s.router = r
 	// Order matters: the request id is known to the access log, and the access log sees the 500 written by the
 	// recoverer. The body limit is set per group, before any handler reads: uploads are streamed without one.
-	if s.metrics != nil {
-		r.Use(s.requestID, s.accessLog, s.observe, s.recoverer)
-	} else {
-		r.Use(s.requestID, s.accessLog, s.recoverer)
+	r.Use(s.requestID)
+	if s.tracer != nil {
+		r.Use(s.traceRequests) // before the access log, which names the trace
 	}
+	r.Use(s.accessLog)
+	if s.metrics != nil {
+		r.Use(s.observe)
+	}
+	r.Use(s.recoverer)
 	// Set before Route so the /api/v1 sub-router inherits them.
 	r.NotFound(s.notFound)
 	r.MethodNotAllowed(s.methodNotAllowed)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/aetherium/aetherium/internal/auth"
 	"github.com/aetherium/aetherium/pkg/client"
@@ -112,6 +113,9 @@ func (s *server) logRequest(r *http.Request, ww middleware.WrapResponseWriter, s
 		if ri.ownerID != "" {
 			attrs = append(attrs, slog.String("owner_id", ri.ownerID), slog.String("key_id", ri.keyID))
 		}
+	}
+	if sc := trace.SpanContextFromContext(r.Context()); sc.IsSampled() {
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
 	}
 	s.log.LogAttrs(r.Context(), level, "http request", attrs...)
 }

@@ -133,6 +133,13 @@ type Config struct {
 	LokiPasswordFile string `yaml:"loki_password_file"`
 	LokiBearerToken  string `yaml:"loki_bearer_token"`
 
+	// OTLPEndpoint, when set, exports traces (a span per API request, the task's wait in the queue, the worker's
+	// steps and agent calls, as one trace) over OTLP/HTTP (internal/tracing). OTLPHeaders are sent with every export
+	// ("k=v,k2=v2", e.g. a backend's API key: never logged); TraceSamplePercent is the share of new traces recorded.
+	OTLPEndpoint       string `yaml:"otlp_endpoint"`
+	OTLPHeaders        string `yaml:"otlp_headers"`
+	TraceSamplePercent int    `yaml:"trace_sample_percent"`
+
 	// SecretsKey seals owners' secrets (base64 of 32 bytes); SecretsKeyFile, when set, holds it instead. Neither:
 	// serve uses <data_dir>/secrets-key, creating it on first start; gateway and worker use that file if it exists.
 	SecretsKey     string `yaml:"secrets_key"`
@@ -318,6 +325,9 @@ var settings = []setting{
 	{"loki_password", "password of HTTP basic auth to Loki (prefer loki_password_file or the env: flags show in the process list)", str(func(c *Config) *string { return &c.LokiPassword })},
 	{"loki_password_file", "file holding the Loki password", str(func(c *Config) *string { return &c.LokiPasswordFile })},
 	{"loki_bearer_token", "bearer token sent to Loki instead of basic auth (prefer the env)", str(func(c *Config) *string { return &c.LokiBearerToken })},
+	{"otlp_endpoint", "OTLP/HTTP receiver traces are exported to (http://otel-collector:4318; /v1/traces is added when the URL has no path); empty: tracing off, at no cost", str(func(c *Config) *string { return &c.OTLPEndpoint })},
+	{"otlp_headers", "headers sent with every trace export, k=v comma-separated (a hosted backend's API key; prefer the env)", str(func(c *Config) *string { return &c.OTLPHeaders })},
+	{"trace_sample_percent", "percent of new traces recorded, 1 to 100 (requests whose caller sent a sampled traceparent always are)", integer(func(c *Config) *int { return &c.TraceSamplePercent })},
 	{"rate_limit", "rate limits of the REST API: per API key and per source address, answered 429 with Retry-After (true: on, the default; false: off)", boolean(func(c *Config) *bool { return &c.RateLimit })},
 	{"rate_limit_key_rate", "requests a second an API key may make on cheap routes (reads, files, processes...)", number(func(c *Config) *float64 { return &c.RateLimitKeyRate })},
 	{"rate_limit_key_burst", "requests an API key may make at once on cheap routes", integer(func(c *Config) *int { return &c.RateLimitKeyBurst })},
@@ -343,7 +353,7 @@ func Defaults() Config {
 		LogLevel: "info", LogFormat: "text", Concurrency: 10, Backend: "auto", Busybox: "/bin/busybox",
 		QEMUAccel: "auto", Network: "auto", NetworkCIDR: "172.16.0.0/24", DiskMB: 8192, NetworkBridge: "aetherium0", DockerNet: "none", ReadyWait: 60 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
 		EventsRetention: 24 * time.Hour, EventsMaxPerOwner: 10000,
-		WorkerAPIListen: "127.0.0.1:0", MetricsListen: DefaultMetricsListen,
+		WorkerAPIListen: "127.0.0.1:0", MetricsListen: DefaultMetricsListen, TraceSamplePercent: 100,
 		JailerUID: DefaultJailerID, JailerGID: DefaultJailerID, JailerCgroupVersion: 2,
 		CredProxyPort: 8091, ModelUpstreamURL: "https://api.anthropic.com", OpenAIUpstreamURL: "https://api.openai.com",
 		RateLimit: true, RateLimitKeyRate: DefaultRateLimitKeyRate, RateLimitKeyBurst: DefaultRateLimitKeyBurst,
@@ -643,6 +653,17 @@ func (c *Config) normalize() error {
 			bad("metrics_listen", "must be host:port such as 127.0.0.1:9464, or off (got %q)", c.MetricsListen)
 		}
 	}
+	if c.OTLPEndpoint != "" {
+		if u, err := url.Parse(c.OTLPEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("otlp_endpoint", "must be an http(s) URL such as http://otel-collector:4318 (got %q)", c.OTLPEndpoint)
+		}
+	}
+	if _, err := c.OTLPHeaderMap(); err != nil {
+		bad("otlp_headers", "%v", err)
+	}
+	if c.TraceSamplePercent < 1 || c.TraceSamplePercent > 100 {
+		bad("trace_sample_percent", "must be between 1 and 100 (got %d)", c.TraceSamplePercent)
+	}
 	if c.MetricsToken != "" && len(c.MetricsToken) < MinMetricsTokenLen {
 		bad("metrics_token", "must have at least %d characters (use a random one, e.g. openssl rand -hex 32)", MinMetricsTokenLen)
 	}
@@ -773,6 +794,9 @@ func (c Config) Redacted() string {
 	if cc.LokiPassword != "" {
 		cc.LokiPassword = "xxxxx"
 	}
+	if cc.OTLPHeaders != "" {
+		cc.OTLPHeaders = "xxxxx"
+	}
 	if cc.LokiBearerToken != "" {
 		cc.LokiBearerToken = "xxxxx"
 	}
@@ -858,6 +882,23 @@ func (c Config) GitHostList() ([]GitHost, error) {
 		}
 		seen[h.Name] = true
 		out = append(out, h)
+	}
+	return out, nil
+}
+
+// OTLPHeaderMap parses OTLPHeaders, "k=v,k2=v2" (empty: none).
+func (c Config) OTLPHeaderMap() (map[string]string, error) {
+	if strings.TrimSpace(c.OTLPHeaders) == "" {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, kv := range strings.Split(c.OTLPHeaders, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" || strings.ContainsAny(k, " \t\r\n:") || strings.ContainsAny(v, "\r\n") {
+			return nil, errors.New("must be comma-separated name=value pairs, e.g. x-api-key=SECRET")
+		}
+		out[k] = strings.TrimSpace(v)
 	}
 	return out, nil
 }

@@ -40,6 +40,7 @@ import (
 	"github.com/aetherium/aetherium/internal/store/storeopen"
 	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/internal/tools"
+	"github.com/aetherium/aetherium/internal/tracing"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/worker"
 	"github.com/aetherium/aetherium/internal/workerapi"
@@ -73,6 +74,18 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		return fmt.Errorf("loki_url: %w", err)
 	}
 	defer closeLogs()
+	tp, err := openTracing(ctx, cfg, roles, version)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Deferred before the servers stop, so it runs after them: the spans of the last requests are exported.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tp.Shutdown(sctx); err != nil {
+			log.Warn("trace export at shutdown", "err", err)
+		}
+	}()
 	st, err := OpenStore(ctx, cfg, roles.API && cfg.AutoMigrate)
 	if err != nil {
 		return err
@@ -210,6 +223,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			Metrics:  ms.Worker(),
 			Logs:     logSink,
 			Activity: vmActivity,
+			Tracer:   tp.TracerOrNil(),
 		})
 		if err != nil {
 			return err
@@ -241,7 +255,8 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		defer closeLimits()
 		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
 			ClusterToken: token, Idempotency: st.Idempotency(), Notifications: st.Notifications(), Metrics: ms.HTTP(),
-			Logs: logQuerier(cfg), Integrations: registry, Events: st.Events(), EventBus: bus, RateLimits: rl})
+			Logs: logQuerier(cfg), Integrations: registry, Events: st.Events(), EventBus: bus, RateLimits: rl,
+			Tracer: tp.TracerOrNil()})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
@@ -547,4 +562,25 @@ func bootstrapKey(ctx context.Context, st store.Store, dataDir string, out io.Wr
 	fmt.Fprintf(out, "\nCreated an admin API key. It is shown once here and kept in %s (mode 0600):\n\n    %s\n\n", path, plain)
 	fmt.Fprintf(out, "Try:  export AETHERIUM_API_KEY=$(cat %s)\n      aetherium vm create demo && aetherium vm exec demo -- echo hello\n\n", path)
 	return nil
+}
+
+// openTracing makes the process's tracer provider: OTLP/HTTP export when otlp_endpoint is set, none otherwise.
+func openTracing(ctx context.Context, cfg config.Config, roles Roles, version string) (*tracing.Provider, error) {
+	headers, err := cfg.OTLPHeaderMap()
+	if err != nil {
+		return nil, fmt.Errorf("otlp_headers: %w", err)
+	}
+	role := "serve"
+	switch {
+	case roles.API && !roles.Worker:
+		role = "gateway"
+	case roles.Worker && !roles.API:
+		role = "worker"
+	}
+	tp, err := tracing.New(ctx, tracing.Config{Endpoint: cfg.OTLPEndpoint, Headers: headers,
+		SampleRatio: float64(cfg.TraceSamplePercent) / 100, Role: role, Version: version})
+	if err != nil {
+		return nil, fmt.Errorf("otlp_endpoint: %w", err)
+	}
+	return tp, nil
 }

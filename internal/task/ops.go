@@ -9,11 +9,14 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/store"
+	"github.com/aetherium/aetherium/internal/tracing"
 	"github.com/aetherium/aetherium/pkg/client"
 )
 
@@ -28,13 +31,18 @@ func validID(id string) bool { return uuid.Validate(id) == nil }
 
 // submit stores a new task and puts it on the queue. If the queue refuses it, the task is marked failed so that
 // nothing stays pending forever, and the caller gets ErrUnavailable.
-func (s *Service) submit(ctx context.Context, t *model.Task, payload any) error {
+func (s *Service) submit(ctx context.Context, t *model.Task, payload any) (err error) {
 	raw, err := json.Marshal(payload)
 	if err != nil {
 		return fmt.Errorf("encode %s payload: %w", t.Type, err)
 	}
 	t.ID = uuid.NewString()
-	t.Payload = raw
+	// The producer's span; its context rides in the stored payload, so the worker's span continues the trace
+	// whichever worker takes the task and however long it waits.
+	ctx, span := tracing.Start(ctx, "enqueue "+string(t.Type), trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("aetherium.task_id", t.ID), attribute.String("aetherium.task_type", string(t.Type))))
+	defer func() { tracing.End(span, err) }()
+	t.Payload = tracing.InjectPayload(ctx, raw)
 	t.Status = model.TaskPending
 	t.MaxRetries = s.limits.MaxRetries
 	t.CreatedAt = now()

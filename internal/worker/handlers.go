@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+
 	"github.com/aetherium/aetherium/internal/agent"
 	agentclient "github.com/aetherium/aetherium/internal/agent/client"
 	"github.com/aetherium/aetherium/internal/metrics"
@@ -16,6 +18,7 @@ import (
 	"github.com/aetherium/aetherium/internal/secrets"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/internal/task"
+	"github.com/aetherium/aetherium/internal/tracing"
 	"github.com/aetherium/aetherium/internal/vmm"
 )
 
@@ -89,22 +92,31 @@ func (w *Worker) createVM(ctx context.Context, vmID string, last bool, tl *toolL
 		egress = &vmm.EgressPolicy{AllowCIDRs: e.AllowCIDRs, DenyCIDRs: e.DenyCIDRs, AllowDomains: e.AllowDomains,
 			DenyDomains: e.DenyDomains}
 	}
-	inst, err := w.cfg.Backend.CreateVM(ctx, vmm.VMConfig{
+	backend := attribute.String("aetherium.backend", w.cfg.Backend.Name())
+	sctx, span := stepSpan(ctx, "vm.create", backend) // the disk and the network
+	inst, err := w.cfg.Backend.CreateVM(sctx, vmm.VMConfig{
 		ID: vm.ID, Name: vm.Name, VCPUs: vm.VCPUCount, MemoryMB: vm.MemoryMB, Image: vm.Image, WorkerID: w.cfg.ID,
 		Egress: egress,
 	})
+	tracing.End(span, err)
 	if err == nil {
 		bootStart := time.Now()
-		if err = w.cfg.Backend.StartVM(ctx, vm.ID); err == nil {
+		sctx, span := stepSpan(ctx, "vm.boot", backend) // until the agent answers
+		if err = w.cfg.Backend.StartVM(sctx, vm.ID); err == nil {
 			w.cfg.Metrics.ObserveBoot(w.cfg.Backend.Name(), time.Since(bootStart))
 		}
+		tracing.End(span, err)
 	}
 	if err == nil {
-		err = w.setupGuest(ctx, vm) // CA certificates and proxy settings (guestenv.go)
+		sctx, span := stepSpan(ctx, "guest.setup")
+		err = w.setupGuest(sctx, vm) // CA certificates and proxy settings (guestenv.go)
+		tracing.End(span, err)
 	}
 	var installed map[string]string
 	if err == nil {
-		installed, err = w.provisionTools(ctx, vm, tl)
+		sctx, span := stepSpan(ctx, "tools.provision")
+		installed, err = w.provisionTools(sctx, vm, tl)
+		tracing.End(span, err)
 	}
 	if err != nil {
 		log.Warn("vm creation attempt failed", "err", err, "last_attempt", last)
@@ -334,8 +346,13 @@ func (w *Worker) runExecution(ctx context.Context, e *model.Execution) (*model.E
 	out := w.newExecOutput(ctx, e, scrub)
 	execStart := time.Now()
 	busy := w.activity.Begin(vm.ID) // a VM running a command is never idle, and its output is activity
-	res, err := w.cfg.Backend.ExecuteStream(ctx, vm.ID, req, w.activity.Writer(vm.ID, out.writer(0)),
+	xctx, span := stepSpan(ctx, "exec", attribute.String("aetherium.execution_id", e.ID))
+	res, err := w.cfg.Backend.ExecuteStream(xctx, vm.ID, req, w.activity.Writer(vm.ID, out.writer(0)),
 		w.activity.Writer(vm.ID, out.writer(1)))
+	if err == nil {
+		span.SetAttributes(attribute.Int("aetherium.exit_code", res.ExitCode))
+	}
+	tracing.End(span, err)
 	busy()
 	execTook := time.Since(execStart)
 	out.finish()

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/aetherium/aetherium/internal/activity"
 	"github.com/aetherium/aetherium/internal/agents"
 	"github.com/aetherium/aetherium/internal/events"
@@ -78,6 +80,9 @@ type Config struct {
 	// ReapInterval is how often the reaper looks at VMs' lifetimes (default DefaultReapInterval);
 	// ActivitySaveInterval how often their activity is saved to the store (default DefaultActivitySaveInterval).
 	ReapInterval, ActivitySaveInterval time.Duration
+	// Tracer makes a span of every task this worker runs, continuing the trace of the request that queued it
+	// (tracing.go); nil: no spans.
+	Tracer trace.TracerProvider
 }
 
 // Worker owns the VMs of one host.
@@ -149,14 +154,13 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.failInterruptedExecutions(ctx); err != nil {
 		return fmt.Errorf("reconcile interrupted tasks: %w", err)
 	}
-	w.cfg.Queue.RegisterHandler(model.TaskVMCreate, w.handleCreate)
-	w.cfg.Queue.RegisterHandler(model.TaskVMExecute, w.handleExecute)
-	w.cfg.Queue.RegisterHandler(model.TaskVMDelete, w.handleDelete)
-	w.cfg.Queue.RegisterHandler(model.TaskVMPause, w.handlePause)
-	w.cfg.Queue.RegisterHandler(model.TaskVMResume, w.handleResume)
-	w.cfg.Queue.RegisterHandler(model.TaskVMTools, w.handleTools)
-	w.cfg.Queue.RegisterHandler(model.TaskJobRun, w.handleJob)
-	w.cfg.Queue.RegisterHandler(model.TaskRunAgent, w.handleRun)
+	for typ, h := range map[model.TaskType]queue.Handler{
+		model.TaskVMCreate: w.handleCreate, model.TaskVMExecute: w.handleExecute, model.TaskVMDelete: w.handleDelete,
+		model.TaskVMPause: w.handlePause, model.TaskVMResume: w.handleResume, model.TaskVMTools: w.handleTools,
+		model.TaskJobRun: w.handleJob, model.TaskRunAgent: w.handleRun,
+	} {
+		w.cfg.Queue.RegisterHandler(typ, w.traced(h))
+	}
 	if err := w.cfg.Queue.Start(ctx); err != nil {
 		return fmt.Errorf("start queue: %w", err)
 	}

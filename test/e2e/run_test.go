@@ -302,6 +302,24 @@ func TestRunAgentOnRepository(t *testing.T) {
 	case <-time.After(10 * time.Minute):
 		t.Fatal("the second run's agent never asked the model")
 	}
+	// While the agent is alive (it waits on the model), nothing in the guest holds either credential: not its
+	// environment nor any other process's, not a file anywhere but /proc, /sys and /dev.
+	for _, secret := range []string{runModelKey, runGitToken} {
+		out, _ := guestSh(t, c, run.VMID, fmt.Sprintf(`alive=$(grep -l -s -z -x -F "AETHERIUM_RUN_ID=%[2]s" /proc/[0-9]*/environ 2>/dev/null | wc -l)
+			env=$(cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' | grep -c -F %[1]q)
+			echo "$alive $env"
+			for d in /*; do case $d in /proc|/sys|/dev) continue;; esac; grep -r -l -s -F %[1]q "$d"; done 2>/dev/null; true`,
+			secret, acc.Run.ID), nil)
+		lines := strings.SplitN(strings.TrimSpace(out), "\n", 2)
+		var alive, inEnv int
+		if _, err := fmt.Sscanf(lines[0], "%d %d", &alive, &inEnv); err != nil || alive == 0 {
+			t.Fatalf("no live process of the held run to look at (%v):\n%s", err, out)
+		}
+		if inEnv != 0 || len(lines) > 1 {
+			t.Fatalf("the owner's credential %s... is readable in the guest while the agent runs (%d environments):\n%s",
+				secret[:12], inEnv, out)
+		}
+	}
 	cancelled := time.Now()
 	if _, err := c.CancelRun(ctx, acc.Run.ID); err != nil {
 		t.Fatal(err)

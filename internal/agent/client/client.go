@@ -17,8 +17,11 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/aetherium/aetherium/internal/agent"
 	"github.com/aetherium/aetherium/internal/agent/protocol"
+	"github.com/aetherium/aetherium/internal/tracing"
 )
 
 // ErrUnavailable wraps every transport failure: the agent cannot be reached, the connection broke, the agent
@@ -338,7 +341,12 @@ func result(method string, resp *protocol.Response, err error) (json.RawMessage,
 }
 
 // call sends one request and waits for its response, passing its DATA to sink.
-func (c *Client) call(ctx context.Context, method string, params any, sink func(protocol.Channel, []byte) error, features ...string) (json.RawMessage, error) {
+func (c *Client) call(ctx context.Context, method string, params any, sink func(protocol.Channel, []byte) error, features ...string) (raw json.RawMessage, err error) {
+	if method != protocol.MethodHealth { // WaitReady polls health: its span is the caller's
+		var span trace.Span
+		ctx, span = tracing.Start(ctx, "agent "+method, trace.WithSpanKind(trace.SpanKindClient))
+		defer func() { tracing.End(span, err) }()
+	}
 	st, err := c.open(ctx, method, params, features...)
 	if err != nil {
 		return nil, err
@@ -403,7 +411,9 @@ func (c *Client) ExecStream(ctx context.Context, req agent.ExecRequest, stdout, 
 // With req.Timeout set, the call ends at Timeout plus the exec grace (WithExecGrace) on the host's own clock,
 // whatever the agent does: an agent that neither answers nor ends the command in that time is told to cancel
 // it, and the call fails with ErrUnavailable and ErrTimeout.
-func (c *Client) ExecInteractive(ctx context.Context, req agent.ExecRequest, eio agent.ExecIO) (*agent.ExecResult, error) {
+func (c *Client) ExecInteractive(ctx context.Context, req agent.ExecRequest, eio agent.ExecIO) (res *agent.ExecResult, err error) {
+	ctx, span := tracing.Start(ctx, "agent exec", trace.WithSpanKind(trace.SpanKindClient))
+	defer func() { tracing.End(span, err) }()
 	if req.Timeout <= 0 {
 		return c.execInteractive(ctx, req, eio)
 	}
@@ -411,7 +421,7 @@ func (c *Client) ExecInteractive(ctx context.Context, req agent.ExecRequest, eio
 	overdue := &execOverdue{timeout: req.Timeout, grace: c.execGrace}
 	dctx, cancel := context.WithTimeoutCause(ctx, limit, overdue)
 	defer cancel()
-	res, err := c.execInteractive(dctx, req, eio)
+	res, err = c.execInteractive(dctx, req, eio)
 	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(dctx), overdue) {
 		return nil, fmt.Errorf("agent exec: %w: %w", ErrUnavailable, overdue)
 	}

@@ -16,10 +16,14 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/aetherium/aetherium/internal/agent"
 	agentclient "github.com/aetherium/aetherium/internal/agent/client"
 	"github.com/aetherium/aetherium/internal/agent/transport"
 	"github.com/aetherium/aetherium/internal/network"
+	"github.com/aetherium/aetherium/internal/tracing"
 	"github.com/aetherium/aetherium/internal/vmm"
 	"github.com/aetherium/aetherium/internal/vmm/vmproc"
 )
@@ -180,11 +184,17 @@ func (b *Backend) CreateVM(ctx context.Context, cfg vmm.VMConfig) (*vmm.Instance
 		}
 		return nil, fmt.Errorf("qemu backend: create vm %s: %w", cfg.ID, err)
 	}
-	if err := b.makeDisk(ctx, st, template); err != nil {
+	dctx, span := tracing.Start(ctx, "qemu.disk")
+	err = b.makeDisk(dctx, st, template)
+	span.SetAttributes(attribute.String("aetherium.disk_format", st.DiskFormat))
+	tracing.End(span, err)
+	if err != nil {
 		return fail(err)
 	}
 	if b.cfg.Network != nil {
-		att, err := b.cfg.Network.Attach(ctx, cfg.ID, policy)
+		nctx, span := tracing.Start(ctx, "network.attach")
+		att, err := b.cfg.Network.Attach(nctx, cfg.ID, policy)
+		tracing.End(span, err)
 		if err != nil {
 			if errors.Is(err, network.ErrInvalid) {
 				err = fmt.Errorf("%w: %w", vmm.ErrInvalidConfig, err)
@@ -488,7 +498,9 @@ func (b *Backend) StartVM(parent context.Context, id string) error {
 	start := time.Now()
 	cmd := b.command(st)
 	cmd.Stdout, cmd.Stderr = console, console // QEMU's own complaints land beside the guest's console
+	_, span := tracing.Start(ctx, "qemu.launch", trace.WithAttributes(attribute.String("aetherium.accel", b.accel)))
 	p, err := vmproc.Start(cmd, vmproc.StartOptions{DieWithParent: b.cfg.DieWithWorker})
+	tracing.End(span, err)
 	_ = console.Close() // the child has its own descriptor
 	if err != nil {
 		return fmt.Errorf("qemu backend: start vm %s: %w", id, err)
@@ -516,7 +528,9 @@ func (b *Backend) StartVM(parent context.Context, id string) error {
 	}()
 	readyCtx, cancelReady := context.WithTimeout(bootCtx, b.cfg.ReadyTimeout)
 	defer cancelReady()
+	readyCtx, span = tracing.Start(readyCtx, "agent ready") // the guest's boot, until its agent answers
 	info, err := b.agentFor(st).client.WaitReady(readyCtx)
+	tracing.End(span, err)
 	if err != nil {
 		if vmproc.Deleting(ctx) {
 			err = fmt.Errorf("%w (agent: %w)", vmproc.ErrDeleting, err)
