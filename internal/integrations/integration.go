@@ -91,6 +91,14 @@ type Integration interface {
 	Health(ctx context.Context) error
 }
 
+// DestinationChecker is an integration that knows, from a destination alone, whether it would send to it: a
+// notification rule naming one it refuses is refused when it is created (422), and Notify refuses it again.
+type DestinationChecker interface {
+	// CheckDestination returns an error saying what is wrong with destination (never repeating a credential in
+	// it), or nil.
+	CheckDestination(destination string) error
+}
+
 // Notification is an event worth telling a destination about: a run or job finished, a VM or task failed.
 type Notification struct {
 	Event       string            // "run.finished", "job.finished", "vm.failed", "task.failed"

@@ -148,7 +148,7 @@ func TestNotifyRateLimits(t *testing.T) {
 	defer srv.Close()
 	var mu sync.Mutex
 	var slept []time.Duration
-	d, _ := New(Config{Sleep: func(ctx context.Context, t time.Duration) error {
+	d, _ := New(Config{APIURL: srv.URL + "/api", Sleep: func(ctx context.Context, t time.Duration) error {
 		mu.Lock()
 		slept = append(slept, t)
 		mu.Unlock()
