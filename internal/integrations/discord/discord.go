@@ -92,6 +92,7 @@ type bucket struct {
 var (
 	_ integrations.Integration        = (*Discord)(nil)
 	_ integrations.DestinationChecker = (*Discord)(nil)
+	_ integrations.Parted             = (*Discord)(nil)
 )
 
 // New returns the Discord integration.
@@ -308,7 +309,8 @@ type embedField struct {
 }
 
 // Notify executes the webhook URL (Destination) with the notification: an embed (title, fields, link) and the
-// text in as many messages of at most 2,000 characters as it needs, split on line boundaries.
+// text in as many messages of at most 2,000 characters as it needs, split on line boundaries; with n.Part, only
+// that one of them (the dispatcher's outbox holds one entry per part: see Parts).
 func (d *Discord) Notify(ctx context.Context, n integrations.Notification) error {
 	if err := d.CheckDestination(n.Destination); err != nil {
 		return queue.Permanent(err)
@@ -318,6 +320,12 @@ func (d *Discord) Notify(ctx context.Context, n integrations.Notification) error
 		return queue.Permanent(errors.New("discord: destination is not a webhook URL"))
 	}
 	msgs := messages(n)
+	if n.Part > 0 {
+		if n.Part > len(msgs) {
+			return queue.Permanent(fmt.Errorf("discord: part %d of a notification of %d messages", n.Part, len(msgs)))
+		}
+		msgs = msgs[n.Part-1 : n.Part]
+	}
 	q := u.Query()
 	q.Set("wait", "true")
 	u.RawQuery = q.Encode()
@@ -328,6 +336,10 @@ func (d *Discord) Notify(ctx context.Context, n integrations.Notification) error
 	}
 	return nil
 }
+
+// Parts is how many messages Notify sends for n: the dispatcher enqueues each as its own outbox entry, so a
+// retry after a failed part resumes at that part instead of sending the earlier ones again.
+func (d *Discord) Parts(n integrations.Notification) int { return len(messages(n)) }
 
 // WebhookHosts are the hosts of Discord's incoming webhook URLs.
 var WebhookHosts = []string{"discord.com", "discordapp.com", "canary.discord.com", "ptb.discord.com"}
