@@ -84,6 +84,11 @@ fuzz FuzzRequestDecoders ./internal/api/
 fuzz FuzzUserDB ./internal/agent/server/
 fuzz FuzzParseMountInfo ./internal/agent/guestinit/
 fuzz FuzzReceivePackCommands ./internal/credproxy/ 50000x # about 1,000 executions a second: its inputs are whole pushes
+fuzz FuzzParseCommand ./internal/integrations/
+# The webhook fuzzers sign every input and run it through Verify, Accept and Handle: counts of about 20 s each.
+fuzz FuzzGitHubWebhook ./internal/integrations/github/ 250000x
+fuzz FuzzSlackWebhook ./internal/integrations/slack/ 100000x
+fuzz FuzzDiscordInteraction ./internal/integrations/discord/ 60000x
 
 # wait_image NAME PID: wait for a background image build, showing its progress, and fail the run if it failed.
 wait_image() {

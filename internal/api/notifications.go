@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/aetherium/aetherium/internal/integrations"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/pkg/client"
@@ -51,6 +52,16 @@ func (s *server) createNotificationRule(w http.ResponseWriter, r *http.Request) 
 		// The check's message names the field for the user.
 		s.writeError(w, r, http.StatusUnprocessableEntity, client.CodeValidation, strings.TrimSuffix(err.Error(), ": "+model.ErrInvalidInput.Error()))
 		return
+	}
+	// An integration that can tell a destination it would never send to (Discord: anything but its webhook URLs)
+	// refuses it now rather than at every send.
+	if in, err := s.integrations.Get(rule.Integration); err == nil {
+		if dc, ok := in.(integrations.DestinationChecker); ok {
+			if err := dc.CheckDestination(rule.Destination); err != nil {
+				s.writeError(w, r, http.StatusUnprocessableEntity, client.CodeValidation, err.Error())
+				return
+			}
+		}
 	}
 	if err := s.notifications.CreateRule(mctx, rule); err != nil {
 		s.writeServiceError(w, r, err)

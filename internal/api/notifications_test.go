@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aetherium/aetherium/internal/integrations"
+	"github.com/aetherium/aetherium/internal/integrations/discord"
 	"github.com/aetherium/aetherium/internal/store"
 	"github.com/aetherium/aetherium/pkg/client"
 )
@@ -68,5 +70,30 @@ func testNotificationRoutes(t *testing.T, e *testEnv) {
 	}
 	if r := e.call("DELETE", "/api/v1/notifications/rules/"+rule.ID, e.keyA, ""); r.status != http.StatusNoContent {
 		t.Fatalf("delete rule: %d %s", r.status, r.body)
+	}
+}
+
+// TestNotificationRuleDiscordDestination: a Discord rule's destination must be a Discord webhook URL (no other
+// host is sent to, so a rule is not a way into the gateway's network); others are refused when the rule is made.
+func TestNotificationRuleDiscordDestination(t *testing.T) {
+	d, err := discord.New(discord.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, func(c *Config) { c.Integrations = integrations.NewRegistry(d) })
+	ok := `{"events":["run.finished"],"integration":"discord","destination":"https://discord.com/api/webhooks/1180000000000000001/aBc-_9"}`
+	if r := e.call("POST", "/api/v1/notifications/rules", e.keyA, ok); r.status != http.StatusCreated {
+		t.Fatalf("a Discord webhook URL: %d %s", r.status, r.body)
+	}
+	for _, dest := range []string{"http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:8080/api/webhooks/1/t",
+		"https://discord.com.evil.example/api/webhooks/1/t", "http://discord.com/api/webhooks/1/t", "https://discord.com/api/v10/users/@me"} {
+		body := `{"events":["run.finished"],"integration":"discord","destination":"` + dest + `"}`
+		r := e.call("POST", "/api/v1/notifications/rules", e.keyA, body)
+		if r.status != http.StatusUnprocessableEntity || r.errCode() != client.CodeValidation || !strings.Contains(r.errMessage(), "Discord webhook URL") {
+			t.Errorf("destination %s: %d %s, want 422 saying a Discord webhook URL is wanted", dest, r.status, r.body)
+		}
+	}
+	if rules := decodeAs[client.NotificationRuleList](t, e.call("GET", "/api/v1/notifications/rules", e.keyA, "")); len(rules.Rules) != 1 {
+		t.Fatalf("%d rules stored, want the one valid", len(rules.Rules))
 	}
 }

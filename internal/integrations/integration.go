@@ -110,6 +110,14 @@ type Integration interface {
 	Health(ctx context.Context) error
 }
 
+// DestinationChecker is an integration that knows, from a destination alone, whether it would send to it: a
+// notification rule naming one it refuses is refused when it is created (422), and Notify refuses it again.
+type DestinationChecker interface {
+	// CheckDestination returns an error saying what is wrong with destination (never repeating a credential in
+	// it), or nil.
+	CheckDestination(destination string) error
+}
+
 // Notification is an event worth telling a destination about: a run or job finished, a VM or task failed.
 type Notification struct {
 	Event       string            // "run.finished", "job.finished", "vm.failed", "task.failed"
@@ -124,6 +132,17 @@ type Notification struct {
 	// on where their service can deduplicate (Slack: message metadata), so a retry after a lost answer is seen
 	// for what it is.
 	IdempotencyKey string
+	// Part, when set, is the one message (1-based, of the Parted integration's Parts) this notification sends:
+	// the dispatcher enqueues each part as its own outbox entry. 0: all of it.
+	Part int `json:",omitempty"`
+}
+
+// Parted is an integration whose notification may take several messages (Discord: 2,000 characters each). The
+// dispatcher enqueues each part as its own outbox entry, in order, so a part that fails is retried alone and the
+// parts before it are not sent again.
+type Parted interface {
+	// Parts is how many messages Notify sends for n (at least 1); it depends on n's content only.
+	Parts(n Notification) int
 }
 
 // Actions is what Handle may do in Aetherium: start work for an owner and follow it. The worker provides it

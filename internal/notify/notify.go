@@ -155,13 +155,28 @@ func (d *Dispatcher) Enqueue(ctx context.Context, e events.Event) (int, error) {
 		}
 		nn := n
 		nn.Destination = r.Destination
-		nn.IdempotencyKey = k + ":" + e.Subject + ":" + r.ID
-		payload, err := json.Marshal(nn)
-		if err != nil {
-			return 0, err
+		key := k + ":" + e.Subject + ":" + r.ID
+		nn.IdempotencyKey = key
+		// A notification of several messages is one entry per message, in order: a retry resends only the part
+		// that failed (the entries of a destination are sent one at a time, in Seq order).
+		parts := 1
+		if in, err := d.cfg.Integrations.Get(r.Integration); err == nil {
+			if p, ok := in.(integrations.Parted); ok {
+				parts = max(p.Parts(nn), 1)
+			}
 		}
-		rows = append(rows, &store.OutboxEntry{Key: nn.IdempotencyKey, OwnerID: e.OwnerID, RuleID: r.ID, Integration: r.Integration,
-			Destination: r.Destination, Event: k, Payload: payload, CreatedAt: time.Now()})
+		for part := 1; part <= parts; part++ {
+			np := nn
+			if parts > 1 {
+				np.Part, np.IdempotencyKey = part, fmt.Sprintf("%s#%d", key, part)
+			}
+			payload, err := json.Marshal(np)
+			if err != nil {
+				return 0, err
+			}
+			rows = append(rows, &store.OutboxEntry{Key: np.IdempotencyKey, OwnerID: e.OwnerID, RuleID: r.ID, Integration: r.Integration,
+				Destination: r.Destination, Event: k, Payload: payload, CreatedAt: time.Now()})
+		}
 	}
 	if len(rows) == 0 {
 		return 0, nil

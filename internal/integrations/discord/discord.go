@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -59,7 +60,9 @@ type Config struct {
 	// PublicKey is the application's Ed25519 public key in hex (discord.public_key); empty: the interactions
 	// endpoint refuses everything (notifications need no key).
 	PublicKey string
-	// APIURL is Discord's API base for interaction follow-ups (default https://discord.com/api/v10).
+	// APIURL is Discord's API base for interaction follow-ups (default https://discord.com/api/v10). Webhook
+	// destinations under it (APIURL/webhooks/{id}/{token}) are accepted besides Discord's own: an operator's
+	// setting (a test's local Discord), never a rule's.
 	APIURL     string
 	HTTPClient *http.Client
 	Logger     *slog.Logger
@@ -86,7 +89,11 @@ type bucket struct {
 	reset     time.Time
 }
 
-var _ integrations.Integration = (*Discord)(nil)
+var (
+	_ integrations.Integration        = (*Discord)(nil)
+	_ integrations.DestinationChecker = (*Discord)(nil)
+	_ integrations.Parted             = (*Discord)(nil)
+)
 
 // New returns the Discord integration.
 func New(cfg Config) (*Discord, error) {
@@ -103,7 +110,8 @@ func New(cfg Config) (*Discord, error) {
 		d.api = "https://discord.com/api/v10"
 	}
 	if d.hc == nil {
-		d.hc = &http.Client{Timeout: 30 * time.Second}
+		// No redirects: a destination is checked (CheckDestination), the place it might redirect to is not.
+		d.hc = &http.Client{Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	if d.log == nil {
 		d.log = slog.Default()
@@ -301,19 +309,110 @@ type embedField struct {
 }
 
 // Notify executes the webhook URL (Destination) with the notification: an embed (title, fields, link) and the
-// text in as many messages of at most 2,000 characters as it needs, split on line boundaries.
+// text in as many messages of at most 2,000 characters as it needs, split on line boundaries; with n.Part, only
+// that one of them (the dispatcher's outbox holds one entry per part: see Parts).
 func (d *Discord) Notify(ctx context.Context, n integrations.Notification) error {
+	if err := d.CheckDestination(n.Destination); err != nil {
+		return queue.Permanent(err)
+	}
 	u, err := url.Parse(n.Destination)
-	if err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
+	if err != nil {
 		return queue.Permanent(errors.New("discord: destination is not a webhook URL"))
 	}
 	msgs := messages(n)
+	if n.Part > 0 {
+		if n.Part > len(msgs) {
+			return queue.Permanent(fmt.Errorf("discord: part %d of a notification of %d messages", n.Part, len(msgs)))
+		}
+		msgs = msgs[n.Part-1 : n.Part]
+	}
 	q := u.Query()
 	q.Set("wait", "true")
 	u.RawQuery = q.Encode()
 	for _, m := range msgs {
 		if err := d.send(ctx, http.MethodPost, u.String(), m); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// Parts is how many messages Notify sends for n: the dispatcher enqueues each as its own outbox entry, so a
+// retry after a failed part resumes at that part instead of sending the earlier ones again.
+func (d *Discord) Parts(n integrations.Notification) int { return len(messages(n)) }
+
+// WebhookHosts are the hosts of Discord's incoming webhook URLs.
+var WebhookHosts = []string{"discord.com", "discordapp.com", "canary.discord.com", "ptb.discord.com"}
+
+// CheckDestination refuses a destination that is not an incoming webhook URL of Discord's (https, one of
+// WebhookHosts, /api/webhooks/{id}/{token} or /api/v{n}/webhooks/{id}/{token}, at most a thread_id query), or
+// one under the configured APIURL: notifications are sent nowhere else (a rule's URL is not a way into the
+// gateway's network). The error never repeats the URL, whose token is a credential.
+func (d *Discord) CheckDestination(dest string) error {
+	u, err := url.Parse(dest)
+	if err != nil {
+		return errors.New("discord: the destination is not a URL; want a Discord webhook URL, https://discord.com/api/webhooks/{id}/{token}")
+	}
+	if base, err := url.Parse(d.api); err == nil && base.Host != "" && strings.EqualFold(u.Scheme, base.Scheme) &&
+		strings.EqualFold(u.Host, base.Host) && u.User == nil && u.RawPath == "" && u.Fragment == "" {
+		if rest, ok := strings.CutPrefix(u.Path, strings.TrimSuffix(base.Path, "/")+"/webhooks/"); ok && webhookPath(rest) && checkQuery(u) == nil {
+			return nil
+		}
+	}
+	return CheckWebhookURL(dest)
+}
+
+// CheckWebhookURL refuses what is not an incoming webhook URL of Discord's (see CheckDestination).
+func CheckWebhookURL(dest string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("discord: the destination must be a Discord webhook URL, https://discord.com/api/webhooks/{id}/{token}: %s", why)
+	}
+	u, err := url.Parse(dest)
+	switch {
+	case err != nil || u.Opaque != "":
+		return bad("it is not a URL")
+	case u.Scheme != "https":
+		return bad(fmt.Sprintf("the scheme is %q, not https", u.Scheme))
+	case u.User != nil:
+		return bad("it has user information")
+	case u.Port() != "":
+		return bad("it names a port")
+	case !slices.Contains(WebhookHosts, strings.ToLower(u.Hostname())):
+		return bad(fmt.Sprintf("the host %q is not Discord's (%s)", u.Hostname(), strings.Join(WebhookHosts, ", ")))
+	case u.Fragment != "" || u.RawFragment != "":
+		return bad("it has a fragment")
+	}
+	rest, ok := strings.CutPrefix(u.Path, "/api/")
+	if ok && strings.HasPrefix(rest, "v") {
+		v, after, _ := strings.Cut(rest[1:], "/")
+		if v == "" || len(v) > 3 || strings.Trim(v, "0123456789") != "" {
+			return bad("the path is not /api/webhooks/{id}/{token} or /api/v{n}/webhooks/{id}/{token}")
+		}
+		rest = after
+	}
+	rest, ok2 := strings.CutPrefix(rest, "webhooks/")
+	if !ok || !ok2 || u.RawPath != "" || !webhookPath(rest) {
+		return bad("the path is not /api/webhooks/{id}/{token} or /api/v{n}/webhooks/{id}/{token}")
+	}
+	return checkQuery(u)
+}
+
+// webhookPath reports whether p is "{id}/{token}": a snowflake and a token of Discord's alphabet.
+func webhookPath(p string) bool {
+	id, token, ok := strings.Cut(p, "/")
+	return ok && id != "" && len(id) <= 20 && strings.Trim(id, "0123456789") == "" &&
+		token != "" && len(token) <= 200 && strings.Trim(token, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == ""
+}
+
+// checkQuery allows a webhook URL's thread_id (a message in a thread of a forum channel) and nothing else.
+func checkQuery(u *url.URL) error {
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return errors.New("discord: the destination's query is malformed")
+	}
+	for k, v := range q {
+		if k != "thread_id" || len(v) != 1 || v[0] == "" || strings.Trim(v[0], "0123456789") != "" {
+			return fmt.Errorf("discord: the destination's query may only be thread_id={id}, not %q", k)
 		}
 	}
 	return nil

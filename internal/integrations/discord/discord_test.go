@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/aetherium/aetherium/internal/integrations"
+	"github.com/aetherium/aetherium/internal/queue"
 )
 
 func TestVerifyAndPing(t *testing.T) {
@@ -148,7 +149,7 @@ func TestNotifyRateLimits(t *testing.T) {
 	defer srv.Close()
 	var mu sync.Mutex
 	var slept []time.Duration
-	d, _ := New(Config{Sleep: func(ctx context.Context, t time.Duration) error {
+	d, _ := New(Config{APIURL: srv.URL + "/api", Sleep: func(ctx context.Context, t time.Duration) error {
 		mu.Lock()
 		slept = append(slept, t)
 		mu.Unlock()
@@ -181,5 +182,32 @@ func TestNotifyRateLimits(t *testing.T) {
 	}
 	if strings.Join(f.got, "|") != "one|two" {
 		t.Fatalf("got %q", f.got)
+	}
+}
+
+// TestNotifyPart: with Part set, Notify sends that one message of the notification (the first carries the
+// embed); a part beyond Parts is refused for good.
+func TestNotifyPart(t *testing.T) {
+	f := &fakeWebhook{}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	d, _ := New(Config{APIURL: srv.URL + "/api"})
+	n := integrations.Notification{Destination: srv.URL + "/api/webhooks/1/tok", Title: "t",
+		Text: strings.Repeat("a", 1500) + "\n" + strings.Repeat("b", 1500) + "\n" + strings.Repeat("c", 1500)}
+	if got := d.Parts(n); got != 3 {
+		t.Fatalf("Parts = %d, want 3", got)
+	}
+	for _, part := range []int{2, 3} {
+		n.Part = part
+		if err := d.Notify(context.Background(), n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(f.got) != 2 || f.got[0] != strings.Repeat("b", 1500) || f.got[1] != strings.Repeat("c", 1500) {
+		t.Fatalf("sent %d messages: %.10q", len(f.got), f.got)
+	}
+	n.Part = 4
+	if err := d.Notify(context.Background(), n); !queue.IsPermanent(err) {
+		t.Fatalf("part 4 of 3: %v, want a permanent error", err)
 	}
 }

@@ -177,6 +177,11 @@ type responder struct {
 }
 
 func (r *responder) post(ctx context.Context, text string, inChannel bool) error {
+	if r.responseURL != "" && !requestable(r.responseURL) {
+		// Not a URL a request can go to (Slack sends https://hooks.slack.com/...): the bot token answers, rather
+		// than retrying what can never succeed.
+		r.responseURL = ""
+	}
 	if r.responseURL != "" && r.uses < ResponseURLUses && r.s.now().Before(r.expires) {
 		r.uses++
 		kind := "ephemeral"
@@ -200,6 +205,12 @@ func (r *responder) post(ctx context.Context, text string, inChannel bool) error
 		return nil
 	}
 	return r.s.call(ctx, "chat.update", map[string]any{"channel": r.channel, "ts": r.ts, "text": text}, nil)
+}
+
+// requestable reports whether u is an absolute http(s) URL.
+func requestable(u string) bool {
+	p, err := url.Parse(u)
+	return err == nil && (p.Scheme == "https" || p.Scheme == "http") && p.Host != ""
 }
 
 // Notify posts the notification to a channel (Destination is its id) with chat.postMessage.

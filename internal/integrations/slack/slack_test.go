@@ -441,3 +441,28 @@ func containsSub(ss []string, sub string) bool {
 	}
 	return false
 }
+
+// TestUnrequestableResponseURL: a response_url no request can go to (found by FuzzSlackWebhook: each post was
+// retried with backoff until the context ended) is skipped for the bot token at once.
+func TestUnrequestableResponseURL(t *testing.T) {
+	f := newFakeSlack(t)
+	s := newSlack(t, f)
+	for _, u := range []string{"http://[::1", "ftp://hooks.slack.com/x", "/relative"} {
+		start := time.Now()
+		body := slashBody("run echo hi", u)
+		if err := s.Handle(context.Background(), &integrations.Delivery{Event: EventSlashCommand, Body: []byte(body), ReceivedAt: time.Now()}, newActions()); err != nil {
+			t.Fatalf("%q: %v", u, err)
+		}
+		if took := time.Since(start); took > 400*time.Millisecond {
+			t.Errorf("%q: Handle took %s", u, took)
+		}
+	}
+	for _, p := range f.recorded() {
+		if strings.HasPrefix(p, "response:") {
+			t.Fatalf("posted to a response_url: %q", p)
+		}
+	}
+	if p := f.recorded(); len(p) != 6 || !strings.HasPrefix(p[0], "postMessage:C1:Started job") || !strings.HasPrefix(p[1], "update:") {
+		t.Fatalf("posts %q, want the start posted and the result updated with the bot token, per command", p)
+	}
+}
