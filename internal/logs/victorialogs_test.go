@@ -139,12 +139,27 @@ func (v *victoriaLogs) queryUntil(q string, want int) []map[string]string {
 	return got
 }
 
-// TestLokiPushToVictoriaLogs pushes entries of two streams with structured metadata (hostile bytes included)
-// through the client and reads every one back from a real server, labels and metadata intact.
+// pushFormats are the push formats every test against the real server runs in.
+var pushFormats = []string{FormatProtobuf, FormatJSON}
+
+// forEachFormat runs test once per push format, as subtests named after it.
+func forEachFormat(t *testing.T, test func(t *testing.T, format string)) {
+	for _, f := range pushFormats {
+		t.Run(f, func(t *testing.T) { test(t, f) })
+	}
+}
+
+// TestLokiPushToVictoriaLogs pushes entries of three streams with structured metadata (hostile bytes included, in
+// lines, metadata and a label value) through the client and reads every one back from a real server, labels and
+// metadata intact, in each push format.
 func TestLokiPushToVictoriaLogs(t *testing.T) {
+	forEachFormat(t, testLokiPushToVictoriaLogs)
+}
+
+func testLokiPushToVictoriaLogs(t *testing.T, format string) {
 	v := startVictoriaLogs(t)
 	worker := "w-" + uuid.NewString()[:8]
-	client, err := NewLoki(LokiConfig{URL: v.lokiURL(), BatchEntries: 7, BatchWait: 20 * time.Millisecond})
+	client, err := NewLoki(LokiConfig{URL: v.lokiURL(), Format: format, BatchEntries: 7, BatchWait: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,15 +167,18 @@ func TestLokiPushToVictoriaLogs(t *testing.T) {
 	const n = 60
 	want := map[string]Entry{}
 	for i := 0; i < n; i++ {
-		kind := KindExec
-		if i%3 == 0 {
+		kind, service := KindExec, "aetherium"
+		switch i % 3 {
+		case 0:
 			kind = KindConsole
+		case 1:
+			service = "aeth \"quoted\" back\\slash, {brace}=\nnewline" // escaped in protobuf's label string
 		}
 		e := Entry{Time: base.Add(time.Duration(i) * time.Millisecond),
 			Line:   fmt.Sprintf("line %d \"quoted\" {brace} ünïcode \t tab", i),
-			Labels: Labels{Service: "aetherium", Role: "worker", Worker: worker, Level: "info", Kind: kind},
+			Labels: Labels{Service: service, Role: "worker", Worker: worker, Level: "info", Kind: kind},
 			Metadata: map[string]string{"seq": strconv.Itoa(i), MetaVMID: "vm-" + strconv.Itoa(i%4),
-				MetaExecutionID: uuid.NewString(), MetaOwnerID: "owner-1"}}
+				MetaExecutionID: uuid.NewString(), MetaOwnerID: "owner-1", "hostile": "a \"b\" \\ c\nd, {e}=f"}}
 		want[strconv.Itoa(i)] = e
 		if err := client.Push(context.Background(), e); err != nil {
 			t.Fatal(err)
@@ -214,12 +232,17 @@ func TestLokiPushToVictoriaLogs(t *testing.T) {
 }
 
 // TestLokiServerRestartMidBurst stops the server in the middle of a burst and starts it again on the same data
-// directory: every entry either arrives or is counted as dropped by the bounded buffer, exactly.
+// directory: every entry either arrives or is counted as dropped by the bounded buffer, exactly, in each push
+// format.
 func TestLokiServerRestartMidBurst(t *testing.T) {
+	forEachFormat(t, testLokiServerRestartMidBurst)
+}
+
+func testLokiServerRestartMidBurst(t *testing.T, format string) {
 	v := startVictoriaLogs(t)
 	worker := "w-" + uuid.NewString()[:8]
 	const bufferEntries, batch = 500, 50
-	client, err := NewLoki(LokiConfig{URL: v.lokiURL(), BatchEntries: batch, BatchWait: 10 * time.Millisecond,
+	client, err := NewLoki(LokiConfig{URL: v.lokiURL(), Format: format, BatchEntries: batch, BatchWait: 10 * time.Millisecond,
 		MaxBufferEntries: bufferEntries, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -21,8 +21,8 @@ func openLogs(ctx context.Context, cfg config.Config, roles Roles, log *slog.Log
 	if cfg.LokiURL == "" {
 		return logs.NewStdout(log), log, func() {}, nil
 	}
-	loki, err := logs.NewLoki(logs.LokiConfig{URL: cfg.LokiURL, Tenant: cfg.LokiTenant, Username: cfg.LokiUsername,
-		Password: cfg.LokiPassword, BearerToken: cfg.LokiBearerToken,
+	loki, err := logs.NewLoki(logs.LokiConfig{URL: cfg.LokiURL, Format: cfg.LokiFormat, Tenant: cfg.LokiTenant,
+		Username: cfg.LokiUsername, Password: cfg.LokiPassword, BearerToken: cfg.LokiBearerToken,
 		Logger: log}) // the plain logger: the client's own trouble must not feed back into it
 	if err != nil {
 		return nil, nil, nil, err

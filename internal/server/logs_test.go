@@ -34,7 +34,7 @@ func TestOpenLogsTeesIntoLoki(t *testing.T) {
 	defer srv.Close()
 	var out bytes.Buffer
 	base := slog.New(slog.NewTextHandler(&out, nil))
-	cfg := config.Config{LokiURL: srv.URL, LokiTenant: "t1", WorkerID: "w1", ShutdownFor: 5 * time.Second}
+	cfg := config.Config{LokiURL: srv.URL, LokiFormat: logs.FormatJSON, LokiTenant: "t1", WorkerID: "w1", ShutdownFor: 5 * time.Second}
 	roles := Roles{Worker: true}
 	sink, log, closeLogs, err := openLogs(context.Background(), cfg, roles, base)
 	if err != nil {
