@@ -17,6 +17,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/aetherium/aetherium/internal/metrics"
+	"github.com/aetherium/aetherium/internal/metrics/metricstest"
 )
 
 // victoriaLogs is a real VictoriaLogs server run by the test: it accepts Loki's push protocol at
@@ -232,8 +235,8 @@ func testLokiPushToVictoriaLogs(t *testing.T, format string) {
 }
 
 // TestLokiServerRestartMidBurst stops the server in the middle of a burst and starts it again on the same data
-// directory: every entry either arrives or is counted as dropped by the bounded buffer, exactly, in each push
-// format.
+// directory: every entry either arrives or is counted as dropped by the bounded buffer, exactly, and the
+// metrics scraped from the process's registry say the same, in each push format.
 func TestLokiServerRestartMidBurst(t *testing.T) {
 	forEachFormat(t, testLokiServerRestartMidBurst)
 }
@@ -245,6 +248,14 @@ func testLokiServerRestartMidBurst(t *testing.T, format string) {
 	client, err := NewLoki(LokiConfig{URL: v.lokiURL(), Format: format, BatchEntries: batch, BatchWait: 10 * time.Millisecond,
 		MaxBufferEntries: bufferEntries, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered as internal/server does: the collector reads the client's Stats at each scrape.
+	ms := metrics.New("test")
+	if err := ms.WatchLogs(func() metrics.LogStats {
+		st := client.Stats()
+		return metrics.LogStats{Sent: st.Sent, Dropped: st.Dropped, Queued: st.Queued, Rejected: st.Rejected}
+	}); err != nil {
 		t.Fatal(err)
 	}
 	seq := 0
@@ -268,6 +279,11 @@ func testLokiServerRestartMidBurst(t *testing.T, format string) {
 	push(4 * bufferEntries)
 	if st := client.Stats(); st.Dropped < 3*bufferEntries-batch {
 		t.Fatalf("with the server down the buffer dropped only %d entries (stats %+v)", st.Dropped, st)
+	}
+	if s := metricstest.Render(t, ms); s.Value("aetherium_log_entries_dropped_total", nil) < 3*bufferEntries-batch ||
+		s.Value("aetherium_log_entries_queued", nil) == 0 {
+		t.Fatalf("with the server down: dropped metric %v, queued metric %v", s.Value("aetherium_log_entries_dropped_total", nil),
+			s.Value("aetherium_log_entries_queued", nil))
 	}
 	v.start()
 	push(3000) // while the sender may still be backing off: the buffer drops what does not fit, and counts it
@@ -308,6 +324,17 @@ func testLokiServerRestartMidBurst(t *testing.T, format string) {
 	}
 	if int64(len(seen)) != st.Sent {
 		t.Fatalf("received %d distinct, client counted %d sent", len(seen), st.Sent)
+	}
+	scrape := metricstest.Render(t, ms)
+	for name, want := range map[string]int64{"aetherium_log_entries_dropped_total": int64(n - len(seen)),
+		"aetherium_log_entries_sent_total": int64(len(seen)), "aetherium_log_entries_queued": 0,
+		"aetherium_log_batches_rejected_total": 0} {
+		if got := scrape.Value(name, nil); got != float64(want) {
+			t.Errorf("%s = %v, want %d (pushed %d, received %d)", name, got, want, n, len(seen))
+		}
+	}
+	if got := scrape.Value("aetherium_log_entries_dropped_total", nil); got != float64(st.Dropped) {
+		t.Errorf("aetherium_log_entries_dropped_total = %v, Stats.Dropped = %d", got, st.Dropped)
 	}
 	for i := recoveredFrom; i < n; i++ {
 		if seen[strconv.Itoa(i)] == 0 {
