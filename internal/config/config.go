@@ -125,8 +125,10 @@ type Config struct {
 
 	// LokiURL, when set, ships logs (the servers' own, task lifecycle, executions' output, VM consoles) to Loki or a
 	// Loki-compatible store, besides stdout (internal/logs). LokiTenant is sent as X-Scope-OrgID; LokiUsername and
-	// LokiPassword (or LokiPasswordFile) are basic auth, LokiBearerToken bearer auth.
+	// LokiPassword (or LokiPasswordFile) are basic auth, LokiBearerToken bearer auth. LokiFormat is the push
+	// format: protobuf (Loki's native snappy-compressed protobuf, the default) or json.
 	LokiURL          string `yaml:"loki_url"`
+	LokiFormat       string `yaml:"loki_format"`
 	LokiTenant       string `yaml:"loki_tenant"`
 	LokiUsername     string `yaml:"loki_username"`
 	LokiPassword     string `yaml:"loki_password"`
@@ -190,6 +192,9 @@ const MinMetricsTokenLen = 16
 // DefaultMetricsListen is where /metrics is served unless configured: loopback, so never public by accident (9464 is
 // also the default port of OpenTelemetry's Prometheus exporters).
 const DefaultMetricsListen = "127.0.0.1:9464"
+
+// DefaultLokiFormat is the push format to loki_url unless configured: Loki's native protobuf (internal/logs).
+const DefaultLokiFormat = "protobuf"
 
 // setting is one configuration key: its YAML key, environment variable, flag and how to parse it.
 type setting struct {
@@ -320,6 +325,7 @@ var settings = []setting{
 	{"discord_public_key", "Discord application's Ed25519 public key (hex) for the interactions endpoint /api/v1/webhooks/discord; empty: interactions off (webhook notifications need none)", str(func(c *Config) *string { return &c.DiscordPublicKey })},
 	{"metrics_token", "bearer token scrapers must send to /metrics (empty: none; prefer the env: flags show in the process list)", str(func(c *Config) *string { return &c.MetricsToken })},
 	{"loki_url", "base URL of Loki (http://loki:3100) or a Loki-compatible store (VictoriaLogs: http://vl:9428/insert) that logs are pushed to at /loki/api/v1/push, besides stdout (empty: stdout only)", str(func(c *Config) *string { return &c.LokiURL })},
+	{"loki_format", "format of the pushes to loki_url: protobuf (Loki's native one, snappy-compressed protobuf; smaller and cheaper to parse) or json (Loki's JSON push format)", str(func(c *Config) *string { return &c.LokiFormat })},
 	{"loki_tenant", "Loki tenant, sent as X-Scope-OrgID (empty: none)", str(func(c *Config) *string { return &c.LokiTenant })},
 	{"loki_username", "user name of HTTP basic auth to Loki", str(func(c *Config) *string { return &c.LokiUsername })},
 	{"loki_password", "password of HTTP basic auth to Loki (prefer loki_password_file or the env: flags show in the process list)", str(func(c *Config) *string { return &c.LokiPassword })},
@@ -356,7 +362,7 @@ func Defaults() Config {
 		WorkerAPIListen: "127.0.0.1:0", MetricsListen: DefaultMetricsListen, TraceSamplePercent: 100,
 		JailerUID: DefaultJailerID, JailerGID: DefaultJailerID, JailerCgroupVersion: 2,
 		CredProxyPort: 8091, ModelUpstreamURL: "https://api.anthropic.com", OpenAIUpstreamURL: "https://api.openai.com",
-		RateLimit: true, RateLimitKeyRate: DefaultRateLimitKeyRate, RateLimitKeyBurst: DefaultRateLimitKeyBurst,
+		LokiFormat: DefaultLokiFormat, RateLimit: true, RateLimitKeyRate: DefaultRateLimitKeyRate, RateLimitKeyBurst: DefaultRateLimitKeyBurst,
 		RateLimitExpensiveRate: DefaultRateLimitExpensiveRate, RateLimitExpensiveBurst: DefaultRateLimitExpensiveBurst,
 		RateLimitAddrRate: DefaultRateLimitAddrRate, RateLimitAddrBurst: DefaultRateLimitAddrBurst,
 	}
@@ -690,6 +696,9 @@ func (c *Config) normalize() error {
 
 // validateLoki checks the loki_* settings and reads loki_password_file.
 func (c *Config) validateLoki(bad func(key, format string, args ...any)) {
+	if c.LokiFormat != "protobuf" && c.LokiFormat != "json" {
+		bad("loki_format", "must be protobuf or json (got %q)", c.LokiFormat)
+	}
 	if c.LokiURL == "" {
 		for _, s := range []struct{ key, v string }{{"loki_tenant", c.LokiTenant}, {"loki_username", c.LokiUsername},
 			{"loki_password", c.LokiPassword}, {"loki_password_file", c.LokiPasswordFile}, {"loki_bearer_token", c.LokiBearerToken}} {

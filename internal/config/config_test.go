@@ -78,6 +78,8 @@ func TestInvalidValuesNameTheSetting(t *testing.T) {
 		{"guest proxy socks", "", nil, []string{"--guest-http-proxy", "socks5://p:1080"}, "guest_http_proxy"},
 		{"guest no proxy with a space", "", nil, []string{"--guest-no-proxy", "a, b"}, "guest_no_proxy"},
 		{"loki url not http", "", map[string]string{"AETHERIUM_LOKI_URL": "loki:3100"}, nil, "loki_url"},
+		{"loki format unknown", "loki_url: http://loki:3100\nloki_format: msgpack\n", nil, nil, "loki_format"},
+		{"loki format in capitals", "", map[string]string{"AETHERIUM_LOKI_URL": "http://loki:3100"}, []string{"--loki-format", "JSON"}, "loki_format"},
 		{"loki url with credentials", "loki_url: http://u:p@loki:3100\n", nil, nil, "loki_url"},
 		{"loki tenant without url", "", nil, []string{"--loki-tenant", "t1"}, "loki_tenant"},
 		{"loki password without user", "loki_url: http://loki:3100\nloki_password: p\n", nil, nil, "loki_username"},
@@ -248,6 +250,15 @@ func TestLokiSettings(t *testing.T) {
 	}
 	if c.LokiURL != "https://logs.corp:3100" || c.LokiTenant != "team-a" || c.LokiUsername != "aeth" || c.LokiPassword != "s3cret" {
 		t.Fatalf("loki settings %+v", c)
+	}
+	if c.LokiFormat != "protobuf" {
+		t.Fatalf("loki_format defaults to %q, want protobuf (Loki's native format)", c.LokiFormat)
+	}
+	env["AETHERIUM_LOKI_FORMAT"] = "json"
+	fs = pflag.NewFlagSet("t", pflag.ContinueOnError)
+	Flags(fs)
+	if c, err = Load(fs, func(k string) string { return env[k] }); err != nil || c.LokiFormat != "json" {
+		t.Fatalf("AETHERIUM_LOKI_FORMAT=json: %q, %v", c.LokiFormat, err)
 	}
 	if strings.Contains(c.Redacted(), "s3cret") {
 		t.Fatal("Redacted shows the Loki password")

@@ -92,21 +92,28 @@ func TestSinkConformance(t *testing.T) {
 			}}
 		})
 	})
-	t.Run("loki on VictoriaLogs", func(t *testing.T) {
-		testSink(t, func(t *testing.T) sinkUnderTest {
-			v := startVictoriaLogs(t)
-			sink, err := NewLoki(LokiConfig{URL: v.lokiURL(), BatchEntries: 30, BatchWait: 10 * time.Millisecond})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return sinkUnderTest{sink: sink, lines: func(worker string, want int) []string {
-				var out []string
-				for _, g := range v.queryUntil(fmt.Sprintf(`_stream:{worker=%q}`, worker), want) {
-					out = append(out, g["_msg"])
-				}
-				return out
-			}}
+	for _, format := range pushFormats {
+		t.Run("loki "+format+" on VictoriaLogs", func(t *testing.T) {
+			testLokiSink(t, format)
 		})
+	}
+}
+
+// testLokiSink runs the suite on the Loki client pushing to a real VictoriaLogs in format.
+func testLokiSink(t *testing.T, format string) {
+	testSink(t, func(t *testing.T) sinkUnderTest {
+		v := startVictoriaLogs(t)
+		sink, err := NewLoki(LokiConfig{URL: v.lokiURL(), Format: format, BatchEntries: 30, BatchWait: 10 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sinkUnderTest{sink: sink, lines: func(worker string, want int) []string {
+			var out []string
+			for _, g := range v.queryUntil(fmt.Sprintf(`_stream:{worker=%q}`, worker), want) {
+				out = append(out, g["_msg"])
+			}
+			return out
+		}}
 	})
 }
 

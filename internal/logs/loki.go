@@ -26,6 +26,9 @@ const PushPath = "/loki/api/v1/push"
 type LokiConfig struct {
 	// URL is Loki's base URL, e.g. http://loki:3100 (for VictoriaLogs: http://vl:9428/insert); PushPath is appended.
 	URL string
+	// Format is the push format: FormatProtobuf (the default: Loki's native one, snappy-compressed protobuf) or
+	// FormatJSON.
+	Format string
 	// Tenant, when set, is sent as X-Scope-OrgID (Loki's multi-tenancy).
 	Tenant string
 	// Username and Password: HTTP basic auth. BearerToken: Authorization: Bearer. At most one of the two.
@@ -61,13 +64,24 @@ type Stats struct {
 	Rejected int64
 }
 
-// Loki is a Sink pushing to Loki's HTTP push API in JSON, with structured metadata. Push only enqueues; one
+// Push formats, LokiConfig.Format.
+const (
+	// FormatProtobuf is Loki's native push format: a protobuf PushRequest, snappy block-compressed, sent as
+	// application/x-protobuf. Smaller and cheaper to parse than JSON.
+	FormatProtobuf = "protobuf"
+	// FormatJSON is Loki's JSON push format, sent as application/json.
+	FormatJSON = "json"
+)
+
+// Loki is a Sink pushing to Loki's HTTP push API (protobuf or JSON), with structured metadata. Push only enqueues; one
 // goroutine batches by size and age and sends, retrying 429, 5xx and network errors with exponential backoff and
 // jitter.
 type Loki struct {
-	cfg     LokiConfig
-	pushURL string
-	log     *slog.Logger
+	cfg         LokiConfig
+	pushURL     string
+	log         *slog.Logger
+	encode      func([]Entry) ([]byte, error)
+	contentType string
 
 	mu       sync.Mutex
 	queue    []Entry
@@ -97,6 +111,16 @@ func NewLoki(cfg LokiConfig) (*Loki, error) {
 	if cfg.Password != "" && cfg.Username == "" {
 		return nil, errors.New("loki: a password needs a username")
 	}
+	var encode func([]Entry) ([]byte, error)
+	var contentType string
+	switch cfg.Format {
+	case "", FormatProtobuf:
+		cfg.Format, encode, contentType = FormatProtobuf, EncodePushProtobuf, ContentTypeProtobuf
+	case FormatJSON:
+		encode, contentType = EncodePush, "application/json"
+	default:
+		return nil, fmt.Errorf("loki: format must be %s or %s (got %q)", FormatProtobuf, FormatJSON, cfg.Format)
+	}
 	def := func(v *int, d int) {
 		if *v <= 0 {
 			*v = d
@@ -122,8 +146,8 @@ func NewLoki(cfg LokiConfig) (*Loki, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	l := &Loki{cfg: cfg, pushURL: strings.TrimRight(cfg.URL, "/") + PushPath, log: log,
-		wake: make(chan struct{}, 1), done: make(chan struct{})}
+	l := &Loki{cfg: cfg, pushURL: strings.TrimRight(cfg.URL, "/") + PushPath, log: log, encode: encode,
+		contentType: contentType, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	l.abortCtx, l.abort = context.WithCancel(context.Background())
 	go l.run()
 	return l, nil
@@ -176,9 +200,14 @@ func (l *Loki) Stats() Stats {
 	return Stats{Sent: l.sent.Load(), Dropped: l.dropped.Load(), Queued: queued, Rejected: l.rejected.Load()}
 }
 
-// Health pushes an empty request: it proves the server is reachable and accepts this client's credentials.
+// Health pushes an empty request: it proves the server is reachable and accepts this client's credentials (and,
+// with protobuf, that it reads snappy-compressed protobuf).
 func (l *Loki) Health(ctx context.Context) error {
-	_, err := l.post(ctx, []byte(`{"streams":[]}`))
+	body, err := l.encode(nil)
+	if err != nil {
+		return err
+	}
+	_, err = l.post(ctx, body)
 	return err
 }
 
@@ -288,7 +317,7 @@ func (l *Loki) send(batch []Entry) {
 		l.inFlight = 0
 		l.mu.Unlock()
 	}()
-	body, err := EncodePush(batch)
+	body, err := l.encode(batch)
 	if err != nil { // cannot happen with strings only; counted all the same
 		l.dropped.Add(int64(len(batch)))
 		l.log.Error("loki: encoding a batch failed", "err", err)
@@ -345,7 +374,7 @@ func (l *Loki) post(ctx context.Context, body []byte) (retry bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Type", l.contentType)
 	l.authorize(req)
 	resp, err := l.cfg.HTTPClient.Do(req)
 	if err != nil {
@@ -381,46 +410,66 @@ func EncodePush(entries []Entry) ([]byte, error) {
 		Stream map[string]string `json:"stream"`
 		Values [][]any           `json:"values"`
 	}
-	byKey := map[string]*stream{}
-	var order []string
-	for _, e := range entries {
-		labels := e.Labels.Map()
-		key := labelKey(labels)
-		s, ok := byKey[key]
-		if !ok {
-			s = &stream{Stream: labels}
-			byKey[key] = s
-			order = append(order, key)
-		}
-		v := []any{strconv.FormatInt(e.Time.UnixNano(), 10), e.Line}
-		if len(e.Metadata) > 0 {
-			v = append(v, e.Metadata)
-		}
-		s.Values = append(s.Values, v)
-	}
+	groups := groupStreams(entries)
 	out := struct {
-		Streams []*stream `json:"streams"`
-	}{Streams: make([]*stream, 0, len(order))}
-	for _, k := range order {
-		out.Streams = append(out.Streams, byKey[k])
+		Streams []stream `json:"streams"`
+	}{Streams: make([]stream, 0, len(groups))}
+	for _, g := range groups {
+		s := stream{Stream: g.labels, Values: make([][]any, 0, len(g.entries))}
+		for _, e := range g.entries {
+			v := []any{strconv.FormatInt(e.Time.UnixNano(), 10), e.Line}
+			if len(e.Metadata) > 0 {
+				v = append(v, e.Metadata)
+			}
+			s.Values = append(s.Values, v)
+		}
+		out.Streams = append(out.Streams, s)
 	}
 	return json.Marshal(out)
 }
 
-func labelKey(m map[string]string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+// streamGroup is the entries of one label set, in the order they came.
+type streamGroup struct {
+	labels  map[string]string
+	entries []Entry
+}
+
+// groupStreams groups entries by label set, the groups in the order their first entry came.
+func groupStreams(entries []Entry) []*streamGroup {
+	byKey := map[string]*streamGroup{}
+	var order []*streamGroup
+	for _, e := range entries {
+		labels := e.Labels.Map()
+		key := labelKey(labels)
+		g, ok := byKey[key]
+		if !ok {
+			g = &streamGroup{labels: labels}
+			byKey[key] = g
+			order = append(order, g)
+		}
+		g.entries = append(g.entries, e)
 	}
-	sort.Strings(keys)
+	return order
+}
+
+func labelKey(m map[string]string) string {
 	var b strings.Builder
-	for _, k := range keys {
+	for _, k := range sortedKeys(m) {
 		b.WriteString(k)
 		b.WriteByte(0)
 		b.WriteString(m[k])
 		b.WriteByte(0)
 	}
 	return b.String()
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 func redact(raw string) string {

@@ -189,7 +189,7 @@ func TestLokiAuthAndTenantHeaders(t *testing.T) {
 				t.Fatalf("%d pushes", len(rec.headers))
 			}
 			h := rec.headers[0]
-			if h.Get("Authorization") != tc.auth || h.Get("X-Scope-OrgID") != tc.cfg.Tenant || h.Get("Content-Type") != "application/json" {
+			if h.Get("Authorization") != tc.auth || h.Get("X-Scope-OrgID") != tc.cfg.Tenant || h.Get("Content-Type") != ContentTypeProtobuf {
 				t.Fatalf("headers %v", h)
 			}
 		})

@@ -17,6 +17,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/aetherium/aetherium/internal/metrics"
+	"github.com/aetherium/aetherium/internal/metrics/metricstest"
 )
 
 // victoriaLogs is a real VictoriaLogs server run by the test: it accepts Loki's push protocol at
@@ -139,12 +142,27 @@ func (v *victoriaLogs) queryUntil(q string, want int) []map[string]string {
 	return got
 }
 
-// TestLokiPushToVictoriaLogs pushes entries of two streams with structured metadata (hostile bytes included)
-// through the client and reads every one back from a real server, labels and metadata intact.
+// pushFormats are the push formats every test against the real server runs in.
+var pushFormats = []string{FormatProtobuf, FormatJSON}
+
+// forEachFormat runs test once per push format, as subtests named after it.
+func forEachFormat(t *testing.T, test func(t *testing.T, format string)) {
+	for _, f := range pushFormats {
+		t.Run(f, func(t *testing.T) { test(t, f) })
+	}
+}
+
+// TestLokiPushToVictoriaLogs pushes entries of three streams with structured metadata (hostile bytes included, in
+// lines, metadata and a label value) through the client and reads every one back from a real server, labels and
+// metadata intact, in each push format.
 func TestLokiPushToVictoriaLogs(t *testing.T) {
+	forEachFormat(t, testLokiPushToVictoriaLogs)
+}
+
+func testLokiPushToVictoriaLogs(t *testing.T, format string) {
 	v := startVictoriaLogs(t)
 	worker := "w-" + uuid.NewString()[:8]
-	client, err := NewLoki(LokiConfig{URL: v.lokiURL(), BatchEntries: 7, BatchWait: 20 * time.Millisecond})
+	client, err := NewLoki(LokiConfig{URL: v.lokiURL(), Format: format, BatchEntries: 7, BatchWait: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,15 +170,18 @@ func TestLokiPushToVictoriaLogs(t *testing.T) {
 	const n = 60
 	want := map[string]Entry{}
 	for i := 0; i < n; i++ {
-		kind := KindExec
-		if i%3 == 0 {
+		kind, service := KindExec, "aetherium"
+		switch i % 3 {
+		case 0:
 			kind = KindConsole
+		case 1:
+			service = "aeth \"quoted\" back\\slash, {brace}=\nnewline" // escaped in protobuf's label string
 		}
 		e := Entry{Time: base.Add(time.Duration(i) * time.Millisecond),
 			Line:   fmt.Sprintf("line %d \"quoted\" {brace} ünïcode \t tab", i),
-			Labels: Labels{Service: "aetherium", Role: "worker", Worker: worker, Level: "info", Kind: kind},
+			Labels: Labels{Service: service, Role: "worker", Worker: worker, Level: "info", Kind: kind},
 			Metadata: map[string]string{"seq": strconv.Itoa(i), MetaVMID: "vm-" + strconv.Itoa(i%4),
-				MetaExecutionID: uuid.NewString(), MetaOwnerID: "owner-1"}}
+				MetaExecutionID: uuid.NewString(), MetaOwnerID: "owner-1", "hostile": "a \"b\" \\ c\nd, {e}=f"}}
 		want[strconv.Itoa(i)] = e
 		if err := client.Push(context.Background(), e); err != nil {
 			t.Fatal(err)
@@ -214,14 +235,27 @@ func TestLokiPushToVictoriaLogs(t *testing.T) {
 }
 
 // TestLokiServerRestartMidBurst stops the server in the middle of a burst and starts it again on the same data
-// directory: every entry either arrives or is counted as dropped by the bounded buffer, exactly.
+// directory: every entry either arrives or is counted as dropped by the bounded buffer, exactly, and the
+// metrics scraped from the process's registry say the same, in each push format.
 func TestLokiServerRestartMidBurst(t *testing.T) {
+	forEachFormat(t, testLokiServerRestartMidBurst)
+}
+
+func testLokiServerRestartMidBurst(t *testing.T, format string) {
 	v := startVictoriaLogs(t)
 	worker := "w-" + uuid.NewString()[:8]
 	const bufferEntries, batch = 500, 50
-	client, err := NewLoki(LokiConfig{URL: v.lokiURL(), BatchEntries: batch, BatchWait: 10 * time.Millisecond,
+	client, err := NewLoki(LokiConfig{URL: v.lokiURL(), Format: format, BatchEntries: batch, BatchWait: 10 * time.Millisecond,
 		MaxBufferEntries: bufferEntries, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered as internal/server does: the collector reads the client's Stats at each scrape.
+	ms := metrics.New("test")
+	if err := ms.WatchLogs(func() metrics.LogStats {
+		st := client.Stats()
+		return metrics.LogStats{Sent: st.Sent, Dropped: st.Dropped, Queued: st.Queued, Rejected: st.Rejected}
+	}); err != nil {
 		t.Fatal(err)
 	}
 	seq := 0
@@ -245,6 +279,11 @@ func TestLokiServerRestartMidBurst(t *testing.T) {
 	push(4 * bufferEntries)
 	if st := client.Stats(); st.Dropped < 3*bufferEntries-batch {
 		t.Fatalf("with the server down the buffer dropped only %d entries (stats %+v)", st.Dropped, st)
+	}
+	if s := metricstest.Render(t, ms); s.Value("aetherium_log_entries_dropped_total", nil) < 3*bufferEntries-batch ||
+		s.Value("aetherium_log_entries_queued", nil) == 0 {
+		t.Fatalf("with the server down: dropped metric %v, queued metric %v", s.Value("aetherium_log_entries_dropped_total", nil),
+			s.Value("aetherium_log_entries_queued", nil))
 	}
 	v.start()
 	push(3000) // while the sender may still be backing off: the buffer drops what does not fit, and counts it
@@ -285,6 +324,17 @@ func TestLokiServerRestartMidBurst(t *testing.T) {
 	}
 	if int64(len(seen)) != st.Sent {
 		t.Fatalf("received %d distinct, client counted %d sent", len(seen), st.Sent)
+	}
+	scrape := metricstest.Render(t, ms)
+	for name, want := range map[string]int64{"aetherium_log_entries_dropped_total": int64(n - len(seen)),
+		"aetherium_log_entries_sent_total": int64(len(seen)), "aetherium_log_entries_queued": 0,
+		"aetherium_log_batches_rejected_total": 0} {
+		if got := scrape.Value(name, nil); got != float64(want) {
+			t.Errorf("%s = %v, want %d (pushed %d, received %d)", name, got, want, n, len(seen))
+		}
+	}
+	if got := scrape.Value("aetherium_log_entries_dropped_total", nil); got != float64(st.Dropped) {
+		t.Errorf("aetherium_log_entries_dropped_total = %v, Stats.Dropped = %d", got, st.Dropped)
 	}
 	for i := recoveredFrom; i < n; i++ {
 		if seen[strconv.Itoa(i)] == 0 {

@@ -354,6 +354,52 @@ func TestNilSetRecordsNothing(t *testing.T) {
 	ms.Webhooks().Delivery("github", metrics.WebhookError)
 	ms.Network().Attached(nil)
 	ms.Network().Detached(errors.New("gone"))
+	if err := ms.WatchLogs(func() metrics.LogStats { panic("read") }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLogStatsAreReadAtScrape: the log shipping metrics are the client's counters as they are at each scrape, with
+// the types their names promise.
+func TestLogStatsAreReadAtScrape(t *testing.T) {
+	ms := metrics.New("test")
+	var st atomic.Pointer[metrics.LogStats]
+	st.Store(&metrics.LogStats{Sent: 10, Dropped: 2, Queued: 5, Rejected: 1})
+	if err := ms.WatchLogs(func() metrics.LogStats { return *st.Load() }); err != nil {
+		t.Fatal(err)
+	}
+	check := func(want metrics.LogStats) {
+		t.Helper()
+		s := metricstest.Render(t, ms)
+		for _, c := range []struct {
+			name    string
+			want    int64
+			counter bool
+		}{
+			{"aetherium_log_entries_sent_total", want.Sent, true},
+			{"aetherium_log_entries_dropped_total", want.Dropped, true},
+			{"aetherium_log_entries_queued", want.Queued, false},
+			{"aetherium_log_batches_rejected_total", want.Rejected, true},
+		} {
+			f, ok := s[c.name]
+			if !ok {
+				t.Fatalf("%s is not exposed", c.name)
+			}
+			if isCounter := f.GetType().String() == "COUNTER"; isCounter != c.counter {
+				t.Errorf("%s has type %s", c.name, f.GetType())
+			}
+			if got := s.Value(c.name, nil); got != float64(c.want) {
+				t.Errorf("%s = %v, want %d", c.name, got, c.want)
+			}
+		}
+	}
+	check(*st.Load())
+	st.Store(&metrics.LogStats{Sent: 1000, Dropped: 77, Queued: 0, Rejected: 3})
+	check(*st.Load())
+	check(*st.Load()) // a scrape reads, never adds
+	if err := ms.WatchLogs(func() metrics.LogStats { return metrics.LogStats{} }); err == nil {
+		t.Fatal("a second log collector was registered")
+	}
 }
 
 // BenchmarkRecordRequest is what the API's middleware adds to a request: one counter and one histogram.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/aetherium/aetherium/internal/config"
 	"github.com/aetherium/aetherium/internal/logs"
+	"github.com/aetherium/aetherium/internal/metrics"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/queue"
 )
@@ -17,14 +18,19 @@ const logCloseTimeout = 10 * time.Second
 
 // openLogs picks the log sink: Loki when loki_url is set, with the servers' own slog records teed into it (stdout
 // keeps them too), else stdout. It returns the sink, the logger to use from now on and a close func that flushes.
-func openLogs(ctx context.Context, cfg config.Config, roles Roles, log *slog.Logger) (logs.Sink, *slog.Logger, func(), error) {
+// The Loki client's counters are reported in ms (aetherium_log_*; nil ms: not reported).
+func openLogs(ctx context.Context, cfg config.Config, roles Roles, ms *metrics.Set, log *slog.Logger) (logs.Sink, *slog.Logger, func(), error) {
 	if cfg.LokiURL == "" {
 		return logs.NewStdout(log), log, func() {}, nil
 	}
-	loki, err := logs.NewLoki(logs.LokiConfig{URL: cfg.LokiURL, Tenant: cfg.LokiTenant, Username: cfg.LokiUsername,
-		Password: cfg.LokiPassword, BearerToken: cfg.LokiBearerToken,
+	loki, err := logs.NewLoki(logs.LokiConfig{URL: cfg.LokiURL, Format: cfg.LokiFormat, Tenant: cfg.LokiTenant,
+		Username: cfg.LokiUsername, Password: cfg.LokiPassword, BearerToken: cfg.LokiBearerToken,
 		Logger: log}) // the plain logger: the client's own trouble must not feed back into it
 	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := ms.WatchLogs(lokiStats(loki)); err != nil {
+		_ = loki.Close(ctx)
 		return nil, nil, nil, err
 	}
 	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -42,6 +48,14 @@ func openLogs(ctx context.Context, cfg config.Config, roles Roles, log *slog.Log
 		log.Info("log shipping stopped", "sent", st.Sent, "dropped", st.Dropped, "rejected_batches", st.Rejected, "err", err)
 	}
 	return loki, teed, closeFn, nil
+}
+
+// lokiStats reads the client's counters for the metrics, at each scrape.
+func lokiStats(l *logs.Loki) func() metrics.LogStats {
+	return func() metrics.LogStats {
+		st := l.Stats()
+		return metrics.LogStats{Sent: st.Sent, Dropped: st.Dropped, Queued: st.Queued, Rejected: st.Rejected}
+	}
 }
 
 func roleName(r Roles) string {

@@ -68,8 +68,14 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		return err
 	}
 	cfg.InstallationID = installationID
+	// One registry for the whole process (serve: the gateway's and the worker's metrics together), handed to what
+	// records; nil when metrics_listen is off, and then nothing records. Made first: the log sink reports into it.
+	var ms *metrics.Set
+	if cfg.MetricsListen != "" {
+		ms = metrics.New(version)
+	}
 	// First, so that everything after logs through the sink too, and deferred first, so it flushes last.
-	logSink, log, closeLogs, err := openLogs(ctx, cfg, roles, log)
+	logSink, log, closeLogs, err := openLogs(ctx, cfg, roles, ms, log)
 	if err != nil {
 		return fmt.Errorf("loki_url: %w", err)
 	}
@@ -102,12 +108,6 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		return err
 	}
 	defer stopDebug()
-	// One registry for the whole process (serve: the gateway's and the worker's metrics together), handed to what
-	// records; nil when metrics_listen is off, and then nothing records.
-	var ms *metrics.Set
-	if cfg.MetricsListen != "" {
-		ms = metrics.New(version)
-	}
 	// Served from the start and stopped after everything else, so a scrape sees the shutdown too; the collectors
 	// registered below are read at scrape time.
 	stopMetrics, _, err := startMetrics(cfg.MetricsListen, cfg.MetricsToken, ms, log)
