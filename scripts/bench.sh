@@ -31,6 +31,7 @@ run 'RawBoot|CreateToReady' 10x ./internal/vmm/qemu/
 run 'ExecTrue' 100x ./internal/vmm/qemu/
 run 'APIExecWait$' 300x ./test/e2e/
 run 'APIExecWaitMetrics' 300x ./test/e2e/
+run 'APIExecWaitObservability' 300x ./test/e2e/
 run 'Record' 1s ./internal/metrics/
 run 'APICreateToReady' 10x ./test/e2e/
 run 'AttachDetach' 100x ./internal/network/

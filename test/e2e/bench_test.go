@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/aetherium/aetherium/internal/tracing/tracingtest"
 	"github.com/aetherium/aetherium/pkg/client"
 )
 
@@ -81,6 +84,47 @@ func BenchmarkAPIExecWaitMetrics(b *testing.B) {
 		benchExecWait(b, c)
 		cancel()
 		b.ReportMetric(float64(<-scraped), "scrapes")
+	})
+}
+
+// BenchmarkAPIExecWaitObservability is BenchmarkAPIExecWait on Docker with everything that observes off, then on:
+// metrics (scraped every second), tracing (every request exported to an OTLP receiver in the test) and log
+// shipping (every log line and the exec's output pushed as Loki protobuf to a receiver that takes it), for the
+// overhead the issue bounds at 5 %.
+func BenchmarkAPIExecWaitObservability(b *testing.B) {
+	b.Run("off", func(b *testing.B) { benchExecWait(b, serveBench(b, "docker", "AETHERIUM_METRICS_LISTEN=off")) })
+	b.Run("on", func(b *testing.B) {
+		rcv := tracingtest.New(b)
+		var pushes atomic.Int64
+		loki := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			pushes.Add(1)
+			w.WriteHeader(http.StatusNoContent)
+		}))
+		b.Cleanup(loki.Close)
+		maddr := freePort(b)
+		c := serveBench(b, "docker", "AETHERIUM_METRICS_LISTEN="+maddr, "AETHERIUM_OTLP_ENDPOINT="+rcv.URL,
+			"AETHERIUM_LOKI_URL="+loki.URL)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				if resp, err := http.Get("http://" + maddr + "/metrics"); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		}()
+		benchExecWait(b, c)
+		b.ReportMetric(float64(len(rcv.Spans())), "spans")
+		b.ReportMetric(float64(pushes.Load()), "log-pushes")
 	})
 }
 

@@ -78,6 +78,7 @@ app.kubernetes.io/part-of: aetherium
 {{ include "aetherium.secretEnv" (dict "root" $root "env" "AETHERIUM_SLACK_BOT_TOKEN" "ref" $s.slackBotToken "optional" true) }}
 {{ include "aetherium.secretEnv" (dict "root" $root "env" "AETHERIUM_LOKI_PASSWORD" "ref" $s.lokiPassword "optional" true) }}
 {{ include "aetherium.secretEnv" (dict "root" $root "env" "AETHERIUM_LOKI_BEARER_TOKEN" "ref" $s.lokiBearerToken "optional" true) }}
+{{ include "aetherium.secretEnv" (dict "root" $root "env" "AETHERIUM_OTLP_HEADERS" "ref" $s.otlpHeaders "optional" true) }}
 {{- if and .Values.metrics.enabled .Values.metrics.token.enabled }}
 {{ include "aetherium.secretEnv" (dict "root" $root "env" "AETHERIUM_METRICS_TOKEN" "ref" .Values.metrics.token) }}
 {{- end }}
