@@ -95,3 +95,30 @@ func TestShipConsole(t *testing.T) {
 		}
 	}
 }
+
+// TestRunOutputShipsLines: an agent run's output reaches the sink line by line, scrubbed, as kind exec with the
+// run's id (and its VM, owner and task) in metadata, so GET /logs?run_id= finds it.
+func TestRunOutputShipsLines(t *testing.T) {
+	sink := &collectSink{}
+	const secret = "sk-owner-secret-value-123"
+	tr := &transcript{w: &Worker{cfg: Config{ID: "w1", Logs: sink}}, ctx: context.Background(),
+		scrub: secrets.NewScrubber(secret), kick: make(chan struct{}, 1),
+		run: &model.Run{ID: "run-1", OwnerID: "owner-1", VMID: "vm-1", TaskID: "task-1"}}
+	o := newAgentOutput(tr, "text")
+	_, _ = o.stdout().Write([]byte("cloning\nthe key is " + secret + "\n"))
+	_, _ = o.stderr().Write([]byte("warning: x"))
+	o.finish()
+	if len(sink.entries) != 3 {
+		t.Fatalf("%d entries, want 3: %+v", len(sink.entries), sink.entries)
+	}
+	for i, want := range []struct{ stream, text string }{{"stdout", "cloning"}, {"stdout", "the key is "}, {"stderr", "warning: x"}} {
+		en := sink.entries[i]
+		if en.Metadata[logs.MetaStream] != want.stream || !strings.HasPrefix(en.Line, want.text) || strings.Contains(en.Line, secret) {
+			t.Errorf("entry %d: %q on %s, want %q… on %s, scrubbed", i, en.Line, en.Metadata[logs.MetaStream], want.text, want.stream)
+		}
+		if en.Metadata[logs.MetaRunID] != "run-1" || en.Metadata[logs.MetaVMID] != "vm-1" || en.Metadata[logs.MetaOwnerID] != "owner-1" ||
+			en.Metadata[logs.MetaTaskID] != "task-1" || en.Labels.Kind != logs.KindExec || en.Labels.Worker != "w1" {
+			t.Errorf("entry %d: labels %+v metadata %v", i, en.Labels, en.Metadata)
+		}
+	}
+}

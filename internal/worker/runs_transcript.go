@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"io"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/aetherium/aetherium/internal/agents"
 	"github.com/aetherium/aetherium/internal/events"
+	"github.com/aetherium/aetherium/internal/logs"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/secrets"
 	"github.com/aetherium/aetherium/internal/task"
@@ -180,6 +182,7 @@ func (o *agentOutput) stdoutLine(line []byte, cut bool) {
 	if len(bytes.TrimSpace(line)) == 0 {
 		return
 	}
+	o.ship(0, line)
 	if o.format == agents.OutputClaudeStreamJSON && !cut && json.Valid(line) && bytes.HasPrefix(bytes.TrimSpace(line), []byte("{")) {
 		scrubbed := o.t.scrub.Bytes(line)
 		if !json.Valid(scrubbed) {
@@ -207,6 +210,7 @@ func (o *agentOutput) stdoutLine(line []byte, cut bool) {
 }
 
 func (o *agentOutput) stderrLine(line []byte, _ bool) {
+	o.ship(1, line)
 	o.t.text(model.RunEventStderr, string(line))
 	o.mu.Lock()
 	o.tail = append(o.tail, o.t.scrub.Bytes(line)...)
@@ -312,4 +316,31 @@ func (l *lineSplitter) flush() {
 		l.line(l.buf, false)
 		l.buf = nil
 	}
+}
+
+// ship sends a line of the agent's output (stream 0 stdout, 1 stderr), scrubbed, to the log sink as kind "exec",
+// with the run's id in its structured metadata, so `GET /logs?run_id=` finds what the agent printed, as for the
+// lines of an execution.
+func (o *agentOutput) ship(stream int, line []byte) {
+	if o.t.w == nil || o.t.w.cfg.Logs == nil {
+		return
+	}
+	sink := o.t.w.cfg.Logs
+	o.t.mu.Lock()
+	run := o.t.run
+	o.t.mu.Unlock()
+	text := o.t.scrub.String(strings.ToValidUTF8(string(bytes.TrimSuffix(line, []byte("\r"))), "\uFFFD"))
+	if len(text) > maxLogLine {
+		text = text[:maxLogLine]
+	}
+	meta := map[string]string{logs.MetaRunID: run.ID, logs.MetaOwnerID: run.OwnerID,
+		logs.MetaStream: [2]string{task.StreamStdout, task.StreamStderr}[stream]}
+	if run.VMID != "" {
+		meta[logs.MetaVMID] = run.VMID
+	}
+	if run.TaskID != "" {
+		meta[logs.MetaTaskID] = run.TaskID
+	}
+	_ = sink.Push(o.t.ctx, logs.Entry{Time: time.Now(), Line: text, Metadata: meta,
+		Labels: logs.Labels{Service: "aetherium", Role: "worker", Worker: o.t.w.cfg.ID, Level: "info", Kind: logs.KindExec}})
 }
