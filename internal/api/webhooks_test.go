@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aetherium/aetherium/internal/integrations"
 	"github.com/aetherium/aetherium/internal/model"
@@ -187,5 +188,42 @@ func BenchmarkWebhookRoute(b *testing.B) {
 		if r := e.hook("test", "d-"+strconv.Itoa(i), sig, "", body); r.status != http.StatusAccepted {
 			b.Fatalf("%d %s", r.status, r.body)
 		}
+	}
+}
+
+// TestOrphanedDeliveryIsQueued: a delivery recorded by a gateway that stopped before queueing its task (simulated
+// by recording it in the store alone) is queued by the sweep once it is old enough, exactly once, with the task its
+// record names; a delivery that has its task, and a fresh one, are left alone.
+func TestOrphanedDeliveryIsQueued(t *testing.T) {
+	e := webhookEnv(t)
+	ctx := t.Context()
+	old := time.Now().Add(-10 * time.Minute)
+	orphan := &store.WebhookDelivery{Integration: "test", DeliveryID: "orphan", Event: "e", Body: []byte(`{}`), ReceivedAt: old}
+	fresh := &store.WebhookDelivery{Integration: "test", DeliveryID: "fresh", Event: "e", Body: []byte(`{}`), ReceivedAt: time.Now()}
+	for _, d := range []*store.WebhookDelivery{orphan, fresh} {
+		if _, err := e.st.Webhooks().Record(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queued := &store.WebhookDelivery{Integration: "test", DeliveryID: "queued", Event: "e", Body: []byte(`{}`), ReceivedAt: old}
+	if dup, err := e.svc.RecordWebhook(ctx, queued); err != nil || dup {
+		t.Fatalf("RecordWebhook = %v, %v", dup, err)
+	}
+	if n := len(e.webhookTasks(t)); n != 1 {
+		t.Fatalf("%d webhook tasks before the sweep, want 1", n)
+	}
+	n, err := e.svc.RequeueOrphanedWebhooks(ctx, 2*time.Minute)
+	if err != nil || n != 1 {
+		t.Fatalf("sweep queued %d (%v), want 1", n, err)
+	}
+	tk, err := e.st.Tasks().Get(ctx, orphan.ID)
+	if err != nil || tk.Type != model.TaskWebhookProcess || !strings.Contains(string(tk.Payload), orphan.ID) {
+		t.Fatalf("the orphan's task: %+v %v", tk, err)
+	}
+	if n, err := e.svc.RequeueOrphanedWebhooks(ctx, 2*time.Minute); err != nil || n != 0 {
+		t.Fatalf("second sweep queued %d (%v), want 0", n, err)
+	}
+	if n := len(e.webhookTasks(t)); n != 2 {
+		t.Fatalf("%d webhook tasks after the sweeps, want 2 (the fresh delivery is not old enough)", n)
 	}
 }

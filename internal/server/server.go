@@ -306,7 +306,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		if cfg.RedisURL != "" {
 			go requeueStale(reqCtx, svc, log)
 		}
-		go reapLostRuns(reqCtx, svc, log)
+		go sweep(reqCtx, svc, log)
 	}
 
 	var runErr error
@@ -433,25 +433,35 @@ func requeueStale(ctx context.Context, svc *task.Service, log *slog.Logger) {
 	}
 }
 
-// lostRunSweep is how often a gateway looks for runs whose worker is lost (task.Service.ReapLostRuns).
-const lostRunSweep = 30 * time.Second
+// sweepEvery is how often a gateway sweeps (sweep); orphanedWebhookAge is how long a recorded delivery may wait
+// for its task before it is taken to have none.
+const (
+	sweepEvery         = 30 * time.Second
+	orphanedWebhookAge = 2 * time.Minute
+)
 
-// reapLostRuns periodically ends the runs whose worker is lost, so that their end reaches notifications and
-// integrations even when nobody reads them. Every gateway may do it: ending a run is a conditional update.
-func reapLostRuns(ctx context.Context, svc *task.Service, log *slog.Logger) {
-	t := time.NewTicker(lostRunSweep)
+// sweep periodically does what no request would: it ends the runs whose worker is lost, so that their end reaches
+// notifications and integrations even when nobody reads them (task.Service.ReapLostRuns), and queues the task of a
+// webhook delivery whose gateway stopped between recording it and queueing its task
+// (task.Service.RequeueOrphanedWebhooks). Every gateway may: both are conditional updates.
+func sweep(ctx context.Context, svc *task.Service, log *slog.Logger) {
+	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			n, err := svc.ReapLostRuns(ctx)
-			if err != nil && ctx.Err() == nil {
-				log.Warn("sweep of runs on lost workers failed", "err", err)
-			} else if n > 0 {
-				log.Info("failed runs whose worker is lost", "count", n)
-			}
+		}
+		if n, err := svc.ReapLostRuns(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("sweep of runs on lost workers failed", "err", err)
+		} else if n > 0 {
+			log.Info("failed runs whose worker is lost", "count", n)
+		}
+		if n, err := svc.RequeueOrphanedWebhooks(ctx, orphanedWebhookAge); err != nil && ctx.Err() == nil {
+			log.Warn("sweep of webhook deliveries without a task failed", "err", err)
+		} else if n > 0 {
+			log.Info("queued webhook deliveries that had no task", "count", n)
 		}
 	}
 }

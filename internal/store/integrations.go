@@ -52,6 +52,12 @@ type WebhookStore interface {
 	Finish(ctx context.Context, id, status, errText string) error
 	// SaveProgress replaces the delivery's progress document (valid JSON, at most MaxWebhookProgress bytes).
 	SaveProgress(ctx context.Context, id string, progress []byte) error
+	// ListReceived returns up to limit deliveries still DeliveryReceived (never attempted) whose last update is
+	// before before, oldest first: those whose webhook:process task may never have been queued.
+	ListReceived(ctx context.Context, before time.Time, limit int) ([]*WebhookDelivery, error)
+	// Touch sets the delivery's updated_at to now if it is still DeliveryReceived and was last updated before
+	// before, and reports whether it did: of several processes touching one delivery, one wins.
+	Touch(ctx context.Context, id string, before time.Time) (bool, error)
 }
 
 // MaxWebhookProgress bounds a delivery's progress document: ids and a little state, never output.

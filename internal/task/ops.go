@@ -36,7 +36,9 @@ func (s *Service) submit(ctx context.Context, t *model.Task, payload any) (err e
 	if err != nil {
 		return fmt.Errorf("encode %s payload: %w", t.Type, err)
 	}
-	t.ID = uuid.NewString()
+	if t.ID == "" {
+		t.ID = uuid.NewString() // a caller may name the task: a webhook's is its delivery's record (webhooks.go)
+	}
 	// The producer's span; its context rides in the stored payload, so the worker's span continues the trace
 	// whichever worker takes the task and however long it waits.
 	ctx, span := tracing.Start(ctx, "enqueue "+string(t.Type), trace.WithSpanKind(trace.SpanKindProducer),

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/aetherium/aetherium/internal/model"
@@ -31,14 +32,56 @@ func (s *Service) RecordWebhook(ctx context.Context, d *store.WebhookDelivery) (
 	if !created {
 		return true, nil
 	}
-	t := &model.Task{OwnerID: WebhookOwner, Type: model.TaskWebhookProcess, Priority: model.PriorityDefault}
-	if err := s.submit(ctx, t, WebhookPayload{DeliveryID: d.ID}); err != nil {
+	if err := s.queueWebhook(ctx, d.ID); err != nil {
 		// The record stays: the integration's redelivery would be taken for a duplicate, so mark it failed to
 		// say why nothing happened.
 		_ = s.store.Webhooks().Finish(context.WithoutCancel(ctx), d.ID, store.DeliveryFailed, err.Error())
 		return false, err
 	}
 	return false, nil
+}
+
+// queueWebhook queues the webhook:process task of a recorded delivery. The task has the record's id, so that a
+// delivery whose task was never queued (its gateway died between the two) is told apart by a missing task.
+func (s *Service) queueWebhook(ctx context.Context, recordID string) error {
+	t := &model.Task{ID: recordID, OwnerID: WebhookOwner, Type: model.TaskWebhookProcess, Priority: model.PriorityDefault}
+	return s.submit(ctx, t, WebhookPayload{DeliveryID: recordID})
+}
+
+// RequeueOrphanedWebhooks queues the task of every delivery recorded more than age ago that is still waiting for
+// its first attempt and has no task: its gateway stopped between recording it and queueing its task, and the
+// integration's redelivery would be taken for a duplicate. Of several gateways sweeping at once, one queues each.
+// It returns how many it queued.
+func (s *Service) RequeueOrphanedWebhooks(ctx context.Context, age time.Duration) (int, error) {
+	before := now().Add(-age)
+	ds, err := s.store.Webhooks().ListReceived(ctx, before, 500)
+	if err != nil {
+		return 0, fmt.Errorf("list waiting webhook deliveries: %w", err)
+	}
+	n := 0
+	for _, d := range ds {
+		if _, err := s.store.Tasks().Get(ctx, d.ID); err == nil {
+			continue // queued: it waits in a busy queue, or a retry is due
+		} else if !errors.Is(err, model.ErrNotFound) {
+			return n, fmt.Errorf("find the task of webhook delivery %s: %w", d.ID, err)
+		}
+		won, err := s.store.Webhooks().Touch(ctx, d.ID, before)
+		if err != nil {
+			return n, fmt.Errorf("claim webhook delivery %s: %w", d.ID, err)
+		}
+		if !won {
+			continue // another gateway took it
+		}
+		if err := s.queueWebhook(ctx, d.ID); err != nil {
+			// As when it was received: its task exists now, failed, so say on the record why nothing happened.
+			_ = s.store.Webhooks().Finish(context.WithoutCancel(ctx), d.ID, store.DeliveryFailed, err.Error())
+			return n, fmt.Errorf("queue webhook delivery %s: %w", d.ID, err)
+		}
+		s.log.Warn("queued the task of a webhook delivery whose gateway stopped before queueing it",
+			"integration", d.Integration, "delivery", d.DeliveryID, "event", d.Event)
+		n++
+	}
+	return n, nil
 }
 
 // CreateLink links an outside source to ownerID.

@@ -158,6 +158,43 @@ func (ws webhookStore) SaveProgress(ctx context.Context, id string, progress []b
 	return nil
 }
 
+func (ws webhookStore) ListReceived(ctx context.Context, before time.Time, limit int) ([]*store.WebhookDelivery, error) {
+	if limit <= 0 || limit > 500 {
+		limit = 500
+	}
+	rows, err := ws.s.pool.Query(ctx, "SELECT "+deliveryCols+` FROM webhook_deliveries
+		WHERE status = $1 AND updated_at < $2 ORDER BY updated_at, id LIMIT $3`, store.DeliveryReceived, prep.Time(before), limit)
+	if err != nil {
+		return nil, dbErr("list received webhook deliveries", err)
+	}
+	defer rows.Close()
+	var out []*store.WebhookDelivery
+	for rows.Next() {
+		d, err := scanDelivery(rows)
+		if err != nil {
+			return nil, dbErr("list received webhook deliveries", err)
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, dbErr("list received webhook deliveries", err)
+	}
+	return out, nil
+}
+
+func (ws webhookStore) Touch(ctx context.Context, id string, before time.Time) (bool, error) {
+	cid, ok := prep.UUID(id)
+	if !ok {
+		return false, prep.NotFound("webhook delivery", id)
+	}
+	tag, err := ws.s.pool.Exec(ctx, "UPDATE webhook_deliveries SET updated_at = $2 WHERE id = $1 AND status = $3 AND updated_at < $4",
+		cid, prep.Now(), store.DeliveryReceived, prep.Time(before))
+	if err != nil {
+		return false, dbErr("touch webhook delivery", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
 type linkStore struct{ s *Store }
 
 // IntegrationLinks gives access to the owners' links of outside sources.

@@ -149,6 +149,32 @@ func (ws webhookStore) SaveProgress(ctx context.Context, id string, progress []b
 		"UPDATE webhook_deliveries SET progress = ?, updated_at = ? WHERE id = ?", string(progress), ts(prep.Now()), cid)
 }
 
+func (ws webhookStore) ListReceived(ctx context.Context, before time.Time, limit int) ([]*store.WebhookDelivery, error) {
+	if limit <= 0 || limit > 500 {
+		limit = 500
+	}
+	return collect(ctx, ws.s.r, "list received webhook deliveries", "SELECT "+deliveryCols+
+		" FROM webhook_deliveries WHERE status = ? AND updated_at < ? ORDER BY updated_at, id LIMIT ?",
+		[]any{store.DeliveryReceived, ts(prep.Time(before)), limit}, scanDelivery)
+}
+
+func (ws webhookStore) Touch(ctx context.Context, id string, before time.Time) (bool, error) {
+	cid, ok := prep.UUID(id)
+	if !ok {
+		return false, prep.NotFound("webhook delivery", id)
+	}
+	res, err := ws.s.exec(ctx, "UPDATE webhook_deliveries SET updated_at = ? WHERE id = ? AND status = ? AND updated_at < ?",
+		ts(prep.Now()), cid, store.DeliveryReceived, ts(prep.Time(before)))
+	if err != nil {
+		return false, dbErr("touch webhook delivery", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, dbErr("touch webhook delivery", err)
+	}
+	return n == 1, nil
+}
+
 type linkStore struct{ s *Store }
 
 // IntegrationLinks gives access to the owners' links of outside sources.

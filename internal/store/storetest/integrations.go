@@ -137,6 +137,62 @@ func runWebhooks(t *testing.T, open Opener) {
 			t.Fatalf("SaveProgress of an unknown delivery = %v, want ErrNotFound", err)
 		}
 	})
+	t.Run("ListReceivedAndTouch", func(t *testing.T) {
+		st := open(t)
+		ctx := t.Context()
+		ws := st.Webhooks()
+		mk := func(id string, minute int) *store.WebhookDelivery {
+			d := &store.WebhookDelivery{Integration: "github", DeliveryID: id, Body: []byte(`{}`), ReceivedAt: at(minute)}
+			if _, err := ws.Record(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+		old, older, fresh, attempted := mk("old", 1), mk("older", 0), mk("fresh", 10), mk("attempted", 0)
+		if _, err := ws.Attempt(ctx, attempted.ID); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ws.ListReceived(ctx, at(5), 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || got[0].ID != older.ID || got[1].ID != old.ID {
+			t.Fatalf("ListReceived before minute 5 = %d deliveries, want older then old (not fresh, not attempted)", len(got))
+		}
+		if got, _ := ws.ListReceived(ctx, at(5), 1); len(got) != 1 || got[0].ID != older.ID {
+			t.Fatalf("ListReceived with limit 1 = %d", len(got))
+		}
+		// Of several touches of one delivery, one wins; the touched delivery is no longer listed as old.
+		won := 0
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				ok, err := ws.Touch(ctx, old.ID, at(5))
+				if err != nil {
+					t.Error(err)
+				}
+				if ok {
+					mu.Lock()
+					won++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if won != 1 {
+			t.Fatalf("%d of 4 concurrent touches won, want 1", won)
+		}
+		if got, _ := ws.ListReceived(ctx, at(5), 10); len(got) != 1 || got[0].ID != older.ID {
+			t.Fatalf("after the touch ListReceived = %d deliveries, want only older", len(got))
+		}
+		if ok, err := ws.Touch(ctx, attempted.ID, at(5)); ok || err != nil {
+			t.Fatalf("Touch of an attempted delivery = %v, %v; want false", ok, err)
+		}
+		if ok, err := ws.Touch(ctx, fresh.ID, at(5)); ok || err != nil {
+			t.Fatalf("Touch of a fresh delivery = %v, %v; want false", ok, err)
+		}
+	})
 	t.Run("ConcurrentRecord", func(t *testing.T) {
 		st := open(t)
 		const n = 8
