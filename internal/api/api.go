@@ -212,6 +212,7 @@ func (s *server) routes() {
 		r.Group(func(r chi.Router) {
 			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody, s.idempotent)
 			r.Get("/status", s.status)
+			s.adminRoutes(r)
 			r.Post("/vms", s.createVM)
 			r.Get("/vms", s.listVMs)
 			r.Get("/vms/{id}", s.getVM)

@@ -24,6 +24,7 @@ type reqInfo struct {
 	id      string
 	ownerID string
 	keyID   string
+	admin   bool // an admin key (requireAdmin)
 }
 
 type ctxKey int
@@ -205,7 +206,7 @@ func (s *server) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		if ri, ok := r.Context().Value(infoKey).(*reqInfo); ok {
-			ri.ownerID, ri.keyID = key.OwnerID, key.ID
+			ri.ownerID, ri.keyID, ri.admin = key.OwnerID, key.ID, key.Admin
 		}
 		if !s.limitKey(w, r, key.ID) {
 			return

@@ -213,8 +213,13 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		if err != nil {
 			return fmt.Errorf("guest_ca_files: %w", err)
 		}
+		resources, err := workerResources(cfg)
+		if err != nil {
+			return err
+		}
 		w, err = worker.New(worker.Config{
-			ID: cfg.WorkerID, Store: st, Queue: q, Backend: backend, Logger: log,
+			Resources: resources,
+			ID:        cfg.WorkerID, Store: st, Queue: q, Backend: backend, Logger: log,
 			MaxOutputBytes: cfg.MaxOutput, Capacity: cfg.Concurrency, Events: bus, APIURL: apiURL, Tools: installer,
 			Secrets:  sm,
 			ProxyEnv: cp.proxyEnv(),
