@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aetherium/aetherium/internal/events"
+	"github.com/aetherium/aetherium/internal/events/inproc"
 	"github.com/aetherium/aetherium/internal/integrations"
 	"github.com/aetherium/aetherium/internal/integrations/discord"
 	"github.com/aetherium/aetherium/internal/store"
@@ -249,5 +250,48 @@ func TestDiscordFaultsAndRestart(t *testing.T) {
 			}
 			t.Logf("%d requests, faults %v", f.n, f.faults)
 		})
+	}
+}
+
+// TestWithOutboxNeedsNoGateway: an event published through WithOutbox's bus has its outbox rows written at once,
+// with nobody following the bus (no gateway up); the dispatcher that sees it later on the bus adds nothing, also for
+// a notification Discord takes in several messages; events no rule chooses write nothing.
+func TestWithOutboxNeedsNoGateway(t *testing.T) {
+	st := reopeners["sqlite"](t)()
+	defer st.Close()
+	ctx := t.Context()
+	dc, err := discord.New(discord.Config{APIURL: "http://127.0.0.1:1/api"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := integrations.NewRegistry(dc)
+	ns := st.Notifications()
+	if err := ns.CreateRule(ctx, &store.NotificationRule{OwnerID: "o1", Events: []string{"vm.failed"}, Integration: "discord",
+		Destination: "http://127.0.0.1:1/api/webhooks/1/tok"}); err != nil {
+		t.Fatal(err)
+	}
+	bus := inproc.New()
+	defer bus.Close()
+	wrapped := WithOutbox(bus, ns, reg, slog.New(slog.DiscardHandler))
+	data, _ := json.Marshal(map[string]string{"reason": strings.Repeat("long reason line\n", 300)}) // several messages
+	e := events.Event{Type: "vm.failed", Subject: "vm-1", OwnerID: "o1", Data: data, Time: time.Now()}
+	if err := wrapped.Publish(ctx, "vms", e); err != nil {
+		t.Fatal(err)
+	}
+	_ = wrapped.Publish(ctx, "vms", events.Event{Type: "vm.started", Subject: "vm-1", OwnerID: "o1"})
+	rows, err := ns.ListOutbox(ctx, "o1", "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := dc.Parts(render("vm.failed", e))
+	if parts < 2 || len(rows) != parts {
+		t.Fatalf("%d outbox rows for a notification of %d messages, want one per message", len(rows), parts)
+	}
+	d, err := New(Config{Store: ns, Integrations: reg, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.Enqueue(ctx, e); err != nil || n != 0 {
+		t.Fatalf("the dispatcher's enqueue of the same event added %d rows (%v), want 0", n, err)
 	}
 }
