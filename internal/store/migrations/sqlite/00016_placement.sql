@@ -1,5 +1,5 @@
 -- Placement across workers (issue 14): a worker can be drained by an admin (it takes no new VMs; a heartbeat never
--- clears it), and an owner can have quotas (0: no limit). Keep in step with ../postgres/00020_placement.sql.
+-- clears it), and an owner can have quotas (0: no limit). Keep in step with ../postgres/00016_placement.sql.
 
 -- +goose Up
 ALTER TABLE workers ADD COLUMN drained INTEGER NOT NULL DEFAULT 0 CHECK (drained IN (0, 1));
