@@ -259,13 +259,13 @@ func apikeyCommand() *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tPREFIX\tNAME\tOWNER\tADMIN\tCREATED\tREVOKED")
+			fmt.Fprintln(tw, "ID\tPREFIX\tNAME\tOWNER\tROLE\tCREATED\tREVOKED")
 			for _, k := range keys {
 				revoked := "-"
 				if k.RevokedAt != nil {
 					revoked = k.RevokedAt.Format(time.RFC3339)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\t%s\n", k.ID, k.Prefix, k.Name, k.OwnerID, k.Admin, k.CreatedAt.Format(time.RFC3339), revoked)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Prefix, k.Name, k.OwnerID, k.Role, k.CreatedAt.Format(time.RFC3339), revoked)
 			}
 			return tw.Flush()
 		},

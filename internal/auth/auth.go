@@ -28,6 +28,15 @@ const keyPrefix = "ae_"
 // NewKey makes a new key for owner. It returns the plaintext (shown once, never stored) and the record to store.
 // An empty ownerID gives the key a new owner of its own.
 func NewKey(ownerID, name string, admin bool) (string, *model.APIKey, error) {
+	role := model.RoleUser
+	if admin {
+		role = model.RoleAdmin
+	}
+	return NewKeyWithRole(ownerID, name, role, nil, nil)
+}
+
+// NewKeyWithRole is NewKey with a role, scopes (nil: every scope of the role) and an expiry (nil: none).
+func NewKeyWithRole(ownerID, name, role string, scopes []string, expires *time.Time) (string, *model.APIKey, error) {
 	pub := make([]byte, 6)
 	secret := make([]byte, 32)
 	if _, err := rand.Read(pub); err != nil {
@@ -47,7 +56,9 @@ func NewKey(ownerID, name string, admin bool) (string, *model.APIKey, error) {
 		Name:      name,
 		Prefix:    keyPrefix + prefix,
 		Hash:      HashKey(plain),
-		Admin:     admin,
+		Role:      role,
+		Scopes:    scopes,
+		ExpiresAt: expires,
 		CreatedAt: time.Now().UTC(),
 	}, nil
 }
