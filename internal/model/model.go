@@ -350,11 +350,11 @@ type Worker struct {
 
 // APIKey is a bearer credential. Only a hash of the secret is stored; the prefix identifies it in lists and logs.
 type APIKey struct {
-	ID         string     `json:"id"`
-	OwnerID    string     `json:"owner_id"`
-	Name       string     `json:"name"`
-	Prefix     string     `json:"prefix"`
-	Hash       string     `json:"-"`
+	ID      string `json:"id"`
+	OwnerID string `json:"owner_id"`
+	Name    string `json:"name"`
+	Prefix  string `json:"prefix"`
+	Hash    string `json:"-"`
 	// Role is "admin" or "user" (RoleAdmin, RoleUser); empty is stored as "user".
 	Role string `json:"role"`
 	// Scopes narrow what the key may do (internal/auth); none: every scope of its role.
