@@ -25,6 +25,8 @@ type Store interface {
 	IntegrationLinks() IntegrationLinkStore
 	Notifications() NotificationStore
 	Events() EventStore
+	SigningKeys() SigningKeyStore
+	Audit() AuditStore
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	Close() error
