@@ -4,7 +4,6 @@
 package auth
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -17,11 +16,16 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/aetherium/aetherium/internal/model"
-	"github.com/aetherium/aetherium/internal/store"
 )
 
-// ErrInvalidKey is returned when a presented key is malformed, unknown or revoked.
+// ErrInvalidKey is returned when a presented key or token is malformed, unknown, revoked or expired.
 var ErrInvalidKey = errors.New("invalid api key")
+
+// ErrExpired wraps ErrInvalidKey for a key or token past its expiry, so the answer can say so.
+var ErrExpired = fmt.Errorf("%w: expired", ErrInvalidKey)
+
+// ErrRevoked wraps ErrInvalidKey for a token whose key was revoked.
+var ErrRevoked = fmt.Errorf("%w: revoked", ErrInvalidKey)
 
 const keyPrefix = "ae_"
 
@@ -75,27 +79,4 @@ func WellFormed(s string) bool {
 		return false
 	}
 	return s[len(keyPrefix)+8] == '_'
-}
-
-// Authenticator checks bearer keys against the store.
-type Authenticator struct {
-	keys store.APIKeyStore
-}
-
-// NewAuthenticator returns an Authenticator over keys.
-func NewAuthenticator(keys store.APIKeyStore) *Authenticator { return &Authenticator{keys: keys} }
-
-// Authenticate returns the key record for plain, or an error wrapping ErrInvalidKey.
-func (a *Authenticator) Authenticate(ctx context.Context, plain string) (*model.APIKey, error) {
-	if !WellFormed(plain) {
-		return nil, ErrInvalidKey
-	}
-	k, err := a.keys.GetByHash(ctx, HashKey(plain))
-	if errors.Is(err, model.ErrNotFound) {
-		return nil, ErrInvalidKey
-	}
-	if err != nil {
-		return nil, fmt.Errorf("look up api key: %w", err)
-	}
-	return k, nil
 }
