@@ -238,6 +238,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 	var (
 		httpSrv     *http.Server
 		auditRec    *audit.Recorder
+		authn       *auth.Authenticator
 		ln          net.Listener
 		svc         *task.Service
 		slackSocket <-chan struct{} // closed once Socket Mode has stopped
@@ -263,8 +264,8 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		}
 		jwt := auth.NewJWT(st.SigningKeys(), sealer, auth.JWTConfig{Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience,
 			RotateEvery: cfg.JWTRotateEvery})
-		authn := auth.NewAuthenticator(st.APIKeys(), auth.WithJWT(jwt), auth.WithLogger(log))
-		// Last uses of keys are written every 30 s, and once more when ctx ends.
+		authn = auth.NewAuthenticator(st.APIKeys(), auth.WithJWT(jwt), auth.WithLogger(log))
+		// Last uses of keys are written every 30 s, and once more at shutdown (below).
 		go authn.Run(ctx)
 		auditRec = audit.NewRecorder(st.Audit(), audit.Options{Retention: cfg.AuditRetention, Logger: log})
 		handler := api.New(api.Config{Service: svc, Auth: authn, Logger: log, Version: version,
@@ -366,6 +367,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		// After the API: the calls it finished are all queued; write them before the store closes.
 		actx, acancel := context.WithTimeout(context.Background(), 10*time.Second)
 		auditRec.Close(actx)
+		authn.Flush(actx)
 		acancel()
 	}
 	if wapiSrv != nil {
