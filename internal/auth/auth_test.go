@@ -234,3 +234,38 @@ func TestJWT(t *testing.T) {
 		t.Fatalf("after pruning: %d keys, want 2", len(rows))
 	}
 }
+
+// TestJWTMixedKeyrings: a gateway that cannot open the sealed signing key makes one of its own instead of failing,
+// and every gateway accepts the other's tokens (the public keys are shared through the store).
+func TestJWTMixedKeyrings(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	key, _ := secrets.GenerateKey()
+	kr, _ := secrets.NewKeyring(key)
+	sealed := NewJWT(st.SigningKeys(), kr, JWTConfig{})
+	plain := NewJWT(st.SigningKeys(), nil, JWTConfig{})
+	p := &Principal{KeyID: "k", OwnerID: "o", Role: model.RoleUser, Scopes: []string{ScopeExec}}
+	t1, _, err := sealed.Issue(ctx, p, time.Minute, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2, _, err := plain.Issue(ctx, p, time.Minute, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		j   *JWT
+		tok string
+	}{{sealed, t2}, {plain, t1}} {
+		if _, err := c.j.Verify(ctx, c.tok); err != nil {
+			t.Fatalf("verify: %v", err)
+		}
+	}
+	// Issuing again makes no further keys.
+	if _, _, err := plain.Issue(ctx, p, time.Minute, nil); err != nil {
+		t.Fatal(err)
+	}
+	if rows, _ := st.SigningKeys().List(ctx); len(rows) != 2 {
+		t.Fatalf("%d signing keys, want 2", len(rows))
+	}
+}

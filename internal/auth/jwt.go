@@ -254,9 +254,15 @@ func (j *JWT) current(ctx context.Context) (*sigKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(keys) > 0 && keys[0].priv != nil &&
-		(j.cfg.RotateEvery < 0 || j.now().Sub(keys[0].created) < j.cfg.RotateEvery) {
-		return keys[0], nil
+	due := len(keys) == 0 || j.cfg.RotateEvery >= 0 && j.now().Sub(keys[0].created) >= j.cfg.RotateEvery
+	if !due {
+		// The newest key this process can open (a gateway without the keyring cannot open sealed ones; it signs
+		// with one of its own, which every gateway accepts).
+		for _, k := range keys {
+			if k.priv != nil && (j.cfg.RotateEvery < 0 || j.now().Sub(k.created) < j.cfg.RotateEvery) {
+				return k, nil
+			}
+		}
 	}
 	if _, err := j.Rotate(ctx); err != nil {
 		return nil, err
@@ -265,10 +271,12 @@ func (j *JWT) current(ctx context.Context) (*sigKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(keys) == 0 || keys[0].priv == nil {
-		return nil, errors.New("no usable signing key")
+	for _, k := range keys {
+		if k.priv != nil {
+			return k, nil
+		}
 	}
-	return keys[0], nil
+	return nil, errors.New("no usable signing key")
 }
 
 // ErrScopeNotHeld is returned by Issue when a requested scope is not the caller's.
