@@ -225,9 +225,9 @@ func printKeys(out io.Writer, keys []client.APIKey) error {
 	return tw.Flush()
 }
 
-// authCommand holds the server-side token commands.
+// authCommand holds the token commands: token and audit go through the API, rotate-signing-key works on the store.
 func authCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "auth", Short: "Server-side authentication settings (JWT signing keys)"}
+	cmd := &cobra.Command{Use: "auth", Short: "Tokens, the audit log and the JWT signing keys"}
 	rotate := &cobra.Command{
 		Use:   "rotate-signing-key",
 		Short: "Make a new JWT signing key, current from now on, directly in the configured store",
@@ -266,6 +266,80 @@ own every jwt_rotate_every (default 30 days).`,
 		},
 	}
 	config.Flags(rotate.Flags())
-	cmd.AddCommand(rotate)
+
+	var scopes []string
+	var expiresIn time.Duration
+	var serverURL string
+	token := &cobra.Command{
+		Use:   "token",
+		Short: "Exchange the API key (AETHERIUM_API_KEY) for a short-lived JWT and print it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := remoteClient(cmd, false, serverURL)
+			if err != nil {
+				return err
+			}
+			if c == nil {
+				return errors.New("a server (--server or " + cli.EnvServer + ") and an API key (" + cli.EnvAPIKey + " or " + cli.EnvAPIKeyFile + ") are required")
+			}
+			tok, err := c.IssueToken(cmd.Context(), client.TokenRequest{ExpiresIn: int(expiresIn / time.Second), Scopes: scopes})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.ErrOrStderr(), "token valid until", tok.ExpiresAt.Format(time.RFC3339), "with scopes", strings.Join(tok.Scopes, ","))
+			fmt.Fprintln(cmd.OutOrStdout(), tok.Token)
+			return nil
+		},
+	}
+	token.Flags().StringSliceVar(&scopes, "scope", nil, "narrow the token to this scope (repeat; default: the key's)")
+	token.Flags().DurationVar(&expiresIn, "expires-in", 0, "the token's lifetime (default and at most 1h)")
+	token.Flags().StringVar(&serverURL, "server", "", "the API server (default "+cli.EnvServer+")")
+
+	var q client.AuditQuery
+	var since time.Duration
+	auditCmd := &cobra.Command{
+		Use:   "audit",
+		Short: "Show the audit log, newest first (admin key; through the API)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := remoteClient(cmd, false, serverURL)
+			if err != nil {
+				return err
+			}
+			if c == nil {
+				return errors.New("a server (--server or " + cli.EnvServer + ") and an admin API key are required")
+			}
+			if since > 0 {
+				q.Since = time.Now().Add(-since)
+			}
+			l, err := c.ListAudit(cmd.Context(), q)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME	KEY	OWNER	ROLE	METHOD	ROUTE	PARAMS	STATUS	SOURCE	REQUEST")
+			for _, e := range l.Entries {
+				var ps []string
+				for k, v := range e.Params {
+					ps = append(ps, k+"="+v)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.At.Format(time.RFC3339), e.KeyID, e.OwnerID,
+					e.Role, e.Method, e.Route, strings.Join(ps, ","), e.Status, e.Source, e.RequestID)
+			}
+			if l.NextCursor != "" {
+				fmt.Fprintln(cmd.ErrOrStderr(), "more: --cursor", l.NextCursor)
+			}
+			return tw.Flush()
+		},
+	}
+	auditCmd.Flags().StringVar(&q.KeyID, "key-id", "", "only this key's calls")
+	auditCmd.Flags().StringVar(&q.Owner, "owner", "", "only this owner's calls")
+	auditCmd.Flags().StringVar(&q.Method, "method", "", "only this method")
+	auditCmd.Flags().IntVar(&q.Status, "status", 0, "only this status")
+	auditCmd.Flags().DurationVar(&since, "since", 0, "only the calls of this last while (e.g. 24h)")
+	auditCmd.Flags().IntVar(&q.Limit, "limit", 0, "at most this many (default 100)")
+	auditCmd.Flags().StringVar(&q.Cursor, "cursor", "", "the next page (printed after a full page)")
+	auditCmd.Flags().StringVar(&serverURL, "server", "", "the API server (default "+cli.EnvServer+")")
+	cmd.AddCommand(rotate, token, auditCmd)
 	return cmd
 }

@@ -3,14 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/aetherium/aetherium/internal/api"
+	"github.com/aetherium/aetherium/internal/audit"
 	"github.com/aetherium/aetherium/internal/auth"
 	"github.com/aetherium/aetherium/internal/cli"
 	"github.com/aetherium/aetherium/internal/config"
@@ -19,8 +22,11 @@ import (
 
 func runCmd(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
+	if args[0] != "auth" || args[1] == "rotate-signing-key" {
+		args = append(args, "--log-level", "warn") // the commands that read the configuration
+	}
 	var out, errb bytes.Buffer
-	code := run(append(args, "--log-level", "warn"), strings.NewReader(""), &out, &errb)
+	code := run(args, strings.NewReader(""), &out, &errb)
 	return out.String(), errb.String(), code
 }
 
@@ -54,7 +60,12 @@ func TestAPIKeyCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	srv := httptest.NewServer(api.New(api.Config{Auth: auth.NewAuthenticator(st.APIKeys()), APIKeys: st.APIKeys()}))
+	quiet := slog.New(slog.DiscardHandler)
+	rec := audit.NewRecorder(st.Audit(), audit.Options{FlushEvery: time.Hour, Logger: quiet})
+	defer rec.Close(ctx)
+	jwt := auth.NewJWT(st.SigningKeys(), nil, auth.JWTConfig{})
+	srv := httptest.NewServer(api.New(api.Config{Auth: auth.NewAuthenticator(st.APIKeys(), auth.WithJWT(jwt)),
+		APIKeys: st.APIKeys(), Audit: rec, AuditStore: st.Audit(), Logger: quiet}))
 	defer srv.Close()
 	t.Setenv(cli.EnvServer, srv.URL)
 	t.Setenv(cli.EnvAPIKey, admin)
@@ -83,11 +94,22 @@ func TestAPIKeyCommands(t *testing.T) {
 		t.Fatalf("list with a user key: %d %s", code, errOut)
 	}
 
+	t.Setenv(cli.EnvAPIKey, admin)
+	out, errOut, code = runCmd(t, "auth", "token")
+	if code != 0 || !auth.LooksLikeJWT(strings.TrimSpace(out)) {
+		t.Fatalf("auth token: %d %s %s", code, out, errOut)
+	}
+	rec.Flush(ctx)
+	out, errOut, code = runCmd(t, "auth", "audit")
+	if code != 0 || !strings.Contains(out, "/api/v1/apikeys") {
+		t.Fatalf("auth audit: %d %s %s", code, out, errOut)
+	}
+
 	out, errOut, code = runCmd(t, "auth", "rotate-signing-key")
 	if code != 0 || !strings.Contains(out, "new signing key") {
 		t.Fatalf("rotate-signing-key: %d %s %s", code, out, errOut)
 	}
-	if ks, _ := st.SigningKeys().List(ctx); len(ks) != 1 {
+	if ks, _ := st.SigningKeys().List(ctx); len(ks) != 2 {
 		t.Fatalf("signing keys: %d", len(ks))
 	}
 }
