@@ -44,11 +44,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	workerCmd := roleCommand("worker", "Run a worker that owns the VMs of this host (production: PostgreSQL and Redis); "+
+		"`worker list|drain|undrain` manage the workers (admin keys)", server.Roles{Worker: true})
 	root.AddCommand(
 		roleCommand("serve", "Run the API and a worker in one process on embedded defaults (SQLite, in-process queue)",
 			server.Roles{API: true, Worker: true, Bootstrap: true}),
 		roleCommand("gateway", "Run the REST API (production: PostgreSQL and Redis)", server.Roles{API: true}),
-		roleCommand("worker", "Run a worker that owns the VMs of this host (production: PostgreSQL and Redis)", server.Roles{Worker: true}),
+		workerCmd,
 		migrateCommand(),
 		apikeyCommand(),
 		authCommand(),
@@ -61,6 +63,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		cli.WithAPIKeyHint("create one with `aetherium apikey create --name NAME` on the server host, or use the key "+
 			"`aetherium serve` printed (kept in ~/.aetherium/admin-api-key)"))
 	addSecretAdmin(clientCmds)
+	workerCmd.AddCommand(cli.NewWorkerAdminCommands(cli.IOStreams{In: stdin, Out: stdout, ErrOut: stderr},
+		cli.WithUserAgent("aetherium-cli/"+version), cli.WithVersion(version))...)
 	root.AddCommand(clientCmds...)
 	err := root.Execute()
 	var exit *cli.ExitError

@@ -236,6 +236,7 @@ func (s *server) routes() {
 		r.Group(func(r chi.Router) {
 			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody, s.idempotent)
 			r.With(read).Get("/status", s.status)
+			s.adminRoutes(r)
 			r.With(write).Post("/vms", s.createVM)
 			r.With(read).Get("/vms", s.listVMs)
 			r.With(read).Get("/vms/{id}", s.getVM)

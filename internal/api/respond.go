@@ -66,6 +66,11 @@ func (s *server) writeServiceError(w http.ResponseWriter, r *http.Request, err e
 			msg = nf.Error()
 		}
 		s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, msg)
+	case errors.Is(err, task.ErrQuotaExceeded):
+		s.writeError(w, r, http.StatusForbidden, client.CodeQuotaExceeded, err.Error())
+	case errors.Is(err, task.ErrNoCapacity):
+		w.Header().Set("Retry-After", "30")
+		s.writeError(w, r, http.StatusServiceUnavailable, client.CodeNoCapacity, err.Error())
 	case errors.Is(err, task.ErrVMPaused):
 		s.writeError(w, r, http.StatusConflict, client.CodeVMPaused, err.Error())
 	case errors.Is(err, task.ErrVMNotRunning):

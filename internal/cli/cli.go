@@ -140,7 +140,7 @@ func NewClientCommands(streams IOStreams, opts ...Option) []*cobra.Command {
 		a.httpClient = defaultHTTPClient()
 	}
 	cmds := []*cobra.Command{a.vmCommand(), a.taskCommand(), a.jobCommand(), a.secretCommand(), a.runCommand(), a.agentsCommand(), a.logsCommand(),
-		a.integrationCommand(), a.notifyCommand(), a.mcpCommand(), a.eventsCommand()}
+		a.integrationCommand(), a.notifyCommand(), a.mcpCommand(), a.eventsCommand(), a.workersCommand(), a.quotaCommand()}
 	for _, c := range cmds {
 		a.addPersistentFlags(c)
 		c.SetIn(a.streams.In)
@@ -149,6 +149,24 @@ func NewClientCommands(streams IOStreams, opts ...Option) []*cobra.Command {
 		c.SetFlagErrorFunc(a.flagError)
 	}
 	return cmds
+}
+
+// NewWorkerAdminCommands are `list`, `drain` and `undrain` for the `aetherium worker` server command, with the
+// client's flags of their own (the server command's flags are its configuration).
+func NewWorkerAdminCommands(streams IOStreams, opts ...Option) []*cobra.Command {
+	var out []*cobra.Command
+	for _, top := range NewClientCommands(streams, opts...) {
+		if top.Name() != "workers" {
+			continue
+		}
+		for _, c := range top.Commands() {
+			top.RemoveCommand(c)
+			a := top.PersistentFlags()
+			c.PersistentFlags().AddFlagSet(a)
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // defaultHTTPClient bounds connecting, not answering: answers may legitimately take as long as a ?wait=.

@@ -144,6 +144,14 @@ type Config struct {
 	// OTLPEndpoint, when set, exports traces (a span per API request, the task's wait in the queue, the worker's
 	// steps and agent calls, as one trace) over OTLP/HTTP (internal/tracing). OTLPHeaders are sent with every export
 	// ("k=v,k2=v2", e.g. a backend's API key: never logged); TraceSamplePercent is the share of new traces recorded.
+	// CPUOvercommit and MemoryOvercommit turn placement by capacity on for this worker: it offers new VMs its CPUs
+	// times CPUOvercommit as vCPUs and its memory (less 1 GiB for the host) times MemoryOvercommit, and at most
+	// MaxVMs VMs (0: no count limit); gateways place creates by that free capacity and the worker refuses (and
+	// re-places) what does not fit. 0: off, the worker takes every VM it is given.
+	CPUOvercommit    float64 `yaml:"cpu_overcommit"`
+	MemoryOvercommit float64 `yaml:"memory_overcommit"`
+	MaxVMs           int     `yaml:"max_vms"`
+
 	OTLPEndpoint       string `yaml:"otlp_endpoint"`
 	OTLPHeaders        string `yaml:"otlp_headers"`
 	TraceSamplePercent int    `yaml:"trace_sample_percent"`
@@ -341,6 +349,9 @@ var settings = []setting{
 	{"loki_password", "password of HTTP basic auth to Loki (prefer loki_password_file or the env: flags show in the process list)", str(func(c *Config) *string { return &c.LokiPassword })},
 	{"loki_password_file", "file holding the Loki password", str(func(c *Config) *string { return &c.LokiPasswordFile })},
 	{"loki_bearer_token", "bearer token sent to Loki instead of basic auth (prefer the env)", str(func(c *Config) *string { return &c.LokiBearerToken })},
+	{"cpu_overcommit", "placement by capacity: vCPUs this worker offers per host CPU (e.g. 4); 0: placement by capacity off, the worker takes every VM", number(func(c *Config) *float64 { return &c.CPUOvercommit })},
+	{"memory_overcommit", "placement by capacity: memory this worker offers per MB of host memory less 1 GiB (e.g. 1.0); 0 with cpu_overcommit set: 1.0", number(func(c *Config) *float64 { return &c.MemoryOvercommit })},
+	{"max_vms", "placement by capacity: most VMs this worker holds at once (0: no count limit)", integer(func(c *Config) *int { return &c.MaxVMs })},
 	{"otlp_endpoint", "OTLP/HTTP receiver traces are exported to (http://otel-collector:4318; /v1/traces is added when the URL has no path); empty: tracing off, at no cost", str(func(c *Config) *string { return &c.OTLPEndpoint })},
 	{"otlp_headers", "headers sent with every trace export, k=v comma-separated (a hosted backend's API key; prefer the env)", str(func(c *Config) *string { return &c.OTLPHeaders })},
 	{"trace_sample_percent", "percent of new traces recorded, 1 to 100 (requests whose caller sent a sampled traceparent always are)", integer(func(c *Config) *int { return &c.TraceSamplePercent })},
@@ -687,6 +698,15 @@ func (c *Config) normalize() error {
 	}
 	if _, err := c.OTLPHeaderMap(); err != nil {
 		bad("otlp_headers", "%v", err)
+	}
+	if c.CPUOvercommit < 0 || c.CPUOvercommit > 64 {
+		bad("cpu_overcommit", "must be between 0 (off) and 64 (got %g)", c.CPUOvercommit)
+	}
+	if c.MemoryOvercommit < 0 || c.MemoryOvercommit > 16 {
+		bad("memory_overcommit", "must be between 0 and 16 (got %g)", c.MemoryOvercommit)
+	}
+	if c.MaxVMs < 0 {
+		bad("max_vms", "must be 0 (no limit) or more (got %d)", c.MaxVMs)
 	}
 	if c.TraceSamplePercent < 1 || c.TraceSamplePercent > 100 {
 		bad("trace_sample_percent", "must be between 1 and 100 (got %d)", c.TraceSamplePercent)

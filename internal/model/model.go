@@ -346,6 +346,18 @@ type Worker struct {
 	Metadata      map[string]string `json:"metadata,omitempty"`
 	StartedAt     time.Time         `json:"started_at"`
 	LastHeartbeat time.Time         `json:"last_heartbeat"`
+	// Drained is set by an admin: the worker takes no new VMs, and its VMs stay until deleted. A heartbeat never
+	// changes it.
+	Drained bool `json:"drained"`
+}
+
+// Quota bounds what one owner may hold at once (VMs that are not stopped, failed or deleted); 0 is no limit.
+type Quota struct {
+	OwnerID     string    `json:"owner_id"`
+	MaxVMs      int       `json:"max_vms"`
+	MaxVCPUs    int       `json:"max_vcpus"`
+	MaxMemoryMB int       `json:"max_memory_mb"`
+	UpdatedAt   time.Time `json:"updated_at"`
 }
 
 // APIKey is a bearer credential. Only a hash of the secret is stored; the prefix identifies it in lists and logs.

@@ -139,11 +139,46 @@ func kind(e events.Event) string {
 
 // Enqueue writes the outbox rows of e (one per matching rule of its owner) in one transaction.
 func (d *Dispatcher) Enqueue(ctx context.Context, e events.Event) (int, error) {
+	return d.enqueue(ctx, d.cfg.Store, e)
+}
+
+// WithOutbox returns bus with every publish of an event that notification rules choose also writing its outbox
+// rows first, in the publisher's own process: so a notification is not lost when no gateway (whose dispatcher
+// follows the bus) runs at that moment, or its subscription drops the event. The dispatcher's own enqueue of the
+// same event adds nothing (the rows' idempotency keys). A failed write is logged; the bus still carries the event.
+//
+// reg must be the registry the gateways' dispatchers have (the same configuration): it says how many messages a
+// notification takes (Discord's split), which the rows' keys count.
+func WithOutbox(bus events.Bus, st store.NotificationStore, reg *integrations.Registry, log *slog.Logger) events.Bus {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &outboxBus{Bus: bus, d: &Dispatcher{cfg: Config{Store: st, Integrations: reg}, log: log}}
+}
+
+type outboxBus struct {
+	events.Bus
+	d *Dispatcher
+}
+
+func (b *outboxBus) Publish(ctx context.Context, topic string, e events.Event) error {
+	if kind(e) != "" && e.OwnerID != "" {
+		ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		if _, err := b.d.Enqueue(ectx, e); err != nil {
+			b.d.log.WarnContext(ctx, "could not write the outbox rows of an event; the gateways' dispatchers may still",
+				"event", e.Type, "subject", e.Subject, "err", err)
+		}
+		cancel()
+	}
+	return b.Bus.Publish(ctx, topic, e)
+}
+
+func (d *Dispatcher) enqueue(ctx context.Context, st store.NotificationStore, e events.Event) (int, error) {
 	k := kind(e)
 	if k == "" || e.OwnerID == "" {
 		return 0, nil
 	}
-	rules, err := d.cfg.Store.ListRules(ctx, e.OwnerID)
+	rules, err := st.ListRules(ctx, e.OwnerID)
 	if err != nil {
 		return 0, err
 	}

@@ -33,6 +33,7 @@ import (
 	"github.com/aetherium/aetherium/internal/integrations/dispatch"
 	"github.com/aetherium/aetherium/internal/metrics"
 	"github.com/aetherium/aetherium/internal/model"
+	"github.com/aetherium/aetherium/internal/notify"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/queue/asynqq"
 	"github.com/aetherium/aetherium/internal/queue/embedded"
@@ -121,6 +122,13 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		return err
 	}
 	defer bus.Close()
+	registry, err := openIntegrations(cfg, log)
+	if err != nil {
+		return err
+	}
+	// Events that notification rules choose write their outbox rows where they are published (a worker's vm.failed,
+	// a run's end...), so no notification depends on a gateway being up to see the event on the bus.
+	bus = notify.WithOutbox(bus, st.Notifications(), registry, log)
 	// Every state change appends to the event log in its own transaction; this announces the appends on the bus,
 	// so that event streams (GET /api/v1/events) wake at once instead of at their next poll.
 	st = eventlog.Wake(st, bus, log)
@@ -214,8 +222,13 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		if err != nil {
 			return fmt.Errorf("guest_ca_files: %w", err)
 		}
+		resources, err := workerResources(cfg)
+		if err != nil {
+			return err
+		}
 		w, err = worker.New(worker.Config{
-			ID: cfg.WorkerID, Store: st, Queue: q, Backend: backend, Logger: log,
+			Resources: resources,
+			ID:        cfg.WorkerID, Store: st, Queue: q, Backend: backend, Logger: log,
 			MaxOutputBytes: cfg.MaxOutput, Capacity: cfg.Concurrency, Events: bus, APIURL: apiURL, Tools: installer,
 			Secrets:  sm,
 			ProxyEnv: cp.proxyEnv(),
@@ -231,10 +244,6 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		}
 	}
 
-	registry, err := openIntegrations(cfg, log)
-	if err != nil {
-		return err
-	}
 	var (
 		httpSrv     *http.Server
 		auditRec    *audit.Recorder

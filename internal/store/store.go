@@ -4,6 +4,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/aetherium/aetherium/internal/model"
@@ -16,6 +17,7 @@ type Store interface {
 	Jobs() JobStore
 	Executions() ExecutionStore
 	Workers() WorkerStore
+	Quotas() QuotaStore
 	APIKeys() APIKeyStore
 	Leases() LeaseStore
 	Idempotency() IdempotencyStore
@@ -117,6 +119,18 @@ type WorkerStore interface {
 	Get(ctx context.Context, id string) (*model.Worker, error)
 	List(ctx context.Context) ([]*model.Worker, error)
 	SetStatus(ctx context.Context, id, status string) error
+	// SetDrained drains or undrains the worker (model.Worker.Drained); Upsert leaves it as it is.
+	SetDrained(ctx context.Context, id string, drained bool) error
+}
+
+// QuotaStore keeps owners' quotas.
+type QuotaStore interface {
+	// Get returns the owner's quota, or an error wrapping model.ErrNotFound when it has none.
+	Get(ctx context.Context, ownerID string) (*model.Quota, error)
+	// Put sets the owner's quota (UpdatedAt filled).
+	Put(ctx context.Context, q *model.Quota) error
+	// Delete removes the owner's quota (no quota: no limit); none is an error wrapping model.ErrNotFound.
+	Delete(ctx context.Context, ownerID string) error
 }
 
 // APIKeyStore persists API keys (hashes only).
@@ -237,4 +251,15 @@ type EventStore interface {
 	// Prune removes what r does not keep, oldest first, so that each owner's log stays a contiguous suffix, and
 	// returns how many events it removed.
 	Prune(ctx context.Context, r EventRetention) (int64, error)
+}
+
+// CheckQuota validates what QuotaStore.Put stores.
+func CheckQuota(q *model.Quota) error {
+	if q.OwnerID == "" || len(q.OwnerID) > 255 {
+		return fmt.Errorf("quota: owner must be 1 to 255 characters: %w", model.ErrInvalidInput)
+	}
+	if q.MaxVMs < 0 || q.MaxVCPUs < 0 || q.MaxMemoryMB < 0 {
+		return fmt.Errorf("quota: limits must be 0 (none) or more: %w", model.ErrInvalidInput)
+	}
+	return nil
 }

@@ -81,15 +81,22 @@ func (s *Service) CreateVM(ctx context.Context, ownerID string, req client.Creat
 	if err != nil {
 		return nil, nil, err
 	}
+	worker, placed, err := s.placeNewVM(ctx, ownerID, spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	queued := ""
+	defer func() { placed(queued) }()
 	vm, err := s.newVM(ctx, ownerID, spec)
 	if err != nil {
 		return nil, nil, err
 	}
-	t := &model.Task{OwnerID: ownerID, Type: model.TaskVMCreate, Priority: prio, VMID: vm.ID}
+	t := &model.Task{OwnerID: ownerID, Type: model.TaskVMCreate, Priority: prio, VMID: vm.ID, TargetWorker: worker}
 	if err := s.submit(ctx, t, VMPayload{VMID: vm.ID}); err != nil {
 		s.failVM(ctx, vm.ID, "creation could not be queued")
 		return nil, nil, err
 	}
+	queued = vm.ID
 	return vm, t, nil
 }
 
@@ -482,6 +489,7 @@ func (s *Service) CreateJob(ctx context.Context, ownerID string, req client.Crea
 	}
 	job.UpdatedAt = job.CreatedAt
 	t := &model.Task{OwnerID: ownerID, Type: model.TaskJobRun, Priority: prio, JobID: job.ID}
+	var queuedVM string // the new VM, once its job is queued (placeNewVM)
 	if req.VM != nil {
 		spec, err := s.normalizeVMSpec(*req.VM)
 		if err != nil {
@@ -491,11 +499,16 @@ func (s *Service) CreateJob(ctx context.Context, ownerID string, req client.Crea
 			}
 			return nil, nil, err
 		}
+		worker, placed, err := s.placeNewVM(ctx, ownerID, spec)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer func() { placed(queuedVM) }()
 		vm, err := s.newVM(ctx, ownerID, spec)
 		if err != nil {
 			return nil, nil, err
 		}
-		job.VMID, job.VMSpec = vm.ID, &spec
+		job.VMID, job.VMSpec, t.TargetWorker = vm.ID, &spec, worker
 	} else {
 		vm, err := s.GetVM(ctx, ownerID, req.VMID)
 		if err != nil {
@@ -525,6 +538,9 @@ func (s *Service) CreateJob(ctx context.Context, ownerID string, req client.Crea
 			return nil
 		})
 		return nil, nil, err
+	}
+	if job.VMSpec != nil {
+		queuedVM = job.VMID
 	}
 	// The job runs now whatever happens next: a failure to link it to its task must not tell the client it failed
 	// (a retry would run the commands twice).

@@ -111,7 +111,7 @@ func (s *Service) CreateRun(ctx context.Context, ownerID string, req client.Crea
 	run := &model.Run{ID: uuid.NewString(), OwnerID: ownerID, Spec: spec, Status: model.RunPending, CreatedAt: now()}
 	run.UpdatedAt = run.CreatedAt
 	t := &model.Task{OwnerID: ownerID, Type: model.TaskRunAgent, Priority: prio}
-	createdVM := false
+	createdVM, queuedVM := false, "" // queuedVM: the new VM, once its run is queued (placeNewVM)
 	if req.VM != nil && req.VM.ID != "" {
 		vm, err := s.GetVM(ctx, ownerID, req.VM.ID)
 		if err != nil {
@@ -147,11 +147,16 @@ func (s *Service) CreateRun(ctx context.Context, ownerID string, req client.Crea
 			}
 			return nil, nil, err
 		}
+		worker, placed, err := s.placeNewVM(ctx, ownerID, vspec)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer func() { placed(queuedVM) }()
 		vm, err := s.newVM(ctx, ownerID, vspec)
 		if err != nil {
 			return nil, nil, err
 		}
-		run.VMID, run.Spec.VMSpec, createdVM = vm.ID, &vspec, true
+		run.VMID, run.Spec.VMSpec, createdVM, t.TargetWorker = vm.ID, &vspec, true, worker
 	}
 	t.VMID = run.VMID
 	if err := s.store.Runs().Create(ctx, run); err != nil {
@@ -169,6 +174,9 @@ func (s *Service) CreateRun(ctx context.Context, ownerID string, req client.Crea
 			return nil
 		})
 		return nil, nil, err
+	}
+	if createdVM {
+		queuedVM = run.VMID
 	}
 	// The run goes ahead whatever happens next: a failure to link it to its task must not fail the request (a
 	// retry would start a second agent).

@@ -75,6 +75,8 @@ type Service struct {
 	// each uses by default.
 	agents   *agents.Catalog
 	gitHosts map[string]string
+	// placer serialises the quota checks and placements of this process's new VMs and keeps its reservations.
+	placer placer
 }
 
 // Option configures a Service.

@@ -40,6 +40,10 @@ func (w *Worker) handleCreate(ctx context.Context, t *model.Task) (json.RawMessa
 // createVM takes a pending VM to running on this worker. On a failed attempt it removes whatever the backend made,
 // so the next attempt starts clean; on the last attempt it marks the VM failed with the reason.
 func (w *Worker) createVM(ctx context.Context, vmID string, last bool, tl *toolLog) (*model.VM, error) {
+	unlock, err := w.admit(ctx, vmID)
+	if err != nil {
+		return nil, err
+	}
 	vm, err := w.cfg.Store.VMs().Update(ctx, vmID, func(v *model.VM) error {
 		switch {
 		case v.Status == model.VMPending:
@@ -64,6 +68,7 @@ func (w *Worker) createVM(ctx context.Context, vmID string, last bool, tl *toolL
 			return errSkip
 		}
 	})
+	unlock() // the VM is creating here now (or was not to be): the next admission counts it
 	if errors.Is(err, errSkip) || (err == nil && vm.Status == model.VMRunning) {
 		vm, err = w.cfg.Store.VMs().Get(ctx, vmID)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"sync"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/aetherium/aetherium/internal/logs"
 	"github.com/aetherium/aetherium/internal/metrics"
 	"github.com/aetherium/aetherium/internal/model"
+	"github.com/aetherium/aetherium/internal/placement"
 	"github.com/aetherium/aetherium/internal/queue"
 	"github.com/aetherium/aetherium/internal/secrets"
 	"github.com/aetherium/aetherium/internal/store"
@@ -80,6 +82,9 @@ type Config struct {
 	// ReapInterval is how often the reaper looks at VMs' lifetimes (default DefaultReapInterval);
 	// ActivitySaveInterval how often their activity is saved to the store (default DefaultActivitySaveInterval).
 	ReapInterval, ActivitySaveInterval time.Duration
+	// Resources is what this worker offers new VMs (vCPUs and memory after overcommit, a VM count; placement),
+	// advertised in its heartbeat and checked when a create arrives. Zero: nothing advertised, everything admitted.
+	Resources placement.Resources
 	// Tracer makes a span of every task this worker runs, continuing the trace of the request that queued it
 	// (tracing.go); nil: no spans.
 	Tracer trace.TracerProvider
@@ -102,6 +107,8 @@ type Worker struct {
 
 	activity *activity.Tracker
 	reaper   reaperState
+
+	admitMu sync.Mutex // admissions of new VMs, one at a time (admission.go)
 }
 
 // New checks cfg and returns a Worker; Start makes it work.
@@ -195,6 +202,9 @@ func (w *Worker) register(ctx context.Context) error {
 	host, _ := os.Hostname()
 	now := time.Now().UTC()
 	meta := map[string]string{"backend_health": w.backendHealth(ctx)}
+	if w.cfg.Resources.VCPUs > 0 {
+		maps.Copy(meta, placement.Metadata(w.cfg.Resources))
+	}
 	if w.cfg.APIURL != "" {
 		meta[task.WorkerAPIURLKey] = w.cfg.APIURL
 	}

@@ -24,8 +24,6 @@ const (
 	CodeInvalidJSON  = "invalid_json"
 	CodeValidation   = "validation_failed"
 	CodeUnauthorized = "unauthorized"
-	// CodeForbidden: the credential is valid but may not do this (a scope it lacks, or an admin-only route).
-	CodeForbidden    = "forbidden"
 	CodeNotFound     = "not_found"
 	CodeConflict     = "conflict"
 	CodeVMNotRunning = "vm_not_running"
@@ -34,6 +32,9 @@ const (
 	CodeTooLarge         = "payload_too_large"
 	CodeUnsupportedMedia = "unsupported_media_type"
 	CodeRateLimited      = "rate_limited"
+	CodeQuotaExceeded    = "quota_exceeded" // 403: a new VM beyond the owner's quota
+	CodeNoCapacity       = "no_capacity"    // 503: no worker has room for the VM now
+	CodeForbidden        = "forbidden"      // 403: the credential may not do this (a scope it lacks, an admin's route)
 	CodeInternal         = "internal_error"
 	CodeUnavailable      = "service_unavailable"
 	// CodeNotImplemented: this server cannot answer that (log queries without a Loki).
@@ -603,4 +604,44 @@ type AuditQuery struct {
 	Since, Until         time.Time
 	Limit                int
 	Cursor               string
+}
+
+// WorkerResources is an amount of a worker's capacity.
+type WorkerResources struct {
+	VCPUs    int `json:"vcpus"`
+	MemoryMB int `json:"memory_mb"`
+	VMs      int `json:"vms"`
+}
+
+// WorkerInfo is a worker as GET /api/v1/workers (admin) shows it.
+type WorkerInfo struct {
+	ID       string `json:"id"`
+	Hostname string `json:"hostname"`
+	Backend  string `json:"backend"`
+	// State: live (takes new VMs), drained (takes none; its VMs stay), stale (no heartbeat lately) or stopped.
+	State   string `json:"state"`
+	Drained bool   `json:"drained"`
+	// Address is where its internal API (files, shells) listens; BackendHealth "ok" or why not.
+	Address       string `json:"address,omitempty"`
+	BackendHealth string `json:"backend_health,omitempty"`
+	// Capacity is what it offers new VMs (nil when it advertises none: placement by capacity is off there); Used
+	// is what its VMs hold (VMs: how many).
+	Capacity      *WorkerResources `json:"capacity,omitempty"`
+	Used          WorkerResources  `json:"used"`
+	StartedAt     time.Time        `json:"started_at"`
+	LastHeartbeat time.Time        `json:"last_heartbeat"`
+}
+
+// WorkerList is the answer of GET /api/v1/workers.
+type WorkerList struct {
+	Workers []WorkerInfo `json:"workers"`
+}
+
+// Quota bounds what an owner may hold at once (VMs not stopped, failed or deleted); 0 is no limit.
+type Quota struct {
+	OwnerID     string    `json:"owner_id"`
+	MaxVMs      int       `json:"max_vms"`
+	MaxVCPUs    int       `json:"max_vcpus"`
+	MaxMemoryMB int       `json:"max_memory_mb"`
+	UpdatedAt   time.Time `json:"updated_at,omitempty"`
 }

@@ -102,7 +102,7 @@ func NewCommand(resolve Resolver) *cobra.Command {
 			"with debootstrap (--from-debian, needs root; variant minbase plus " + strings.Join(image.DefaultDebianPackages(), ", ") + " and --packages).\n" +
 			"A build whose inputs match an existing version reuses it; --rebuild makes a new version regardless\n" +
 			"(Debian updates its suites under the same name).",
-		Example: "  aetherium image build --from-debian --tools git,node,bun,claude-code --name default\n" +
+		Example: "  aetherium image build --from-debian --tools git,node,npm,bun,claude-code,curl --name default\n" +
 			"  aetherium image build --from-docker alpine:3.20 --name alpine\n" +
 			"  aetherium image build --from-debian --packages git,curl --name debian\n" +
 			"  aetherium image build --from-debian=trixie --mirror http://deb.debian.org/debian --name trixie",

@@ -14,13 +14,13 @@ import (
 
 type workerStore struct{ s *Store }
 
-const workerCols = `id, hostname, backend, status, capacity, metadata, started_at, last_heartbeat`
+const workerCols = `id, hostname, backend, status, capacity, metadata, started_at, last_heartbeat, drained`
 
 func scanWorker(row pgx.Row) (*model.Worker, error) {
 	var w model.Worker
 	var meta []byte
 	if err := row.Scan(&w.ID, &w.Hostname, &w.Backend, &w.Status, &w.Capacity, &meta, &w.StartedAt,
-		&w.LastHeartbeat); err != nil {
+		&w.LastHeartbeat, &w.Drained); err != nil {
 		return nil, err
 	}
 	var err error
@@ -40,7 +40,7 @@ func (ws workerStore) Upsert(ctx context.Context, w *model.Worker) error {
 	if err != nil {
 		return prep.Invalid("worker metadata: %v", err)
 	}
-	_, err = ws.s.pool.Exec(ctx, `INSERT INTO workers (`+workerCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+	_, err = ws.s.pool.Exec(ctx, `INSERT INTO workers (`+workerCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false)
 		ON CONFLICT (id) DO UPDATE SET hostname = EXCLUDED.hostname, backend = EXCLUDED.backend,
 		status = EXCLUDED.status, capacity = EXCLUDED.capacity, metadata = EXCLUDED.metadata,
 		started_at = EXCLUDED.started_at, last_heartbeat = EXCLUDED.last_heartbeat`,
@@ -248,4 +248,18 @@ func (as apiKeyStore) Count(ctx context.Context) (int, error) {
 		return 0, dbErr("count api keys", err)
 	}
 	return n, nil
+}
+
+func (ws workerStore) SetDrained(ctx context.Context, id string, drained bool) error {
+	if !prep.TextOK(id) {
+		return prep.NotFound("worker", id)
+	}
+	tag, err := ws.s.pool.Exec(ctx, "UPDATE workers SET drained = $2 WHERE id = $1", id, drained)
+	if err != nil {
+		return dbErr("drain worker", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return prep.NotFound("worker", id)
+	}
+	return nil
 }

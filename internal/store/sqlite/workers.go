@@ -14,13 +14,13 @@ import (
 
 type workerStore struct{ s *Store }
 
-const workerCols = `id, hostname, backend, status, capacity, metadata, started_at, last_heartbeat`
+const workerCols = `id, hostname, backend, status, capacity, metadata, started_at, last_heartbeat, drained`
 
 func scanWorker(row scanner) (*model.Worker, error) {
 	var w model.Worker
 	var meta sql.NullString
 	var started, beat string
-	if err := row.Scan(&w.ID, &w.Hostname, &w.Backend, &w.Status, &w.Capacity, &meta, &started, &beat); err != nil {
+	if err := row.Scan(&w.ID, &w.Hostname, &w.Backend, &w.Status, &w.Capacity, &meta, &started, &beat, &w.Drained); err != nil {
 		return nil, err
 	}
 	var err error
@@ -44,7 +44,7 @@ func (ws workerStore) Upsert(ctx context.Context, w *model.Worker) error {
 	if err != nil {
 		return prep.Invalid("worker metadata: %v", err)
 	}
-	_, err = ws.s.exec(ctx, `INSERT INTO workers (`+workerCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+	_, err = ws.s.exec(ctx, `INSERT INTO workers (`+workerCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)
 		ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, backend = excluded.backend,
 		status = excluded.status, capacity = excluded.capacity, metadata = excluded.metadata,
 		started_at = excluded.started_at, last_heartbeat = excluded.last_heartbeat`,
@@ -228,4 +228,11 @@ func (as apiKeyStore) Count(ctx context.Context) (int, error) {
 		return 0, dbErr("count api keys", err)
 	}
 	return n, nil
+}
+
+func (ws workerStore) SetDrained(ctx context.Context, id string, drained bool) error {
+	if !prep.TextOK(id) {
+		return prep.NotFound("worker", id)
+	}
+	return exec1(ctx, ws.s, "drain worker", "worker", id, "UPDATE workers SET drained = ? WHERE id = ?", drained, id)
 }

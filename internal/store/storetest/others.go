@@ -11,6 +11,48 @@ import (
 )
 
 func runWorkers(t *testing.T, open Opener) {
+	t.Run("Drain", func(t *testing.T) {
+		st := open(t)
+		ctx := t.Context()
+		notFound(t, "SetDrained missing", st.Workers().SetDrained(ctx, "w-missing", true), "w-missing")
+		w := &model.Worker{ID: "w-d", Status: "active", StartedAt: at(0), LastHeartbeat: at(0)}
+		must(t, "Upsert", st.Workers().Upsert(ctx, w))
+		must(t, "SetDrained", st.Workers().SetDrained(ctx, "w-d", true))
+		// A heartbeat (Upsert of a row that says nothing of draining) leaves it drained.
+		w.Drained, w.LastHeartbeat = false, at(1)
+		must(t, "Upsert again", st.Workers().Upsert(ctx, w))
+		got, err := st.Workers().Get(ctx, "w-d")
+		must(t, "Get", err)
+		if !got.Drained || !got.LastHeartbeat.Equal(stored(at(1))) {
+			t.Fatalf("after a heartbeat: drained=%v heartbeat=%s; want drained, heartbeat refreshed", got.Drained, got.LastHeartbeat)
+		}
+		must(t, "undrain", st.Workers().SetDrained(ctx, "w-d", false))
+		if ws, err := st.Workers().List(ctx); err != nil || len(ws) != 1 || ws[0].Drained {
+			t.Fatalf("List after undrain: %+v %v", ws, err)
+		}
+	})
+	t.Run("Quotas", func(t *testing.T) {
+		st := open(t)
+		ctx := t.Context()
+		qs := st.Quotas()
+		_, err := qs.Get(ctx, "alice")
+		notFound(t, "Get missing", err, "alice")
+		notFound(t, "Delete missing", qs.Delete(ctx, "alice"), "alice")
+		q := &model.Quota{OwnerID: "alice", MaxVMs: 10, MaxVCPUs: 20, MaxMemoryMB: 40960}
+		must(t, "Put", qs.Put(ctx, q))
+		q2 := &model.Quota{OwnerID: "alice", MaxVMs: 11}
+		must(t, "Put again", qs.Put(ctx, q2))
+		got, err := qs.Get(ctx, "alice")
+		must(t, "Get", err)
+		if got.MaxVMs != 11 || got.MaxVCPUs != 0 || got.MaxMemoryMB != 0 || got.UpdatedAt.IsZero() {
+			t.Fatalf("quota after the second Put: %+v", got)
+		}
+		wantErr(t, "Put negative", qs.Put(ctx, &model.Quota{OwnerID: "bob", MaxVMs: -1}), model.ErrInvalidInput)
+		wantErr(t, "Put no owner", qs.Put(ctx, &model.Quota{MaxVMs: 1}), model.ErrInvalidInput)
+		must(t, "Delete", qs.Delete(ctx, "alice"))
+		_, err = qs.Get(ctx, "alice")
+		notFound(t, "Get deleted", err, "alice")
+	})
 	t.Run("UpsertHeartbeatList", func(t *testing.T) {
 		st := open(t)
 		ctx := t.Context()

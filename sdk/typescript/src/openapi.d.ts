@@ -1012,6 +1012,92 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/workers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Every registered worker with its capacity and load (admin)
+         * @description `state` is `live` (takes new VMs), `drained`, `stale` (no heartbeat lately) or `stopped`. `capacity` is what the worker offers new VMs after overcommit (absent when placement by capacity is off on it); `used` is what its VMs hold. A key that is not an admin key gets `403 forbidden`.
+         */
+        get: operations["listWorkers"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/workers/{worker}/drain": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                worker: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Drain a worker (admin)
+         * @description The worker takes no new VMs; its VMs stay until deleted. Heartbeats do not undo it.
+         */
+        post: operations["drainWorker"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/workers/{worker}/undrain": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                worker: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Let a drained worker take new VMs again (admin) */
+        post: operations["undrainWorker"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/quotas/{owner}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The owner id of the keys the quota binds. */
+                owner: string;
+            };
+            cookie?: never;
+        };
+        /** An owner's quota (admin) */
+        get: operations["getQuota"];
+        /**
+         * Set an owner's quota (admin)
+         * @description Limits on what the owner holds at once (VMs that are not stopped, failed or deleted); 0 is no limit. A create, job or run that needs a VM beyond it gets `403 quota_exceeded`, and nothing is made.
+         */
+        put: operations["putQuota"];
+        post?: never;
+        /** Remove an owner's quota (admin) */
+        delete: operations["deleteQuota"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/integrations/links/{id}": {
         parameters: {
             query?: never;
@@ -1334,6 +1420,45 @@ export interface components {
             id?: string;
             duplicate?: boolean;
             ok?: boolean;
+        };
+        WorkerResources: {
+            vcpus: number;
+            memory_mb: number;
+            /** @description VMs (in capacity: the most it holds, 0 for no limit). */
+            vms: number;
+        };
+        WorkerInfo: {
+            id: string;
+            hostname: string;
+            backend: string;
+            /** @enum {string} */
+            state: "live" | "drained" | "stale" | "stopped";
+            drained: boolean;
+            /** @description Where its internal API (files, shells) listens. */
+            address?: string;
+            backend_health?: string;
+            capacity?: components["schemas"]["WorkerResources"];
+            used: components["schemas"]["WorkerResources"];
+            /** Format: date-time */
+            started_at: string;
+            /** Format: date-time */
+            last_heartbeat: string;
+        };
+        WorkerList: {
+            workers: components["schemas"]["WorkerInfo"][];
+        };
+        QuotaRequest: {
+            max_vms?: number;
+            max_vcpus?: number;
+            max_memory_mb?: number;
+        };
+        Quota: {
+            owner_id: string;
+            max_vms: number;
+            max_vcpus: number;
+            max_memory_mb: number;
+            /** Format: date-time */
+            updated_at?: string;
         };
         IntegrationLink: {
             id: string;
@@ -4363,6 +4488,220 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listWorkers: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The workers, by id. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkerList"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    drainWorker: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry of this request (same key, same method, path, query except `wait`, and body; within 24 h)
+                 *     get the first answer, marked `Idempotent-Replayed: true`, instead of running again. Another request with
+                 *     the key: `422 idempotency_key_reused`; the first one still running: `409 idempotency_in_progress`. Empty,
+                 *     longer than 255 characters or not printable ASCII: `400 idempotency_key_invalid`. `5xx` and `429` answers
+                 *     are not kept.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                worker: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The worker, drained. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkerInfo"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    undrainWorker: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry of this request (same key, same method, path, query except `wait`, and body; within 24 h)
+                 *     get the first answer, marked `Idempotent-Replayed: true`, instead of running again. Another request with
+                 *     the key: `422 idempotency_key_reused`; the first one still running: `409 idempotency_in_progress`. Empty,
+                 *     longer than 255 characters or not printable ASCII: `400 idempotency_key_invalid`. `5xx` and `429` answers
+                 *     are not kept.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                worker: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The worker. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkerInfo"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    getQuota: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The owner id of the keys the quota binds. */
+                owner: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The quota. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Quota"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    putQuota: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry of this request (same key, same method, path, query except `wait`, and body; within 24 h)
+                 *     get the first answer, marked `Idempotent-Replayed: true`, instead of running again. Another request with
+                 *     the key: `422 idempotency_key_reused`; the first one still running: `409 idempotency_in_progress`. Empty,
+                 *     longer than 255 characters or not printable ASCII: `400 idempotency_key_invalid`. `5xx` and `429` answers
+                 *     are not kept.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The owner id of the keys the quota binds. */
+                owner: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["QuotaRequest"];
+            };
+        };
+        responses: {
+            /** @description The quota as set. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Quota"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            408: components["responses"]["RequestTimeout"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    deleteQuota: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry of this request (same key, same method, path, query except `wait`, and body; within 24 h)
+                 *     get the first answer, marked `Idempotent-Replayed: true`, instead of running again. Another request with
+                 *     the key: `422 idempotency_key_reused`; the first one still running: `409 idempotency_in_progress`. Empty,
+                 *     longer than 255 characters or not printable ASCII: `400 idempotency_key_invalid`. `5xx` and `429` answers
+                 *     are not kept.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The owner id of the keys the quota binds. */
+                owner: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed; the owner has no limits. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
         };
     };
     deleteIntegrationLink: {
