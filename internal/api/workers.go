@@ -12,7 +12,9 @@ import (
 )
 
 // requireAdmin refuses credentials without role admin (and the admin scope) with 403 (authz.go).
-func (s *server) requireAdmin(next http.Handler) http.Handler { return s.require(auth.ScopeAdmin)(next) }
+func (s *server) requireAdmin(next http.Handler) http.Handler {
+	return s.require(auth.ScopeAdmin)(next)
+}
 
 // adminRoutes are the routes of operators: workers and quotas.
 func (s *server) adminRoutes(r chi.Router) {
