@@ -2344,7 +2344,7 @@ export interface components {
                 "application/json": components["schemas"]["ErrorBody"];
             };
         };
-        /** @description `unauthorized`: the API key is missing, malformed, unknown or revoked. */
+        /** @description `unauthorized`: the API key or token is missing, malformed, unknown, revoked or expired (a token: also a bad signature, alg, issuer or audience). */
         Unauthorized: {
             headers: {
                 "WWW-Authenticate"?: string;
