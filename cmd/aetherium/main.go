@@ -19,7 +19,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/aetherium/aetherium/internal/auth"
 	"github.com/aetherium/aetherium/internal/cli"
 	"github.com/aetherium/aetherium/internal/config"
 	"github.com/aetherium/aetherium/internal/image/imagecmd"
@@ -54,6 +53,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		workerCmd,
 		migrateCommand(),
 		apikeyCommand(),
+		authCommand(),
 		doctorCommand(),
 		healthcheckCommand(),
 		imagecmd.NewCommand(imageResolver),
@@ -203,101 +203,5 @@ func migrateCommand() *cobra.Command {
 		},
 	}
 	config.Flags(cmd.Flags())
-	return cmd
-}
-
-func apikeyCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "apikey", Short: "Manage API keys directly in the configured store (works before any server runs)"}
-	var name, owner string
-	var admin bool
-	create := &cobra.Command{
-		Use:   "create",
-		Short: "Create an API key and print it (it is shown only once)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if name == "" {
-				return errors.New("--name is required")
-			}
-			cfg, _, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			st, err := server.OpenStore(cmd.Context(), cfg, cfg.AutoMigrate)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			plain, key, err := auth.NewKey(owner, name, admin)
-			if err != nil {
-				return err
-			}
-			if err := st.APIKeys().Create(cmd.Context(), key); err != nil {
-				return fmt.Errorf("store api key: %w", err)
-			}
-			fmt.Fprintln(cmd.ErrOrStderr(), "created key", key.Prefix, "for owner", key.OwnerID, "(it is not shown again):")
-			fmt.Fprintln(cmd.OutOrStdout(), plain)
-			return nil
-		},
-	}
-	create.Flags().StringVar(&name, "name", "", "a name for the key (required)")
-	create.Flags().StringVar(&owner, "owner", "", "owner id to share resources with (default: a new owner)")
-	create.Flags().BoolVar(&admin, "admin", false, "mark the key as an admin key")
-	config.Flags(create.Flags())
-
-	list := &cobra.Command{
-		Use:   "list",
-		Short: "List API keys (prefixes only)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			st, err := server.OpenStore(cmd.Context(), cfg, false)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			keys, err := st.APIKeys().List(cmd.Context())
-			if err != nil {
-				return err
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tPREFIX\tNAME\tOWNER\tADMIN\tCREATED\tREVOKED")
-			for _, k := range keys {
-				revoked := "-"
-				if k.RevokedAt != nil {
-					revoked = k.RevokedAt.Format(time.RFC3339)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\t%s\n", k.ID, k.Prefix, k.Name, k.OwnerID, k.Admin, k.CreatedAt.Format(time.RFC3339), revoked)
-			}
-			return tw.Flush()
-		},
-	}
-	config.Flags(list.Flags())
-
-	revoke := &cobra.Command{
-		Use:   "revoke ID",
-		Short: "Revoke an API key",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, _, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			st, err := server.OpenStore(cmd.Context(), cfg, false)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			if err := st.APIKeys().Revoke(cmd.Context(), args[0], time.Now().UTC()); err != nil {
-				return fmt.Errorf("revoke %s: %w", args[0], err)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), "revoked", args[0])
-			return nil
-		},
-	}
-	config.Flags(revoke.Flags())
-	cmd.AddCommand(create, list, revoke)
 	return cmd
 }

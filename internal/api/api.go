@@ -17,6 +17,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/aetherium/aetherium/internal/audit"
 	"github.com/aetherium/aetherium/internal/auth"
 	"github.com/aetherium/aetherium/internal/events"
 	"github.com/aetherium/aetherium/internal/integrations"
@@ -82,6 +83,11 @@ type Config struct {
 	// Tracer makes a span of every request (tracing.go); nil: no spans. The trace context reaches the workers in
 	// the payloads of the tasks a request queues.
 	Tracer trace.TracerProvider
+	// APIKeys serves the admin's key management (/apikeys; nil: 503).
+	APIKeys store.APIKeyStore
+	// Audit records every mutating call (nil: none are); AuditStore answers GET /audit (nil: 503).
+	Audit      *audit.Recorder
+	AuditStore store.AuditStore
 }
 
 // server holds the handler's dependencies; its methods are the route handlers.
@@ -117,6 +123,10 @@ type server struct {
 	eventPoll time.Duration
 	// limits are the rate limits (ratelimit.go).
 	limits RateLimits
+	// apiKeys, audit and auditStore serve the admin routes and the audit log (authz.go).
+	apiKeys    store.APIKeyStore
+	audit      *audit.Recorder
+	auditStore store.AuditStore
 }
 
 // New returns the http.Handler of the REST API v1, rooted at /api/v1.
@@ -148,6 +158,10 @@ func newServer(cfg Config) *server {
 
 		events: cfg.Events, eventBus: cfg.EventBus, eventPoll: cfg.EventPoll,
 		limits: cfg.RateLimits, tracer: cfg.Tracer,
+		apiKeys: cfg.APIKeys, audit: cfg.Audit, auditStore: cfg.AuditStore,
+	}
+	if s.auth == nil {
+		s.auth = auth.NewAuthenticator(nil)
 	}
 	if s.idemTTL <= 0 {
 		s.idemTTL = IdempotencyTTL
@@ -194,86 +208,104 @@ func (s *server) routes() {
 	if s.metrics != nil {
 		r.Use(s.observe)
 	}
+	if s.audit != nil {
+		r.Use(s.auditCalls) // inside the access log, whose writer tells the status (authz.go)
+	}
 	r.Use(s.recoverer)
 	// Set before Route so the /api/v1 sub-router inherits them.
 	r.NotFound(s.notFound)
 	r.MethodNotAllowed(s.methodNotAllowed)
 
+	// The public keys of the API's tokens, where JWT libraries look for them (and under /api/v1/auth/jwks.json).
+	r.With(s.limitByAddr).Get("/.well-known/jwks.json", s.jwks)
+
+	// Every authenticated route declares its scope with s.require (authz.go); TestEveryRouteHasAScope checks it.
+	read, write, exec := s.require(auth.ScopeVMsRead), s.require(auth.ScopeVMsWrite), s.require(auth.ScopeExec)
+	files, runs, admin := s.require(auth.ScopeFiles), s.require(auth.ScopeRuns), s.require(auth.ScopeAdmin)
 	r.Route("/api/v1", func(r chi.Router) {
 		// Public: probes and the contract itself.
 		r.Get("/health", s.health)
 		r.Get("/ready", s.ready)
 		r.With(s.limitByAddr).Get("/openapi.yaml", s.openAPIYAML)
 		r.With(s.limitByAddr).Get("/openapi.json", s.openAPIJSON)
+		r.With(s.limitByAddr).Get("/auth/jwks.json", s.jwks)
 		// Webhooks: authenticated by each integration's own signature, never an API key; the body limit is the
 		// integration's (webhooks.go).
 		r.With(s.limitByAddr).Post("/webhooks/{integration}", s.webhook)
 
 		r.Group(func(r chi.Router) {
 			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody, s.idempotent)
-			r.Get("/status", s.status)
+			r.With(read).Get("/status", s.status)
 			s.adminRoutes(r)
-			r.Post("/vms", s.createVM)
-			r.Get("/vms", s.listVMs)
-			r.Get("/vms/{id}", s.getVM)
-			r.Delete("/vms/{id}", s.deleteVM)
-			s.lifecycleRoutes(r)
-			r.Post("/vms/{id}/execute", s.execute)
-			r.Post("/vms/{id}/tools", s.addTools)
-			r.Get("/vms/{id}/executions", s.listExecutions)
-			r.Get("/vms/{id}/logs", s.vmLogs)
-			r.Get("/logs", s.listLogs)
-			r.Get("/executions/{id}", s.getExecution)
-			r.Get("/executions/{id}/stream", s.streamExecution)
-			r.Get("/tasks/{id}", s.getTask)
-			r.Post("/jobs", s.createJob)
-			r.Post("/runs", s.createRun)
-			r.Get("/runs", s.listRuns)
-			r.Get("/runs/{id}", s.getRun)
-			r.Get("/runs/{id}/diff", s.runDiff)
-			r.Get("/runs/{id}/stream", s.streamRun)
-			r.Post("/runs/{id}/cancel", s.cancelRun)
-			r.Get("/agents", s.listAgents)
-			r.Get("/jobs/{id}", s.getJob)
-			r.Get("/events", s.streamEvents) // the owner's event log, as server-sent events (events.go)
+			r.With(write).Post("/vms", s.createVM)
+			r.With(read).Get("/vms", s.listVMs)
+			r.With(read).Get("/vms/{id}", s.getVM)
+			r.With(write).Delete("/vms/{id}", s.deleteVM)
+			s.lifecycleRoutes(r.With(write))
+			r.With(exec).Post("/vms/{id}/execute", s.execute)
+			r.With(write).Post("/vms/{id}/tools", s.addTools)
+			r.With(read).Get("/vms/{id}/executions", s.listExecutions)
+			r.With(read).Get("/vms/{id}/logs", s.vmLogs)
+			r.With(read).Get("/logs", s.listLogs)
+			r.With(read).Get("/executions/{id}", s.getExecution)
+			r.With(read).Get("/executions/{id}/stream", s.streamExecution)
+			r.With(read).Get("/tasks/{id}", s.getTask)
+			r.With(exec).Post("/jobs", s.createJob)
+			r.With(runs).Post("/runs", s.createRun)
+			r.With(runs).Get("/runs", s.listRuns)
+			r.With(runs).Get("/runs/{id}", s.getRun)
+			r.With(runs).Get("/runs/{id}/diff", s.runDiff)
+			r.With(runs).Get("/runs/{id}/stream", s.streamRun)
+			r.With(runs).Post("/runs/{id}/cancel", s.cancelRun)
+			r.With(runs).Get("/agents", s.listAgents)
+			r.With(read).Get("/jobs/{id}", s.getJob)
+			r.With(read).Get("/events", s.streamEvents) // the owner's event log, as server-sent events (events.go)
 
 			// Interactive operations, proxied to the worker hosting the VM (interactive.go).
-			r.Get("/vms/{id}/fs/stat", s.statPath)
-			r.Get("/vms/{id}/fs/list", s.listDir)
-			r.Post("/vms/{id}/fs/mkdir", s.makeDir)
-			r.Delete("/vms/{id}/fs", s.removePath)
-			r.Post("/vms/{id}/processes", s.startProcess)
-			r.Get("/vms/{id}/processes", s.listProcesses)
-			r.Get("/vms/{id}/processes/{pid}/output", s.processOutput)
-			r.Post("/vms/{id}/processes/{pid}/wait", s.waitProcess)
-			r.Post("/vms/{id}/processes/{pid}/signal", s.signalProcess)
-			r.Delete("/vms/{id}/processes/{pid}", s.removeProcess)
+			r.With(files).Get("/vms/{id}/fs/stat", s.statPath)
+			r.With(files).Get("/vms/{id}/fs/list", s.listDir)
+			r.With(files).Post("/vms/{id}/fs/mkdir", s.makeDir)
+			r.With(files).Delete("/vms/{id}/fs", s.removePath)
+			r.With(exec).Post("/vms/{id}/processes", s.startProcess)
+			r.With(exec).Get("/vms/{id}/processes", s.listProcesses)
+			r.With(exec).Get("/vms/{id}/processes/{pid}/output", s.processOutput)
+			r.With(exec).Post("/vms/{id}/processes/{pid}/wait", s.waitProcess)
+			r.With(exec).Post("/vms/{id}/processes/{pid}/signal", s.signalProcess)
+			r.With(exec).Delete("/vms/{id}/processes/{pid}", s.removeProcess)
 		})
 		r.Group(func(r chi.Router) {
 			// Secrets (secrets.go): no idempotent middleware, an Idempotency-Key is ignored there.
 			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody)
-			r.Get("/secrets", s.listSecrets)
-			r.Put("/secrets/{name}", s.putSecret)
-			r.Delete("/secrets/{name}", s.deleteSecret)
-			r.Post("/integrations/links", s.createLink)
-			r.Get("/integrations/links", s.listLinks)
-			r.Delete("/integrations/links/{id}", s.deleteLink)
+			sec, integ := s.require(auth.ScopeSecrets), s.require(auth.ScopeIntegrations)
+			r.With(sec).Get("/secrets", s.listSecrets)
+			r.With(sec).Put("/secrets/{name}", s.putSecret)
+			r.With(sec).Delete("/secrets/{name}", s.deleteSecret)
+			r.With(integ).Post("/integrations/links", s.createLink)
+			r.With(integ).Get("/integrations/links", s.listLinks)
+			r.With(integ).Delete("/integrations/links/{id}", s.deleteLink)
+			// Keys and tokens (authz.go): answers that carry a credential are never kept for an Idempotency-Key.
+			r.With(admin).Post("/apikeys", s.createAPIKey)
+			r.With(admin).Get("/apikeys", s.listAPIKeys)
+			r.With(admin).Delete("/apikeys/{id}", s.revokeAPIKey)
+			r.With(admin).Get("/audit", s.listAudit)
+			r.With(s.require(noScope)).Post("/auth/token", s.issueToken)
 		})
 		r.Group(func(r chi.Router) {
 			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody, s.idempotent)
-			s.notificationRoutes(r)
+			s.notificationRoutes(r.With(s.require(auth.ScopeNotifications)))
 		})
 		r.Group(func(r chi.Router) {
-			// MCP (mcp.go): JSON-RPC over POST, stateless; its tools come back through this router as the caller.
+			// MCP (mcp.go): JSON-RPC over POST, stateless; its tools come back through this router as the caller,
+			// so each tool call is held to its route's scope.
 			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody)
-			r.Post("/mcp", s.mcpHandler().ServeHTTP)
+			r.With(read).Post("/mcp", s.mcpHandler().ServeHTTP)
 		})
 		r.Group(func(r chi.Router) {
 			// Streams: a file's bytes of any size and type, and the shell's WebSocket. No body limit, no JSON.
 			r.Use(s.authenticate, s.refuseIdempotencyKey)
-			r.Get("/vms/{id}/files", s.downloadFile)
-			r.Put("/vms/{id}/files", s.uploadFile)
-			r.Get("/vms/{id}/shell", s.shell)
+			r.With(files).Get("/vms/{id}/files", s.downloadFile)
+			r.With(files).Put("/vms/{id}/files", s.uploadFile)
+			r.With(exec).Get("/vms/{id}/shell", s.shell)
 		})
 	})
 }

@@ -44,6 +44,9 @@ type testEnv struct {
 	ownerB string
 	// secrets is the service's secrets, under a key of the test's.
 	secrets *secrets.Manager
+	// auth is the API's authenticator (JWTs enabled); jwt issues and verifies its tokens.
+	auth *auth.Authenticator
+	jwt  *auth.JWT
 }
 
 // syncBuffer collects log output written from the server's goroutines.
@@ -101,8 +104,11 @@ func newEnvOn(t testing.TB, st store.Store, configure func(*Config)) *testEnv {
 	e.svc = task.New(st, q, bus, task.DefaultLimits(), task.WithSecrets(e.secrets))
 	e.keyA, e.ownerA = e.newKey("alice")
 	e.keyB, e.ownerB = e.newKey("bob")
-	cfg := Config{Service: e.svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: "test-1.2.3",
-		Idempotency: st.Idempotency(), Notifications: st.Notifications(), Events: st.Events(), EventBus: bus}
+	e.jwt = auth.NewJWT(st.SigningKeys(), kr, auth.JWTConfig{})
+	e.auth = auth.NewAuthenticator(st.APIKeys(), auth.WithJWT(e.jwt), auth.WithLogger(log))
+	cfg := Config{Service: e.svc, Auth: e.auth, Logger: log, Version: "test-1.2.3",
+		Idempotency: st.Idempotency(), Notifications: st.Notifications(), Events: st.Events(), EventBus: bus,
+		APIKeys: st.APIKeys(), AuditStore: st.Audit()}
 	if configure != nil {
 		configure(&cfg)
 	}
@@ -115,6 +121,19 @@ func newEnvOn(t testing.TB, st store.Store, configure func(*Config)) *testEnv {
 		}
 	})
 	return e
+}
+
+// newAdminKey stores a key with role admin for a new owner and returns its plaintext and id.
+func (e *testEnv) newAdminKey(name string) (string, string) {
+	e.t.Helper()
+	plain, k, err := auth.NewKey("", name, true)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.st.APIKeys().Create(context.Background(), k); err != nil {
+		e.t.Fatalf("store api key: %v", err)
+	}
+	return plain, k.ID
 }
 
 // newKey stores a key for a new owner and returns its plaintext and owner.

@@ -24,7 +24,7 @@ type reqInfo struct {
 	id      string
 	ownerID string
 	keyID   string
-	admin   bool // an admin key (requireAdmin)
+	role    string
 }
 
 type ctxKey int
@@ -32,6 +32,7 @@ type ctxKey int
 const (
 	infoKey ctxKey = iota
 	ownerKey
+	principalKey // authz.go
 	routeMarkKey // metrics.go
 )
 
@@ -188,17 +189,24 @@ func (s *server) authenticate(next http.Handler) http.Handler {
 			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="aetherium"`)
 			s.writeError(w, r, http.StatusUnauthorized, client.CodeUnauthorized,
-				"an API key is required: send Authorization: Bearer <key>")
+				"an API key or token is required: send Authorization: Bearer <key or token>")
 			return
 		}
-		key, err := s.auth.Authenticate(r.Context(), token)
+		p, err := s.auth.Principal(r.Context(), token)
 		if errors.Is(err, auth.ErrInvalidKey) {
 			// Failed attempts are charged to the source address, so guessing keys is slow.
 			if !s.limitAddr(w, r) {
 				return
 			}
+			msg := "the API key or token is invalid or revoked"
+			switch {
+			case errors.Is(err, auth.ErrExpired):
+				msg = "the API key or token has expired"
+			case errors.Is(err, auth.ErrRevoked):
+				msg = "the API key of this token has been revoked"
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="aetherium", error="invalid_token"`)
-			s.writeError(w, r, http.StatusUnauthorized, client.CodeUnauthorized, "the API key is invalid or revoked")
+			s.writeError(w, r, http.StatusUnauthorized, client.CodeUnauthorized, msg)
 			return
 		}
 		if err != nil {
@@ -206,12 +214,13 @@ func (s *server) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		if ri, ok := r.Context().Value(infoKey).(*reqInfo); ok {
-			ri.ownerID, ri.keyID, ri.admin = key.OwnerID, key.ID, key.Admin
+			ri.ownerID, ri.keyID, ri.role = p.OwnerID, p.KeyID, p.Role
 		}
-		if !s.limitKey(w, r, key.ID) {
+		if !s.limitKey(w, r, p.KeyID) {
 			return
 		}
-		ctx := context.WithValue(r.Context(), ownerKey, key.OwnerID)
+		ctx := context.WithValue(r.Context(), ownerKey, p.OwnerID)
+		ctx = context.WithValue(ctx, principalKey, p)
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }

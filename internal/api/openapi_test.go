@@ -27,6 +27,7 @@ type oaDoc struct {
 
 type oaOperation struct {
 	OperationID string                 `yaml:"operationId"`
+	Scope       string                 `yaml:"x-aetherium-scope"`
 	Security    *[]map[string][]string `yaml:"security"`
 	Parameters  []map[string]any       `yaml:"parameters"`
 	RequestBody *struct {
@@ -80,6 +81,9 @@ func routerRoutes(t *testing.T, s *server) []string {
 	t.Helper()
 	var routes []string
 	err := chi.Walk(s.router, func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+		if !strings.HasPrefix(route, "/api/v1/") {
+			return nil // /.well-known/jwks.json, the same as /api/v1/auth/jwks.json (TestJWKS)
+		}
 		routes = append(routes, method+" "+route)
 		return nil
 	})
@@ -122,7 +126,7 @@ var webSocketRoutes = []string{"GET /api/v1/vms/{id}/shell"}
 // the integration's own delivery id.
 var unkeyedRoutes = []string{"PUT /api/v1/secrets/{name}", "DELETE /api/v1/secrets/{name}",
 	"POST /api/v1/integrations/links", "DELETE /api/v1/integrations/links/{id}", "POST /api/v1/webhooks/{integration}",
-	"POST /api/v1/mcp"}
+	"POST /api/v1/mcp", "POST /api/v1/apikeys", "DELETE /api/v1/apikeys/{id}", "POST /api/v1/auth/token"}
 
 // jsonRPCRoutes carry JSON-RPC (MCP): a request the API's checks let through is answered by the protocol, whose
 // own failures are results (tool errors) or its transport's 400/406, never 422.
@@ -136,14 +140,15 @@ var webhookRoutes = []string{"POST /api/v1/webhooks/{integration}"}
 var publicRoutes = []string{
 	"GET /api/v1/health", "GET /api/v1/ready", "GET /api/v1/openapi.yaml", "GET /api/v1/openapi.json",
 	"POST /api/v1/webhooks/{integration}", // signed by the integration, never an API key
+	"GET /api/v1/auth/jwks.json",
 }
 
 // TestOpenAPIOperations checks what each operation must say: its security, the errors every client must expect,
 // and a unique operationId for client generators.
 func TestOpenAPIOperations(t *testing.T) {
 	d := loadDoc(t)
-	if len(d.Security) != 1 || d.Security[0]["bearerAuth"] == nil {
-		t.Fatalf("global security = %v, want bearerAuth", d.Security)
+	if len(d.Security) != 2 || d.Security[0]["bearerAuth"] == nil || d.Security[1]["bearerJWT"] == nil {
+		t.Fatalf("global security = %v, want bearerAuth or bearerJWT", d.Security)
 	}
 	ids := map[string]string{}
 	for name, op := range operations(t, d) {

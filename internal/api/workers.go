@@ -5,20 +5,15 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/aetherium/aetherium/internal/auth"
 	"github.com/aetherium/aetherium/internal/model"
 	"github.com/aetherium/aetherium/internal/task"
 	"github.com/aetherium/aetherium/pkg/client"
 )
 
-// requireAdmin refuses keys that are not admin keys with 403.
+// requireAdmin refuses credentials without role admin (and the admin scope) with 403 (authz.go).
 func (s *server) requireAdmin(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if ri, ok := r.Context().Value(infoKey).(*reqInfo); !ok || !ri.admin {
-			s.writeError(w, r, http.StatusForbidden, client.CodeForbidden, "this route needs an admin key")
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
+	return s.require(auth.ScopeAdmin)(next)
 }
 
 // adminRoutes are the routes of operators: workers and quotas.

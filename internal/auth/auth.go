@@ -4,7 +4,6 @@
 package auth
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -17,17 +16,31 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/aetherium/aetherium/internal/model"
-	"github.com/aetherium/aetherium/internal/store"
 )
 
-// ErrInvalidKey is returned when a presented key is malformed, unknown or revoked.
+// ErrInvalidKey is returned when a presented key or token is malformed, unknown, revoked or expired.
 var ErrInvalidKey = errors.New("invalid api key")
+
+// ErrExpired wraps ErrInvalidKey for a key or token past its expiry, so the answer can say so.
+var ErrExpired = fmt.Errorf("%w: expired", ErrInvalidKey)
+
+// ErrRevoked wraps ErrInvalidKey for a token whose key was revoked.
+var ErrRevoked = fmt.Errorf("%w: revoked", ErrInvalidKey)
 
 const keyPrefix = "ae_"
 
 // NewKey makes a new key for owner. It returns the plaintext (shown once, never stored) and the record to store.
 // An empty ownerID gives the key a new owner of its own.
 func NewKey(ownerID, name string, admin bool) (string, *model.APIKey, error) {
+	role := model.RoleUser
+	if admin {
+		role = model.RoleAdmin
+	}
+	return NewKeyWithRole(ownerID, name, role, nil, nil)
+}
+
+// NewKeyWithRole is NewKey with a role, scopes (nil: every scope of the role) and an expiry (nil: none).
+func NewKeyWithRole(ownerID, name, role string, scopes []string, expires *time.Time) (string, *model.APIKey, error) {
 	pub := make([]byte, 6)
 	secret := make([]byte, 32)
 	if _, err := rand.Read(pub); err != nil {
@@ -47,7 +60,9 @@ func NewKey(ownerID, name string, admin bool) (string, *model.APIKey, error) {
 		Name:      name,
 		Prefix:    keyPrefix + prefix,
 		Hash:      HashKey(plain),
-		Admin:     admin,
+		Role:      role,
+		Scopes:    scopes,
+		ExpiresAt: expires,
 		CreatedAt: time.Now().UTC(),
 	}, nil
 }
@@ -64,27 +79,4 @@ func WellFormed(s string) bool {
 		return false
 	}
 	return s[len(keyPrefix)+8] == '_'
-}
-
-// Authenticator checks bearer keys against the store.
-type Authenticator struct {
-	keys store.APIKeyStore
-}
-
-// NewAuthenticator returns an Authenticator over keys.
-func NewAuthenticator(keys store.APIKeyStore) *Authenticator { return &Authenticator{keys: keys} }
-
-// Authenticate returns the key record for plain, or an error wrapping ErrInvalidKey.
-func (a *Authenticator) Authenticate(ctx context.Context, plain string) (*model.APIKey, error) {
-	if !WellFormed(plain) {
-		return nil, ErrInvalidKey
-	}
-	k, err := a.keys.GetByHash(ctx, HashKey(plain))
-	if errors.Is(err, model.ErrNotFound) {
-		return nil, ErrInvalidKey
-	}
-	if err != nil {
-		return nil, fmt.Errorf("look up api key: %w", err)
-	}
-	return k, nil
 }

@@ -71,6 +71,12 @@ type Config struct {
 	// EventsMaxPerOwner of them (internal/eventlog).
 	EventsRetention   time.Duration `yaml:"events_retention"`
 	EventsMaxPerOwner int           `yaml:"events_max_per_owner"`
+	// The API's JWTs (POST /api/v1/auth/token): their iss and aud claims, and how often a new signing key is made.
+	JWTIssuer      string        `yaml:"jwt_issuer"`
+	JWTAudience    string        `yaml:"jwt_audience"`
+	JWTRotateEvery time.Duration `yaml:"jwt_rotate_every"`
+	// AuditRetention is how long the audit log of GET /api/v1/audit keeps entries.
+	AuditRetention time.Duration `yaml:"audit_retention"`
 	// ShutdownVMs stops this worker's VMs when it shuts down gracefully; by default they keep running and the next
 	// worker process adopts them.
 	ShutdownVMs bool `yaml:"shutdown_vms"`
@@ -309,6 +315,10 @@ var settings = []setting{
 	{"shutdown_timeout", "how long in-flight tasks may finish on SIGTERM", duration(func(c *Config) *time.Duration { return &c.ShutdownFor })},
 	{"events_retention", "how long the event log of GET /api/v1/events keeps events (a client resuming from before gets a reset event)", duration(func(c *Config) *time.Duration { return &c.EventsRetention })},
 	{"events_max_per_owner", "most events the event log keeps per owner (the oldest go first)", integer(func(c *Config) *int { return &c.EventsMaxPerOwner })},
+	{"jwt_issuer", "the iss claim of the API's JWTs (POST /api/v1/auth/token)", str(func(c *Config) *string { return &c.JWTIssuer })},
+	{"jwt_audience", "the aud claim of the API's JWTs", str(func(c *Config) *string { return &c.JWTAudience })},
+	{"jwt_rotate_every", "how often a new JWT signing key is made (old ones are accepted until their tokens expire)", duration(func(c *Config) *time.Duration { return &c.JWTRotateEvery })},
+	{"audit_retention", "how long the audit log (GET /api/v1/audit) keeps entries", duration(func(c *Config) *time.Duration { return &c.AuditRetention })},
 	{"shutdown_vms", "stop this worker's VMs when it shuts down (SIGTERM); by default they keep running and the restarted worker adopts them", boolean(func(c *Config) *bool { return &c.ShutdownVMs })},
 	{"worker_api_listen", "address of the worker's internal API for files, processes and shells (production: :8081 on a private network)", str(func(c *Config) *string { return &c.WorkerAPIListen })},
 	{"worker_api_url", "URL gateways use to reach this worker's internal API (default: derived from worker_api_listen and the host name)", str(func(c *Config) *string { return &c.WorkerAPIURL })},
@@ -370,6 +380,8 @@ func Defaults() Config {
 		LogLevel: "info", LogFormat: "text", Concurrency: 10, Backend: "auto", Busybox: "/bin/busybox",
 		QEMUAccel: "auto", Network: "auto", NetworkCIDR: "172.16.0.0/24", DiskMB: 8192, NetworkBridge: "aetherium0", DockerNet: "none", ReadyWait: 60 * time.Second, MaxOutput: 1 << 20, MaxRetries: 3, ShutdownFor: 30 * time.Second,
 		EventsRetention: 24 * time.Hour, EventsMaxPerOwner: 10000,
+		JWTIssuer: "aetherium", JWTAudience: "aetherium-api", JWTRotateEvery: 30 * 24 * time.Hour,
+		AuditRetention:  90 * 24 * time.Hour,
 		WorkerAPIListen: "127.0.0.1:0", MetricsListen: DefaultMetricsListen, TraceSamplePercent: 100,
 		JailerUID: DefaultJailerID, JailerGID: DefaultJailerID, JailerCgroupVersion: 2,
 		CredProxyPort: 8091, ModelUpstreamURL: "https://api.anthropic.com", OpenAIUpstreamURL: "https://api.openai.com",
@@ -604,6 +616,15 @@ func (c *Config) normalize() error {
 	}
 	if c.EventsRetention < time.Minute {
 		bad("events_retention", "must be at least 1m (got %s)", c.EventsRetention)
+	}
+	if c.JWTRotateEvery < 2*time.Hour {
+		bad("jwt_rotate_every", "must be at least 2h (got %s)", c.JWTRotateEvery)
+	}
+	if c.AuditRetention < time.Hour {
+		bad("audit_retention", "must be at least 1h (got %s)", c.AuditRetention)
+	}
+	if c.JWTIssuer == "" || c.JWTAudience == "" {
+		bad("jwt_issuer", "jwt_issuer and jwt_audience must not be empty")
 	}
 	if c.EventsMaxPerOwner < 100 || c.EventsMaxPerOwner > 10_000_000 {
 		bad("events_max_per_owner", "must be between 100 and 10000000 (got %d)", c.EventsMaxPerOwner)

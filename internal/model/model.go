@@ -362,13 +362,26 @@ type Quota struct {
 
 // APIKey is a bearer credential. Only a hash of the secret is stored; the prefix identifies it in lists and logs.
 type APIKey struct {
-	ID         string     `json:"id"`
-	OwnerID    string     `json:"owner_id"`
-	Name       string     `json:"name"`
-	Prefix     string     `json:"prefix"`
-	Hash       string     `json:"-"`
-	Admin      bool       `json:"admin"`
+	ID      string `json:"id"`
+	OwnerID string `json:"owner_id"`
+	Name    string `json:"name"`
+	Prefix  string `json:"prefix"`
+	Hash    string `json:"-"`
+	// Role is "admin" or "user" (RoleAdmin, RoleUser); empty is stored as "user".
+	Role string `json:"role"`
+	// Scopes narrow what the key may do (internal/auth); none: every scope of its role.
+	Scopes     []string   `json:"scopes,omitempty"`
 	CreatedAt  time.Time  `json:"created_at"`
+	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
 	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
 	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
 }
+
+// Roles of API keys.
+const (
+	RoleAdmin = "admin"
+	RoleUser  = "user"
+)
+
+// IsAdmin reports whether the key has the admin role.
+func (k *APIKey) IsAdmin() bool { return k.Role == RoleAdmin }

@@ -22,6 +22,7 @@ import (
 	"github.com/aetherium/aetherium/internal/activity"
 	"github.com/aetherium/aetherium/internal/agents"
 	"github.com/aetherium/aetherium/internal/api"
+	"github.com/aetherium/aetherium/internal/audit"
 	"github.com/aetherium/aetherium/internal/auth"
 	"github.com/aetherium/aetherium/internal/config"
 	"github.com/aetherium/aetherium/internal/credproxy"
@@ -245,6 +246,8 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 
 	var (
 		httpSrv     *http.Server
+		auditRec    *audit.Recorder
+		authn       *auth.Authenticator
 		ln          net.Listener
 		svc         *task.Service
 		slackSocket <-chan struct{} // closed once Socket Mode has stopped
@@ -262,7 +265,20 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			return err
 		}
 		defer closeLimits()
-		handler := api.New(api.Config{Service: svc, Auth: auth.NewAuthenticator(st.APIKeys()), Logger: log, Version: version,
+		// JWT signing keys live in the store, shared by every gateway; their private halves are sealed by the
+		// secrets keyring when there is one.
+		var sealer auth.Sealer
+		if sm != nil {
+			sealer = sm.Keyring()
+		}
+		jwt := auth.NewJWT(st.SigningKeys(), sealer, auth.JWTConfig{Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience,
+			RotateEvery: cfg.JWTRotateEvery})
+		authn = auth.NewAuthenticator(st.APIKeys(), auth.WithJWT(jwt), auth.WithLogger(log))
+		// Last uses of keys are written every 30 s, and once more at shutdown (below).
+		go authn.Run(ctx)
+		auditRec = audit.NewRecorder(st.Audit(), audit.Options{Retention: cfg.AuditRetention, Logger: log})
+		handler := api.New(api.Config{Service: svc, Auth: authn, Logger: log, Version: version,
+			APIKeys: st.APIKeys(), Audit: auditRec, AuditStore: st.Audit(),
 			ClusterToken: token, Idempotency: st.Idempotency(), Notifications: st.Notifications(), Metrics: ms.HTTP(),
 			Logs: logQuerier(cfg), Integrations: registry, Events: st.Events(), EventBus: bus, RateLimits: rl,
 			Tracer: tp.TracerOrNil()})
@@ -355,6 +371,13 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 		if err := httpSrv.Shutdown(sctx); err != nil {
 			herr = fmt.Errorf("api shutdown: %w", err)
 		}
+	}
+	if auditRec != nil {
+		// After the API: the calls it finished are all queued; write them before the store closes.
+		actx, acancel := context.WithTimeout(context.Background(), 10*time.Second)
+		auditRec.Close(actx)
+		authn.Flush(actx)
+		acancel()
 	}
 	if wapiSrv != nil {
 		// After the API: a gateway in this process may still be proxying to it.

@@ -27,6 +27,8 @@ type Store interface {
 	IntegrationLinks() IntegrationLinkStore
 	Notifications() NotificationStore
 	Events() EventStore
+	SigningKeys() SigningKeyStore
+	Audit() AuditStore
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	Close() error
@@ -137,6 +139,8 @@ type APIKeyStore interface {
 	Create(ctx context.Context, k *model.APIKey) error
 	// GetByHash returns the non-revoked key with that hash, or an error wrapping model.ErrNotFound.
 	GetByHash(ctx context.Context, hash string) (*model.APIKey, error)
+	// Get returns the key with that id, revoked or not, or an error wrapping model.ErrNotFound.
+	Get(ctx context.Context, id string) (*model.APIKey, error)
 	List(ctx context.Context) ([]*model.APIKey, error)
 	Revoke(ctx context.Context, id string, at time.Time) error
 	TouchLastUsed(ctx context.Context, id string, at time.Time) error

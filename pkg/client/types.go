@@ -34,7 +34,7 @@ const (
 	CodeRateLimited      = "rate_limited"
 	CodeQuotaExceeded    = "quota_exceeded" // 403: a new VM beyond the owner's quota
 	CodeNoCapacity       = "no_capacity"    // 503: no worker has room for the VM now
-	CodeForbidden        = "forbidden"      // 403: the key may not do this (an admin's route)
+	CodeForbidden        = "forbidden"      // 403: the credential may not do this (a scope it lacks, an admin's route)
 	CodeInternal         = "internal_error"
 	CodeUnavailable      = "service_unavailable"
 	// CodeNotImplemented: this server cannot answer that (log queries without a Loki).
@@ -514,6 +514,96 @@ type Secret struct {
 // SecretList answers GET /api/v1/secrets.
 type SecretList struct {
 	Secrets []Secret `json:"secrets"`
+}
+
+// Roles of API keys.
+const (
+	RoleAdmin = "admin"
+	RoleUser  = "user"
+)
+
+// APIKey describes an API key; neither the key nor its hash is ever sent back.
+type APIKey struct {
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Prefix  string `json:"prefix"`
+	OwnerID string `json:"owner_id"`
+	Role    string `json:"role"`
+	// Scopes are what the key may do: its own, or every scope of its role when it was made without any.
+	Scopes     []string   `json:"scopes"`
+	CreatedAt  time.Time  `json:"created_at"`
+	ExpiresAt  *time.Time `json:"expires_at"`
+	LastUsedAt *time.Time `json:"last_used_at"`
+	RevokedAt  *time.Time `json:"revoked_at"`
+}
+
+// CreateAPIKeyRequest is the body of POST /api/v1/apikeys.
+type CreateAPIKeyRequest struct {
+	Name string `json:"name"`
+	// Role is admin or user (default user).
+	Role string `json:"role,omitempty"`
+	// Scopes narrow the key (none: every scope of its role).
+	Scopes    []string   `json:"scopes,omitempty"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// Owner shares the owner's resources (default: a new owner).
+	Owner string `json:"owner,omitempty"`
+}
+
+// CreatedAPIKey answers POST /api/v1/apikeys: the key, shown this once.
+type CreatedAPIKey struct {
+	APIKey
+	Key string `json:"key"`
+}
+
+// APIKeyList answers GET /api/v1/apikeys.
+type APIKeyList struct {
+	APIKeys []APIKey `json:"api_keys"`
+}
+
+// TokenRequest is the body of POST /api/v1/auth/token (all optional).
+type TokenRequest struct {
+	// ExpiresIn is the token's lifetime in seconds (default and at most 3600).
+	ExpiresIn int `json:"expires_in,omitempty"`
+	// Scopes narrow the token (none: the key's).
+	Scopes []string `json:"scopes,omitempty"`
+}
+
+// Token answers POST /api/v1/auth/token.
+type Token struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+	TokenType string    `json:"token_type"`
+	Scopes    []string  `json:"scopes"`
+}
+
+// AuditEntry is one audited call.
+type AuditEntry struct {
+	Seq       int64             `json:"seq"`
+	At        time.Time         `json:"at"`
+	KeyID     string            `json:"key_id"`
+	OwnerID   string            `json:"owner_id"`
+	Role      string            `json:"role"`
+	Method    string            `json:"method"`
+	Route     string            `json:"route"`
+	Params    map[string]string `json:"params"`
+	Status    int               `json:"status"`
+	Source    string            `json:"source"`
+	RequestID string            `json:"request_id"`
+}
+
+// AuditList answers GET /api/v1/audit; NextCursor (empty on the last page) asks for the next, older page.
+type AuditList struct {
+	Entries    []AuditEntry `json:"entries"`
+	NextCursor string       `json:"next_cursor"`
+}
+
+// AuditQuery filters GET /api/v1/audit; zero fields select everything.
+type AuditQuery struct {
+	KeyID, Owner, Method string
+	Status               int
+	Since, Until         time.Time
+	Limit                int
+	Cursor               string
 }
 
 // WorkerResources is an amount of a worker's capacity.

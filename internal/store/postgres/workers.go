@@ -119,15 +119,19 @@ func (ws workerStore) SetStatus(ctx context.Context, id, status string) error {
 
 type apiKeyStore struct{ s *Store }
 
-const apiKeyCols = `id::text, owner_id, name, prefix, hash, admin, created_at, last_used_at, revoked_at`
+const apiKeyCols = `id::text, owner_id, name, prefix, hash, role, scopes, created_at, expires_at, last_used_at,
+	revoked_at`
 
 func scanAPIKey(row pgx.Row) (*model.APIKey, error) {
 	var k model.APIKey
-	if err := row.Scan(&k.ID, &k.OwnerID, &k.Name, &k.Prefix, &k.Hash, &k.Admin, &k.CreatedAt, &k.LastUsedAt,
-		&k.RevokedAt); err != nil {
+	var scopes string
+	if err := row.Scan(&k.ID, &k.OwnerID, &k.Name, &k.Prefix, &k.Hash, &k.Role, &scopes, &k.CreatedAt, &k.ExpiresAt,
+		&k.LastUsedAt, &k.RevokedAt); err != nil {
 		return nil, err
 	}
+	k.Scopes = prep.SplitScopes(scopes)
 	k.CreatedAt = prep.Time(k.CreatedAt)
+	k.ExpiresAt = prep.TimePtr(k.ExpiresAt)
 	k.LastUsedAt = prep.TimePtr(k.LastUsedAt)
 	k.RevokedAt = prep.TimePtr(k.RevokedAt)
 	return &k, nil
@@ -137,9 +141,10 @@ func (as apiKeyStore) Create(ctx context.Context, k *model.APIKey) error {
 	if err := prep.NewAPIKey(k, prep.Now()); err != nil {
 		return err
 	}
-	_, err := as.s.pool.Exec(ctx, `INSERT INTO api_keys (id, owner_id, name, prefix, hash, admin, created_at,
-		last_used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		k.ID, k.OwnerID, k.Name, k.Prefix, k.Hash, k.Admin, k.CreatedAt, k.LastUsedAt, k.RevokedAt)
+	_, err := as.s.pool.Exec(ctx, `INSERT INTO api_keys (id, owner_id, name, prefix, hash, admin, role, scopes,
+		created_at, expires_at, last_used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+		k.ID, k.OwnerID, k.Name, k.Prefix, k.Hash, k.IsAdmin(), k.Role, prep.JoinScopes(k.Scopes), k.CreatedAt,
+		k.ExpiresAt, k.LastUsedAt, k.RevokedAt)
 	if c, ok := uniqueViolation(err); ok {
 		what := "id"
 		switch c {
@@ -166,6 +171,22 @@ func (as apiKeyStore) GetByHash(ctx context.Context, hash string) (*model.APIKey
 	if errors.Is(err, pgx.ErrNoRows) {
 		// The hash stands in for a secret: keep it out of the message.
 		return nil, fmt.Errorf("active api key with that hash: %w", model.ErrNotFound)
+	}
+	if err != nil {
+		return nil, dbErr("get api key", err)
+	}
+	return k, nil
+}
+
+// Get returns the key with that id, revoked or not, or an error wrapping model.ErrNotFound.
+func (as apiKeyStore) Get(ctx context.Context, id string) (*model.APIKey, error) {
+	cid, ok := prep.UUID(id)
+	if !ok {
+		return nil, prep.NotFound("api key", id)
+	}
+	k, err := scanAPIKey(as.s.pool.QueryRow(ctx, "SELECT "+apiKeyCols+" FROM api_keys WHERE id = $1", cid))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, prep.NotFound("api key", id)
 	}
 	if err != nil {
 		return nil, dbErr("get api key", err)

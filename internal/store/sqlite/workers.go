@@ -111,17 +111,22 @@ func exec1(ctx context.Context, s *Store, op, kind, id, query string, args ...an
 
 type apiKeyStore struct{ s *Store }
 
-const apiKeyCols = `id, owner_id, name, prefix, hash, admin, created_at, last_used_at, revoked_at`
+const apiKeyCols = `id, owner_id, name, prefix, hash, role, scopes, created_at, expires_at, last_used_at, revoked_at`
 
 func scanAPIKey(row scanner) (*model.APIKey, error) {
 	var k model.APIKey
-	var created string
-	var used, revoked sql.NullString
-	if err := row.Scan(&k.ID, &k.OwnerID, &k.Name, &k.Prefix, &k.Hash, &k.Admin, &created, &used, &revoked); err != nil {
+	var created, scopes string
+	var expires, used, revoked sql.NullString
+	if err := row.Scan(&k.ID, &k.OwnerID, &k.Name, &k.Prefix, &k.Hash, &k.Role, &scopes, &created, &expires, &used,
+		&revoked); err != nil {
 		return nil, err
 	}
+	k.Scopes = prep.SplitScopes(scopes)
 	var err error
 	if k.CreatedAt, err = parseTS(created); err != nil {
+		return nil, err
+	}
+	if k.ExpiresAt, err = parseTSPtr(expires); err != nil {
 		return nil, err
 	}
 	if k.LastUsedAt, err = parseTSPtr(used); err != nil {
@@ -137,8 +142,9 @@ func (as apiKeyStore) Create(ctx context.Context, k *model.APIKey) error {
 	if err := prep.NewAPIKey(k, prep.Now()); err != nil {
 		return err
 	}
-	_, err := as.s.exec(ctx, `INSERT INTO api_keys (`+apiKeyCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		k.ID, k.OwnerID, k.Name, k.Prefix, k.Hash, k.Admin, ts(k.CreatedAt), tsPtr(k.LastUsedAt), tsPtr(k.RevokedAt))
+	_, err := as.s.exec(ctx, `INSERT INTO api_keys (admin, `+apiKeyCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		k.IsAdmin(), k.ID, k.OwnerID, k.Name, k.Prefix, k.Hash, k.Role, prep.JoinScopes(k.Scopes), ts(k.CreatedAt),
+		tsPtr(k.ExpiresAt), tsPtr(k.LastUsedAt), tsPtr(k.RevokedAt))
 	if _, detail, ok := uniqueViolation(err); ok {
 		what := "id"
 		switch {
@@ -165,6 +171,22 @@ func (as apiKeyStore) GetByHash(ctx context.Context, hash string) (*model.APIKey
 	if errors.Is(err, sql.ErrNoRows) {
 		// The hash stands in for a secret: keep it out of the message.
 		return nil, fmt.Errorf("active api key with that hash: %w", model.ErrNotFound)
+	}
+	if err != nil {
+		return nil, dbErr("get api key", err)
+	}
+	return k, nil
+}
+
+// Get returns the key with that id, revoked or not, or an error wrapping model.ErrNotFound.
+func (as apiKeyStore) Get(ctx context.Context, id string) (*model.APIKey, error) {
+	cid, ok := prep.UUID(id)
+	if !ok {
+		return nil, prep.NotFound("api key", id)
+	}
+	k, err := scanAPIKey(as.s.row(ctx, "SELECT "+apiKeyCols+" FROM api_keys WHERE id = ?", cid))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, prep.NotFound("api key", id)
 	}
 	if err != nil {
 		return nil, dbErr("get api key", err)

@@ -114,11 +114,11 @@ func runAPIKeys(t *testing.T, open Opener) {
 			t.Fatalf("new store counts %d keys", n)
 		}
 		k1 := &model.APIKey{ID: newID(), OwnerID: "owner-a", Name: "ci", Prefix: "ae_aaaaaaaa", Hash: "hash-1",
-			Admin: true, CreatedAt: at(0)}
+			Role: model.RoleAdmin, Scopes: []string{"vms:read", "exec"}, CreatedAt: at(0), ExpiresAt: ptr(at(100))}
 		must(t, "Create", st.APIKeys().Create(ctx, k1))
 		k2 := &model.APIKey{OwnerID: "owner-b", Name: "laptop", Prefix: "ae_bbbbbbbb", Hash: "hash-2"}
 		must(t, "Create with defaults", st.APIKeys().Create(ctx, k2))
-		if k2.ID == "" || k2.CreatedAt.IsZero() {
+		if k2.ID == "" || k2.CreatedAt.IsZero() || k2.Role != model.RoleUser {
 			t.Fatalf("defaults not applied: %s", describe(k2))
 		}
 		wantErr(t, "duplicate hash", st.APIKeys().Create(ctx,
@@ -127,14 +127,26 @@ func runAPIKeys(t *testing.T, open Opener) {
 			&model.APIKey{OwnerID: "x", Prefix: "ae_aaaaaaaa", Hash: "hash-3"}), model.ErrConflict)
 		wantErr(t, "no hash", st.APIKeys().Create(ctx, &model.APIKey{OwnerID: "x", Prefix: "ae_dddddddd"}),
 			model.ErrInvalidInput)
+		wantErr(t, "bad role", st.APIKeys().Create(ctx, &model.APIKey{OwnerID: "x", Prefix: "ae_eeeeeeee",
+			Hash: "hash-4", Role: "root"}), model.ErrInvalidInput)
+		wantErr(t, "bad scope", st.APIKeys().Create(ctx, &model.APIKey{OwnerID: "x", Prefix: "ae_ffffffff",
+			Hash: "hash-5", Scopes: []string{"a b"}}), model.ErrInvalidInput)
 
 		got, err := st.APIKeys().GetByHash(ctx, "hash-1")
 		must(t, "GetByHash", err)
 		want := *k1
 		want.CreatedAt = stored(at(0))
+		want.ExpiresAt = ptr(stored(at(100)))
 		same(t, "key by hash", want, *got)
 		_, err = st.APIKeys().GetByHash(ctx, "hash-unknown")
 		wantErr(t, "GetByHash unknown", err, model.ErrNotFound)
+		got, err = st.APIKeys().Get(ctx, k1.ID)
+		must(t, "Get", err)
+		same(t, "key by id", want, *got)
+		_, err = st.APIKeys().Get(ctx, newID())
+		wantErr(t, "Get unknown", err, model.ErrNotFound)
+		_, err = st.APIKeys().Get(ctx, "not-a-uuid")
+		wantErr(t, "Get malformed id", err, model.ErrNotFound)
 
 		must(t, "TouchLastUsed", st.APIKeys().TouchLastUsed(ctx, k1.ID, at(5)))
 		must(t, "TouchLastUsed earlier", st.APIKeys().TouchLastUsed(ctx, k1.ID, at(4)))
@@ -148,6 +160,11 @@ func runAPIKeys(t *testing.T, open Opener) {
 		_, err = st.APIKeys().GetByHash(ctx, "hash-1")
 		wantErr(t, "GetByHash revoked", err, model.ErrNotFound)
 		must(t, "Revoke again", st.APIKeys().Revoke(ctx, k1.ID, at(7)))
+		got, err = st.APIKeys().Get(ctx, k1.ID)
+		must(t, "Get revoked", err)
+		if got.RevokedAt == nil {
+			t.Fatal("Get of a revoked key has no revoked_at")
+		}
 
 		id := newID()
 		notFound(t, "Revoke missing", st.APIKeys().Revoke(ctx, id, at(0)), id)

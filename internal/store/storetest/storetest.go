@@ -46,6 +46,8 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Executions", func(t *testing.T) { runExecutions(t, open) })
 	t.Run("Workers", func(t *testing.T) { runWorkers(t, open) })
 	t.Run("APIKeys", func(t *testing.T) { runAPIKeys(t, open) })
+	t.Run("SigningKeys", func(t *testing.T) { runSigningKeys(t, open) })
+	t.Run("Audit", func(t *testing.T) { runAudit(t, open) })
 	t.Run("Leases", func(t *testing.T) { runLeases(t, open) })
 	t.Run("Idempotency", func(t *testing.T) { runIdempotency(t, open) })
 	t.Run("Secrets", func(t *testing.T) { runSecrets(t, open) })

@@ -34,9 +34,12 @@ export class AetheriumError extends Error {
 export class APIError extends AetheriumError {}
 /** 400: malformed JSON, unknown fields, bad query values, a bad Idempotency-Key. */
 export class BadRequestError extends APIError {}
-/** 401: the API key is missing, malformed, unknown or revoked. */
+/** 401: the API key or token is missing, malformed, unknown, revoked or expired. */
 export class UnauthorizedError extends APIError {}
-/** 403: the VM's guest refuses it (`permission_denied`). */
+/**
+ * 403: the VM's guest refuses it (`permission_denied`), or the credential may not do this (`forbidden`: a scope it
+ * lacks, an admin's route).
+ */
 export class PermissionDeniedError extends APIError {}
 /** 404: no such resource, or another owner's (`not_found`, `path_not_found`, `process_not_found`). */
 export class NotFoundError extends APIError {}

@@ -1237,6 +1237,123 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/apikeys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List every API key (admin)
+         * @description Every owner's keys, revoked and expired ones included, newest first; never a key or its hash.
+         *     `last_used_at` is written in batches (about every 30 s). A key without role admin is `403 forbidden`.
+         */
+        get: operations["listAPIKeys"];
+        put?: never;
+        /**
+         * Create an API key (admin)
+         * @description `201` with the key, shown this once. `role` is admin or user (default user); `scopes` narrow the key
+         *     (none: every scope of its role; `admin` needs role admin); `owner` shares an owner's resources (default: a
+         *     new owner). An unknown role or scope, a past `expires_at` or an empty name is `422`. Idempotency-Key is
+         *     ignored: the answer carries a credential and is never kept.
+         */
+        post: operations["createAPIKey"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/apikeys/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A UUID. Anything else is answered 404. */
+                id: components["parameters"]["ID"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Revoke an API key (admin)
+         * @description `204`. The key, and every token issued for it, is refused with `401` from then on (tokens within seconds on other gateways). Revoking again is `204`; no such key is `404`.
+         */
+        delete: operations["revokeAPIKey"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/auth/token": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Exchange the API key for a short-lived JWT
+         * @description Authenticated with an API key (a token is `403`). The token is an EdDSA (Ed25519) JWT with `kid`, `iss`
+         *     (default "aetherium"), `aud` (default "aetherium-api"), `sub` (the key's id), `owner`, `role` and `scopes`;
+         *     it lives `expires_in` seconds (default and at most 3600, never past the key's own expiry). `scopes` may only
+         *     narrow the key's: one the key lacks is `403`, an unknown one `422`. Send it as `Authorization: Bearer
+         *     <token>` wherever a key is accepted; it is refused once its key is revoked. The body may be omitted.
+         */
+        post: operations["issueToken"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/auth/jwks.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The public keys that verify the API's tokens
+         * @description A JWK Set (RFC 7517; OKP/Ed25519 keys, RFC 8037), newest first. Also served at `/.well-known/jwks.json`. Old keys stay until every token they signed has expired.
+         */
+        get: operations["getJWKS"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Read the audit log (admin)
+         * @description Every mutating call (but webhooks) and every token exchange, newest first: who (key, owner, role), what
+         *     (method, route pattern, path parameters), the status, the source address and the request id. Never a body
+         *     or a secret. Kept for `audit_retention` (default 90 days). A bad filter is `400`.
+         */
+        get: operations["listAudit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -2064,6 +2181,105 @@ export interface components {
             code?: string;
             message?: string;
         };
+        APIKey: {
+            /** Format: uuid */
+            id: string;
+            name: string;
+            /** @description The key's public prefix (ae_ and 8 characters). */
+            prefix: string;
+            owner_id: string;
+            /** @enum {string} */
+            role: "admin" | "user";
+            /** @description What the key may do; every scope of its role when it was made without any. */
+            scopes: components["schemas"]["Scope"][];
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            expires_at: string | null;
+            /** Format: date-time */
+            last_used_at: string | null;
+            /** Format: date-time */
+            revoked_at: string | null;
+        };
+        /**
+         * @description A scope; each route's is its `x-aetherium-scope`. Role user holds every scope but admin.
+         * @enum {string}
+         */
+        Scope: "vms:read" | "vms:write" | "exec" | "files" | "runs" | "secrets" | "integrations" | "notifications" | "admin";
+        CreateAPIKeyRequest: {
+            name: string;
+            /**
+             * @default user
+             * @enum {string}
+             */
+            role: "admin" | "user";
+            scopes?: components["schemas"]["Scope"][];
+            /** Format: date-time */
+            expires_at?: string;
+            /** @description An owner id to share resources with (default: a new owner). */
+            owner?: string;
+        };
+        CreatedAPIKey: components["schemas"]["APIKey"] & {
+            /** @description The key itself */
+            key: string;
+        };
+        APIKeyList: {
+            api_keys: components["schemas"]["APIKey"][];
+        };
+        TokenRequest: {
+            /** @description Lifetime in seconds (default 3600). */
+            expires_in?: number;
+            scopes?: components["schemas"]["Scope"][];
+        };
+        Token: {
+            token: string;
+            /** Format: date-time */
+            expires_at: string;
+            /** @enum {string} */
+            token_type: "Bearer";
+            scopes: components["schemas"]["Scope"][];
+        };
+        JWK: {
+            /** @enum {string} */
+            kty: "OKP";
+            /** @enum {string} */
+            crv: "Ed25519";
+            /** @description The public key */
+            x: string;
+            kid: string;
+            /** @enum {string} */
+            use: "sig";
+            /** @enum {string} */
+            alg: "EdDSA";
+        };
+        JWKSet: {
+            keys: components["schemas"]["JWK"][];
+        };
+        AuditEntry: {
+            /** Format: int64 */
+            seq: number;
+            /** Format: date-time */
+            at: string;
+            key_id: string;
+            owner_id: string;
+            role: string;
+            method: string;
+            /** @example /api/v1/vms/{id} */
+            route: string;
+            /** @description The route's path parameters, e.g. `id`. */
+            params: {
+                [key: string]: string;
+            } | null;
+            status: number;
+            /** @description The source address. */
+            source: string;
+            request_id: string;
+        };
+        AuditList: {
+            entries: components["schemas"]["AuditEntry"][];
+            /** @description Pass as `?cursor=` for the next, older page; empty on the last. */
+            next_cursor: string;
+        };
     };
     responses: {
         /** @description `not_implemented`: this server cannot answer that (log queries without a Loki); the message says what is needed. */
@@ -2128,7 +2344,7 @@ export interface components {
                 "application/json": components["schemas"]["ErrorBody"];
             };
         };
-        /** @description `unauthorized`: the API key is missing, malformed, unknown or revoked. */
+        /** @description `unauthorized`: the API key or token is missing, malformed, unknown, revoked or expired (a token: also a bad signature, alg, issuer or audience). */
         Unauthorized: {
             headers: {
                 "WWW-Authenticate"?: string;
@@ -2272,6 +2488,15 @@ export interface components {
         };
         /** @description `unsupported`: the VM's agent is too old for this. */
         NotImplemented: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorBody"];
+            };
+        };
+        /** @description `forbidden`: the key or token is valid but may not do this: it lacks the route's scope (`x-aetherium-scope`), or the route needs role admin. */
+        AuthForbidden: {
             headers: {
                 [name: string]: unknown;
             };
@@ -4707,6 +4932,188 @@ export interface operations {
             };
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listAPIKeys: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The keys. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["APIKeyList"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["AuthForbidden"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createAPIKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateAPIKeyRequest"];
+            };
+        };
+        responses: {
+            /** @description Created. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CreatedAPIKey"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["AuthForbidden"];
+            408: components["responses"]["RequestTimeout"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    revokeAPIKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A UUID. Anything else is answered 404. */
+                id: components["parameters"]["ID"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Revoked. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["AuthForbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    issueToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["TokenRequest"];
+            };
+        };
+        responses: {
+            /** @description The token. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Token"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["AuthForbidden"];
+            408: components["responses"]["RequestTimeout"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getJWKS: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The key set. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JWKSet"];
+                };
+            };
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    listAudit: {
+        parameters: {
+            query?: {
+                key_id?: string;
+                owner?: string;
+                method?: string;
+                status?: number;
+                /** @description RFC 3339; entries from then on. */
+                since?: string;
+                /** @description RFC 3339; entries before then. */
+                until?: string;
+                /** @description Page size, 1 to 1000 (default 100); out of range -> 422. */
+                limit?: number;
+                /** @description The `next_cursor` of the previous page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of entries. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["AuthForbidden"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
         };

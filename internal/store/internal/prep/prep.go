@@ -545,6 +545,12 @@ func Worker(w *model.Worker, now time.Time) error {
 
 // ---- API keys
 
+// JoinScopes is the stored form of a key's scopes: space-separated, "" for none.
+func JoinScopes(ss []string) string { return strings.Join(ss, " ") }
+
+// SplitScopes reads JoinScopes' form back.
+func SplitScopes(s string) []string { return strings.Fields(s) }
+
 // NewAPIKey fills the defaults of a key about to be created and checks it.
 func NewAPIKey(k *model.APIKey, now time.Time) error {
 	if k == nil {
@@ -559,10 +565,25 @@ func NewAPIKey(k *model.APIKey, now time.Time) error {
 	if err := checkText("api key owner, name, prefix and hash", k.OwnerID, k.Name, k.Prefix, k.Hash); err != nil {
 		return err
 	}
+	if k.Role == "" {
+		k.Role = model.RoleUser
+	}
+	if k.Role != model.RoleAdmin && k.Role != model.RoleUser {
+		return Invalid("api key role %q is not admin or user", k.Role)
+	}
+	for _, sc := range k.Scopes {
+		if sc == "" || strings.ContainsAny(sc, " \t\n") || !TextOK(sc) {
+			return Invalid("api key scope %q is empty or not a single word", sc)
+		}
+	}
+	if len(k.Scopes) == 0 {
+		k.Scopes = nil
+	}
 	if k.CreatedAt.IsZero() {
 		k.CreatedAt = now
 	}
 	k.CreatedAt = Time(k.CreatedAt)
+	k.ExpiresAt = TimePtr(k.ExpiresAt)
 	k.LastUsedAt = TimePtr(k.LastUsedAt)
 	k.RevokedAt = TimePtr(k.RevokedAt)
 	return nil

@@ -58,7 +58,8 @@ class UnauthorizedError(AetheriumError):
 
 
 class PermissionDeniedError(AetheriumError):
-    """403: the VM's guest refuses it (``permission_denied``)."""
+    """403: the VM's guest refuses it (``permission_denied``), or the credential may not do this (``forbidden``: a
+    scope it lacks, an admin's route)."""
 
 
 class NotFoundError(AetheriumError):
