@@ -88,6 +88,9 @@ type Config struct {
 	// Audit records every mutating call (nil: none are); AuditStore answers GET /audit (nil: 503).
 	Audit      *audit.Recorder
 	AuditStore store.AuditStore
+	// Web serves GET and HEAD requests outside /api/ (the dashboard, internal/web); nil: they are JSON 404s like
+	// any unknown path. Paths under /api/ never reach it.
+	Web http.Handler
 }
 
 // server holds the handler's dependencies; its methods are the route handlers.
@@ -127,6 +130,10 @@ type server struct {
 	apiKeys    store.APIKeyStore
 	audit      *audit.Recorder
 	auditStore store.AuditStore
+	// tickets are the shell tickets minted by this gateway (shellticket.go).
+	tickets shellTickets
+	// web answers what no route of the API does outside /api/ (the dashboard); nil: a JSON 404.
+	web http.Handler
 }
 
 // New returns the http.Handler of the REST API v1, rooted at /api/v1.
@@ -157,7 +164,7 @@ func newServer(cfg Config) *server {
 		notifications: cfg.Notifications,
 
 		events: cfg.Events, eventBus: cfg.EventBus, eventPoll: cfg.EventPoll,
-		limits: cfg.RateLimits, tracer: cfg.Tracer,
+		limits: cfg.RateLimits, tracer: cfg.Tracer, web: cfg.Web,
 		apiKeys: cfg.APIKeys, audit: cfg.Audit, auditStore: cfg.AuditStore,
 	}
 	if s.auth == nil {
@@ -274,7 +281,7 @@ func (s *server) routes() {
 			r.With(exec).Delete("/vms/{id}/processes/{pid}", s.removeProcess)
 		})
 		r.Group(func(r chi.Router) {
-			// Secrets (secrets.go): no idempotent middleware, an Idempotency-Key is ignored there.
+			// Secrets (secrets.go), links and shell tickets: no idempotent middleware, an Idempotency-Key is ignored there.
 			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody)
 			sec, integ := s.require(auth.ScopeSecrets), s.require(auth.ScopeIntegrations)
 			r.With(sec).Get("/secrets", s.listSecrets)
@@ -289,6 +296,8 @@ func (s *server) routes() {
 			r.With(admin).Delete("/apikeys/{id}", s.revokeAPIKey)
 			r.With(admin).Get("/audit", s.listAudit)
 			r.With(s.require(noScope)).Post("/auth/token", s.issueToken)
+			// A shell ticket is single-use: a replay must not hand out the same one (shellticket.go).
+			r.With(exec).Post("/vms/{id}/shell/ticket", s.createShellTicket)
 		})
 		r.Group(func(r chi.Router) {
 			r.Use(s.limitBody, s.authenticate, s.requireJSON, s.readBody, s.idempotent)
@@ -301,18 +310,31 @@ func (s *server) routes() {
 			r.With(read).Post("/mcp", s.mcpHandler().ServeHTTP)
 		})
 		r.Group(func(r chi.Router) {
-			// Streams: a file's bytes of any size and type, and the shell's WebSocket. No body limit, no JSON.
+			// Streams: a file's bytes of any size and type. No body limit, no JSON.
 			r.Use(s.authenticate, s.refuseIdempotencyKey)
 			r.With(files).Get("/vms/{id}/files", s.downloadFile)
 			r.With(files).Put("/vms/{id}/files", s.uploadFile)
+		})
+		r.Group(func(r chi.Router) {
+			// The shell's WebSocket: a key or token, or a one-time ticket for browsers (shellticket.go).
+			r.Use(s.shellAuth, s.refuseIdempotencyKey)
 			r.With(exec).Get("/vms/{id}/shell", s.shell)
 		})
 	})
 }
 
 func (s *server) notFound(w http.ResponseWriter, r *http.Request) {
+	if s.web != nil && !isAPIPath(r.URL.Path) {
+		s.web.ServeHTTP(w, r)
+		return
+	}
 	markUnmatched(r)
 	s.writeError(w, r, http.StatusNotFound, client.CodeNotFound, "no route for "+r.Method+" "+r.URL.Path)
+}
+
+// isAPIPath says whether the path is the API's: /api and everything under it, answered by the API alone.
+func isAPIPath(p string) bool {
+	return p == "/api" || strings.HasPrefix(p, "/api/")
 }
 
 // allMethods are the methods probed to build the Allow header of a 405.

@@ -126,7 +126,8 @@ var webSocketRoutes = []string{"GET /api/v1/vms/{id}/shell"}
 // the integration's own delivery id.
 var unkeyedRoutes = []string{"PUT /api/v1/secrets/{name}", "DELETE /api/v1/secrets/{name}",
 	"POST /api/v1/integrations/links", "DELETE /api/v1/integrations/links/{id}", "POST /api/v1/webhooks/{integration}",
-	"POST /api/v1/mcp", "POST /api/v1/apikeys", "DELETE /api/v1/apikeys/{id}", "POST /api/v1/auth/token"}
+	"POST /api/v1/mcp", "POST /api/v1/apikeys", "DELETE /api/v1/apikeys/{id}", "POST /api/v1/auth/token",
+	"POST /api/v1/vms/{id}/shell/ticket"}
 
 // jsonRPCRoutes carry JSON-RPC (MCP): a request the API's checks let through is answered by the protocol, whose
 // own failures are results (tool errors) or its transport's 400/406, never 422.
