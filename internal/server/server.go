@@ -44,6 +44,7 @@ import (
 	"github.com/aetherium/aetherium/internal/tools"
 	"github.com/aetherium/aetherium/internal/tracing"
 	"github.com/aetherium/aetherium/internal/vmm"
+	"github.com/aetherium/aetherium/internal/web"
 	"github.com/aetherium/aetherium/internal/worker"
 	"github.com/aetherium/aetherium/internal/workerapi"
 )
@@ -281,7 +282,7 @@ func Run(ctx context.Context, cfg config.Config, roles Roles, version string, lo
 			APIKeys: st.APIKeys(), Audit: auditRec, AuditStore: st.Audit(),
 			ClusterToken: token, Idempotency: st.Idempotency(), Notifications: st.Notifications(), Metrics: ms.HTTP(),
 			Logs: logQuerier(cfg), Integrations: registry, Events: st.Events(), EventBus: bus, RateLimits: rl,
-			Tracer: tp.TracerOrNil()})
+			Tracer: tp.TracerOrNil(), Web: web.New()})
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
