@@ -162,7 +162,7 @@ route('/vms', async (root, _p, ctx) => {
   const form = h('form', { class: 'card create', 'aria-labelledby': 'create-h' },
     h('h2', { id: 'create-h' }, 'Create a VM'),
     h('div', { class: 'row' },
-      field('Name', { name: 'name', required: true, pattern: '[A-Za-z0-9][A-Za-z0-9._-]*', maxlength: 63, placeholder: 'my-vm' }),
+      field('Name', { name: 'name', required: true, maxlength: 63, placeholder: 'my-vm' }),
       field('Image', { name: 'image', placeholder: 'default' }),
       field('vCPUs', { name: 'vcpus', type: 'number', min: 1, max: 64, placeholder: 'default' }),
       field('Memory (MiB)', { name: 'memory_mb', type: 'number', min: 128, step: 128, placeholder: 'default' }),
@@ -185,7 +185,8 @@ route('/vms', async (root, _p, ctx) => {
     } catch (err) { fail(err); }
   });
   const load = async () => {
-    const { vms } = await api('GET', '/vms?limit=200', undefined, { signal: ctx.signal });
+    const status = showDeleted.checked ? '' : '&status=pending,creating,running,paused,stopping,stopped,failed';
+    const { vms } = await api('GET', `/vms?limit=200${status}`, undefined, { signal: ctx.signal });
     list.removeAttribute('aria-busy');
     clear(list, table('Your VMs', [
       { label: 'Name', cell: (v) => h('a', { href: `/vms/${v.id}` }, v.name) },
@@ -194,10 +195,12 @@ route('/vms', async (root, _p, ctx) => {
       { label: 'Address', cell: (v) => v.network?.ip || '—' },
       { label: 'Tools', cell: (v) => (v.installed_tools || v.tools || []).join(', ') || '—' },
       { label: 'Created', cell: (v) => fmtTime(v.created_at) },
-      { label: 'Actions', cell: (v) => (v.status === 'stopping' ? '' : h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete ${v.name}`, onclick: () => deleteVM(v, load) }, 'Delete')) },
+      { label: 'Actions', cell: (v) => (['stopping', 'deleted'].includes(v.status) ? '' : h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete ${v.name}`, onclick: () => deleteVM(v, load) }, 'Delete')) },
     ], vms || [], 'No VMs yet: create one above.'));
   };
-  clear(root, h('h1', {}, 'VMs'), form, h('section', { 'aria-label': 'VM list' }, list));
+  const showDeleted = h('input', { type: 'checkbox', id: 'show-deleted', onchange: () => load().catch(fail) });
+  clear(root, h('h1', {}, 'VMs'), form, h('section', { 'aria-label': 'VM list' },
+    h('div', { class: 'check' }, showDeleted, h('label', { for: 'show-deleted' }, 'Show deleted VMs')), list));
   await refresher(ctx, (e) => e.type === 'vm.status', load);
 });
 
@@ -288,7 +291,7 @@ function describe(e) {
 // Tasks and jobs have no list route: the pages list those the event log mentions, and look one up by id.
 function lookup(root, ctx, { title, kind, path, fromEvents, columns }) {
   const form = h('form', { class: 'card row', role: 'search' },
-    field(`${title.slice(0, -1)} id`, { name: 'id', required: true, pattern: '[0-9a-fA-F-]{36}', placeholder: 'uuid' }),
+    field(`${title.slice(0, -1)} id`, { name: 'id', required: true, pattern: '[0-9a-fA-F\\-]{36}', placeholder: 'uuid' }),
     h('button', { type: 'submit' }, 'Look up'));
   form.addEventListener('submit', (e) => { e.preventDefault(); go(`/${kind}/${form.elements.id.value.trim().toLowerCase()}`); });
   const list = h('div');
