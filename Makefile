@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: build images images-oci run test bench clean
+.PHONY: build images images-oci run test bench clean web-vendor
 
 build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/aetherium ./cmd/aetherium
@@ -29,6 +29,10 @@ run:
 
 test:
 	bash scripts/test.sh
+
+# The dashboard's third-party files (web/static/vendor) from the npm packages pinned in web/vendor/package-lock.json.
+web-vendor:
+	bash web/vendor.sh
 
 bench:
 	bash scripts/bench.sh

@@ -30,6 +30,8 @@ done
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 # deploy/compose/test.sh: Debian bookworm ships Compose v1 (docker-compose 1.29); a Compose v2 plugin will do too.
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+# The dashboard's browser test (test/e2e TestDashboard) drives Debian's Chromium with playwright-core.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || { log "Go is required (expected at /usr/local/go)"; exit 1; }
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"

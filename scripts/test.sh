@@ -53,6 +53,10 @@ export AETHERIUM_TEST_OCTOKIT_DIR=${AETHERIUM_TEST_OCTOKIT_DIR:-/var/cache/aethe
 AETHERIUM_TEST_OCTOKIT_DIR=$(scripts/octokit.sh)
 export AETHERIUM_TEST_OCTOKIT_DIR
 status=0
+# The dashboard: its vendored files are what the pinned npm packages give, and its browser test (test/e2e
+# TestDashboard, Debian's chromium) has playwright-core from web/test/package-lock.json.
+bash web/vendor.sh --check >/dev/null || { echo "web/static/vendor differs from web/vendor/package-lock.json: run web/vendor.sh"; status=1; }
+npm ci --ignore-scripts --no-audit --no-fund --loglevel=error --prefix web/test >/dev/null
 skip_pkgs=$(for p in $GUEST_PACKAGES ./test/e2e/; do printf '%s\n' "github.com/aetherium/aetherium/${p#./}" | sed 's#/$##'; done)
 mapfile -t plain_pkgs < <(go list ./... | grep -vxF "$skip_pkgs")
 # test/e2e's tests that boot no guest run beside the other packages (most of their time is spent waiting on
