@@ -648,7 +648,8 @@ export interface paths {
         /**
          * An interactive command over a WebSocket (a terminal by default)
          * @description A WebSocket handshake (`Connection: Upgrade`, `Upgrade: websocket`), authenticated like every route with
-         *     `Authorization: Bearer <key>` in the handshake's headers (browsers cannot set it: use a client that can).
+         *     `Authorization: Bearer <key>` in the handshake's headers, or (browsers cannot set it) with `?ticket=` from
+         *     `POST /vms/{id}/shell/ticket`, used up by the handshake.
          *     Errors before the upgrade are JSON answers; afterwards:
          *
          *     - **binary messages** from the client are the command's stdin; to the client, its stdout (with a
@@ -664,6 +665,33 @@ export interface paths {
         get: operations["openShell"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/vms/{id}/shell/ticket": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A UUID. Anything else is answered 404. */
+                id: components["parameters"]["ID"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A one-time ticket to open the VM's shell from a browser
+         * @description Browsers cannot set `Authorization` on a WebSocket. This returns a random ticket, valid for 30 seconds
+         *     and one use, bound to the caller and this VM: `GET /vms/{id}/shell?ticket=<ticket>` without an
+         *     `Authorization` header is then authenticated as the caller (a used, expired or other VM's ticket: `401`).
+         *     Tickets are kept in the memory of the gateway that minted them: behind several gateways, send both
+         *     requests to the same one. An `Idempotency-Key` is ignored (a replay must not return the same ticket).
+         */
+        post: operations["createShellTicket"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2163,6 +2191,12 @@ export interface components {
             output: "claude-stream-json" | "text";
             /** @description The model APIs it reaches through the worker's credential proxy. */
             proxy?: ("anthropic" | "openai")[];
+        };
+        ShellTicket: {
+            /** @description Pass as ?ticket= to GET /vms/{id}/shell, once. */
+            ticket: string;
+            /** Format: date-time */
+            expires_at: string;
         };
         /** @description A text message of the shell WebSocket; `type` says which fields are set. */
         ShellMessage: {
@@ -3855,6 +3889,8 @@ export interface operations {
                 working_dir?: string;
                 /** @description `user[:group]` to run as. */
                 user?: string;
+                /** @description A one-time ticket (POST /vms/{id}/shell/ticket), instead of the Authorization header. */
+                ticket?: string;
             };
             header?: never;
             path: {
@@ -3880,6 +3916,34 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createShellTicket: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A UUID. Anything else is answered 404. */
+                id: components["parameters"]["ID"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The ticket. */
+            201: {
+                headers: {
+                    "Cache-Control"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ShellTicket"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
         };
     };
     getTask: {
