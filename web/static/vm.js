@@ -45,14 +45,23 @@ export async function vmPage(root, id, ctx) {
   };
 
   // ---- terminal ----
+  // A shell that ended keeps its screen readable until the terminal is opened again (or the page left).
+  let ended = null;
   termBtn.addEventListener('click', async () => {
     if (term) { term.close(); return; }
+    ended?.close();
+    termBtn.disabled = true;
     try {
-      term = await openTerminal(termBox, id, termStatus, () => { term = null; termBtn.textContent = 'Open terminal'; });
+      const t = await openTerminal(termBox, id, termStatus, (byUser) => {
+        term = null;
+        ended = byUser ? null : t;
+        termBtn.textContent = 'Open terminal';
+      });
+      term = t;
       termBtn.textContent = 'Close terminal';
-    } catch (e) { fail(e); }
+    } catch (e) { fail(e); } finally { termBtn.disabled = vm?.status !== 'running'; }
   });
-  ctx.onCleanup(() => term?.close());
+  ctx.onCleanup(() => { term?.close(); ended?.close(); });
 
   // ---- commands ----
   const execForm = h('form', { class: 'row', id: 'exec-form' },
@@ -203,7 +212,7 @@ async function openTerminal(box, id, status, onClose) {
   ];
   const ro = new ResizeObserver(() => { try { fit.fit(); } catch { /* hidden */ } });
   ro.observe(box);
-  ws.onopen = () => { status.textContent = 'Connected.'; term.focus(); };
+  ws.onopen = () => { if (closed) return; status.textContent = 'Connected.'; term.focus(); };
   ws.onmessage = (m) => {
     if (typeof m.data !== 'string') { term.write(new Uint8Array(m.data)); return; }
     let msg;
@@ -212,21 +221,23 @@ async function openTerminal(box, id, status, onClose) {
     else if (msg.type === 'error') status.textContent = `Shell error: ${msg.message}`;
     else if (msg.type === 'stderr') term.write(Uint8Array.from(atob(msg.data), (c) => c.charCodeAt(0)));
   };
+  let disposed = false;
+  const stop = () => { closed = true; ro.disconnect(); subs.forEach((s) => s.dispose()); };
+  // close ends the session (closing the WebSocket kills the shell) and removes the terminal.
   const close = () => {
-    if (closed) return;
-    closed = true;
-    ro.disconnect();
-    subs.forEach((s) => s.dispose());
+    const wasOpen = !closed;
+    if (wasOpen) stop();
     if (ws.readyState <= WebSocket.OPEN) ws.close();
-    term.dispose();
-    clear(box);
-    onClose();
+    if (!disposed) { disposed = true; term.dispose(); clear(box); }
+    if (wasOpen) { status.textContent = 'Closed.'; onClose(true); }
   };
   ws.onclose = () => {
-    if (!closed && !status.textContent.startsWith('The shell exited') && !status.textContent.startsWith('Shell error')) {
+    if (closed) return;
+    if (!status.textContent.startsWith('The shell exited') && !status.textContent.startsWith('Shell error')) {
       status.textContent = 'Disconnected.';
     }
-    if (!closed) { closed = true; ro.disconnect(); subs.forEach((s) => s.dispose()); onClose(); }
+    stop();
+    onClose(false);
   };
   return { close };
 }

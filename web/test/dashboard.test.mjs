@@ -69,7 +69,7 @@ try {
 
   // The terminal: type `echo hi` and see `hi` on a line of its own.
   await page.getByRole('button', { name: 'Open terminal' }).click();
-  await page.getByText('Connected.').waitFor();
+  await page.getByText('Connected.', { exact: true }).waitFor();
   await page.locator('#terminal .xterm-rows').waitFor();
   await page.waitForTimeout(300); // the shell's prompt
   await page.locator('#terminal').click();
@@ -82,6 +82,15 @@ try {
     return at >= 0 && rows.slice(at + 1).includes('hi');
   }, null, { timeout: 30000 });
   step('terminal: typed echo hi, saw hi');
+  // `exit` ends the shell (its screen stays); the terminal opens again with a new ticket.
+  await page.keyboard.type('exit');
+  await page.keyboard.press('Enter');
+  await page.getByText('The shell exited (code 0).', { exact: true }).waitFor();
+  await page.getByRole('button', { name: 'Open terminal' }).click();
+  await page.getByText('Connected.', { exact: true }).waitFor();
+  await page.getByRole('button', { name: 'Close terminal' }).click();
+  await page.getByText('Closed.', { exact: true }).waitFor();
+  step('terminal: exit, reopened, closed');
 
   // A command whose output streams in: the first line shows before the command ends.
   await page.getByLabel('Command', { exact: true }).fill('echo first; sleep 4; echo second');
