@@ -111,6 +111,21 @@ try {
   await page.getByRole('button', { name: 'List' }).click();
   await page.getByRole('button', { name: 'Download hostname' }).or(page.getByRole('button', { name: 'Download passwd' })).first().waitFor();
   step('file browser listed /etc');
+  // Upload a file to /tmp, see it listed, download it back.
+  await page.getByLabel('Directory', { exact: true }).fill('/tmp');
+  await page.getByRole('button', { name: 'List' }).click();
+  await page.locator('#main table caption', { hasText: 'Files in /tmp' }).or(page.getByText('Empty directory.')).first().waitFor();
+  await page.getByLabel('Upload a file to this directory').setInputFiles({ name: 'hello.txt', mimeType: 'text/plain', buffer: Buffer.from('hello from the dashboard\n') });
+  await page.getByRole('button', { name: 'Upload', exact: true }).click();
+  const dl = page.waitForEvent('download');
+  await page.getByRole('button', { name: 'Download hello.txt' }).click();
+  const file = await dl;
+  const chunks = [];
+  for await (const c of await file.createReadStream()) chunks.push(c);
+  if (Buffer.concat(chunks).toString() !== 'hello from the dashboard\n' || file.suggestedFilename() !== 'hello.txt') {
+    throw new Error(`downloaded ${file.suggestedFilename()}: ${JSON.stringify(Buffer.concat(chunks).toString())}`);
+  }
+  step('file browser: uploaded and downloaded /tmp/hello.txt');
   await page.screenshot({ path: join(shots, 'vm.png'), fullPage: true });
 
   // The other pages render (screenshots), at laptop and phone widths.
