@@ -133,7 +133,7 @@ export function refresher(ctx, filter, load) {
 
 // ---- views ----
 route('/signin', async (root) => {
-  const input = field('API key', { type: 'password', name: 'key', required: true, autocomplete: 'current-password', autofocus: true },
+  const input = field('API key', { type: 'password', name: 'key', required: true, autocomplete: 'current-password' },
     'Kept in this tab only (sessionStorage). The first admin key is in the data directory (admin-api-key).');
   const form = h('form', { class: 'card narrow', 'aria-labelledby': 'signin-h' },
     h('h1', { id: 'signin-h' }, 'Sign in'),

@@ -135,6 +135,15 @@ try {
     if (name === 'tasks') await page.locator('table').waitFor(); // tasks from the event log
     if (name === 'admin') await page.getByRole('heading', { name: 'Workers' }).waitFor();
     await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+    if (name === 'tasks') {
+      // A task's own page (GET /tasks/{id}), and back.
+      await page.locator('table a[href^="/tasks/"]').first().click();
+      await page.getByRole('heading', { name: /^Task [0-9a-f]{8}$/ }).waitFor();
+      await page.locator('.props .badge', { hasText: 'completed' }).first().waitFor();
+      await page.screenshot({ path: join(shots, 'task.png'), fullPage: true });
+      await page.goBack();
+      await page.getByRole('heading', { name: 'Tasks', exact: true }).waitFor();
+    }
   }
   await page.setViewportSize({ width: 375, height: 812 });
   await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'VMs' }).click();
