@@ -128,6 +128,25 @@ try {
   step('file browser: uploaded and downloaded /tmp/hello.txt');
   await page.screenshot({ path: join(shots, 'vm.png'), fullPage: true });
 
+  // An agent run (it cannot succeed here: no model key, no reachable repository): its page shows the transcript
+  // live, cancels it, and shows its end and its (empty) diff.
+  const json = { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' };
+  await fetch(`${base}/api/v1/secrets/ANTHROPIC_API_KEY`, { method: 'PUT', headers: json, body: JSON.stringify({ value: 'sk-ant-not-a-key' }) });
+  const runRes = await fetch(`${base}/api/v1/runs`, { method: 'POST', headers: json,
+    body: JSON.stringify({ repo: { url: 'https://github.com/aetherium/does-not-exist' }, prompt: 'say hi', timeout_seconds: 120 }) });
+  const run = (await runRes.json()).run;
+  if (!run?.id) throw new Error(`POST /runs: ${runRes.status}`);
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Runs' }).click();
+  await page.getByRole('link', { name: run.id.slice(0, 8) }).click();
+  await page.getByRole('heading', { name: `Run ${run.id.slice(0, 8)}` }).waitFor();
+  await page.locator('.transcript li').first().waitFor();
+  const cancel = page.getByRole('button', { name: 'Cancel run' });
+  if (await cancel.isVisible()) await cancel.click().catch(() => {}); // it may end by itself first
+  await page.locator('.transcript li.t-end').waitFor({ timeout: 150000 });
+  await page.locator('.diff', { hasText: /No changes\.|diff --git/ }).waitFor();
+  step(`run page: transcript (${await page.locator('.transcript li').count()} events), ended, diff`);
+  await page.screenshot({ path: join(shots, 'run.png'), fullPage: true });
+
   // The other pages render (screenshots), at laptop and phone widths.
   for (const [name, heading] of [['runs', 'Runs'], ['tasks', 'Tasks'], ['jobs', 'Jobs'], ['events', 'Events'], ['admin', 'Admin']]) {
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: heading }).click();
