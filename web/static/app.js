@@ -379,13 +379,33 @@ route('/admin', async (root, _p, ctx) => {
   const keys = h('section', { 'aria-labelledby': 'k-h' }, h('h2', { id: 'k-h' }, 'API keys'));
   clear(root, h('h1', {}, 'Admin'), workers, keys);
   if (has('/workers')) {
-    try {
-      const { workers: ws } = await api('GET', '/workers', undefined, { signal: ctx.signal });
-      workers.append(table('Workers', [
-        { label: 'Id', cell: (w) => w.id }, { label: 'Host', cell: (w) => w.hostname }, { label: 'Backend', cell: (w) => w.backend },
-        { label: 'Status', cell: (w) => badge(w.status) }, { label: 'Heartbeat', cell: (w) => fmtTime(w.last_heartbeat) },
-      ], ws || []));
-    } catch (e) { workers.append(h('p', { class: 'muted' }, e.status === 403 ? 'Only admins see the workers.' : e.message)); }
+    const list = h('div');
+    workers.append(list);
+    const res = (r) => (r ? `${r.vcpus} vCPU, ${r.memory_mb} MiB, ${r.vms} VMs` : '—');
+    const load = async () => {
+      try {
+        const { workers: ws } = await api('GET', '/workers', undefined, { signal: ctx.signal });
+        clear(list, table('Workers', [
+          { label: 'Id', cell: (w) => w.id }, { label: 'Host', cell: (w) => w.hostname },
+          { label: 'Backend', cell: (w) => `${w.backend}${w.backend_health && w.backend_health !== 'ok' ? ` (${w.backend_health})` : ''}` },
+          { label: 'State', cell: (w) => badge(w.state) },
+          { label: 'Offers', cell: (w) => res(w.capacity) }, { label: 'Used', cell: (w) => res(w.used) },
+          { label: 'Heartbeat', cell: (w) => fmtTime(w.last_heartbeat) },
+          { label: 'Actions', cell: (w) => (has('/workers/{worker}/drain') ? h('button', {
+            type: 'button', class: 'small', 'aria-label': `${w.drained ? 'Undrain' : 'Drain'} ${w.id}`,
+            onclick: async () => {
+              if (!w.drained && !window.confirm(`Drain ${w.id}? It takes no new VMs; its VMs stay.`)) return;
+              try {
+                await api('POST', `/workers/${encodeURIComponent(w.id)}/${w.drained ? 'undrain' : 'drain'}`);
+                say(`${w.id} ${w.drained ? 'takes new VMs again' : 'is drained'}.`);
+                await load();
+              } catch (e) { fail(e); }
+            },
+          }, w.drained ? 'Undrain' : 'Drain') : '') },
+        ], ws || [], 'No worker has registered.'));
+      } catch (e) { clear(list, h('p', { class: 'muted' }, e.status === 403 ? 'The list of workers is for administrators\' keys.' : e.message)); }
+    };
+    await load();
   } else {
     workers.append(h('p', { class: 'muted' }, 'The list of workers is not available on this server (only the counts above).'));
   }
