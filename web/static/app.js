@@ -409,18 +409,31 @@ route('/admin', async (root, _p, ctx) => {
   } else {
     workers.append(h('p', { class: 'muted' }, 'The list of workers is not available on this server (only the counts above).'));
   }
-  if (has('/keys') || has('/api-keys')) {
-    const p = has('/keys') ? '/keys' : '/api-keys';
-    try {
-      const ans = await api('GET', p, undefined, { signal: ctx.signal });
-      keys.append(table('API keys', [
-        { label: 'Id', cell: (k) => k.id }, { label: 'Name', cell: (k) => k.name || '' },
-        { label: 'Owner', cell: (k) => k.owner_id || '' }, { label: 'Created', cell: (k) => fmtTime(k.created_at) },
-      ], ans.keys || ans.api_keys || []));
-    } catch (e) { keys.append(h('p', { class: 'muted' }, e.status === 403 ? 'Only admins manage API keys.' : e.message)); }
+  if (has('/apikeys')) {
+    const list = h('div');
+    keys.append(list);
+    const load = async () => {
+      try {
+        const { api_keys: ks } = await api('GET', '/apikeys', undefined, { signal: ctx.signal });
+        clear(list, table('API keys', [
+          { label: 'Name', cell: (k) => k.name }, { label: 'Prefix', cell: (k) => h('code', {}, k.prefix) },
+          { label: 'Role', cell: (k) => k.role }, { label: 'Scopes', cell: (k) => (k.scopes || []).join(', ') || '—' },
+          { label: 'Owner', cell: (k) => h('code', {}, (k.owner_id || '').slice(0, 8)) },
+          { label: 'Created', cell: (k) => fmtTime(k.created_at) }, { label: 'Last used', cell: (k) => fmtTime(k.last_used_at) || '—' },
+          { label: 'State', cell: (k) => (k.revoked_at ? badge('revoked') : k.expires_at && new Date(k.expires_at) < new Date() ? badge('expired') : badge('active')) },
+          { label: 'Actions', cell: (k) => (k.revoked_at ? '' : h('button', {
+            type: 'button', class: 'danger small', 'aria-label': `Revoke key ${k.name}`,
+            onclick: async () => {
+              if (!window.confirm(`Revoke the key ${k.name} (${k.prefix})? Whoever uses it is refused from now on.`)) return;
+              try { await api('DELETE', `/apikeys/${k.id}`); say(`Revoked ${k.name}.`); await load(); } catch (e) { fail(e); }
+            },
+          }, 'Revoke')) },
+        ], ks || []));
+      } catch (e) { clear(list, h('p', { class: 'muted' }, e.status === 403 ? 'API keys are managed with an administrator\'s key.' : e.message)); }
+    };
+    await load();
   } else {
     keys.append(h('p', { class: 'muted' }, 'API keys are not managed over the API on this server: use the CLI on the server host (aetherium apikey create|list|revoke).'));
   }
 });
-
 render();

@@ -152,7 +152,10 @@ try {
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: heading }).click();
     await page.getByRole('heading', { name: heading, exact: true }).waitFor();
     if (name === 'tasks') await page.locator('table').waitFor(); // tasks from the event log
-    if (name === 'admin') await page.getByRole('cell', { name: 'e2e-dashboard', exact: true }).waitFor(); // GET /workers (an admin's key)
+    if (name === 'admin') {
+      await page.getByRole('cell', { name: 'e2e-dashboard', exact: true }).waitFor(); // GET /workers (an admin's key)
+      await page.getByRole('button', { name: 'Revoke key admin' }).waitFor(); // GET /apikeys: the admin key itself
+    }
     await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
     if (name === 'tasks') {
       // A task's own page (GET /tasks/{id}), and back.

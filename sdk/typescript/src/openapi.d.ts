@@ -686,7 +686,7 @@ export interface paths {
         /**
          * A one-time ticket to open the VM's shell from a browser
          * @description Browsers cannot set `Authorization` on a WebSocket. This returns a random ticket, valid for 30 seconds
-         *     and one use, bound to the caller and this VM: `GET /vms/{id}/shell?ticket=<ticket>` without an
+         *     (never longer than the credential) and one use, bound to the caller (their owner, role and scopes) and this VM: `GET /vms/{id}/shell?ticket=<ticket>` without an
          *     `Authorization` header is then authenticated as the caller (a used, expired or other VM's ticket: `401`).
          *     Tickets are kept in the memory of the gateway that minted them: behind several gateways, send both
          *     requests to the same one. An `Idempotency-Key` is ignored (a replay must not return the same ticket).
