@@ -9,6 +9,9 @@ import (
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -141,5 +144,32 @@ func TestVendorFilesMatchTheirSums(t *testing.T) {
 	}
 	if n < 4 {
 		t.Errorf("SHA256SUMS lists %d files", n)
+	}
+}
+
+// TestModulesParse: every module of the app parses (node --check; skipped without node). The browser test
+// (test/e2e TestDashboard) runs them; this catches a syntax error in a second.
+func TestModulesParse(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("SKIPPED: node is not on PATH")
+	}
+	dir := t.TempDir()
+	entries, err := fs.ReadDir(assets.Static, "static")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".js") {
+			continue
+		}
+		b, _ := fs.ReadFile(assets.Static, "static/"+e.Name())
+		p := filepath.Join(dir, strings.TrimSuffix(e.Name(), ".js")+".mjs")
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(node, "--check", p).CombinedOutput(); err != nil {
+			t.Errorf("%s does not parse: %s", e.Name(), out)
+		}
 	}
 }
