@@ -126,7 +126,7 @@ func TestToolFlags(t *testing.T) {
 		}
 	}
 	help, _, err := run(t, dir, "", "build", "--help")
-	if err != nil || !strings.Contains(help, "--tools git,node,bun,claude-code --name default") {
+	if err != nil || !strings.Contains(help, "--tools git,node,npm,bun,claude-code,curl --name default") {
 		t.Errorf("build help lacks the default template example: %v\n%s", err, help)
 	}
 }
