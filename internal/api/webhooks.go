@@ -102,7 +102,8 @@ func (s *server) writeReply(w http.ResponseWriter, r *http.Request, rep *integra
 
 func toLink(l *store.IntegrationLink) client.IntegrationLink {
 	return client.IntegrationLink{ID: l.ID, Integration: l.Integration, Source: l.Source, Commands: l.Commands,
-		Runs: l.Runs, AllowBots: l.AllowBots, DraftPR: l.DraftPR, PRCommand: l.PRCommand, Notify: l.Notify,
+		Runs: l.Runs, AllowBots: l.AllowBots, DraftPR: l.DraftPR, PRCommand: l.PRCommand, AllowedCommands: l.AllowedCommands,
+		Notify:    l.Notify,
 		CreatedAt: l.CreatedAt}
 }
 
@@ -122,7 +123,8 @@ func (s *server) createLink(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	l := &store.IntegrationLink{Integration: req.Integration, Source: req.Source, AllowBots: req.AllowBots,
-		DraftPR: req.DraftPR, PRCommand: req.PRCommand, Notify: req.Notify, Commands: true, Runs: true}
+		DraftPR: req.DraftPR, PRCommand: req.PRCommand, AllowedCommands: req.AllowedCommands, Notify: req.Notify,
+		Commands: true, Runs: true}
 	if req.Commands != nil || req.Runs != nil {
 		l.Commands = req.Commands != nil && *req.Commands
 		l.Runs = req.Runs != nil && *req.Runs

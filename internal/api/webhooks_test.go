@@ -155,7 +155,13 @@ func TestIntegrationLinksRoutes(t *testing.T) {
 		!strings.Contains(string(r.body), "at most 4096") {
 		t.Fatalf("a 5,000-byte pull request command: %d %s, want 422 with the limit", r.status, r.body)
 	}
-	r = e.call("POST", "/api/v1/integrations/links", e.keyA, `{"integration":"test","source":"o/pr","pr_command":"  make test "}`)
+	if r := e.call("POST", "/api/v1/integrations/links", e.keyA, `{"integration":"test","source":"o/al","runs":true,"allowed_commands":["make test"]}`); r.status != http.StatusUnprocessableEntity {
+		t.Fatalf("allowed commands on a link without commands: %d %s, want 422", r.status, r.body)
+	}
+	r = e.call("POST", "/api/v1/integrations/links", e.keyA, `{"integration":"test","source":"o/pr","pr_command":"  make test ","allowed_commands":["make test","npm run *"]}`)
+	if l := decodeAs[client.IntegrationLink](t, r); len(l.AllowedCommands) != 2 || l.AllowedCommands[1] != "npm run *" {
+		t.Fatalf("allowed commands of the created link: %v", l.AllowedCommands)
+	}
 	if r.status != http.StatusCreated || decodeAs[client.IntegrationLink](t, r).PRCommand != "make test" {
 		t.Fatalf("a link with a pull request command: %d %s", r.status, r.body)
 	}

@@ -21,6 +21,7 @@ func (a *app) integrationLink() *cobra.Command {
 	var commands, runs, allowBots, draftPR bool
 	var notify []string
 	var onPR string
+	var allowCmds []string
 	cmd := &cobra.Command{
 		Use:   "link INTEGRATION SOURCE",
 		Short: "Let a source (github.com/org/repo, github.com/org/*) start work as you",
@@ -36,11 +37,12 @@ github.com/org/*; only commenters with write or admin permission on the reposito
 	f.BoolVar(&runs, "runs", true, "allow agent runs (@aetherium)")
 	f.BoolVar(&allowBots, "allow-bots", false, "let bots' comments trigger work too")
 	f.BoolVar(&draftPR, "draft-pr", false, "open a draft pull request for an agent run's pushed branch")
+	f.StringArrayVar(&allowCmds, "allow-command", nil, "the only commands the source may run (repeat; \"make test\" exactly, or \"make *\" for make with plain arguments); default: any")
 	f.StringVar(&onPR, "on-pr", "", "GitHub: a command to run on every pull request opened, reopened or pushed to, reported as a check run")
 	f.StringSliceVar(&notify, "notify", nil, "notification events sent to this source (run.finished, job.finished, ...)")
 	return a.leaf(cmd, cobra.ExactArgs(2), exitFailure, func(ctx context.Context, c *client.Client, _ *cobra.Command, args []string) error {
 		l, err := c.CreateIntegrationLink(ctx, client.CreateIntegrationLinkRequest{Integration: args[0], Source: args[1],
-			Commands: &commands, Runs: &runs, AllowBots: allowBots, DraftPR: draftPR, PRCommand: onPR, Notify: notify})
+			Commands: &commands, Runs: &runs, AllowBots: allowBots, DraftPR: draftPR, PRCommand: onPR, AllowedCommands: allowCmds, Notify: notify})
 		if err != nil {
 			return err
 		}

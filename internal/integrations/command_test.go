@@ -69,3 +69,40 @@ func FuzzParseCommand(f *testing.F) {
 		}
 	})
 }
+
+func TestAllowsCommand(t *testing.T) {
+	open := &Link{Commands: true}
+	none := &Link{Commands: false, AllowedCommands: []string{"make test"}}
+	some := &Link{Commands: true, AllowedCommands: []string{"make test", "npm run *", " go test * "}}
+	for _, c := range []struct {
+		l    *Link
+		cmd  string
+		want bool
+	}{
+		{open, "rm -rf /", true},
+		{none, "make test", false},
+		{some, "make test", true},
+		{some, " make test ", true},
+		{some, "make test && curl evil", false},
+		{some, "make test;id", false},
+		{some, "make tests", false},
+		{some, "npm run", true},
+		{some, "npm run lint", true},
+		{some, "npm run lint --fix=true ./src", true},
+		{some, "npm run lint; id", false},
+		{some, "npm run $(id)", false},
+		{some, "npm run `id`", false},
+		{some, "npm run lint > /etc/passwd", false},
+		{some, "npm run 'x'", false},
+		{some, "npm running", false},
+		{some, "go test ./...", true},
+		{some, "go test -run X | tee", false},
+	} {
+		if got := c.l.AllowsCommand(c.cmd); got != c.want {
+			t.Errorf("%v allows %q = %v, want %v", c.l.AllowedCommands, c.cmd, got, c.want)
+		}
+	}
+	if msg := some.RefuseCommand(); !strings.Contains(msg, "`make test`") || !strings.Contains(msg, "`npm run *`") {
+		t.Errorf("refusal %q does not list the allowed commands", msg)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -168,14 +169,16 @@ type Link struct {
 	ID          string
 	OwnerID     string
 	Integration string
-	Source      string   // "github.com/org/repo", "github.com/org/*", "T123/C456", "discord:<channel id>"
-	Commands    bool     // may run commands and jobs
-	Runs        bool     // may start agent runs
-	AllowBots   bool     // bots' comments trigger work too
-	DraftPR     bool     // an agent run's pushed branch gets a draft pull request
-	PRCommand   string   // runs on every pull request opened, reopened or pushed to ("": none)
-	Notify      []string // notification events sent to this source
-	CreatedAt   time.Time
+	Source      string // "github.com/org/repo", "github.com/org/*", "T123/C456", "discord:<channel id>"
+	Commands    bool   // may run commands and jobs
+	Runs        bool   // may start agent runs
+	AllowBots   bool   // bots' comments trigger work too
+	DraftPR     bool   // an agent run's pushed branch gets a draft pull request
+	PRCommand   string // runs on every pull request opened, reopened or pushed to ("": none)
+	// AllowedCommands, when set, are the only commands the source may run (AllowsCommand); empty: any.
+	AllowedCommands []string
+	Notify          []string // notification events sent to this source
+	CreatedAt       time.Time
 }
 
 // CommandRequest is a command an integration asks for.
@@ -239,4 +242,56 @@ func (r *Registry) Names() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// AllowsCommand reports whether the link lets its source run cmd: commands are allowed at all, and either the link
+// names no allowed commands or cmd is one of them. An allowed command ending in " *" also allows that command
+// followed by plain arguments (letters, digits and ._/=:,@+- separated by spaces): the command runs with sh -c, so
+// anything that could be shell syntax (;, &&, |, $, quotes, redirections...) never matches a pattern.
+func (l *Link) AllowsCommand(cmd string) bool {
+	if !l.Commands {
+		return false
+	}
+	if len(l.AllowedCommands) == 0 {
+		return true
+	}
+	cmd = strings.TrimSpace(cmd)
+	for _, a := range l.AllowedCommands {
+		a = strings.TrimSpace(a)
+		if cmd == a {
+			return true
+		}
+		base, ok := strings.CutSuffix(a, " *")
+		if !ok {
+			continue
+		}
+		if cmd == base {
+			return true
+		}
+		if args, ok := strings.CutPrefix(cmd, base+" "); ok && plainArgs(args) {
+			return true
+		}
+	}
+	return false
+}
+
+// plainArgs reports whether s is only words of [A-Za-z0-9._/=:,@+-] separated by spaces.
+func plainArgs(s string) bool {
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == ' ':
+		case strings.ContainsRune("._/=:,@+-", r):
+		default:
+			return false
+		}
+	}
+	return strings.TrimSpace(s) != ""
+}
+
+// RefuseCommand is the polite refusal of a command a link does not allow.
+func (l *Link) RefuseCommand() string {
+	if !l.Commands {
+		return "The Aetherium link of this source does not allow commands."
+	}
+	return "The Aetherium link of this source allows only these commands: `" + strings.Join(l.AllowedCommands, "`, `") + "`."
 }

@@ -88,8 +88,10 @@ type IntegrationLink struct {
 	// PRCommand runs (sh -c, in a fresh VM with the pull request's head checked out) on every pull request
 	// opened, reopened or pushed to, reported as a check run; empty: none.
 	PRCommand string
-	Notify    []string
-	CreatedAt time.Time
+	// AllowedCommands, when set, are the only commands the source may run (integrations.Link.AllowsCommand).
+	AllowedCommands []string
+	Notify          []string
+	CreatedAt       time.Time
 }
 
 // IntegrationLinkStore persists links. A source is linked to at most one owner per integration.
@@ -106,8 +108,12 @@ type IntegrationLinkStore interface {
 	Delete(ctx context.Context, ownerID, id string) error
 }
 
-// MaxPRCommand bounds a link's pull request command.
-const MaxPRCommand = 4096
+// MaxPRCommand bounds a link's pull request command (and each of its allowed commands); MaxAllowedCommands bounds
+// how many commands a link may allow.
+const (
+	MaxPRCommand       = 4096
+	MaxAllowedCommands = 100
+)
 
 // CheckWebhookDelivery validates what Record inserts.
 func CheckWebhookDelivery(d *WebhookDelivery) error {
@@ -133,6 +139,14 @@ func CheckIntegrationLink(l *IntegrationLink) error {
 		return fmt.Errorf("integration link: integration must be 1 to 64 characters of text: %w", model.ErrInvalidInput)
 	case !textcheck.Ident(l.Source, 512):
 		return fmt.Errorf("integration link: source must be 1 to 512 characters of text: %w", model.ErrInvalidInput)
+	}
+	if len(l.AllowedCommands) > MaxAllowedCommands {
+		return fmt.Errorf("integration link: at most %d allowed commands: %w", MaxAllowedCommands, model.ErrInvalidInput)
+	}
+	for _, c := range l.AllowedCommands {
+		if !textcheck.Ident(c, MaxPRCommand) {
+			return fmt.Errorf("integration link: an allowed command must be 1 to %d bytes of text: %w", MaxPRCommand, model.ErrInvalidInput)
+		}
 	}
 	if !textcheck.Text(l.PRCommand) || len(l.PRCommand) > MaxPRCommand {
 		return fmt.Errorf("integration link: pr_command must be at most %d bytes of text: %w", MaxPRCommand, model.ErrInvalidInput)

@@ -93,6 +93,10 @@ func (s *Service) CreateLink(ctx context.Context, ownerID string, l *store.Integ
 		return invalid("pr_command", "is %d bytes, at most %d", len(l.PRCommand), store.MaxPRCommand)
 	case strings.ContainsRune(l.PRCommand, 0) || !utf8.ValidString(l.PRCommand):
 		return invalid("pr_command", "must be text")
+	case len(l.AllowedCommands) > store.MaxAllowedCommands:
+		return invalid("allowed_commands", "at most %d", store.MaxAllowedCommands)
+	case len(l.AllowedCommands) > 0 && !l.Commands:
+		return invalid("allowed_commands", "needs commands: a link that may not run commands allows none")
 	case l.PRCommand != "" && !l.Commands:
 		return invalid("pr_command", "needs commands: a link that may not run commands cannot run one on pull requests")
 	}

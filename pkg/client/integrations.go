@@ -10,16 +10,19 @@ import (
 // IntegrationLink links an outside source (a GitHub repository "github.com/org/repo" or organisation
 // "github.com/org/*", a Slack team/channel "T123/C456", a Discord channel) to the caller, and says what it may do.
 type IntegrationLink struct {
-	ID          string    `json:"id"`
-	Integration string    `json:"integration"`
-	Source      string    `json:"source"`
-	Commands    bool      `json:"commands"`
-	Runs        bool      `json:"runs"`
-	AllowBots   bool      `json:"allow_bots"`
-	DraftPR     bool      `json:"draft_pr"`
-	PRCommand   string    `json:"pr_command,omitempty"`
-	Notify      []string  `json:"notify,omitempty"`
-	CreatedAt   time.Time `json:"created_at"`
+	ID          string `json:"id"`
+	Integration string `json:"integration"`
+	Source      string `json:"source"`
+	Commands    bool   `json:"commands"`
+	Runs        bool   `json:"runs"`
+	AllowBots   bool   `json:"allow_bots"`
+	DraftPR     bool   `json:"draft_pr"`
+	PRCommand   string `json:"pr_command,omitempty"`
+	// AllowedCommands, when set, are the only commands the source may run (exact, or "cmd *" for cmd with plain
+	// arguments).
+	AllowedCommands []string  `json:"allowed_commands,omitempty"`
+	Notify          []string  `json:"notify,omitempty"`
+	CreatedAt       time.Time `json:"created_at"`
 }
 
 // CreateIntegrationLinkRequest is the body of POST /api/v1/integrations/links. Commands and Runs default to true
@@ -32,8 +35,11 @@ type CreateIntegrationLinkRequest struct {
 	AllowBots   bool   `json:"allow_bots,omitempty"`
 	DraftPR     bool   `json:"draft_pr,omitempty"`
 	// PRCommand runs on every pull request opened, reopened or pushed to (GitHub), reported as a check run.
-	PRCommand string   `json:"pr_command,omitempty"`
-	Notify    []string `json:"notify,omitempty"`
+	PRCommand string `json:"pr_command,omitempty"`
+	// AllowedCommands, when set, are the only commands the source may run: exact commands, or "cmd *" for cmd
+	// followed by plain arguments. Empty: any command.
+	AllowedCommands []string `json:"allowed_commands,omitempty"`
+	Notify          []string `json:"notify,omitempty"`
 }
 
 // IntegrationLinkList is the answer of GET /api/v1/integrations/links.

@@ -241,8 +241,8 @@ func (d *Discord) Handle(ctx context.Context, dl *integrations.Delivery, a integ
 	var kind, id string
 	switch cmd.Verb {
 	case "run":
-		if !link.Commands {
-			return reply("This channel's link does not allow commands.")
+		if !link.AllowsCommand(cmd.Command) {
+			return reply(link.RefuseCommand())
 		}
 		kind = "job"
 		id, err = a.StartCommand(ctx, link.OwnerID, integrations.CommandRequest{Command: cmd.Command})

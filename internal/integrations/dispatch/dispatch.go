@@ -100,7 +100,7 @@ func (d *Dispatcher) Link(ctx context.Context, integration, source string) (*int
 		return nil, err
 	}
 	return &integrations.Link{ID: l.ID, OwnerID: l.OwnerID, Integration: l.Integration, Source: l.Source,
-		Commands: l.Commands, Runs: l.Runs, AllowBots: l.AllowBots, DraftPR: l.DraftPR, PRCommand: l.PRCommand, Notify: l.Notify,
+		Commands: l.Commands, Runs: l.Runs, AllowBots: l.AllowBots, DraftPR: l.DraftPR, PRCommand: l.PRCommand, AllowedCommands: l.AllowedCommands, Notify: l.Notify,
 		CreatedAt: l.CreatedAt}, nil
 }
 

@@ -400,9 +400,12 @@ func (w *work) do(ctx context.Context) error {
 	if strings.EqualFold(w.author.Type, "Bot") && !link.AllowBots {
 		return nil
 	}
-	if (w.trig.kind == "command" && !link.Commands) || (w.trig.kind == "run" && !link.Runs) {
-		what := map[string]string{"command": "commands", "run": "agent runs"}[w.trig.kind]
-		return w.refuse(ctx, fmt.Sprintf("The Aetherium link of this repository does not allow %s.", what))
+	if w.trig.kind == "run" && !link.Runs {
+		return w.refuse(ctx, "The Aetherium link of this repository does not allow agent runs.")
+	}
+	// A link's own pull request command is the link owner's choice, not the commenter's.
+	if w.trig.kind == "command" && (!link.Commands || (!w.onPR && !link.AllowsCommand(w.trig.text))) {
+		return w.refuse(ctx, link.RefuseCommand())
 	}
 	var perm struct {
 		Permission string `json:"permission"`

@@ -383,6 +383,25 @@ func TestRefusals(t *testing.T) {
 			t.Fatalf("a comment without a trigger made %d API calls", len(f.Requests()))
 		}
 	})
+	t.Run("CommandNotInTheAllowList", func(t *testing.T) {
+		f := githubtest.NewFake(t)
+		g, _ := newGitHub(t, f)
+		a := &fakeActions{link: linkFor(x)}
+		a.link.AllowedCommands = []string{"make test"}
+		if err := g.Handle(t.Context(), delivery(t, "issue_comment", x, "/aetherium run make test && curl evil"), a); err != nil {
+			t.Fatal(err)
+		}
+		posts := f.Find("POST", "/comments")
+		if len(a.commands) != 0 || len(posts) != 1 || !strings.Contains(posts[0].Body["body"].(string), "`make test`") {
+			t.Fatalf("commands %v, comments %+v: want none run and a refusal naming the allowed command", a.commands, posts)
+		}
+		if err := g.Handle(t.Context(), delivery(t, "issue_comment", x, "/aetherium run make test"), a); err != nil {
+			t.Fatal(err)
+		}
+		if len(a.commands) != 1 || a.commands[0].Command != "make test" {
+			t.Fatalf("the allowed command: %v", a.commands)
+		}
+	})
 	t.Run("CommandsNotAllowed", func(t *testing.T) {
 		f := githubtest.NewFake(t)
 		g, _ := newGitHub(t, f)

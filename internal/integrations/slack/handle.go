@@ -53,8 +53,8 @@ func (s *Slack) Handle(ctx context.Context, d *integrations.Delivery, a integrat
 	}
 	switch cmd.Verb {
 	case "run":
-		if !link.Commands {
-			return r.post(ctx, "This channel's link does not allow commands.", false)
+		if !link.AllowsCommand(cmd.Command) {
+			return r.post(ctx, link.RefuseCommand(), false)
 		}
 		id, err := a.StartCommand(ctx, link.OwnerID, integrations.CommandRequest{Command: cmd.Command})
 		if err != nil {

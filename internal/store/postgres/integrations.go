@@ -200,13 +200,13 @@ type linkStore struct{ s *Store }
 // IntegrationLinks gives access to the owners' links of outside sources.
 func (s *Store) IntegrationLinks() store.IntegrationLinkStore { return linkStore{s} }
 
-const linkCols = `id, owner_id, integration, source, commands, runs, allow_bots, draft_pr, notify, created_at, pr_command`
+const linkCols = `id, owner_id, integration, source, commands, runs, allow_bots, draft_pr, notify, created_at, pr_command, allowed_commands`
 
 func scanLink(row pgx.Row) (*store.IntegrationLink, error) {
 	var l store.IntegrationLink
-	var notify []byte
+	var notify, allowed []byte
 	if err := row.Scan(&l.ID, &l.OwnerID, &l.Integration, &l.Source, &l.Commands, &l.Runs, &l.AllowBots, &l.DraftPR,
-		&notify, &l.CreatedAt, &l.PRCommand); err != nil {
+		&notify, &l.CreatedAt, &l.PRCommand, &allowed); err != nil {
 		return nil, err
 	}
 	l.CreatedAt = prep.Time(l.CreatedAt)
@@ -217,6 +217,11 @@ func scanLink(row pgx.Row) (*store.IntegrationLink, error) {
 	}
 	if len(l.Notify) == 0 {
 		l.Notify = nil
+	}
+	if len(allowed) > 0 {
+		if err := json.Unmarshal(allowed, &l.AllowedCommands); err != nil {
+			return nil, fmt.Errorf("integration link %s: allowed commands: %w", l.ID, err)
+		}
 	}
 	return &l, nil
 }
@@ -243,8 +248,9 @@ func (ls linkStore) Create(ctx context.Context, l *store.IntegrationLink) error 
 	if l.Notify != nil {
 		notify, _ = json.Marshal(l.Notify)
 	}
-	_, err := ls.s.pool.Exec(ctx, "INSERT INTO integration_links ("+linkCols+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-		l.ID, l.OwnerID, l.Integration, l.Source, l.Commands, l.Runs, l.AllowBots, l.DraftPR, nullJSON(notify), l.CreatedAt, l.PRCommand)
+	_, err := ls.s.pool.Exec(ctx, "INSERT INTO integration_links ("+linkCols+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+		l.ID, l.OwnerID, l.Integration, l.Source, l.Commands, l.Runs, l.AllowBots, l.DraftPR, nullJSON(notify), l.CreatedAt, l.PRCommand,
+		nullJSON(allowedJSON(l.AllowedCommands)))
 	if _, dup := uniqueViolation(err); dup {
 		return fmt.Errorf("%s source %q is already linked: %w", l.Integration, l.Source, model.ErrConflict)
 	}
@@ -313,4 +319,13 @@ func (ls linkStore) Delete(ctx context.Context, ownerID, id string) error {
 		return prep.NotFound("integration link", id)
 	}
 	return nil
+}
+
+// allowedJSON is a link's allowed commands as stored (nil: any command).
+func allowedJSON(cmds []string) []byte {
+	if len(cmds) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(cmds)
+	return b
 }

@@ -180,14 +180,14 @@ type linkStore struct{ s *Store }
 // IntegrationLinks gives access to the owners' links of outside sources.
 func (s *Store) IntegrationLinks() store.IntegrationLinkStore { return linkStore{s} }
 
-const linkCols = `id, owner_id, integration, source, commands, runs, allow_bots, draft_pr, notify, created_at, pr_command`
+const linkCols = `id, owner_id, integration, source, commands, runs, allow_bots, draft_pr, notify, created_at, pr_command, allowed_commands`
 
 func scanLink(row scanner) (*store.IntegrationLink, error) {
 	var l store.IntegrationLink
-	var notify sql.NullString
+	var notify, allowed sql.NullString
 	var created string
 	if err := row.Scan(&l.ID, &l.OwnerID, &l.Integration, &l.Source, &l.Commands, &l.Runs, &l.AllowBots, &l.DraftPR,
-		&notify, &created, &l.PRCommand); err != nil {
+		&notify, &created, &l.PRCommand, &allowed); err != nil {
 		return nil, err
 	}
 	var err error
@@ -201,6 +201,11 @@ func scanLink(row scanner) (*store.IntegrationLink, error) {
 	}
 	if len(l.Notify) == 0 {
 		l.Notify = nil
+	}
+	if b := docBytes(allowed); b != nil {
+		if err := json.Unmarshal(b, &l.AllowedCommands); err != nil {
+			return nil, fmt.Errorf("integration link %s: allowed commands: %w", l.ID, err)
+		}
 	}
 	return &l, nil
 }
@@ -227,8 +232,9 @@ func (ls linkStore) Create(ctx context.Context, l *store.IntegrationLink) error 
 	if l.Notify != nil {
 		notify, _ = json.Marshal(l.Notify)
 	}
-	_, err := ls.s.exec(ctx, "INSERT INTO integration_links ("+linkCols+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-		l.ID, l.OwnerID, l.Integration, l.Source, l.Commands, l.Runs, l.AllowBots, l.DraftPR, nullText(notify), ts(l.CreatedAt), l.PRCommand)
+	_, err := ls.s.exec(ctx, "INSERT INTO integration_links ("+linkCols+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		l.ID, l.OwnerID, l.Integration, l.Source, l.Commands, l.Runs, l.AllowBots, l.DraftPR, nullText(notify), ts(l.CreatedAt), l.PRCommand,
+		nullText(allowedJSON(l.AllowedCommands)))
 	if _, _, dup := uniqueViolation(err); dup {
 		return fmt.Errorf("%s source %q is already linked: %w", l.Integration, l.Source, model.ErrConflict)
 	}
@@ -275,4 +281,13 @@ func (ls linkStore) Delete(ctx context.Context, ownerID, id string) error {
 	}
 	return exec1(ctx, ls.s, "delete integration link", "integration link", id,
 		"DELETE FROM integration_links WHERE id = ? AND owner_id = ?", cid, ownerID)
+}
+
+// allowedJSON is a link's allowed commands as stored (nil: any command).
+func allowedJSON(cmds []string) []byte {
+	if len(cmds) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(cmds)
+	return b
 }

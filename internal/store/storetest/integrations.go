@@ -232,7 +232,7 @@ func runIntegrationLinks(t *testing.T, open Opener) {
 		ctx := t.Context()
 		ls := st.IntegrationLinks()
 		a := &store.IntegrationLink{OwnerID: "alice", Integration: "github", Source: "github.com/org/repo",
-			Commands: true, Runs: true, DraftPR: true, PRCommand: "make test", Notify: []string{"run.finished"}, CreatedAt: at(0)}
+			Commands: true, Runs: true, DraftPR: true, PRCommand: "make test", AllowedCommands: []string{"make test", "npm run *"}, Notify: []string{"run.finished"}, CreatedAt: at(0)}
 		if err := ls.Create(ctx, a); err != nil {
 			t.Fatalf("Create: %v", err)
 		}

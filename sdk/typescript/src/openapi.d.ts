@@ -1498,6 +1498,8 @@ export interface components {
             draft_pr: boolean;
             /** @description Runs (sh -c, the pull request's head checked out) on every pull request opened, reopened or pushed to, reported as a check run. */
             pr_command?: string;
+            /** @description The only commands the source may run; absent, any. */
+            allowed_commands?: string[];
             notify?: string[];
             /** Format: date-time */
             created_at: string;
@@ -1514,6 +1516,8 @@ export interface components {
             draft_pr?: boolean;
             /** @description A command run on every pull request opened, reopened or pushed to (GitHub), e.g. "make test"; reported as a check run. Needs commands. */
             pr_command?: string;
+            /** @description The only commands the source may run (`/aetherium run ...`): each exact, or ending in " *" for that command followed by plain arguments (letters, digits, ._/=:,@+- and spaces, never shell syntax). Absent: any command. Needs commands. */
+            allowed_commands?: string[];
             notify?: string[];
         };
         ErrorBody: {
