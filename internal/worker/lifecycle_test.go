@@ -70,15 +70,18 @@ func TestIdleVMAcrossARestart(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no vm.paused event")
 	}
-	tasks, err := r.st.Tasks().List(ctx, store.TaskFilter{VMID: vm.ID})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The pause is announced by its handler; its task is marked completed a moment later, when the handler returns.
+	var tasks []*model.Task
 	found := false
-	for _, x := range tasks {
-		var p task.LifecyclePayload
-		if x.Type == model.TaskVMPause && json.Unmarshal(x.Payload, &p) == nil && p.Reason == "idle for 4s" {
-			found = x.Status == model.TaskCompleted && x.TargetWorker == r.id
+	for deadline := time.Now().Add(5 * time.Second); !found && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if tasks, err = r.st.Tasks().List(ctx, store.TaskFilter{VMID: vm.ID}); err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range tasks {
+			var p task.LifecyclePayload
+			if x.Type == model.TaskVMPause && json.Unmarshal(x.Payload, &p) == nil && p.Reason == "idle for 4s" {
+				found = x.Status == model.TaskCompleted && x.TargetWorker == r.id
+			}
 		}
 	}
 	if !found {
