@@ -256,6 +256,7 @@ func (s *server) routes() {
 			r.With(read).Get("/logs", s.listLogs)
 			r.With(read).Get("/executions/{id}", s.getExecution)
 			r.With(read).Get("/executions/{id}/stream", s.streamExecution)
+			r.With(read).Get("/tasks", s.listTasks)
 			r.With(read).Get("/tasks/{id}", s.getTask)
 			r.With(exec).Post("/jobs", s.createJob)
 			r.With(runs).Post("/runs", s.createRun)
@@ -265,6 +266,7 @@ func (s *server) routes() {
 			r.With(runs).Get("/runs/{id}/stream", s.streamRun)
 			r.With(runs).Post("/runs/{id}/cancel", s.cancelRun)
 			r.With(runs).Get("/agents", s.listAgents)
+			r.With(read).Get("/jobs", s.listJobs)
 			r.With(read).Get("/jobs/{id}", s.getJob)
 			r.With(read).Get("/events", s.streamEvents) // the owner's event log, as server-sent events (events.go)
 

@@ -426,3 +426,47 @@ func (s *server) getJob(w http.ResponseWriter, r *http.Request) {
 	}
 	s.writeJSON(w, r, http.StatusOK, ToJob(j, es))
 }
+
+// listTasks is GET /tasks: the owner's tasks, newest first (?status= comma-separated or repeated).
+func (s *server) listTasks(w http.ResponseWriter, r *http.Request) {
+	page, ok := s.parsePage(w, r)
+	if !ok {
+		return
+	}
+	var statuses []model.TaskStatus
+	for _, v := range r.URL.Query()["status"] {
+		for _, st := range strings.Split(v, ",") {
+			if st = strings.TrimSpace(st); st != "" {
+				statuses = append(statuses, model.TaskStatus(st))
+			}
+		}
+	}
+	ts, next, err := s.svc.ListTasks(r.Context(), ownerFrom(r.Context()), statuses, page)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	out := client.TaskList{Tasks: make([]client.Task, 0, len(ts)), NextCursor: next}
+	for _, t := range ts {
+		out.Tasks = append(out.Tasks, ToTask(t))
+	}
+	s.writeJSON(w, r, http.StatusOK, out)
+}
+
+// listJobs is GET /jobs: the owner's jobs, newest first, without their executions.
+func (s *server) listJobs(w http.ResponseWriter, r *http.Request) {
+	page, ok := s.parsePage(w, r)
+	if !ok {
+		return
+	}
+	js, next, err := s.svc.ListJobs(r.Context(), ownerFrom(r.Context()), page)
+	if err != nil {
+		s.writeServiceError(w, r, err)
+		return
+	}
+	out := client.JobList{Jobs: make([]client.Job, 0, len(js)), NextCursor: next}
+	for _, j := range js {
+		out.Jobs = append(out.Jobs, ToJob(j, nil))
+	}
+	s.writeJSON(w, r, http.StatusOK, out)
+}

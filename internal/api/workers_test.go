@@ -164,3 +164,42 @@ func TestQuotaRefusesTheEleventhVM(t *testing.T) {
 		t.Fatalf("after the quota is gone: %d %s", r.status, r.body)
 	}
 }
+
+// TestListTasksAndJobs: GET /tasks and GET /jobs list the caller's own, newest first, paged, filtered by status;
+// an unknown status is 422, and another owner sees none of them.
+func TestListTasksAndJobs(t *testing.T) {
+	e := newEnv(t, nil)
+	var taskIDs []string
+	for i := range 3 {
+		acc := decodeAs[client.VMAccepted](t, e.call("POST", "/api/v1/vms", e.keyA, fmt.Sprintf(`{"name":"l-%d"}`, i)))
+		taskIDs = append(taskIDs, acc.TaskID)
+	}
+	job := decodeAs[client.JobAccepted](t, e.call("POST", "/api/v1/jobs", e.keyA, `{"vm":{"name":"job-vm"},"commands":[{"command":"true"}]}`))
+	l := decodeAs[client.TaskList](t, e.okCall("GET", "/api/v1/tasks?limit=2", e.keyA, ""))
+	if len(l.Tasks) != 2 || l.NextCursor == "" || l.Tasks[0].ID != job.TaskID || l.Tasks[1].ID != taskIDs[2] {
+		t.Fatalf("first page: %d tasks, cursor %q", len(l.Tasks), l.NextCursor)
+	}
+	l2 := decodeAs[client.TaskList](t, e.okCall("GET", "/api/v1/tasks?limit=2&cursor="+l.NextCursor, e.keyA, ""))
+	if len(l2.Tasks) != 2 || l2.Tasks[0].ID != taskIDs[1] || l2.Tasks[1].ID != taskIDs[0] {
+		t.Fatalf("second page: %+v", l2)
+	}
+	if got := decodeAs[client.TaskList](t, e.okCall("GET", "/api/v1/tasks?status=completed,failed", e.keyA, "")); len(got.Tasks) != 0 {
+		t.Fatalf("finished tasks: %d, want none (nothing ran)", len(got.Tasks))
+	}
+	if got := decodeAs[client.TaskList](t, e.okCall("GET", "/api/v1/tasks?status=pending", e.keyA, "")); len(got.Tasks) != 4 {
+		t.Fatalf("pending tasks: %d, want 4", len(got.Tasks))
+	}
+	if r := e.call("GET", "/api/v1/tasks?status=bogus", e.keyA, ""); r.status != http.StatusUnprocessableEntity {
+		t.Fatalf("unknown status: %d", r.status)
+	}
+	jl := decodeAs[client.JobList](t, e.okCall("GET", "/api/v1/jobs", e.keyA, ""))
+	if len(jl.Jobs) != 1 || jl.Jobs[0].ID != job.JobID || jl.Jobs[0].Executions == nil {
+		t.Fatalf("jobs: %+v", jl)
+	}
+	if got := decodeAs[client.TaskList](t, e.okCall("GET", "/api/v1/tasks", e.keyB, "")); len(got.Tasks) != 0 {
+		t.Fatalf("another owner sees %d tasks", len(got.Tasks))
+	}
+	if got := decodeAs[client.JobList](t, e.okCall("GET", "/api/v1/jobs", e.keyB, "")); len(got.Jobs) != 0 {
+		t.Fatalf("another owner sees %d jobs", len(got.Jobs))
+	}
+}

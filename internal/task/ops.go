@@ -708,3 +708,44 @@ func (s *Service) RequeueStale(ctx context.Context, age time.Duration) (int, err
 		page.After = ts[len(ts)-1].ID
 	}
 }
+
+// ListTasks lists the owner's tasks, newest first, optionally only those in statuses.
+func (s *Service) ListTasks(ctx context.Context, ownerID string, statuses []model.TaskStatus, p store.Page) ([]*model.Task, string, error) {
+	for _, st := range statuses {
+		switch st {
+		case model.TaskPending, model.TaskProcessing, model.TaskCompleted, model.TaskFailed:
+		default:
+			return nil, "", invalid("status", "unknown task status %q (pending, processing, completed or failed)", st)
+		}
+	}
+	page, err := s.checkPage(p)
+	if err != nil {
+		return nil, "", err
+	}
+	ts, err := s.store.Tasks().List(ctx, store.TaskFilter{OwnerID: ownerID, Statuses: statuses, Page: page})
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(ts) == page.Limit {
+		next = ts[len(ts)-1].ID
+	}
+	return ts, next, nil
+}
+
+// ListJobs lists the owner's jobs, newest first (without their executions: GET /jobs/{id} has them).
+func (s *Service) ListJobs(ctx context.Context, ownerID string, p store.Page) ([]*model.Job, string, error) {
+	page, err := s.checkPage(p)
+	if err != nil {
+		return nil, "", err
+	}
+	js, err := s.store.Jobs().List(ctx, ownerID, page)
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(js) == page.Limit {
+		next = js[len(js)-1].ID
+	}
+	return js, next, nil
+}

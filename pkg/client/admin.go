@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strings"
 )
 
 // ListWorkers returns every registered worker with its capacity and load (admin keys only).
@@ -51,4 +52,29 @@ func (c *Client) SetQuota(ctx context.Context, q Quota) (*Quota, error) {
 func (c *Client) DeleteQuota(ctx context.Context, ownerID string) error {
 	_, err := c.do(ctx, http.MethodDelete, "/quotas/"+url.PathEscape(ownerID), nil, nil, nil)
 	return err
+}
+
+// ListTasks returns a page of the caller's tasks, newest first; statuses filters (empty: all).
+func (c *Client) ListTasks(ctx context.Context, statuses []string, opts ListOptions) (*TaskList, error) {
+	q := url.Values{}
+	if len(statuses) > 0 {
+		q.Set("status", strings.Join(statuses, ","))
+	}
+	setPage(q, opts.Limit, opts.Cursor)
+	var l TaskList
+	if _, err := c.do(ctx, http.MethodGet, "/tasks", q, nil, &l); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
+// ListJobs returns a page of the caller's jobs, newest first (without their executions).
+func (c *Client) ListJobs(ctx context.Context, opts ListOptions) (*JobList, error) {
+	q := url.Values{}
+	setPage(q, opts.Limit, opts.Cursor)
+	var l JobList
+	if _, err := c.do(ctx, http.MethodGet, "/jobs", q, nil, &l); err != nil {
+		return nil, err
+	}
+	return &l, nil
 }

@@ -645,3 +645,15 @@ type Quota struct {
 	MaxMemoryMB int       `json:"max_memory_mb"`
 	UpdatedAt   time.Time `json:"updated_at,omitempty"`
 }
+
+// TaskList is the answer of GET /api/v1/tasks.
+type TaskList struct {
+	Tasks      []Task `json:"tasks"`
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// JobList is the answer of GET /api/v1/jobs (jobs without their executions).
+type JobList struct {
+	Jobs       []Job  `json:"jobs"`
+	NextCursor string `json:"next_cursor,omitempty"`
+}

@@ -698,6 +698,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/tasks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List the caller's tasks */
+        get: operations["listTasks"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/tasks/{id}": {
         parameters: {
             query?: never;
@@ -725,7 +742,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /**
+         * List the caller's jobs
+         * @description Newest first, without their executions (`GET /jobs/{id}` has them).
+         */
+        get: operations["listJobs"];
         put?: never;
         /**
          * Run several commands in order in one VM
@@ -1801,6 +1822,16 @@ export interface components {
             /** Format: uuid */
             task_id: string;
             task?: components["schemas"]["Task"];
+        };
+        TaskList: {
+            tasks: components["schemas"]["Task"][];
+            /** @description Present when the page is full; pass as ?cursor=. */
+            next_cursor?: string;
+        };
+        JobList: {
+            jobs: components["schemas"]["Job"][];
+            /** @description Present when the page is full; pass as ?cursor=. */
+            next_cursor?: string;
         };
         Task: {
             /** Format: uuid */
@@ -3950,6 +3981,38 @@ export interface operations {
             500: components["responses"]["InternalError"];
         };
     };
+    listTasks: {
+        parameters: {
+            query?: {
+                /** @description Only tasks in these states (pending, processing, completed, failed); comma-separated and/or repeated. An unknown status -> 422. */
+                status?: ("pending" | "processing" | "completed" | "failed")[];
+                /** @description Page size, 1 to 500 (default 50). Not an integer -> 400; out of range -> 422. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of tasks, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TaskList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
     getTask: {
         parameters: {
             query?: never;
@@ -3973,6 +4036,36 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    listJobs: {
+        parameters: {
+            query?: {
+                /** @description Page size, 1 to 500 (default 50). Not an integer -> 400; out of range -> 422. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of jobs. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            422: components["responses"]["ValidationFailed"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
