@@ -288,42 +288,39 @@ function describe(e) {
   return JSON.stringify(d).slice(0, 500);
 }
 
-// Tasks and jobs have no list route: the pages list those the event log mentions, and look one up by id.
-function lookup(root, ctx, { title, kind, path, fromEvents, columns }) {
+// Tasks and jobs: a page of the caller's own (GET /tasks, GET /jobs), reloaded when the event log says one changed,
+// and a look-up by id.
+function listPage(root, ctx, { title, kind, path, key, changed, columns }) {
   const form = h('form', { class: 'card row', role: 'search' },
     field(`${title.slice(0, -1)} id`, { name: 'id', required: true, pattern: '[0-9a-fA-F\\-]{36}', placeholder: 'uuid' }),
     h('button', { type: 'submit' }, 'Look up'));
   form.addEventListener('submit', (e) => { e.preventDefault(); go(`/${kind}/${form.elements.id.value.trim().toLowerCase()}`); });
   const list = h('div');
-  const draw = () => {
-    const seen = new Map();
-    for (const e of recent) { const r = fromEvents(e); if (r) seen.set(r.id, { ...seen.get(r.id), ...r }); }
-    clear(list, table(`Recent ${kind}`, columns, [...seen.values()].reverse(), `No ${kind} in the event log yet.`));
+  const load = async () => {
+    const out = await api('GET', `${path}?limit=100`, undefined, { signal: ctx.signal });
+    clear(list, table(`Your ${kind}`, columns, out[key] || [], `No ${kind} yet.`));
   };
-  clear(root, h('h1', {}, title), form, h('h2', {}, `Recent ${kind}`), h('p', { class: 'muted' }, `From the live event log (${path}).`), list);
-  draw();
-  const off = onEvents(draw);
-  ctx.onCleanup(off);
+  clear(root, h('h1', {}, title), form, h('h2', {}, `Your ${kind}`), list);
+  return refresher(ctx, changed, load);
 }
 
-route('/tasks', async (root, _p, ctx) => lookup(root, ctx, {
-  title: 'Tasks', kind: 'tasks', path: 'task.finished',
-  fromEvents: (e) => (e.type === 'task.finished' ? { id: e.data.id, type: e.data.type, status: e.data.status, vm_id: e.data.vm_id, time: e.data.time, error: e.data.error } : null),
+route('/tasks', async (root, _p, ctx) => listPage(root, ctx, {
+  title: 'Tasks', kind: 'tasks', path: '/tasks', key: 'tasks', changed: (e) => e.type.startsWith('task.'),
   columns: [
     { label: 'Task', cell: (t) => h('a', { href: `/tasks/${t.id}` }, t.id.slice(0, 8)) },
     { label: 'Type', cell: (t) => t.type }, { label: 'Status', cell: (t) => badge(t.status) },
     { label: 'VM', cell: (t) => (t.vm_id ? h('a', { href: `/vms/${t.vm_id}` }, t.vm_id.slice(0, 8)) : '') },
-    { label: 'Finished', cell: (t) => fmtTime(t.time) }, { label: 'Error', cell: (t) => t.error || '' },
+    { label: 'Created', cell: (t) => fmtTime(t.created_at) }, { label: 'Error', cell: (t) => t.error || '' },
   ],
 }));
 
-route('/jobs', async (root, _p, ctx) => lookup(root, ctx, {
-  title: 'Jobs', kind: 'jobs', path: 'executions with a job_id',
-  fromEvents: (e) => (e.type.startsWith('execution.') && e.data.job_id ? { id: e.data.job_id, vm_id: e.data.vm_id, last: e.data.status, time: e.data.time } : null),
+route('/jobs', async (root, _p, ctx) => listPage(root, ctx, {
+  title: 'Jobs', kind: 'jobs', path: '/jobs', key: 'jobs', changed: (e) => e.type.startsWith('execution.') || e.type.startsWith('task.'),
   columns: [
     { label: 'Job', cell: (j) => h('a', { href: `/jobs/${j.id}` }, j.id.slice(0, 8)) },
+    { label: 'Status', cell: (j) => badge(j.status) },
     { label: 'VM', cell: (j) => (j.vm_id ? h('a', { href: `/vms/${j.vm_id}` }, j.vm_id.slice(0, 8)) : '') },
-    { label: 'Last execution', cell: (j) => badge(j.last) }, { label: 'Updated', cell: (j) => fmtTime(j.time) },
+    { label: 'Commands', cell: (j) => String((j.commands || []).length) }, { label: 'Created', cell: (j) => fmtTime(j.created_at) },
   ],
 }));
 

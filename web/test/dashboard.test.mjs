@@ -151,7 +151,7 @@ try {
   for (const [name, heading] of [['runs', 'Runs'], ['tasks', 'Tasks'], ['jobs', 'Jobs'], ['events', 'Events'], ['admin', 'Admin']]) {
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: heading }).click();
     await page.getByRole('heading', { name: heading, exact: true }).waitFor();
-    if (name === 'tasks') await page.locator('table').waitFor(); // tasks from the event log
+    if (name === 'tasks') await page.locator('table').waitFor(); // GET /tasks
     if (name === 'admin') {
       await page.getByRole('cell', { name: 'e2e-dashboard', exact: true }).waitFor(); // GET /workers (an admin's key)
       await page.getByRole('button', { name: 'Revoke key admin' }).waitFor(); // GET /apikeys: the admin key itself
@@ -159,7 +159,7 @@ try {
     await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
     if (name === 'tasks') {
       // A task's own page (GET /tasks/{id}), and back.
-      await page.locator('table a[href^="/tasks/"]').first().click();
+      await page.locator('tr', { has: page.locator('.badge', { hasText: 'completed' }) }).locator('a[href^="/tasks/"]').first().click();
       await page.getByRole('heading', { name: /^Task [0-9a-f]{8}$/ }).waitFor();
       await page.locator('.props .badge', { hasText: 'completed' }).first().waitFor();
       await page.screenshot({ path: join(shots, 'task.png'), fullPage: true });
