@@ -286,10 +286,17 @@ func (d *Dispatcher) SendDue(ctx context.Context) (int, error) {
 	return sent, nil
 }
 
+// stopGrace is how long a send in flight may go on once its dispatcher is stopped.
+const stopGrace = 5 * time.Second
+
 func (d *Dispatcher) send(ctx context.Context, r *store.OutboxEntry) bool {
-	// A send ends well within the lease, so no other sender claims the row while it runs.
-	sctx, cancel := context.WithTimeout(ctx, d.cfg.Lease/2)
+	// A send ends well within the lease, so no other sender claims the row while it runs. A stop gives the send
+	// in flight stopGrace to finish, so that what the destination took is recorded as sent: cut off, a send whose
+	// message had arrived would be sent again by the next dispatcher.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.Lease/2)
 	defer cancel()
+	stopWatch := context.AfterFunc(ctx, func() { time.AfterFunc(stopGrace, cancel) })
+	defer stopWatch()
 	err := d.deliver(sctx, r)
 	// The outcome is recorded even when ctx just ended (a stop mid-send): the row is not left to its lease.
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
