@@ -34,7 +34,7 @@ func TestPlacementAcrossThreeWorkers(t *testing.T) {
 	}
 	addr := freePort(t)
 	gw := start(t, "gateway", append(common, "AETHERIUM_DATA_DIR="+t.TempDir(), "AETHERIUM_LISTEN="+addr), "gateway")
-	cpus := hostCPUs(t)
+	cpus := runtime.NumCPU()
 	// Each worker's vCPUs are its overcommit times the host's CPUs; the overcommits are chosen so the three offer
 	// 8, 12 and 10 vCPUs whatever the host's CPU count (the setting is a ratio).
 	offer := map[string]int{"e2e-place-a": 8, "e2e-place-b": 12, "e2e-place-c": 10}
@@ -161,7 +161,3 @@ func vmsPerWorker(t *testing.T, c *client.Client) map[string]int {
 	return per
 }
 
-func hostCPUs(t *testing.T) int {
-	t.Helper()
-	return runtime.NumCPU()
-}

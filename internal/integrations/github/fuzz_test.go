@@ -7,7 +7,6 @@ import (
 	"crypto/rsa"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -18,27 +17,20 @@ import (
 	"github.com/aetherium/aetherium/internal/integrations"
 	"github.com/aetherium/aetherium/internal/integrations/github"
 	"github.com/aetherium/aetherium/internal/integrations/github/githubtest"
+	"github.com/aetherium/aetherium/internal/integrations/integrationstest"
 )
 
 // nowhere is a GitHub that is not on the network: it hands out an installation token and says the author may
-// write (so a delivery gets as far as the integration's own checks), and answers 404 to everything else.
-type nowhere struct{}
-
-func (nowhere) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Body != nil {
-		_, _ = io.Copy(io.Discard, r.Body)
-		_ = r.Body.Close()
-	}
-	status, body := http.StatusNotFound, `{"message":"Not Found"}`
+// write, and answers everything else 404.
+var nowhere = integrationstest.Offline(func(r *http.Request) (int, string) {
 	switch {
 	case strings.HasSuffix(r.URL.Path, "/access_tokens"):
-		status, body = http.StatusCreated, `{"token":"ghs_fuzz","expires_at":"`+time.Now().Add(time.Hour).UTC().Format(time.RFC3339)+`"}`
+		return http.StatusCreated, `{"token":"ghs_fuzz","expires_at":"` + time.Now().Add(time.Hour).UTC().Format(time.RFC3339) + `"}`
 	case strings.HasSuffix(r.URL.Path, "/permission"):
-		status, body = http.StatusOK, `{"permission":"write"}`
+		return http.StatusOK, `{"permission":"write"}`
 	}
-	return &http.Response{StatusCode: status, Header: http.Header{"Content-Type": {"application/json"}},
-		Body: io.NopCloser(strings.NewReader(body)), Request: r}, nil
-}
+	return http.StatusNotFound, `{"message":"Not Found"}`
+})
 
 // The shapes of GitHub's deliveries that the integration reads, small and hand-made (the package's real examples
 // are added when AETHERIUM_TEST_OCTOKIT_DIR names them).
@@ -97,7 +89,7 @@ func FuzzGitHubWebhook(f *testing.F) {
 	quiet := slog.New(slog.DiscardHandler)
 	f.Fuzz(func(t *testing.T, event string, body []byte) {
 		g, err := github.New(github.Config{WebhookSecret: secret, AppID: "1", PrivateKey: key, APIURL: "https://github.invalid/api/v3",
-			HTTPClient: &http.Client{Transport: nowhere{}}, Logger: quiet, CommandTimeout: time.Minute})
+			HTTPClient: &http.Client{Transport: nowhere}, Logger: quiet, CommandTimeout: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,40 +111,14 @@ func FuzzGitHubWebhook(f *testing.F) {
 			t.Fatalf("Verify of a signed body: %v", err)
 		}
 		acc, err := g.Accept(ctx, hook)
-		if err != nil {
-			if acc != nil || err.Error() == "" {
-				t.Fatalf("Accept: %+v, %q", acc, err)
-			}
-			return
-		}
-		if acc.DeliveryID == "" {
-			if acc.Reply == nil {
-				t.Fatalf("Accept: nothing recorded and no reply: %+v", acc)
-			}
+		if !integrationstest.Accepted(t, acc, err, false) {
 			return
 		}
 		a := &fakeActions{link: &integrations.Link{OwnerID: "alice", Integration: "github", Source: "github.com/o/r",
 			Commands: true, Runs: true, DraftPR: true}, outcome: integrations.Outcome{Status: "completed"}}
-		handle(t, func(ctx context.Context) error {
+		integrationstest.HandleWithin(t, func(ctx context.Context) error {
 			return g.Handle(ctx, &integrations.Delivery{ID: "rec-1", Integration: "github", DeliveryID: acc.DeliveryID,
 				Event: acc.Event, Header: hook.Header, Body: body, ReceivedAt: hook.ReceivedAt, Attempts: 1}, a)
 		})
 	})
-}
-
-// handle runs a Handle under a short context and fails the test when it outlives it or fails without a message.
-func handle(t *testing.T, h func(context.Context) error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- h(ctx) }()
-	select {
-	case err := <-done:
-		if err != nil && err.Error() == "" {
-			t.Fatalf("Handle failed with an error that says nothing: %#v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Handle did not return 8 s after its context ended")
-	}
 }
