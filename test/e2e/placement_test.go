@@ -160,4 +160,3 @@ func vmsPerWorker(t *testing.T, c *client.Client) map[string]int {
 	}
 	return per
 }
-
